@@ -1,0 +1,1 @@
+"""Evaluation, time series, focal series and plots (never imports the simulation stack)."""

@@ -1,0 +1,87 @@
+"""Figures people would rather look at than read."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+#: Marker colours by class index (1-based; index 0 unused).
+CLASS_COLOURS = ("#000000", "#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#5ac8fa", "#ffcc00")
+
+
+def save_figure(fig: plt.Figure, path: Path | str, dpi: int = 150) -> Path:
+    """Save atomically (temporary file + rename) and close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def preview_grid(
+    images: Sequence[np.ndarray],
+    positions_px: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    path: Path | str,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+) -> Path:
+    """A grid of images with their labelled sites overlaid, coloured by class.
+
+    Parameters
+    ----------
+    images : sequence of ndarray [rows, cols]
+        Images to show (grey, each scaled to its 1-99 % range).
+    positions_px : sequence of ndarray (n, 2)
+        Site positions ``(x, y)`` in pixels per image.
+    labels : sequence of ndarray (n,)
+        1-based classes per site.
+    class_names : sequence of str
+        Names for the legend.
+    path : path
+        PNG to write.
+    titles : sequence of str, optional
+        One title per image.
+    """
+    n = len(images)
+    columns = max(1, min(columns, n))
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (img, xy, lab) in enumerate(zip(images, positions_px, labels)):
+        ax = axes.flat[i]
+        lo, hi = np.percentile(img, [1, 99])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        for c in np.unique(lab):
+            sel = lab == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=9, facecolors="none",
+                       edgecolors=CLASS_COLOURS[int(c) % len(CLASS_COLOURS)],
+                       label=class_names[int(c) - 1], linewidths=0.6, alpha=0.9)
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    handles = {}
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(l, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), markerscale=3, frameon=False)
+    return save_figure(fig, path)

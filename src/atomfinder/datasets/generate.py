@@ -1,0 +1,507 @@
+"""Generate labelled training data: structures → exit waves → many images → zarr.
+
+One *job* makes ``samples_per_job`` samples from the random stream
+``numpy.random.default_rng([seed, job])``: the same config and seed give the
+same arrays whichever worker, process pool or dask cluster runs the job, and a
+resumed run regenerates only the jobs that were not finished.
+
+Within a job, each structure's exit wave (the expensive multislice) is reused
+for ``draws_per_wave`` images that differ in microscope, dose and field of view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+from scipy.fft import next_fast_len
+
+from atomfinder.datasets.labels import class_maps, height_map
+from atomfinder.datasets.store import create_or_resume, job_ranges, pending_jobs, write_job
+from atomfinder.imaging.hrtem import SimulatedImage, resample_spectrum, simulate_draw
+from atomfinder.imaging.microscope import Microscope, MicroscopeRanges
+from atomfinder.imaging.multislice import exit_waves
+from atomfinder.structures import Structure
+
+SYSTEMS = ("graphene", "gold", "mos2")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How to simulate one system's training data.
+
+    Attributes
+    ----------
+    system : {"graphene", "gold", "mos2"}
+        Which structure builder to use.
+    image_px : int
+        Side of the square training images (pixels).
+    frames : int
+        Images per sample: 1, or a focal series of ``frames`` defoci.
+    focal_step_A : (float, float)
+        Range of the defocus step between consecutive frames of a focal series
+        (Å, positive = towards underfocus).
+    drift_px : float
+        Standard deviation of the random frame-to-frame drift (pixels).
+    box_px : tuple of int
+        Sides of the simulated box in output pixels, one drawn per structure;
+        the box must exceed ``image_px + 2 * margin`` (the margin hides the
+        seam where a cropped sheet meets its periodic image).
+    margin_A : float
+        Distance the crops keep from the box edge (Å).
+    crop : {"uniform", "sites"}
+        Crop anywhere inside the margin, or around a random site (nanoparticles).
+    wave_oversampling : int
+        Exit-wave grid = output grid x this factor (0.1 Å sampling suffices for
+        light elements; use 2 for Au).
+    slice_thickness_A : float
+        Multislice slice thickness (Å).
+    draws_per_wave : int
+        Images made from one exit wave.
+    frozen_phonons : int
+        Frozen-phonon configurations per structure (0 = none).
+    p_amorphous_carbon : float
+        Probability of an amorphous carbon layer under the specimen.
+    carbon_thickness_A : (float, float)
+        Thickness range of that layer (Å).
+    label_kind : {"disk", "gaussian"}
+        Shape of the class targets.
+    label_radius_A : float
+        Disk radius or Gaussian standard deviation of the targets (Å).
+    max_sites : int
+        Room for ground-truth sites per sample.
+    samples_per_job : int
+        Samples per job (and per zarr chunk).
+    microscope : MicroscopeRanges
+        Microscope sampler.
+    structure : dict
+        Keyword arguments of the system's structure config.
+    """
+
+    system: str = "graphene"
+    image_px: int = 256
+    frames: int = 1
+    focal_step_A: tuple[float, float] = (90.0, 110.0)
+    drift_px: float = 1.0
+    box_px: tuple[int, ...] = (360,)
+    margin_A: float = 4.0
+    crop: str = "uniform"
+    wave_oversampling: int = 1
+    slice_thickness_A: float = 2.0
+    draws_per_wave: int = 8
+    frozen_phonons: int = 0
+    p_amorphous_carbon: float = 0.0
+    carbon_thickness_A: tuple[float, float] = (5.0, 20.0)
+    label_kind: str = "disk"
+    label_radius_A: float = 0.4
+    max_sites: int = 2048
+    samples_per_job: int = 8
+    microscope: MicroscopeRanges = field(default_factory=MicroscopeRanges)
+    structure: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(SYSTEMS)}")
+        if self.frames < 1 or self.image_px < 16:
+            raise ValueError("frames must be >= 1 and image_px >= 16")
+        if self.crop not in ("uniform", "sites"):
+            raise ValueError(f"unknown crop mode {self.crop!r}")
+        s_max = self.microscope.sampling_A * (1 + self.microscope.sampling_jitter)
+        need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
+        if min(self.box_px) < need:
+            raise ValueError(f"box_px {min(self.box_px)} is too small for {self.image_px}-px images: use >= {need}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return _builder(self.system)[2]
+
+    @property
+    def has_heights(self) -> bool:
+        return self.system == "gold"
+
+    def replace(self, **changes: Any) -> "SimulationConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-friendly dict."""
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, MicroscopeRanges):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            d[f.name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SimulationConfig":
+        """Inverse of :meth:`to_dict`; missing keys take the system's defaults."""
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown simulation setting(s): {', '.join(sorted(unknown))}")
+        base = default_config(d.get("system", "graphene"))
+        if "microscope" in d:
+            m = base.microscope.to_dict() | dict(d["microscope"])
+            d["microscope"] = MicroscopeRanges.from_dict(m)
+        for k, v in list(d.items()):
+            if isinstance(v, list):
+                d[k] = tuple(v)
+        return base.replace(**d)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> "SimulationConfig":
+        data = tomllib.loads(text)
+        return cls.from_dict(data.get("simulation", data))
+
+
+def default_config(system: str) -> SimulationConfig:
+    """The shipped simulation recipe for ``system``.
+
+    - graphene: 0.1 Å/px, aberration-corrected microscopes only (an uncorrected
+      lens cannot resolve 1.42 Å C–C distances, so such images would teach
+      guessing), 60–300 kV, thin amorphous carbon under 20 % of the sheets.
+    - gold: 0.1 Å/px, 80–300 kV, corrected and uncorrected, Au waves at 0.05 Å,
+      crops around the particle, amorphous carbon under half of the particles.
+    - mos2: 0.1 Å/px, focal series of 3 frames 100 ± 10 Å apart, 60–300 kV.
+    """
+    if system == "graphene":
+        return SimulationConfig(
+            system="graphene",
+            box_px=(360,),
+            microscope=MicroscopeRanges(sampling_A=0.1, p_corrected=1.0),
+            p_amorphous_carbon=0.2,
+            carbon_thickness_A=(3.0, 10.0),
+            slice_thickness_A=2.0,
+            draws_per_wave=8,
+        )
+    if system == "gold":
+        return SimulationConfig(
+            system="gold",
+            box_px=(384, 512, 640),
+            crop="sites",
+            wave_oversampling=2,
+            slice_thickness_A=2.0,
+            draws_per_wave=12,
+            p_amorphous_carbon=0.5,
+            carbon_thickness_A=(5.0, 30.0),
+            label_radius_A=0.45,
+            microscope=MicroscopeRanges(
+                sampling_A=0.1,
+                energies_eV=(80e3, 120e3, 200e3, 300e3),
+                p_corrected=0.7,
+            ),
+        )
+    if system == "mos2":
+        return SimulationConfig(
+            system="mos2",
+            frames=3,
+            box_px=(360,),
+            slice_thickness_A=1.0,
+            draws_per_wave=8,
+            microscope=MicroscopeRanges(sampling_A=0.1, p_corrected=0.9),
+        )
+    raise ValueError(f"unknown system {system!r}: choose one of {', '.join(SYSTEMS)}")
+
+
+def load_config(path: Path | str | None, system: str | None = None) -> SimulationConfig:
+    """A config from a TOML or JSON file (``[simulation]`` table or top level), or the default."""
+    if path is None:
+        return default_config(system or "graphene")
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    data = data.get("simulation", data)
+    if system is not None:
+        if data.get("system", system) != system:
+            raise ValueError(f"{path}: config is for system {data['system']!r}, not {system!r}")
+        data = {**data, "system": system}
+    return SimulationConfig.from_dict(data)
+
+
+# -- structures --------------------------------------------------------------------
+
+
+def _builder(system: str) -> tuple[Callable, type, tuple[str, ...]]:
+    if system == "graphene":
+        from atomfinder.structures.graphene import GrapheneConfig, build_graphene
+
+        return build_graphene, GrapheneConfig, ("C",)
+    if system == "gold":
+        from atomfinder.structures.gold import GoldConfig, build_gold
+
+        return build_gold, GoldConfig, ("Au",)
+    if system == "mos2":
+        from atomfinder.structures.mos2 import MoS2Config, build_mos2
+
+        return build_mos2, MoS2Config, ("Mo", "S", "S1", "Mo_vacancy", "S_vacancy")
+    raise ValueError(f"unknown system {system!r}")
+
+
+def build_structure(config: SimulationConfig, rng: np.random.Generator, box_A: float) -> Structure:
+    """Draw a structure for a square box of side ``box_A`` (Å), with optional carbon support."""
+    from atomfinder.structures.support import amorphous_carbon
+
+    build, config_cls, _ = _builder(config.system)
+    structure = build(rng, (box_A, box_A), config_cls.from_dict(config.structure) if config.structure else None)
+    if rng.random() < config.p_amorphous_carbon:
+        # a carbon layer at z = 1 .. 1 + t Å, the specimen moved up above it
+        lo, hi = config.carbon_thickness_A
+        thickness = float(rng.uniform(lo, hi))
+        atoms = structure.atoms.copy()
+        atoms.positions[:, 2] += thickness + 1.0
+        lx, ly, lz = structure.box_A
+        atoms.set_cell([lx, ly, lz + thickness + 1.0])
+        atoms.extend(amorphous_carbon(rng, (lx, ly), thickness, z0_A=1.0))
+        info = dict(structure.info) | {"amorphous_carbon_A": thickness}
+        structure = Structure(atoms, structure.sites, structure.class_names, info)
+    return structure
+
+
+# -- one job ------------------------------------------------------------------------
+
+#: Microscope parameters stored per frame, in this order.
+MICROSCOPE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Microscope) if f.name != "defocus_gradient"
+) + ("defocus_gradient_x", "defocus_gradient_y")
+
+
+def microscope_vector(m: Microscope) -> np.ndarray:
+    """The :data:`MICROSCOPE_FIELDS` of ``m`` as a float64 vector."""
+    d = dataclasses.asdict(m)
+    gx, gy = d.pop("defocus_gradient")
+    d["defocus_gradient_x"], d["defocus_gradient_y"] = gx, gy
+    return np.array([float(d[k]) for k in MICROSCOPE_FIELDS])
+
+
+def _fast_even(n: int) -> int:
+    n = next_fast_len(int(n))
+    while n % 2:
+        n = next_fast_len(n + 1)
+    return n
+
+
+def focal_series_microscopes(
+    base: Microscope, frames: int, step_A: float
+) -> list[Microscope]:
+    """The frames of a focal series: defocus ``base + i * step_A`` (Å)."""
+    return [base.replace(defocus_A=base.defocus_A + i * step_A) for i in range(frames)]
+
+
+def iter_structure_images(
+    config: SimulationConfig, rng: np.random.Generator, n_images: int
+) -> Iterator[tuple[SimulatedImage, Structure]]:
+    """Simulate ``n_images`` images of one structure (one exit wave per energy)."""
+    m_ranges = config.microscope
+    sampling = m_ranges.sample_sampling(rng)
+    box_px = _fast_even(int(rng.choice(np.asarray(config.box_px))))
+    box_A = box_px * sampling
+    structure = build_structure(config, rng, box_A)
+    energy = float(rng.choice(np.asarray(m_ranges.energies_eV, dtype=float)))
+    f = config.wave_oversampling
+    waves = exit_waves(
+        structure.atoms,
+        energy,
+        gpts=(box_px * f, box_px * f),
+        slice_thickness_A=config.slice_thickness_A,
+        frozen_phonons=config.frozen_phonons,
+        seed=int(rng.integers(2**31)),
+    )
+    spectra = resample_spectrum(waves, (box_px, box_px))
+    margin = int(math.ceil(config.margin_A / sampling))
+    lo, hi = margin, box_px - margin - config.image_px
+    for _ in range(n_images):
+        base = m_ranges.sample(rng, energy_eV=energy, sampling_A=sampling)
+        step = float(rng.uniform(*config.focal_step_A)) if config.frames > 1 else 0.0
+        microscopes = focal_series_microscopes(base, config.frames, step)
+        drift = np.zeros((config.frames, 2))
+        if config.frames > 1:
+            drift[1:] = np.cumsum(rng.normal(0, config.drift_px, (config.frames - 1, 2)), axis=0)
+        if config.crop == "sites" and len(structure.sites):
+            centre = structure.sites.positions_A[rng.integers(len(structure.sites))] / sampling
+            jitter = rng.uniform(-config.image_px / 4, config.image_px / 4, 2)
+            origin = np.clip(np.round(centre + jitter - config.image_px / 2), lo, hi).astype(int)
+        else:
+            origin = rng.integers(lo, hi + 1, 2)
+        image = simulate_draw(
+            spectra,
+            structure.sites,
+            microscopes,
+            drift,
+            (int(origin[0]), int(origin[1])),
+            config.image_px,
+            rng,
+            label_margin_px=config.label_radius_A / sampling * 3 + 1,
+        )
+        yield image, structure
+
+
+def sample_arrays(config: SimulationConfig, image: SimulatedImage) -> dict[str, np.ndarray]:
+    """Store arrays (without the leading sample axis) for one simulated image."""
+    s = image.sampling_A
+    shape = image.image.shape[-2:]
+    radius_px = config.label_radius_A / s
+    out = {
+        "images": image.image,
+        "targets": class_maps(image.positions_px, image.labels, shape, len(config.class_names), radius_px, config.label_kind),
+        "sampling_A": np.float32(s),
+        "microscope": np.stack([microscope_vector(m) for m in image.microscopes]),
+        "drift_px": image.drift_px,
+    }
+    if config.has_heights:
+        out["heights"] = height_map(image.positions_px, image.heights, shape, radius_px)
+    # ground truth: sites whose centre lies inside the image
+    xy = image.positions_px
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] < shape[1] - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < shape[0] - 0.5)
+    n = int(inside.sum())
+    if n > config.max_sites:
+        raise ValueError(f"{n} sites in one image exceed max_sites = {config.max_sites}")
+    sites_A = np.full((config.max_sites, 2), np.nan, np.float32)
+    sites_A[:n] = xy[inside] * s
+    label = np.zeros(config.max_sites, np.int16)
+    label[:n] = image.labels[inside]
+    height = np.zeros(config.max_sites, np.int16)
+    height[:n] = image.heights[inside]
+    out |= {"sites_A": sites_A, "sites_label": label, "sites_height": height, "n_sites": np.int32(n)}
+    return out
+
+
+def generate_job(config: SimulationConfig | dict, seed: int, job: int, n_samples: int) -> dict[str, np.ndarray]:
+    """Simulate the samples of one job: deterministic in ``(config, seed, job)``.
+
+    Returns
+    -------
+    dict of ndarray
+        The store arrays, each with a leading axis of ``n_samples``.
+    """
+    if isinstance(config, dict):
+        config = SimulationConfig.from_dict(config)
+    rng = np.random.default_rng([seed, job])
+    samples: list[dict[str, np.ndarray]] = []
+    while len(samples) < n_samples:
+        n = min(config.draws_per_wave, n_samples - len(samples))
+        for image, _ in iter_structure_images(config, rng, n):
+            samples.append(sample_arrays(config, image))
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+# -- the whole store -------------------------------------------------------------------
+
+
+def store_meta(config: SimulationConfig, n: int, seed: int) -> dict[str, Any]:
+    """The description a store is created with (and must match to be resumed)."""
+    return {
+        "n": int(n),
+        "seed": int(seed),
+        "system": config.system,
+        "frames": config.frames,
+        "image_px": config.image_px,
+        "class_names": list(config.class_names),
+        "has_heights": config.has_heights,
+        "max_sites": config.max_sites,
+        "samples_per_job": config.samples_per_job,
+        "microscope_fields": list(MICROSCOPE_FIELDS),
+        "config": config.to_dict(),
+    }
+
+
+def simulate_to_store(
+    config: SimulationConfig,
+    n: int,
+    out: Path | str,
+    seed: int = 0,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Generate (or finish) an ``n``-sample store at ``out``.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        What to simulate.
+    n : int
+        Number of samples.
+    out : path
+        The ``.zarr`` directory; an unfinished store with the same config, seed
+        and ``n`` is resumed.
+    seed : int
+        Master seed.
+    workers : int, optional
+        Local worker processes (default: the number of CPUs; 0 = in this process).
+    scheduler : str, optional
+        Address of a dask.distributed scheduler (``tcp://host:8786``) to run
+        the jobs on instead of local processes.
+    progress : callable, optional
+        Called as ``progress(done_samples, n)`` after each job.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    out = Path(out)
+    group = create_or_resume(out, store_meta(config, n, seed))
+    ranges = job_ranges(n, config.samples_per_job)
+    todo = pending_jobs(group)
+    done = sum(e - s for j, (s, e) in enumerate(ranges) if j not in set(todo))
+    if progress:
+        progress(done, n)
+    cfg = config.to_dict()
+
+    def finished(job: int, arrays: dict[str, np.ndarray]) -> None:
+        nonlocal done
+        write_job(group, job, arrays)
+        s, e = ranges[job]
+        done += e - s
+        if progress:
+            progress(done, n)
+
+    if scheduler is not None:
+        _run_dask(scheduler, cfg, seed, todo, ranges, finished)
+    elif workers == 0 or len(todo) <= 1:
+        for j in todo:
+            s, e = ranges[j]
+            finished(j, generate_job(cfg, seed, j, e - s))
+    else:
+        _run_pool(workers or os.cpu_count() or 1, cfg, seed, todo, ranges, finished)
+    return out
+
+
+def _run_pool(workers, cfg, seed, todo, ranges, finished) -> None:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        futures = {pool.submit(generate_job, cfg, seed, j, ranges[j][1] - ranges[j][0]): j for j in todo}
+        try:
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _run_dask(address, cfg, seed, todo, ranges, finished) -> None:
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = [
+            client.submit(generate_job, cfg, seed, j, ranges[j][1] - ranges[j][0], key=f"atomfinder-job-{seed}-{j}", pure=False)
+            for j in todo
+        ]
+        index = {f.key: j for f, j in zip(futures, todo)}
+        for fut in as_completed(futures):
+            finished(index[fut.key], fut.result())
+            fut.release()

@@ -1,0 +1,665 @@
+"""Read HRTEM micrographs together with their pixel size, and write calibrated TIFFs.
+
+Vendor formats are decoded by maintained libraries, never by hand-written
+parsers: Gatan DM3/DM4 (``rsciio.digitalmicrograph``), Velox and NCEM EMD
+(``rsciio.emd``, needs ``h5py``), FEI TIA SER/EMI (``rsciio.tia``), MRC
+(``rsciio.mrc``), TIFF (``rsciio.tiff`` for the data and the DM/FEI/Zeiss/...
+tags, ``tifffile`` for ImageJ units other than µm and for OME-XML), PNG/JPEG
+(``imageio``) and NPY (``numpy``).
+
+Policy
+------
+* Every image becomes ``float32``: ``[H, W]`` for one image, ``[N, H, W]`` for a
+  stack (time or focal series, in file order). RGB(A) is converted to grey
+  (ITU-R BT.709 luma, as ``skimage.color.rgb2gray``); complex data is refused.
+* The pixel size is converted to Å (units m, cm, mm, µm/um/micron, nm, Å/A,
+  pm). A scale with no or an unknown unit, a non-positive or non-finite scale
+  (the MRC header of some cameras says -1 nm) and the resolution tags of a plain
+  TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
+  (``1/nm``: a diffraction pattern or FFT) is an error. A ``sampling_A`` given by
+  the user overrides the file.
+* :func:`read_micrograph` accepts uncalibrated files (``sampling_A is None``);
+  code that needs physical units calls :func:`require_sampling`, which raises
+  the one-line error that tells the user to pass ``--sampling``. Keeping the
+  two apart lets previews and format checks read any image, while detection
+  can never silently guess a pixel size.
+* Every failure is a :class:`MicrographError` (a ``ValueError``) with a
+  one-line message that starts with the path and says what is wrong and, where
+  it helps, what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MIN_SIZE",
+    "SUPPORTED_EXTENSIONS",
+    "Micrograph",
+    "MicrographError",
+    "read_micrograph",
+    "require_sampling",
+    "unit_to_angstrom",
+    "write_tiff_calibrated",
+]
+
+#: Smallest image side (pixels) that can hold atoms; ``read_micrograph(min_size=...)``.
+MIN_SIZE = 16
+
+#: File extension (lower case) -> reader name.
+SUPPORTED_EXTENSIONS: dict[str, str] = {
+    ".dm3": "digitalmicrograph",
+    ".dm4": "digitalmicrograph",
+    ".emd": "emd",
+    ".ser": "tia",
+    ".emi": "tia",
+    ".mrc": "mrc",
+    ".mrcs": "mrc",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".png": "image",
+    ".jpg": "image",
+    ".jpeg": "image",
+    ".npy": "npy",
+}
+
+_FORMAT_NAMES = {
+    "digitalmicrograph": "Gatan DigitalMicrograph",
+    "emd": "EMD (Velox/NCEM)",
+    "tia": "FEI TIA SER/EMI",
+    "mrc": "MRC",
+    "tiff": "TIFF",
+    "image": "PNG/JPEG",
+    "npy": "NumPy .npy",
+}
+
+# Length units -> Å per unit; keys are normalised by `_normalise_unit`.
+_ANGSTROM_PER_UNIT: dict[str, float] = {
+    "m": 1e10, "meter": 1e10, "metre": 1e10,
+    "cm": 1e8, "centimeter": 1e8, "centimetre": 1e8,
+    "mm": 1e7, "millimeter": 1e7, "millimetre": 1e7,
+    "μm": 1e4, "um": 1e4, "micron": 1e4, "microns": 1e4,
+    "micrometer": 1e4, "micrometre": 1e4,
+    "nm": 10.0, "nanometer": 10.0, "nanometre": 10.0,
+    "å": 1.0, "a": 1.0, "ang": 1.0, "angstrom": 1.0, "ångström": 1.0, "ångstrom": 1.0,
+    "pm": 0.01, "picometer": 0.01, "picometre": 0.01,
+}
+# Units that say "pixels, not calibrated".
+_NO_UNITS = {"", "px", "pixel", "pixels", "<auto>", "none", "unknown", "[]"}
+
+_LUMA = np.array([0.2125, 0.7154, 0.0721])  # ITU-R BT.709, as skimage.color.rgb2gray
+
+
+class MicrographError(ValueError):
+    """A micrograph cannot be read or used; the message is one line naming the file."""
+
+    def __init__(self, source: str | os.PathLike[str], problem: str) -> None:
+        message = f"{os.fspath(source)}: {problem}"
+        super().__init__(" ".join(message.split()))  # one line, always
+
+
+@dataclass(frozen=True, eq=False)
+class Micrograph:
+    """An image or image stack with its pixel size.
+
+    Attributes
+    ----------
+    data : ndarray of float32, shape (H, W) or (N, H, W)
+        Pixel values, rows first; a stack holds N frames (time or focal series)
+        in file order. The array is read-only: copy it before changing it.
+    sampling_A : float or None
+        Pixel size in Å per pixel, from the file or from the user; ``None`` when
+        neither gave one (see :func:`require_sampling`).
+    source : str
+        The path as given to :func:`read_micrograph`.
+    metadata : dict
+        Small, JSON-able facts: ``format``, ``dtype`` and ``shape`` in the file,
+        ``unit`` and ``scale`` of the file's calibration as written there,
+        ``file_sampling_A``, ``sampling_from`` (``"file"``, ``"user"`` or
+        ``None``) and ``calibration_note`` (why the file's calibration was not
+        used, or ``None``).
+    """
+
+    data: np.ndarray
+    sampling_A: float | None
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_stack(self) -> bool:
+        """True for an ``[N, H, W]`` stack."""
+        return self.data.ndim == 3
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (1 for a single image)."""
+        return self.data.shape[0] if self.data.ndim == 3 else 1
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _unescape(text: str) -> str:
+    """Resolve ImageJ/Java ``\\uXXXX`` escapes (``\\u00C5`` -> ``Å``)."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _normalise_unit(unit: Any) -> str:
+    """Lower-case, NFKC-normalised unit string without spaces, brackets or ``_``."""
+    if unit is None:
+        return ""
+    if isinstance(unit, bytes):
+        unit = unit.decode("utf-8", "replace")
+    text = unicodedata.normalize("NFKC", _unescape(str(unit)))  # µ -> μ, Å (U+212B) -> Å, ⁻¹ -> −1 (then -1)
+    text = text.strip().strip("[]").replace("_", "").replace(" ", "").replace("\u2212", "-")
+    return text.casefold()
+
+
+def _is_reciprocal(unit_norm: str) -> bool:
+    """True for units such as ``1/nm``, ``nm^-1``, ``nm-1`` (normalised input)."""
+    return unit_norm.startswith("1/") or unit_norm.endswith(("-1", "^-1", "**-1"))
+
+
+def unit_to_angstrom(unit: Any) -> float | None:
+    """Å per one ``unit`` of length.
+
+    Parameters
+    ----------
+    unit : str or None
+        A length unit as written by microscope software: ``m``, ``cm``, ``mm``,
+        ``µm``/``um``/``micron``, ``nm``, ``Å``/``A``/``angstrom``, ``pm`` (case,
+        spaces, brackets and ImageJ ``\\u00C5`` escapes are tolerated).
+
+    Returns
+    -------
+    float or None
+        The factor, or ``None`` for no unit, ``pixel`` or an unknown unit.
+
+    Raises
+    ------
+    ValueError
+        For a reciprocal length unit (``1/nm``): diffraction or FFT data.
+    """
+    norm = _normalise_unit(unit)
+    if _is_reciprocal(norm):
+        raise ValueError(f"reciprocal unit {unit!r}")
+    return _ANGSTROM_PER_UNIT.get(norm)
+
+
+def _axis_sampling_A(scale: Any, unit: Any) -> tuple[float | None, str | None]:
+    """Pixel size in Å of one axis, or ``None`` with the reason.
+
+    Parameters
+    ----------
+    scale : float
+        Length of one pixel in ``unit``.
+    unit : str or None
+        Unit of ``scale``.
+
+    Returns
+    -------
+    (sampling_A, note) : (float or None, str or None)
+        ``note`` says why there is no calibration (``None`` when there is one).
+
+    Raises
+    ------
+    ValueError
+        For a reciprocal unit.
+    """
+    try:
+        scale_f = float(scale)
+    except (TypeError, ValueError):
+        return None, f"scale {scale!r} is not a number"
+    unit_txt = "" if unit is None else str(unit)
+    factor = unit_to_angstrom(unit)  # raises for 1/length
+    if not math.isfinite(scale_f) or scale_f <= 0:
+        return None, f"invalid scale {scale_f:g} {unit_txt}".rstrip()
+    if factor is None:
+        if _normalise_unit(unit) in _NO_UNITS:
+            return None, f"scale {scale_f:g} without a length unit"
+        return None, f"unknown unit {unit_txt!r}"
+    return scale_f * factor, None
+
+
+def _calibration(
+    axis_y: dict[str, Any] | None, axis_x: dict[str, Any] | None
+) -> tuple[float | None, str | None]:
+    """Square-pixel size in Å from the two image axes, or ``None`` with the reason.
+
+    Raises
+    ------
+    ValueError
+        For reciprocal units or non-square pixels.
+    """
+    if not axis_x or not axis_y:  # PNG, JPEG, NPY: the format has no calibration
+        return None, "no calibration"
+    sx, note_x = _axis_sampling_A(axis_x.get("scale", 1.0), axis_x.get("units"))
+    sy, note_y = _axis_sampling_A(axis_y.get("scale", 1.0), axis_y.get("units"))
+    if sx is None or sy is None:
+        return None, note_x or note_y
+    if abs(sx - sy) > 1e-3 * max(sx, sy):
+        raise ValueError(f"non-square pixels ({sx:.6g} Å wide, {sy:.6g} Å high)")
+    return sx, None
+
+
+# --------------------------------------------------------------------------- readers
+# Each returns (data, axes): data in file order, axes one dict per array dimension
+# with optional keys "scale", "units", "navigate" (rsciio's axis dictionaries).
+
+
+def _rsciio_axes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """rsciio axis dictionaries sorted by their position in the array."""
+    axes = list(result.get("axes", []))
+    if all("index_in_array" in a for a in axes):
+        axes.sort(key=lambda a: int(a["index_in_array"]))
+    return axes
+
+
+def _n_signal_axes(result: dict[str, Any]) -> int:
+    """Number of signal (non-navigation) axes of an rsciio result."""
+    axes = _rsciio_axes(result)
+    if axes and all("navigate" in a for a in axes):
+        return sum(not a["navigate"] for a in axes)
+    return min(np.ndim(result["data"]), 2)
+
+
+def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first result whose signal is a 2-D image.
+
+    Raises
+    ------
+    ValueError
+        When the file holds no image (only spectra, say).
+    """
+    for result in results:
+        if _n_signal_axes(result) == 2:
+            return result
+    shapes = ", ".join(str(tuple(np.shape(r["data"]))) for r in results) or "nothing"
+    raise ValueError(f"no 2-D image in the file (it holds {shapes}: spectra or 4-D data?)")
+
+
+def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Read DM3/DM4, EMD, SER/EMI, MRC or TIFF with rosettasciio."""
+    import importlib
+
+    module = importlib.import_module(f"rsciio.{reader}")
+    kwargs: dict[str, Any] = {}
+    if reader == "emd":
+        kwargs["select_type"] = "images"  # Velox: skip spectra (and the `sparse` dependency)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = module.file_reader(str(path), **kwargs)
+    if isinstance(results, dict):
+        results = [results]
+    result = _pick_image(list(results))
+    data = np.array(result["data"])  # copies memmaps (MRC), releasing the file
+    axes = _rsciio_axes(result)
+    if len(axes) != data.ndim:
+        axes = [{} for _ in range(data.ndim)]
+    if reader == "tiff":
+        axes = _tiff_fill_units(path, axes)
+    return data, axes
+
+
+def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete rsciio's TIFF axes from ImageJ or OME metadata read by tifffile.
+
+    rsciio keeps an ImageJ unit only when it is ``micron`` and ignores OME-XML;
+    when its image axes carry no unit, take scale and unit from there.
+    """
+    if len(axes) < 2 or any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):
+        return axes
+    found = _tiff_extra_calibration(path)
+    if found is None:
+        return axes
+    (scale_y, unit_y), (scale_x, unit_x) = found
+    axes = [dict(a) for a in axes]
+    axes[-2].update(scale=scale_y, units=unit_y)
+    axes[-1].update(scale=scale_x, units=unit_x)
+    return axes
+
+
+def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float, str]] | None:
+    """((scale_y, unit_y), (scale_x, unit_x)) from ImageJ or OME metadata, if any."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        ij = tif.imagej_metadata
+        if ij and ij.get("unit") and "XResolution" in page.tags and "YResolution" in page.tags:
+            xres = page.tags["XResolution"].value
+            yres = page.tags["YResolution"].value
+            unit = _unescape(str(ij["unit"]))
+            if xres[0] > 0 and yres[0] > 0:
+                return (yres[1] / yres[0], unit), (xres[1] / xres[0], unit)
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_calibration(tif.ome_metadata)
+    return None
+
+
+def _ome_calibration(ome_xml: str) -> tuple[tuple[float, str], tuple[float, str]] | None:
+    """((scale_y, unit_y), (scale_x, unit_x)) of the first OME ``Pixels`` element."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(ome_xml)
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            attrs = element.attrib
+            if "PhysicalSizeX" not in attrs or "PhysicalSizeY" not in attrs:
+                return None
+            return (
+                (float(attrs["PhysicalSizeY"]), attrs.get("PhysicalSizeYUnit", "µm")),
+                (float(attrs["PhysicalSizeX"]), attrs.get("PhysicalSizeXUnit", "µm")),
+            )
+    return None
+
+
+def _read_plain_image(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Read PNG/JPEG with imageio; no calibration."""
+    import imageio.v3 as iio
+
+    data = np.asarray(iio.imread(path))
+    return data, [{} for _ in range(data.ndim)]
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Read a ``.npy`` array (no pickles); no calibration."""
+    data = np.load(path, allow_pickle=False)
+    return data, [{} for _ in range(data.ndim)]
+
+
+def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Dispatch to the reader for ``reader`` (a value of SUPPORTED_EXTENSIONS)."""
+    if reader == "npy":
+        return _read_npy(path)
+    if reader == "image":
+        return _read_plain_image(path)
+    return _read_with_rsciio(path, reader)
+
+
+# --------------------------------------------------------------------------- shaping
+
+
+def _to_grey(
+    data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Convert RGB(A) to grey with BT.709 luma; other data pass unchanged.
+
+    Parameters
+    ----------
+    data : ndarray
+        Either a structured array with ``R``, ``G``, ``B`` fields (rsciio) or,
+        when ``channels_last``, ``[H, W, C]`` with C in 2..4 (imageio, NumPy).
+    axes : list of dict
+        Axis dictionaries, one per dimension of ``data``.
+    channels_last : bool
+        Whether a trailing axis of 2-4 channels may be colour.
+    """
+    if data.dtype.names and {"R", "G", "B"} <= set(data.dtype.names):
+        rgb = np.stack([data[c].astype(np.float64) for c in "RGB"], axis=-1)
+        return rgb @ _LUMA, axes
+    if channels_last and data.ndim == 3 and data.shape[-1] in (2, 3, 4) and min(data.shape[:2]) > 4:
+        if data.shape[-1] == 2:  # grey + alpha
+            return data[..., 0], axes[:-1]
+        return data[..., :3].astype(np.float64) @ _LUMA, axes[:-1]
+    return data, axes
+
+
+def _arrange(
+    data: np.ndarray, axes: list[dict[str, Any]]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Put the navigation (frame) axis first and drop length-1 frame axes.
+
+    Returns data of 2 or more dimensions whose last two are the image; the
+    caller refuses more than 3.
+    """
+    if axes and all("navigate" in a for a in axes) and sum(not a["navigate"] for a in axes) == 2:
+        nav = [i for i, a in enumerate(axes) if a["navigate"]]
+        sig = [i for i, a in enumerate(axes) if not a["navigate"]]
+        order = nav + sig
+        data = np.transpose(data, order)
+        axes = [axes[i] for i in order]
+    while data.ndim > 2 and 1 in data.shape[:-2]:
+        i = data.shape[:-2].index(1)
+        data = np.take(data, 0, axis=i)
+        axes = axes[:i] + axes[i + 1 :]
+    return data, axes
+
+
+def _check_values(data: np.ndarray) -> str | None:
+    """The problem with the pixel values (all non-finite, constant), or None."""
+    finite = np.isfinite(data)
+    if not finite.any():
+        return "no finite pixel values (all NaN or infinite)"
+    values = data[finite] if not finite.all() else data
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        return f"constant image (every pixel is {low:g}): nothing to detect; is it a blank frame?"
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python scalar/str for NumPy scalars, bytes and None."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def read_micrograph(
+    path: str | os.PathLike[str],
+    sampling_A: float | None = None,
+    *,
+    min_size: int = MIN_SIZE,
+) -> Micrograph:
+    """Read a micrograph (or a stack of them) and its pixel size.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.dm3``, ``.dm4``, ``.emd``, ``.ser``/``.emi``, ``.mrc``/``.mrcs``,
+        ``.tif``/``.tiff``, ``.png``, ``.jpg``/``.jpeg`` or ``.npy`` file.
+    sampling_A : float, optional
+        Pixel size in Å per pixel; overrides the file's calibration.
+    min_size : int, default MIN_SIZE (16)
+        Smallest accepted height and width in pixels. Tests of the readers
+        lower it to read tiny vendor sample files.
+
+    Returns
+    -------
+    Micrograph
+        ``data`` float32 ``[H, W]`` or ``[N, H, W]``; ``sampling_A`` is None when
+        neither the file nor the caller gives a pixel size.
+
+    Raises
+    ------
+    MicrographError
+        Missing, empty, unknown, unreadable or truncated file; not an image
+        (1-D, 4-D, spectra, complex); smaller than ``min_size``; no finite or
+        only one pixel value; reciprocal or non-square calibration; a
+        non-positive ``sampling_A``.
+
+    Notes
+    -----
+    An uncalibrated image is returned, not refused; call
+    :func:`require_sampling` where Å are needed. Only the first image of a
+    file holding several (EMD, EMI, multi-series TIFF) is read. A PNG, JPEG or
+    NPY array ``[H, W, C]`` with C in 2..4 and H, W > 4 is taken as colour
+    (grey+alpha, RGB, RGBA), not as a stack.
+    """
+    source = os.fspath(path)
+    p = Path(source)
+    if sampling_A is not None and not (
+        isinstance(sampling_A, (int, float, np.number)) and math.isfinite(sampling_A) and sampling_A > 0
+    ):
+        raise MicrographError(source, f"sampling must be a positive number of Å per pixel, got {sampling_A!r}")
+    if not p.exists():
+        raise MicrographError(source, "no such file")
+    if not p.is_file():
+        raise MicrographError(source, "not a file (a directory?)")
+    if p.stat().st_size == 0:
+        raise MicrographError(source, "empty file (0 bytes)")
+    reader = SUPPORTED_EXTENSIONS.get(p.suffix.lower())
+    if reader is None:
+        known = " ".join(sorted(SUPPORTED_EXTENSIONS))
+        raise MicrographError(source, f"unknown file type {p.suffix or '(no extension)'!r}; supported: {known}")
+    fmt = _FORMAT_NAMES[reader]
+
+    try:
+        raw, axes = _read_raw(p, reader)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise MicrographError(
+            source, f"cannot read it as a {fmt} file ({reason}); it may be truncated, damaged or of another format"
+        ) from exc
+
+    file_shape = [int(n) for n in raw.shape]
+    file_dtype = str(raw.dtype)
+    if np.iscomplexobj(raw):
+        raise MicrographError(source, "complex data (an exit wave or FFT?); save the intensity image instead")
+    data, axes = _to_grey(raw, axes, channels_last=reader in ("image", "npy"))
+    if data.dtype.names or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise MicrographError(source, f"pixel type {file_dtype} is not a number")
+    data, axes = _arrange(data, axes)
+    if data.ndim > 3:
+        raise MicrographError(
+            source, f"{data.ndim}-D data of shape {tuple(file_shape)}; expected one image [H, W] or a stack [N, H, W]"
+        )
+    if data.ndim < 2:
+        raise MicrographError(source, f"{data.ndim}-D data of shape {tuple(file_shape)} is not an image")
+    height, width = data.shape[-2:]
+    if min(height, width) < min_size:
+        raise MicrographError(
+            source, f"image too small ({height}x{width} pixels; at least {min_size}x{min_size} needed to hold atoms)"
+        )
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    problem = _check_values(data)
+    if problem:
+        raise MicrographError(source, problem)
+
+    try:
+        file_sampling_A, note = _calibration(*(axes[-2:] if len(axes) >= 2 else (None, None)))
+    except ValueError as exc:
+        if "reciprocal" in str(exc):
+            raise MicrographError(
+                source, f"pixel size in a {exc}: a diffraction pattern or FFT, not a real-space image"
+            ) from None
+        if sampling_A is None:
+            raise MicrographError(source, f"{exc}; resample the image or give --sampling (Å per pixel)") from None
+        file_sampling_A, note = None, str(exc)
+
+    x_axis = axes[-1] if axes else {}
+    metadata = {
+        "format": reader,
+        "dtype": file_dtype,
+        "shape": file_shape,
+        "unit": _jsonable(x_axis.get("units")),
+        "scale": _jsonable(x_axis.get("scale")),
+        "file_sampling_A": file_sampling_A,
+        "sampling_from": "user" if sampling_A is not None else ("file" if file_sampling_A else None),
+        "calibration_note": note,
+    }
+    data.flags.writeable = False
+    final = float(sampling_A) if sampling_A is not None else file_sampling_A
+    return Micrograph(data=data, sampling_A=final, source=source, metadata=metadata)
+
+
+def require_sampling(micrograph: Micrograph) -> float:
+    """The micrograph's pixel size in Å, or an error telling the user to give one.
+
+    Parameters
+    ----------
+    micrograph : Micrograph
+        As returned by :func:`read_micrograph`.
+
+    Returns
+    -------
+    float
+        Å per pixel.
+
+    Raises
+    ------
+    MicrographError
+        When neither the file nor the caller gave a pixel size.
+    """
+    if micrograph.sampling_A is not None:
+        return micrograph.sampling_A
+    note = micrograph.metadata.get("calibration_note")
+    detail = f" ({note})" if note and note != "no calibration" else ""
+    raise MicrographError(
+        micrograph.source, f"no pixel size in the file{detail}; give it with --sampling (Å per pixel)"
+    )
+
+
+def write_tiff_calibrated(
+    path: str | os.PathLike[str], array: np.ndarray, sampling_A: float
+) -> Path:
+    """Write a float32 ImageJ TIFF whose pixel size :func:`read_micrograph` reads back.
+
+    The resolution tags hold pixels per Å and the ImageJ description
+    ``unit=\\u00C5`` (ImageJ/Fiji show Å); a stack is written as ImageJ slices.
+    The file appears atomically (temporary file in the same folder, then
+    ``os.replace``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination ``.tif``/``.tiff``.
+    array : ndarray, shape (H, W) or (N, H, W)
+        Real pixel values; written as float32.
+    sampling_A : float
+        Pixel size in Å per pixel, > 0.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ValueError
+        For a bad array shape, complex data or a non-positive sampling.
+    """
+    import tifffile
+
+    target = Path(path)
+    data = np.asarray(array)
+    if np.iscomplexobj(data) or data.ndim not in (2, 3):
+        raise ValueError(f"{target}: need a real [H, W] or [N, H, W] array, got {data.dtype} {data.shape}")
+    if not (math.isfinite(sampling_A) and sampling_A > 0):
+        raise ValueError(f"{target}: sampling_A must be positive, got {sampling_A!r}")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    pixels_per_A = 1.0 / float(sampling_A)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(
+            tmp_name,
+            data,
+            imagej=True,
+            resolution=(pixels_per_A, pixels_per_A),
+            metadata={"unit": "\\u00C5", "axes": "ZYX" if data.ndim == 3 else "YX"},
+        )
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,265 @@
+"""Atoms as peaks of a probability map, refined to sub-pixel positions.
+
+Coordinates follow DESIGN.md: ``x`` = column index, ``y`` = row index, pixel centres
+at integers, origin at the centre of the top-left pixel. This module needs only
+NumPy, SciPy, scikit-image and pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+from skimage.feature import peak_local_max
+from skimage.morphology import disk
+
+#: Columns of the atom table (DESIGN.md).
+TABLE_COLUMNS = ("x", "y", "x_angstrom", "y_angstrom", "label", "probability", "height")
+_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class AtomTable:
+    """Detected atoms (or atomic columns) as parallel arrays.
+
+    Attributes
+    ----------
+    x, y : ndarray of float, shape (n,)
+        Positions in pixels (x = column, y = row).
+    label : ndarray of int, shape (n,)
+        1-based class index (0, the background, never appears).
+    probability : ndarray of float, shape (n,)
+        Detection score in [0, 1] (the atom probability at the peak for networks).
+    height : ndarray of int, shape (n,)
+        Atoms per column, or -1 where unknown.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    label: np.ndarray
+    probability: np.ndarray
+    height: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", np.asarray(self.x, dtype=np.float64).reshape(-1))
+        object.__setattr__(self, "y", np.asarray(self.y, dtype=np.float64).reshape(-1))
+        object.__setattr__(self, "label", np.asarray(self.label, dtype=np.int64).reshape(-1))
+        object.__setattr__(
+            self, "probability", np.asarray(self.probability, dtype=np.float64).reshape(-1)
+        )
+        object.__setattr__(self, "height", np.asarray(self.height, dtype=np.int64).reshape(-1))
+        n = len(self.x)
+        if not all(len(a) == n for a in (self.y, self.label, self.probability, self.height)):
+            raise ValueError("AtomTable arrays must all have the same length")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def empty(cls) -> "AtomTable":
+        """A table with no atoms."""
+        return cls(np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), np.zeros(0, int))
+
+    @property
+    def xy(self) -> np.ndarray:
+        """Positions as an ``(n, 2)`` array of ``(x, y)`` in pixels."""
+        return np.column_stack([self.x, self.y])
+
+    def to_frame(self, class_names: Sequence[str], sampling_A: float) -> pd.DataFrame:
+        """The table as a DataFrame with the DESIGN.md columns.
+
+        Parameters
+        ----------
+        class_names : sequence of str
+            Names of classes ``1..k-1`` (``label`` ``i`` becomes ``class_names[i-1]``).
+        sampling_A : float
+            Pixel size in Å/pixel (for ``x_angstrom`` and ``y_angstrom``).
+
+        Returns
+        -------
+        DataFrame
+            Columns ``x, y, x_angstrom, y_angstrom, label, probability, height``;
+            ``height`` is a nullable integer column, NA (written empty to CSV) where
+            unknown.
+        """
+        names = np.asarray(list(class_names), dtype=object)
+        if len(self) and (self.label.min() < 1 or self.label.max() > len(names)):
+            raise ValueError(f"labels must be in 1..{len(names)} for class names {list(names)}")
+        height = pd.array(self.height, dtype="Int64")
+        height[self.height < 0] = pd.NA
+        return pd.DataFrame(
+            {
+                "x": self.x,
+                "y": self.y,
+                "x_angstrom": self.x * sampling_A,
+                "y_angstrom": self.y * sampling_A,
+                "label": names[self.label - 1] if len(self) else np.zeros(0, dtype=object),
+                "probability": self.probability,
+                "height": height,
+            },
+            columns=list(TABLE_COLUMNS),
+        )
+
+
+def refine_subpixel(
+    image: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius_px: float, n_iter: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine peak positions by an iterated, intensity-weighted centroid.
+
+    At each iteration the centroid of ``max(image, 0)`` is taken inside an
+    anti-aliased disk of radius ``radius_px`` centred at the current estimate, which
+    then moves to that centroid. A peak symmetric about its centre is a fixed point,
+    so Gaussian blobs and flat-topped (saturated) disks are both located without the
+    bias of a window centred on the integer maximum. Moves are limited to
+    ``radius_px`` from the start.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Map whose peaks are refined (non-negative where it matters).
+    rows, cols : ndarray of int, shape (n,)
+        Integer peak positions.
+    radius_px : float
+        Window radius in pixels (about half the smallest peak separation).
+    n_iter : int
+        Number of centroid iterations.
+
+    Returns
+    -------
+    (y, x) : ndarrays of float, shape (n,)
+        Refined row and column positions in pixels.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    if len(rows) > _CHUNK:  # bound memory: patches are [n, P, P]
+        parts = [
+            refine_subpixel(image, rows[i : i + _CHUNK], cols[i : i + _CHUNK], radius_px, n_iter)
+            for i in range(0, len(rows), _CHUNK)
+        ]
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    r = max(float(radius_px), 1.0)
+    half = int(np.ceil(2 * r)) + 1  # patch half-size: window plus room to move by r
+    img = np.pad(np.maximum(np.asarray(image, dtype=np.float64), 0.0), half, mode="constant")
+    offs = np.arange(-half, half + 1)
+    patches = img[
+        (rows + half)[:, None, None] + offs[None, :, None],
+        (cols + half)[:, None, None] + offs[None, None, :],
+    ]  # [n, P, P]
+    dy = np.zeros(len(rows))
+    dx = np.zeros(len(rows))
+    gy, gx = np.meshgrid(offs.astype(np.float64), offs.astype(np.float64), indexing="ij")
+    for _ in range(n_iter):
+        dist = np.hypot(gy[None] - dy[:, None, None], gx[None] - dx[:, None, None])
+        w = np.clip(r + 0.5 - dist, 0.0, 1.0) * patches
+        s = w.sum(axis=(1, 2))
+        ok = s > 0
+        ny = np.where(ok, (w * gy).sum(axis=(1, 2)) / np.where(ok, s, 1.0), dy)
+        nx = np.where(ok, (w * gx).sum(axis=(1, 2)) / np.where(ok, s, 1.0), dx)
+        step = np.hypot(ny, nx)
+        scale = np.where(step > r, r / np.maximum(step, 1e-12), 1.0)
+        dy, dx = ny * scale, nx * scale
+    return rows + dy, cols + dx
+
+
+def enforce_spacing(xy: np.ndarray, score: np.ndarray, min_distance: float) -> np.ndarray:
+    """Indices of a subset of points no two of which are closer than ``min_distance``.
+
+    Greedy by descending ``score``: a point is kept unless a kept point lies within
+    less than ``min_distance`` of it. Returned indices are sorted by descending score.
+    """
+    order = np.argsort(-np.asarray(score), kind="stable")
+    if len(order) == 0 or min_distance <= 0:
+        return order
+    tree = cKDTree(xy)
+    neighbours = tree.query_ball_point(xy, r=min_distance)
+    kept = []
+    removed = np.zeros(len(xy), dtype=bool)
+    for i in order:
+        if removed[i]:
+            continue
+        kept.append(i)
+        for j in neighbours[i]:
+            if j != i and np.hypot(*(xy[j] - xy[i])) < min_distance:
+                removed[j] = True
+    return np.asarray(kept, dtype=np.int64)
+
+
+def local_maxima(image: np.ndarray, min_distance_px: float, threshold: float) -> np.ndarray:
+    """Integer local maxima at least ``min_distance_px`` apart (Euclidean).
+
+    A pixel is a candidate when it is the maximum of the disk of radius
+    ``floor(min_distance_px)`` around it and exceeds ``threshold``;
+    :func:`skimage.feature.peak_local_max` then thins candidates (plateaus, ties) to
+    a Euclidean spacing of at least that radius, highest first. (Its default square
+    footprint would let a peak at distance ``d`` but diagonal offset hide a
+    neighbour, so a disk is passed.)
+
+    Returns
+    -------
+    ndarray of int, shape (n, 2)
+        ``(row, col)`` of the peaks, highest first.
+    """
+    d = max(1, int(np.floor(min_distance_px)))
+    return peak_local_max(
+        np.asarray(image, dtype=np.float64),
+        min_distance=d,
+        footprint=disk(d).astype(bool),
+        threshold_abs=threshold,
+        exclude_border=False,
+        p_norm=2,
+    )
+
+
+def find_atoms(
+    probabilities: np.ndarray,
+    *,
+    min_distance_px: float,
+    threshold: float = 0.5,
+    heights: np.ndarray | None = None,
+) -> AtomTable:
+    """Find atoms as peaks of the atom probability ``1 - p(background)``.
+
+    Parameters
+    ----------
+    probabilities : ndarray, shape (k, H, W)
+        Per-class probabilities (class 0 = background), e.g. from
+        :func:`atomfinder.nn.infer.predict`.
+    min_distance_px : float
+        Smallest allowed distance between two atoms in pixels (Euclidean; refined
+        positions closer than this are merged, keeping the more probable one).
+    threshold : float
+        Peaks with atom probability below this are dropped.
+    heights : ndarray, shape (H, W), optional
+        Column-height map; the height of an atom is its value at the peak, rounded.
+
+    Returns
+    -------
+    AtomTable
+        Sorted by descending probability. ``label`` is the argmax over the
+        non-background classes at the peak pixel (1-based), ``probability`` the atom
+        probability there (the sum of the non-background classes), ``height`` the
+        rounded height or -1 without a height map.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise ValueError(f"expected [k, H, W] probabilities with k >= 2, got {p.shape}")
+    atom = p[1:].sum(axis=0)
+    coords = local_maxima(atom, min_distance_px, threshold)
+    if len(coords) == 0:
+        return AtomTable.empty()
+    rows, cols = coords[:, 0], coords[:, 1]
+    y, x = refine_subpixel(atom, rows, cols, radius_px=max(1.0, 0.5 * min_distance_px))
+    score = atom[rows, cols]
+    keep = enforce_spacing(np.column_stack([x, y]), score, min_distance_px)
+    rows, cols, x, y, score = rows[keep], cols[keep], x[keep], y[keep], score[keep]
+    label = p[1:, rows, cols].argmax(axis=0) + 1
+    if heights is not None:
+        h = np.rint(np.asarray(heights)[rows, cols]).astype(np.int64)
+    else:
+        h = np.full(len(rows), -1, dtype=np.int64)
+    return AtomTable(x=x, y=y, label=label, probability=np.clip(score, 0.0, 1.0), height=h)

@@ -1,0 +1,1 @@
+"""HRTEM imaging (needs the ``simulate`` extra: abTEM): microscope, exit waves, lens, detector."""

@@ -1,0 +1,305 @@
+"""Microscope parameters and the seeded sampler that draws them.
+
+A :class:`Microscope` holds everything that turns an exit wave into a recorded
+image: the objective lens (defocus, aberrations, aperture), the partial
+coherence of the illumination, the detector (MTF, blur, pixel size, gain,
+offset) and the electron dose. :class:`MicroscopeRanges` is the documented,
+seeded sampler that draws them for training data.
+
+Conventions
+-----------
+- Lengths in Å (so Cs = 30 µm is ``Cs_A = 3e5``), angles in mrad or radians
+  (named), energy in eV, dose in electrons per Å².
+- **Defocus is positive for underfocus** (abTEM's ``defocus = -C10``).
+- Aberrations use the polar (Krivanek) notation of abTEM:
+  ``chi(alpha, phi) = 2 pi / lambda * [ 1/2 alpha^2 (C10 + C12 cos 2(phi - phi12))
+  + 1/3 alpha^3 C21 cos(phi - phi21) + 1/4 alpha^4 C30 + 1/6 alpha^6 C50 ]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Physical constants (CODATA) for the relativistic electron wavelength.
+_H = 6.62607015e-34  # J s
+_M0 = 9.1093837015e-31  # kg
+_E = 1.602176634e-19  # C
+_C = 299792458.0  # m / s
+
+
+def wavelength_A(energy_eV: float) -> float:
+    """Relativistic electron wavelength in Å for an acceleration energy in eV."""
+    e = energy_eV * _E
+    return _H * _C / math.sqrt(e * (2 * _M0 * _C**2 + e)) * 1e10
+
+
+def scherzer_defocus_A(Cs_A: float, energy_eV: float) -> float:
+    """Scherzer defocus in Å (positive = underfocus), ``sign(Cs) sqrt(3/2 |Cs| lambda)``.
+
+    Same expression as abTEM's ``scherzer_defocus``; for negative Cs (negative
+    Cs imaging) the optimum lies in overfocus, so the value is negative.
+    """
+    return math.copysign(math.sqrt(1.5 * abs(Cs_A) * wavelength_A(energy_eV)), Cs_A)
+
+
+@dataclass(frozen=True)
+class Microscope:
+    """One microscope state: the objective lens, coherence, detector and dose.
+
+    Attributes
+    ----------
+    energy_eV : float
+        Acceleration energy (eV).
+    sampling_A : float
+        Detector pixel size referred to the specimen (Å / pixel).
+    defocus_A : float
+        Defocus at the field centre (Å, positive = underfocus).
+    Cs_A : float
+        Spherical aberration C30 (Å; 1 µm = 1e4 Å).
+    C5_A : float
+        Fifth-order spherical aberration C50 (Å).
+    astigmatism_A, astigmatism_angle_rad : float
+        Two-fold astigmatism C12 (Å) and its azimuth phi12 (rad).
+    coma_A, coma_angle_rad : float
+        Axial coma C21 (Å) and its azimuth phi21 (rad).
+    focal_spread_A : float
+        Standard deviation of the defocus spread from chromatic aberration and
+        instabilities (Å); imaged as an incoherent sum over defoci.
+    angular_spread_mrad : float
+        Illumination semi-angle (mrad); partial spatial coherence enters as the
+        quasi-coherent envelope ``exp(-(theta/2)^2 |grad chi|^2)`` (abTEM's form).
+    semiangle_cutoff_mrad : float
+        Objective aperture semi-angle (mrad).
+    defocus_gradient : tuple of float
+        Linear change of defocus across the field, ``(d/dx, d/dy)`` in Å of
+        defocus per Å (a tilted or wedge-shaped specimen; 0 = uniform).
+    defocus_curvature_A : float
+        Extra defocus (Å) at a distance of 50 Å from the field centre along a
+        random parabolic bend (a rippled or bent sheet); 0 = none.
+    mtf_c0, mtf_c1, mtf_c2 : float
+        Parametric detector MTF ``(1 - c0) / (1 + (q / c1)^c2) + c0`` with ``q``
+        the spatial frequency in units of the Nyquist frequency.
+    blur_px : float
+        Extra Gaussian blur at the detector (standard deviation in pixels).
+    dose_e_per_A2 : float
+        Electron dose (e/Å²); ``inf`` means no shot noise.
+    gain : float
+        Detector counts per electron.
+    offset : float
+        Detector dark offset (counts).
+    """
+
+    energy_eV: float = 80e3
+    sampling_A: float = 0.1
+    defocus_A: float = 0.0
+    Cs_A: float = 0.0
+    C5_A: float = 0.0
+    astigmatism_A: float = 0.0
+    astigmatism_angle_rad: float = 0.0
+    coma_A: float = 0.0
+    coma_angle_rad: float = 0.0
+    focal_spread_A: float = 0.0
+    angular_spread_mrad: float = 0.0
+    semiangle_cutoff_mrad: float = 40.0
+    defocus_gradient: tuple[float, float] = (0.0, 0.0)
+    defocus_curvature_A: float = 0.0
+    defocus_curvature_angle_rad: float = 0.0
+    mtf_c0: float = 1.0
+    mtf_c1: float = 1.0
+    mtf_c2: float = 2.0
+    blur_px: float = 0.0
+    dose_e_per_A2: float = math.inf
+    gain: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def wavelength_A(self) -> float:
+        """Electron wavelength (Å)."""
+        return wavelength_A(self.energy_eV)
+
+    def replace(self, **changes: Any) -> "Microscope":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/TOML-friendly dict (infinite dose written as the string ``"inf"``)."""
+        d = dataclasses.asdict(self)
+        d["defocus_gradient"] = list(self.defocus_gradient)
+        if math.isinf(self.dose_e_per_A2):
+            d["dose_e_per_A2"] = "inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Microscope":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        d = dict(d)
+        if "defocus_gradient" in d:
+            d["defocus_gradient"] = tuple(float(v) for v in d["defocus_gradient"])
+        if "dose_e_per_A2" in d:
+            d["dose_e_per_A2"] = float(d["dose_e_per_A2"])
+        return cls(**d)
+
+
+def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    lo, hi = lo_hi
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    lo, hi = lo_hi
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
+
+
+@dataclass(frozen=True)
+class MicroscopeRanges:
+    """Ranges from which :meth:`sample` draws a :class:`Microscope`.
+
+    Every draw is uniform in the given ``(low, high)`` range unless noted; pass
+    equal bounds to fix a parameter.
+
+    Attributes
+    ----------
+    energies_eV : tuple of float
+        Acceleration energies to choose from (eV), uniformly.
+    sampling_A : float
+        Nominal pixel size (Å / pixel), the model's sampling.
+    sampling_jitter : float
+        Relative jitter of the pixel size: drawn uniformly in
+        ``sampling_A * (1 ± sampling_jitter)`` (a calibration error).
+    p_corrected : float
+        Probability of an aberration-corrected microscope (Cs drawn from
+        ``Cs_corrected_A``), else uncorrected (Cs from ``Cs_uncorrected_A``).
+    Cs_corrected_A, Cs_uncorrected_A : (float, float)
+        Cs ranges (Å): corrected -35..+35 µm by default, uncorrected 0.5-1.2 mm.
+    C5_A : (float, float)
+        C50 range (Å).
+    defocus_around_scherzer_A : (float, float)
+        Defocus (Å, positive = underfocus) relative to the Scherzer defocus of
+        the drawn Cs and energy; the default ±250 Å passes through the contrast
+        reversals of the lattice fringes.
+    focal_spread_A, angular_spread_mrad, semiangle_cutoff_mrad : (float, float)
+        Coherence and aperture ranges.
+    astigmatism_A, coma_A : (float, float)
+        Residual two-fold astigmatism and axial coma magnitudes (Å); azimuths uniform.
+    p_defocus_variation : float
+        Probability that defocus varies across the field.
+    defocus_gradient_max : float
+        Maximum magnitude of the defocus gradient (Å per Å), direction uniform.
+    defocus_curvature_A : (float, float)
+        Range of the parabolic defocus bend at 50 Å from the centre (Å, signed).
+    mtf_c0, mtf_c1, mtf_c2 : (float, float)
+        Parametric MTF ranges (see :class:`Microscope`).
+    blur_px : (float, float)
+        Gaussian detector blur range (pixels).
+    dose_e_per_A2 : (float, float)
+        Dose range (e/Å²), drawn log-uniformly.
+    gain : (float, float)
+        Counts per electron, drawn log-uniformly.
+    offset : (float, float)
+        Detector offset range (counts per pixel, relative to the mean counts:
+        the offset is ``offset * mean counts``).
+    """
+
+    energies_eV: tuple[float, ...] = (60e3, 80e3, 120e3, 200e3, 300e3)
+    sampling_A: float = 0.1
+    sampling_jitter: float = 0.05
+    p_corrected: float = 0.8
+    Cs_corrected_A: tuple[float, float] = (-35e4, 35e4)
+    Cs_uncorrected_A: tuple[float, float] = (0.5e7, 1.2e7)
+    C5_A: tuple[float, float] = (0.0, 5e6)
+    defocus_around_scherzer_A: tuple[float, float] = (-250.0, 250.0)
+    focal_spread_A: tuple[float, float] = (10.0, 60.0)
+    angular_spread_mrad: tuple[float, float] = (0.05, 0.5)
+    semiangle_cutoff_mrad: tuple[float, float] = (25.0, 50.0)
+    astigmatism_A: tuple[float, float] = (0.0, 30.0)
+    coma_A: tuple[float, float] = (0.0, 300.0)
+    p_defocus_variation: float = 0.3
+    defocus_gradient_max: float = 1.5
+    defocus_curvature_A: tuple[float, float] = (-60.0, 60.0)
+    mtf_c0: tuple[float, float] = (0.0, 0.3)
+    mtf_c1: tuple[float, float] = (0.3, 1.0)
+    mtf_c2: tuple[float, float] = (1.5, 3.0)
+    blur_px: tuple[float, float] = (0.0, 0.6)
+    dose_e_per_A2: tuple[float, float] = (1e2, 1e5)
+    gain: tuple[float, float] = (0.5, 20.0)
+    offset: tuple[float, float] = (-0.2, 0.5)
+
+    def sample(
+        self,
+        rng: np.random.Generator,
+        energy_eV: float | None = None,
+        sampling_A: float | None = None,
+    ) -> Microscope:
+        """Draw one microscope state.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The only source of randomness (same state, same microscope).
+        energy_eV : float, optional
+            Use this energy instead of drawing one (an exit wave is computed for
+            one energy and reused for many draws).
+        sampling_A : float, optional
+            Use this pixel size instead of drawing one (the output grid of one
+            exit wave is fixed).
+        """
+        if energy_eV is None:
+            energy_eV = float(rng.choice(np.asarray(self.energies_eV, dtype=float)))
+        sampling = self.sample_sampling(rng) if sampling_A is None else sampling_A
+        corrected = rng.random() < self.p_corrected
+        Cs = _uniform(rng, self.Cs_corrected_A if corrected else self.Cs_uncorrected_A)
+        C5 = _uniform(rng, self.C5_A) if corrected else 0.0
+        defocus = scherzer_defocus_A(Cs, energy_eV) + _uniform(rng, self.defocus_around_scherzer_A)
+        gradient = (0.0, 0.0)
+        curvature = 0.0
+        if rng.random() < self.p_defocus_variation:
+            g = rng.uniform(0, self.defocus_gradient_max)
+            a = rng.uniform(0, 2 * np.pi)
+            gradient = (float(g * np.cos(a)), float(g * np.sin(a)))
+            curvature = _uniform(rng, self.defocus_curvature_A)
+        return Microscope(
+            energy_eV=energy_eV,
+            sampling_A=float(sampling),
+            defocus_A=float(defocus),
+            Cs_A=Cs,
+            C5_A=C5,
+            astigmatism_A=_uniform(rng, self.astigmatism_A),
+            astigmatism_angle_rad=float(rng.uniform(0, np.pi)),
+            coma_A=_uniform(rng, self.coma_A),
+            coma_angle_rad=float(rng.uniform(0, 2 * np.pi)),
+            focal_spread_A=_uniform(rng, self.focal_spread_A),
+            angular_spread_mrad=_uniform(rng, self.angular_spread_mrad),
+            semiangle_cutoff_mrad=_uniform(rng, self.semiangle_cutoff_mrad),
+            defocus_gradient=gradient,
+            defocus_curvature_A=curvature,
+            defocus_curvature_angle_rad=float(rng.uniform(0, np.pi)),
+            mtf_c0=_uniform(rng, self.mtf_c0),
+            mtf_c1=_uniform(rng, self.mtf_c1),
+            mtf_c2=_uniform(rng, self.mtf_c2),
+            blur_px=_uniform(rng, self.blur_px),
+            dose_e_per_A2=_log_uniform(rng, self.dose_e_per_A2),
+            gain=_log_uniform(rng, self.gain),
+            offset=_uniform(rng, self.offset),
+        )
+
+    def sample_sampling(self, rng: np.random.Generator) -> float:
+        """Draw a pixel size (Å / pixel) around the nominal one."""
+        return float(self.sampling_A * (1.0 + rng.uniform(-self.sampling_jitter, self.sampling_jitter)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/TOML-friendly dict (tuples become lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MicroscopeRanges":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown microscope range(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})

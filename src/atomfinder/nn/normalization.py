@@ -1,0 +1,124 @@
+"""Image normalisation shared by training and inference (NumPy/SciPy only, no torch).
+
+The same function must run on simulated training images and on real micrographs, so
+it lives here and nowhere else. Model cards record which one a model expects, e.g.
+``{"kind": "local", "window_A": 12.0}`` or ``{"kind": "global"}``; use
+:func:`apply_normalization` to apply such a record.
+
+Both functions accept ``[H, W]`` or ``[C, H, W]`` arrays (each channel is normalised
+on its own) and return ``float32``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+#: Relative floor on the local standard deviation (fraction of the image's global std).
+STD_FLOOR_REL = 1e-3
+#: Floor relative to the image's largest magnitude (covers rounding in the filters).
+STD_FLOOR_SCALE = 1e-7
+#: Absolute floor on any standard deviation, so a constant image gives zeros, not NaN.
+STD_FLOOR_ABS = 1e-30
+
+
+def _per_channel(func, image: np.ndarray, **kwargs) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return func(image, **kwargs).astype(np.float32)
+    if image.ndim == 3:
+        return np.stack([func(ch, **kwargs) for ch in image]).astype(np.float32)
+    raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {image.shape}")
+
+
+def _local_2d(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    x = image.astype(np.float64)
+    mean = gaussian_filter(x, sigma_px, mode="reflect")
+    centred = x - mean
+    var = gaussian_filter(centred * centred, sigma_px, mode="reflect")
+    scale = float(np.abs(x).max()) if x.size else 0.0
+    floor = max(STD_FLOOR_REL * float(np.std(x)), STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
+    std = np.sqrt(np.maximum(var, 0.0))
+    return centred / np.maximum(std, floor)
+
+
+def normalize_local(image: np.ndarray, sampling_A: float, window_A: float = 12.0) -> np.ndarray:
+    """Subtract a local mean and divide by a local standard deviation.
+
+    Both are Gaussian-weighted averages with standard deviation ``window_A / 2`` (Å),
+    i.e. ~68 % of the weight lies within a band ``window_A`` wide. Because the scale is
+    set locally, regions of weak and strong contrast come out with the same amplitude,
+    and a field whose contrast reverses (defocus or thickness changing across a tilted
+    sheet or a wedge) keeps unit amplitude on both sides of the reversal instead of
+    fading to zero around it, as a global standardisation would make it.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (C, H, W)
+        Raw intensities (any units); channels are normalised independently.
+    sampling_A : float
+        Pixel size in Å/pixel.
+    window_A : float, optional
+        Size of the averaging window in Å (default 12 Å; see above).
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``image``
+        Locally zero-mean, unit-variance image. The local standard deviation is
+        floored at ``1e-3`` times the global one (and at ``1e-7`` times the largest
+        magnitude), so flat regions and uniform images give finite values (zeros, up to
+        rounding, for a uniform image), never NaN.
+    """
+    if sampling_A <= 0 or window_A <= 0:
+        raise ValueError("sampling_A and window_A must be positive")
+    sigma_px = 0.5 * window_A / sampling_A
+    return _per_channel(_local_2d, image, sigma_px=sigma_px)
+
+
+def _global_2d(image: np.ndarray) -> np.ndarray:
+    x = image.astype(np.float64)
+    centred = x - x.mean()
+    scale = float(np.abs(x).max()) if x.size else 0.0
+    return centred / max(float(centred.std()), STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
+
+
+def normalize_global(image: np.ndarray) -> np.ndarray:
+    """Standardise to zero mean and unit standard deviation (per channel).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (C, H, W)
+        Raw intensities.
+
+    Returns
+    -------
+    ndarray of float32, same shape
+        ``(image - mean) / std``; a constant channel becomes zeros.
+    """
+    return _per_channel(_global_2d, image)
+
+
+def apply_normalization(
+    image: np.ndarray, spec: Mapping[str, Any], sampling_A: float | None = None
+) -> np.ndarray:
+    """Apply the normalisation described by a model card's ``normalization`` record.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (C, H, W)
+        Raw image, already resampled to the model's sampling.
+    spec : mapping
+        ``{"kind": "local", "window_A": float}`` or ``{"kind": "global"}``.
+    sampling_A : float, optional
+        Pixel size in Å/pixel (required for ``"local"``).
+    """
+    kind = spec.get("kind")
+    if kind == "local":
+        if sampling_A is None:
+            raise ValueError("local normalisation needs sampling_A")
+        return normalize_local(image, sampling_A, float(spec.get("window_A", 12.0)))
+    if kind == "global":
+        return normalize_global(image)
+    raise ValueError(f"unknown normalisation kind {kind!r} (expected 'local' or 'global')")

@@ -1,0 +1,215 @@
+"""Targets, the generator and the zarr store: determinism, resume, dask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("abtem")
+
+from atomfinder.datasets.generate import (  # noqa: E402
+    SimulationConfig,
+    default_config,
+    generate_job,
+    load_config,
+    simulate_to_store,
+)
+from atomfinder.datasets.labels import class_maps, height_map  # noqa: E402
+from atomfinder.datasets.store import DatasetStore, StoreError  # noqa: E402
+from atomfinder.imaging.microscope import MicroscopeRanges  # noqa: E402
+
+
+def tiny(system: str = "graphene", **changes) -> SimulationConfig:
+    """A small, fast config: 48-px images in a 72-px box, 2 samples per job."""
+    base = default_config(system)
+    return base.replace(
+        image_px=48,
+        box_px=(80,),
+        margin_A=1.0,
+        samples_per_job=2,
+        draws_per_wave=2,
+        max_sites=256,
+        microscope=MicroscopeRanges.from_dict(base.microscope.to_dict() | {"sampling_A": 0.12}),
+        **changes,
+    )
+
+
+# -- labels ---------------------------------------------------------------------------
+
+
+def test_disk_maps_are_one_hot_with_the_right_area():
+    maps = class_maps(np.array([[20.3, 15.7], [40.0, 40.0]]), np.array([1, 2]), (64, 64), 2, 4.0)
+    assert maps.shape == (3, 64, 64)
+    np.testing.assert_allclose(maps.sum(axis=0), 1.0)
+    assert set(np.unique(maps)) <= {0.0, 1.0}
+    assert maps[1].sum() == pytest.approx(np.pi * 16, rel=0.1)
+    assert maps[1, 16, 20] == 1 and maps[2, 40, 40] == 1 and maps[0, 0, 0] == 1
+    # the disk is centred on the sub-pixel position
+    yy, xx = np.nonzero(maps[1])
+    assert xx.mean() == pytest.approx(20.3, abs=0.15) and yy.mean() == pytest.approx(15.7, abs=0.15)
+
+
+def test_gaussian_maps_peak_at_the_site_and_overlaps_go_to_the_nearer():
+    maps = class_maps(np.array([[10.0, 10.0], [13.0, 10.0]]), np.array([1, 2]), (24, 24), 2, 1.5, kind="gaussian")
+    assert maps[1, 10, 10] == pytest.approx(1.0)
+    assert maps[2, 10, 13] == pytest.approx(1.0)
+    assert maps[1, 10, 11] > 0 and maps[2, 10, 11] == 0  # pixel 11 is nearer site 1
+    assert maps[1, 10, 12] == 0 and maps[2, 10, 12] > 0
+    np.testing.assert_allclose(maps.sum(axis=0), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="label kind"):
+        class_maps(np.zeros((1, 2)), np.ones(1, int), (8, 8), 1, 1.0, kind="square")
+
+
+def test_height_map_paints_column_heights():
+    h = height_map(np.array([[5.0, 5.0], [15.0, 5.0]]), np.array([3, 7]), (12, 20), 2.0)
+    assert h.shape == (1, 12, 20) and h.dtype == np.uint8
+    assert h[0, 5, 5] == 3 and h[0, 5, 15] == 7 and h[0, 0, 0] == 0
+
+
+# -- configs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("system", ["graphene", "gold", "mos2"])
+def test_config_round_trips_through_toml_and_json(system, tmp_path):
+    cfg = default_config(system)
+    assert SimulationConfig.from_toml(cfg.to_toml()) == cfg
+    assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
+    path = tmp_path / "c.toml"
+    path.write_text("[simulation]\n" + "\n".join(cfg.to_toml().split("\n")).replace("[microscope]", "[simulation.microscope]"))
+    assert load_config(path, system) == cfg
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown system"):
+        default_config("silicon")
+    with pytest.raises(ValueError, match="too small"):
+        default_config("graphene").replace(box_px=(100,))
+    with pytest.raises(ValueError, match="unknown simulation setting"):
+        SimulationConfig.from_dict({"system": "graphene", "voltage": 3})
+
+
+# -- generation -----------------------------------------------------------------------
+
+
+def test_generate_job_is_deterministic_and_labelled():
+    cfg = tiny()
+    a = generate_job(cfg, 7, 0, 2)
+    b = generate_job(cfg, 7, 0, 2)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    c = generate_job(cfg, 8, 0, 2)
+    assert not np.array_equal(a["images"], c["images"])
+    assert a["images"].shape == (2, 1, 48, 48) and a["targets"].shape == (2, 2, 48, 48)
+    assert np.all(a["n_sites"] > 10)
+    # targets mark the ground-truth sites
+    for i in range(2):
+        n = a["n_sites"][i]
+        xy = np.round(a["sites_A"][i, :n] / a["sampling_A"][i]).astype(int)
+        inside = (xy >= 0).all(1) & (xy < 48).all(1)
+        assert np.all(a["targets"][i, 1, xy[inside, 1], xy[inside, 0]] == 1)
+        assert np.isnan(a["sites_A"][i, n:]).all()
+
+
+def test_focal_series_and_heights():
+    mos2 = generate_job(tiny("mos2"), 1, 0, 2)
+    assert mos2["images"].shape == (2, 3, 48, 48) and mos2["targets"].shape[1] == 6
+    assert mos2["microscope"].shape[1] == 3
+    fields = list(__import__("atomfinder.datasets.generate", fromlist=["x"]).MICROSCOPE_FIELDS)
+    df = mos2["microscope"][:, :, fields.index("defocus_A")]
+    steps = np.diff(df, axis=1)
+    assert np.all((steps > 89) & (steps < 111))
+    assert np.all(mos2["drift_px"][:, 0] == 0)
+
+
+@pytest.mark.slow
+def test_gold_heights():
+    gold = generate_job(tiny("gold", box_px=(240,), wave_oversampling=1), 1, 0, 2)
+    assert "heights" in gold and gold["heights"].max() >= 2
+
+
+# -- the store ------------------------------------------------------------------------
+
+
+def _arrays(path):
+    store = DatasetStore(path)
+    return {k: store.array(k) for k in ("images", "targets", "sites_A", "sites_label", "microscope")}
+
+
+def test_store_resumes_after_an_interrupted_run(tmp_path):
+    cfg = tiny()
+    full = simulate_to_store(cfg, 6, tmp_path / "full.zarr", seed=3, workers=0)
+
+    calls = []
+
+    def stop_after_first(done, total):
+        calls.append(done)
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        simulate_to_store(cfg, 6, part, seed=3, workers=0, progress=stop_after_first)
+    assert len(DatasetStore(part)) == 2  # the finished job is kept, the rest is not visible
+    simulate_to_store(cfg, 6, part, seed=3, workers=0)
+    a, b = _arrays(full), _arrays(part)
+    assert len(DatasetStore(part)) == 6
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # a store cannot be resumed with another seed or size
+    with pytest.raises(StoreError, match="different"):
+        simulate_to_store(cfg, 6, part, seed=4, workers=0)
+
+
+def test_store_survives_kill_9(tmp_path):
+    """A real `kill -9` in the middle of a run, then the same command again."""
+    cfg = tiny()
+    reference = simulate_to_store(cfg, 8, tmp_path / "ref.zarr", seed=5, workers=0)
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(cfg.to_toml())
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "atomfinder.cli", "simulate", "--system", "graphene", "--n", "8",
+           "--out", str(out), "--seed", "5", "--config", str(cfg_path), "--workers", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if 0 < len(DatasetStore(out)) < 8:
+                break
+        except Exception:  # noqa: BLE001 - the store is being created
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(DatasetStore(out))
+    assert partial < 8
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = _arrays(reference), _arrays(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_local_pool_and_dask_cluster_give_the_same_samples(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cfg = tiny()
+    pool = simulate_to_store(cfg, 4, tmp_path / "pool.zarr", seed=11, workers=2)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask = simulate_to_store(cfg, 4, tmp_path / "dask.zarr", seed=11, scheduler=cluster.scheduler_address)
+    a, b = _arrays(pool), _arrays(dask)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_reading_errors(tmp_path):
+    with pytest.raises(StoreError, match="no such"):
+        DatasetStore(tmp_path / "missing.zarr")
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(StoreError):
+        DatasetStore(tmp_path / "junk.zarr")

@@ -1,0 +1,174 @@
+"""U-Net shapes, losses, a few optimisation steps, and tiled inference."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from atomfinder.nn.infer import predict
+from atomfinder.nn.losses import (
+    class_weights_from_targets,
+    height_cross_entropy,
+    segmentation_loss,
+    weighted_cross_entropy,
+)
+from atomfinder.nn.unet import NORMS, UNet, UNetConfig, build_model, count_parameters
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("height_head", [False, True])
+def test_output_shapes_odd_size(norm, height_head):
+    torch.manual_seed(0)
+    model = UNet(in_channels=2, n_classes=3, depth=4, width=4, norm=norm,
+                 height_head=height_head, max_height=5)
+    model.train()
+    out = model(torch.randn(2, 2, 97, 131))
+    assert out["logits"].shape == (2, 3, 97, 131)
+    assert torch.isfinite(out["logits"]).all()
+    if height_head:
+        assert out["height_logits"].shape == (2, 6, 97, 131)
+    else:
+        assert "height_logits" not in out
+
+
+def test_tiny_input_and_wrong_channels():
+    model = UNet(depth=3, width=4, norm="instance").eval()
+    assert model(torch.randn(1, 1, 5, 7))["logits"].shape == (1, 2, 5, 7)
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_config_round_trip_and_param_count():
+    cfg = UNetConfig(in_channels=3, n_classes=4, depth=2, width=8, norm="group",
+                     height_head=True, max_height=7)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    model = build_model(cfg.to_dict())
+    assert model.config == cfg and model.size_multiple == 4
+    n = count_parameters(model)
+    assert n == sum(p.numel() for p in model.parameters()) and n > 0
+    # Doubling the width roughly quadruples the conv parameters.
+    assert count_parameters(build_model(UNetConfig(depth=2, width=16))) > 3 * count_parameters(
+        build_model(UNetConfig(depth=2, width=8)))
+    with pytest.raises(ValueError):
+        UNetConfig(norm="layer")
+    with pytest.raises(ValueError):
+        UNetConfig(height_head=True, max_height=0)
+    with pytest.raises(ValueError, match="unknown"):
+        UNetConfig.from_dict({"depht": 3})
+
+
+def test_class_weights_and_cross_entropy():
+    torch.manual_seed(0)
+    labels = (torch.rand(2, 16, 16) < 0.1).long()
+    targets = F.one_hot(labels, 2).permute(0, 3, 1, 2).float()
+    w = class_weights_from_targets(targets)
+    freq = targets.sum(dim=(0, 2, 3)) / targets[:, 0].numel()
+    assert torch.allclose((w * freq).sum(), torch.tensor(1.0))
+    assert torch.allclose(w[0] * freq[0], w[1] * freq[1])  # equal total weight per class
+    logits = torch.randn(2, 2, 16, 16)
+    for weights in (None, w):
+        ours = weighted_cross_entropy(logits, targets, weights)
+        ref = F.cross_entropy(logits, labels, weight=weights)
+        assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_height_loss_ignores_unlabelled_pixels():
+    torch.manual_seed(0)
+    hl = torch.randn(1, 4, 8, 8)
+    heights = torch.full((1, 8, 8), -1)
+    heights[0, 2:4, 2:4] = 3
+    base = height_cross_entropy(hl, heights)
+    hl2 = hl.clone()
+    hl2[0, :, 6:, 6:] += 10 * torch.randn(4, 2, 2)  # change only unlabelled pixels
+    assert torch.allclose(base, height_cross_entropy(hl2, heights))
+    assert height_cross_entropy(hl, torch.full((1, 8, 8), -1)).item() == 0.0
+    with pytest.raises(ValueError, match="max_height"):
+        height_cross_entropy(hl, torch.full((1, 8, 8), 4))
+
+
+def _blob_problem(n=4, size=40, seed=0):
+    """Gaussian blobs (brightness ~ height) in noise -> disk targets and height maps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs = np.zeros((n, 1, size, size), np.float32)
+    labels = np.zeros((n, size, size), np.int64)
+    heights = np.full((n, size, size), -1, np.int64)
+    for i in range(n):
+        for _ in range(6):
+            cy, cx = rng.uniform(4, size - 4, 2)
+            h = rng.integers(1, 4)
+            r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            imgs[i, 0] += h * np.exp(-r2 / (2 * 1.5**2))
+            disk = r2 <= 2.5**2
+            labels[i][disk] = 1
+            heights[i][disk] = h
+        imgs[i, 0] += rng.normal(0, 0.3, (size, size))
+    targets = F.one_hot(torch.from_numpy(labels), 2).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(imgs), targets, torch.from_numpy(heights)
+
+
+def test_few_steps_reduce_loss():
+    torch.manual_seed(0)
+    x, targets, heights = _blob_problem()
+    model = UNet(depth=2, width=8, norm="batch", height_head=True, max_height=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = []
+    for _ in range(40):
+        loss, parts = segmentation_loss(model(x), targets, heights, dice_weight=0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(parts)
+    assert set(history[0]) == {"ce", "dice", "height", "total"}
+    assert history[-1]["total"] < 0.5 * history[0]["total"]
+    assert history[-1]["ce"] < 0.5 * history[0]["ce"]
+    assert history[-1]["height"] < history[0]["height"]
+
+
+def _calibrated_model(seed=0):
+    """A depth-2 eval-mode model with non-trivial BatchNorm stats and O(1) logits."""
+    torch.manual_seed(seed)
+    model = UNet(depth=2, width=4, norm="batch", height_head=True, max_height=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    probe = torch.from_numpy(np.random.default_rng(seed).normal(size=(1, 1, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        model.head.bias.zero_()
+        d = model(probe)["logits"]
+        d = d[:, 1] - d[:, 0]
+        model.head.weight.mul_(2.0 / d.std())
+        d = model(probe)["logits"]
+        model.head.bias[1] -= (d[:, 1] - d[:, 0]).mean()
+    return model
+
+
+def test_tiled_predict_matches_whole_image():
+    model = _calibrated_model()
+    image = np.random.default_rng(1).normal(size=(1, 203, 171)).astype(np.float32)
+    whole = predict(model, image, device="cpu", tile=1024, overlap=64)
+    tiled = predict(model, image, device="cpu", tile=128, overlap=64, batch_size=3)
+    p = whole["probabilities"]
+    assert p.shape == (2, 203, 171) and p.dtype == np.float32
+    assert np.allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    assert p[1].std() > 0.1  # the comparison is not between two constant maps
+    assert np.abs(tiled["probabilities"] - p).max() < 1e-4
+    assert tiled["height"].shape == (203, 171)
+    assert np.abs(tiled["height"] - whole["height"]).max() < 1e-3
+    assert 0 <= whole["height"].min() and whole["height"].max() <= 3
+    # Without the zero-weight margin the tile borders do show up.
+    seamy = predict(model, image, device="cpu", tile=128, overlap=64, margin=0)
+    assert np.abs(seamy["probabilities"] - p).max() > 1e-4
+    assert model.training is False
+
+
+def test_predict_restores_training_mode_and_checks_args():
+    model = UNet(depth=1, width=4).train()
+    out = predict(model, np.zeros((40, 50), np.float32), tile=32, overlap=8)
+    assert out["probabilities"].shape == (2, 40, 50) and model.training
+    with pytest.raises(ValueError):
+        predict(model, np.zeros((1, 40, 50), np.float32), tile=32, overlap=32)
