@@ -98,6 +98,8 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
     from atomfinder.datasets.store import DatasetStore
 
     store = DatasetStore(store_path)
+    if store.meta["frames"] > 1:
+        count = min(count, 4)  # focal series: one row of frames per sample
     # spread the picks over the store, so that several structures are shown
     picks = np.unique(np.linspace(0, len(store) - 1, min(count, len(store))).round().astype(int))
     images = store.array("images", store.indices[picks])
@@ -110,12 +112,170 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
             xys.append(gt["positions_px"])
             labs.append(gt["labels"])
             titles.append(
-                f"#{i}{f' frame {f}' if len(images[row]) > 1 else ''}: {m['energy_eV'] / 1e3:.0f} kV, "
+                f"#{i}{f'.{f}' if len(images[row]) > 1 else ''}: {m['energy_eV'] / 1e3:.0f} kV, "
                 f"df {store.microscope(i)[f]['defocus_A']:.0f} Å, Cs {m['Cs_A'] / 1e4:.0f} µm, "
                 f"{m['dose_e_per_A2']:.0e} e/Å²"
             )
     columns = images.shape[1] if images.shape[1] > 1 else 4
     return preview_grid(imgs, xys, labs, store.class_names, png, titles=titles, columns=columns)
+
+
+def _validation(samples: list, radius_A: float):
+    """A ``validate(model, card)`` callable: detection scores on held-out images."""
+    from atomfinder.analysis.evaluate import evaluate, network_detector, radius_key
+
+    def validate(model, card) -> dict[str, float]:
+        report = evaluate(samples, network_detector(model, card), radii_A=(radius_A,), class_names=card.class_names)
+        overall = report["overall"][radius_key(radius_A)]
+        return {k: float(overall[k]) for k in ("f1", "precision", "recall", "rmse_pm") if k in overall}
+
+    return validate
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", help="Training recipe (TOML with a [train] table), e.g. configs/graphene.toml."),
+    data: Path = typer.Option(..., "--data", help="Training store made by `atomfinder simulate`."),
+    out: Path = typer.Option(..., "--out", help="Run directory: checkpoint, learning curves, best model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
+) -> None:
+    """Train a model on a simulated store; keeps the best model by validation F1."""
+
+    def action() -> None:
+        from atomfinder.analysis.evaluate import samples_from_store
+        from atomfinder.datasets.store import DatasetStore, job_ranges
+        from atomfinder.nn.train import TrainConfig, load_training_data, split_jobs
+        from atomfinder.nn.train import train as run_training
+
+        cfg = TrainConfig.from_toml(config)
+        store = DatasetStore(data)
+        if len(store) < 2:
+            raise ValueError(f"{data}: needs at least 2 finished samples, has {len(store)}")
+        spj = store.meta["samples_per_job"]
+        n_jobs = len(job_ranges(store.meta["n"], spj))
+        train_jobs, val_jobs = split_jobs(n_jobs, cfg.validation_fraction, cfg.seed)
+        job_of = store.indices // spj
+        train_idx = np.flatnonzero(np.isin(job_of, train_jobs))
+        val_idx = np.flatnonzero(np.isin(job_of, val_jobs))[: cfg.max_validation_images]
+        console.print(f"{len(train_idx)} training and {len(val_idx)} validation images from {data}")
+        training_data = load_training_data(store, train_idx, cfg.normalization)
+        validate = _validation(list(samples_from_store(store, val_idx)), cfg.match_radius_A) if len(val_idx) else None
+        sim = store.meta["config"]
+        offsets = ()
+        if store.meta["frames"] > 1:
+            step = float(np.mean(sim["focal_step_A"]))
+            offsets = tuple(i * step for i in range(store.meta["frames"]))
+        recipe = {"store": str(data), "n": store.meta["n"], "seed": store.meta["seed"], "simulation": sim}
+        with _progress(f"train {cfg.name}") as bar:
+            task = bar.add_task("train", total=None)
+
+            def progress(step: int, total: int, parts: dict) -> None:
+                bar.update(task, completed=step, total=total, description=f"train {cfg.name} loss {parts['total']:.3f}")
+
+            stem = run_training(cfg, training_data, out, validate=validate, resume=resume, recipe=recipe,
+                                defocus_offsets_A=offsets, progress=progress)
+        console.print(f"best model: {stem}.safetensors (+ .json); curves: {out / 'learning_curves.png'}")
+
+    _run(action, resume_hint="continue with the same command and --resume")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
+    data: Path = typer.Option(..., "--data", help="Test store made by `atomfinder simulate` (a seed never used in training)."),
+    report: Path = typer.Option(Path("report"), "--report", help="Directory for report.json, report.md and plots."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Score the conventional pipeline on the same images."),
+    write_card: bool = typer.Option(False, "--write-card", help="Store the overall and per-dose figures in the model's card."),
+) -> None:
+    """Score a model (and the conventional baseline) against the exact ground truth."""
+
+    def action() -> None:
+        from atomfinder.analysis.evaluate import baseline_detector, compare, network_detector, samples_from_store, write_report
+        from atomfinder.datasets.store import DatasetStore
+        from atomfinder.nn.card import load_model, resolve_model
+
+        stem = resolve_model(model)
+        net, card = load_model(stem)
+        store = DatasetStore(data)
+        if store.meta["frames"] != card.in_channels and card.in_channels > 1:
+            raise ValueError(f"{data}: has {store.meta['frames']} frames per sample, model {card.name} needs {card.in_channels}")
+        if tuple(store.class_names) != tuple(card.class_names):
+            raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
+        detectors = {"network": network_detector(net, card)}
+        if baseline:
+            radius = float(store.meta["config"].get("label_radius_A", 0.4))
+            detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
+        with _progress(f"evaluate {card.name}") as bar:
+            task = bar.add_task("evaluate", total=len(store))
+            result = compare(samples_from_store(store), detectors, class_names=card.class_names,
+                             on_sample=lambda i: bar.update(task, completed=i + 1))
+        result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}
+        result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": store.meta["n"]}
+        paths = write_report(result, report, title=f"{card.name} on {data.name}")
+        _print_summary(result)
+        if write_card:
+            _write_evaluation_to_card(stem, card, result)
+        console.print("report: " + ", ".join(str(p) for p in paths))
+
+    _run(action)
+
+
+def _print_summary(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="F1 at 0.5 Å by dose (network | baseline)")
+    table.add_column("dose (e/Å²)")
+    names = list(result["detectors"])
+    for name in names:
+        table.add_column(f"{name} F1")
+        table.add_column(f"{name} RMSE (pm)")
+    rows: dict[str, list[str]] = {}
+    for name in names:
+        for b in result["detectors"][name]["by_dose"]:
+            m = b["metrics"]["0.5"]
+            rmse = m.get("rmse_pm")
+            rows.setdefault(b["bin"], []).extend([f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None and np.isfinite(rmse) else "-"])
+    for k, v in rows.items():
+        table.add_row(k, *v)
+    Console().print(table)
+
+
+def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
+    import dataclasses
+
+    from atomfinder.analysis.evaluate import to_jsonable
+    from atomfinder.nn.card import _atomic_write
+
+    net = result["detectors"]["network"]
+    evaluation = to_jsonable({
+        "data": result["data"],
+        "overall": net["overall"],
+        "by_dose": net["by_dose"],
+        "baseline_overall": result["detectors"].get("baseline", {}).get("overall"),
+        "baseline_by_dose": result["detectors"].get("baseline", {}).get("by_dose"),
+    })
+    new = dataclasses.replace(card, evaluation=evaluation)
+    json_path = Path(stem).with_suffix(".json")
+    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(new.to_json()))
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the shipped models with their cards."""
+    from rich.table import Table
+
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+
+    table = Table(title="shipped models")
+    for col in ("name", "version", "classes", "inputs", "sampling (Å/px)", "trained", "F1 @ 0.5 Å"):
+        table.add_column(col)
+    for name in list_models():
+        card = load_card(resolve_model(name))
+        f1 = card.evaluation.get("overall", {}).get("0.5", {}).get("f1")
+        table.add_row(card.name, card.version, ", ".join(card.class_names), str(card.in_channels),
+                      f"{card.sampling_A:.3f}", f"{card.training.get('time_s', 0) / 60:.0f} min",
+                      f"{f1:.3f}" if f1 is not None else "-")
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

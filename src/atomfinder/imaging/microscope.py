@@ -174,6 +174,10 @@ class MicroscopeRanges:
     p_corrected : float
         Probability of an aberration-corrected microscope (Cs drawn from
         ``Cs_corrected_A``), else uncorrected (Cs from ``Cs_uncorrected_A``).
+    uncorrected_min_energy_eV : float
+        Uncorrected microscopes are drawn only at or above this energy: below it
+        their point resolution (> 2.3 Å at 120 kV and Cs = 0.5 mm) cannot separate
+        the atoms or columns the labels mark, so such images would teach guessing.
     Cs_corrected_A, Cs_uncorrected_A : (float, float)
         Cs ranges (Å): corrected -35..+35 µm by default, uncorrected 0.5-1.2 mm.
     C5_A : (float, float)
@@ -209,6 +213,7 @@ class MicroscopeRanges:
     sampling_A: float = 0.1
     sampling_jitter: float = 0.05
     p_corrected: float = 0.8
+    uncorrected_min_energy_eV: float = 200e3
     Cs_corrected_A: tuple[float, float] = (-35e4, 35e4)
     Cs_uncorrected_A: tuple[float, float] = (0.5e7, 1.2e7)
     C5_A: tuple[float, float] = (0.0, 5e6)
@@ -251,7 +256,7 @@ class MicroscopeRanges:
         if energy_eV is None:
             energy_eV = float(rng.choice(np.asarray(self.energies_eV, dtype=float)))
         sampling = self.sample_sampling(rng) if sampling_A is None else sampling_A
-        corrected = rng.random() < self.p_corrected
+        corrected = rng.random() < self.p_corrected or energy_eV < self.uncorrected_min_energy_eV
         Cs = _uniform(rng, self.Cs_corrected_A if corrected else self.Cs_uncorrected_A)
         C5 = _uniform(rng, self.C5_A) if corrected else 0.0
         defocus = scherzer_defocus_A(Cs, energy_eV) + _uniform(rng, self.defocus_around_scherzer_A)

@@ -58,6 +58,9 @@ class ModelCard:
         Training recipe: config, seed, data, time, ...
     evaluation : dict
         Evaluation table (free-form, JSON-serialisable).
+    detection : dict
+        Peak-finding settings the model was validated with, e.g.
+        ``{"min_distance_A": 1.0, "threshold": 0.5}``.
     created : str
         ISO date of creation (defaults to today).
     """
@@ -72,6 +75,7 @@ class ModelCard:
     defocus_offsets_A: tuple[float, ...] = ()
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
+    detection: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: date.today().isoformat())
 
     def __post_init__(self) -> None:

@@ -1,0 +1,820 @@
+"""Honest evaluation of atom detectors against ground truth, and the report files.
+
+A *detector* is any callable ``detect(sample) -> AtomTable`` returning positions in
+the sample's input pixels, so the same evaluator scores the network
+(:func:`network_detector`) and the conventional baseline (:func:`baseline_detector`)
+on the same images (:func:`compare`).
+
+Scoring, per image and per matching radius (Å):
+
+* Predictions are converted to Å with the sample's sampling (``x * sampling_A``) and
+  matched one-to-one to the ground truth (:func:`atomfinder.analysis.metrics.detection_scores`).
+* **Border exclusion.** Atoms cut by the image edge are neither fair targets nor fair
+  false alarms, so a band ``border_A`` wide along the edge of the field of view (the
+  outer boundary of the edge pixels, ``-s/2`` and ``(W - 1/2) s``) is ignored on both
+  sides: ground-truth sites in the band are not scored (missing them is no miss), and
+  neither are predictions in the band. To avoid a bias for atoms straddling the band's
+  inner edge, predictions are first matched against *all* ground truth: a prediction
+  matched to a site in the band is dropped wherever it lies, and a prediction in the
+  band matched to a scored site is kept (it is a hit). Unmatched predictions count
+  as false positives only outside the band.
+* Counts are pooled (not averaged per image) overall, by dose bin and by defocus bin
+  with :func:`atomfinder.analysis.metrics.aggregate`: precision, recall, F1, RMSE
+  (pm), label confusion matrix ``[n_classes, n_classes]`` (rows true, columns
+  predicted) and column-height accuracy (exact and within ±1, over matched pairs
+  whose predicted and true heights are both known).
+
+Bins are half-open ``[low, high)`` between the given edges, plus an open bin below
+the first edge and one at or above the last. Infinite dose (a noise-free
+simulation) gets its own bin, and unknown (NaN) values an ``unknown`` bin. Defocus
+is in Å, positive = underfocus (frame 0 of a focal series).
+
+This module never imports the simulation stack; torch is only imported by
+:func:`network_detector` and matplotlib only by :func:`write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from atomfinder.analysis.matching import match_positions
+from atomfinder.analysis.metrics import aggregate, detection_scores
+from atomfinder.detection.peaks import AtomTable
+
+#: Default matching radii (Å).
+RADII_A = (0.3, 0.5, 1.0)
+#: Default dose bin edges (e/Å²): decades.
+DOSE_EDGES = (1e2, 1e3, 1e4, 1e5)
+#: Default defocus bin edges (Å, positive = underfocus).
+DEFOCUS_EDGES_A = (-200.0, -100.0, 0.0, 100.0, 200.0, 400.0, 800.0)
+#: Label of the bin of infinite dose (no shot noise).
+NO_NOISE_BIN = "no noise"
+#: Label of the bin of unknown (NaN) values.
+UNKNOWN_BIN = "unknown"
+#: Metrics kept from :func:`atomfinder.analysis.metrics.aggregate` (RMSE converted to pm).
+METRIC_KEYS = (
+    "n_images", "tp", "fp", "fn", "precision", "recall", "f1", "rmse_pm", "label_accuracy",
+    "confusion", "n_height", "height_exact", "height_within1",
+)
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One test image with its ground truth.
+
+    Attributes
+    ----------
+    image : ndarray of float32, shape (C, H, W)
+        Raw detector counts (C = frames; ``[H, W]`` is accepted and becomes ``[1, H, W]``).
+    sampling_A : float
+        Pixel size in Å/pixel.
+    positions_A : ndarray, shape (n, 2)
+        True ``(x, y)`` in Å from the centre of the top-left pixel.
+    labels : ndarray of int, shape (n,)
+        1-based classes of the sites.
+    heights : ndarray of int, shape (n,), optional
+        Atoms per column; None (or negative entries) where unknown.
+    dose_e_per_A2 : float
+        Electron dose (e/Å²); ``inf`` = no shot noise, NaN = unknown.
+    defocus_A : float
+        Defocus of frame 0 in Å (positive = underfocus); NaN = unknown.
+    extra : dict
+        Other microscope parameters (free-form; not used for scoring).
+    """
+
+    image: np.ndarray
+    sampling_A: float
+    positions_A: np.ndarray
+    labels: np.ndarray
+    heights: np.ndarray | None = None
+    dose_e_per_A2: float = math.nan
+    defocus_A: float = math.nan
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        img = np.asarray(self.image, dtype=np.float32)
+        if img.ndim == 2:
+            img = img[None]
+        if img.ndim != 3:
+            raise ValueError(f"image must be [C, H, W] or [H, W], got shape {img.shape}")
+        xy = np.asarray(self.positions_A, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if self.heights is None:
+            heights = np.full(len(xy), -1, dtype=np.int64)
+        else:
+            heights = np.asarray(self.heights, dtype=np.int64).reshape(-1)
+        if not len(labels) == len(heights) == len(xy):
+            raise ValueError("positions_A, labels and heights must have one entry per site")
+        if not (np.isfinite(self.sampling_A) and self.sampling_A > 0):
+            raise ValueError(f"sampling_A must be positive, got {self.sampling_A}")
+        object.__setattr__(self, "image", img)
+        object.__setattr__(self, "positions_A", xy)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "heights", heights)
+        object.__setattr__(self, "sampling_A", float(self.sampling_A))
+        object.__setattr__(self, "dose_e_per_A2", float(self.dose_e_per_A2))
+        object.__setattr__(self, "defocus_A", float(self.defocus_A))
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return tuple(self.image.shape[-2:])  # type: ignore[return-value]
+
+
+#: A detector: sample -> atoms in the sample's input pixels.
+Detector = Callable[[EvalSample], AtomTable]
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+def network_detector(
+    model: Any,
+    card: Any,
+    device: Any = None,
+    *,
+    threshold: float | None = None,
+    min_distance_A: float | None = None,
+    tile: int = 512,
+) -> Detector:
+    """A detector running a trained model through :func:`atomfinder.detection.pipeline.detect_array`.
+
+    Single-image models (``card.in_channels == 1``) see frame 0 of the sample;
+    focal-series models see all frames (their number must match the card).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    card : ModelCard
+        Its card.
+    device : str or torch.device, optional
+        Inference device.
+    threshold, min_distance_A : float, optional
+        Peak-finding overrides (default: the card's settings).
+    tile : int
+        Inference tile side (model pixels).
+    """
+    from atomfinder.detection.pipeline import detect_array  # imports torch
+
+    def detect(sample: EvalSample) -> AtomTable:
+        image = sample.image if card.in_channels > 1 else sample.image[:1]
+        result = detect_array(
+            model, card, image, sample.sampling_A, threshold=threshold,
+            min_distance_A=min_distance_A, device=device, tile=tile,
+        )
+        return result.atoms
+
+    return detect
+
+
+def baseline_detector(
+    atom_radius_A: float = 0.5,
+    min_distance_A: float = 1.0,
+    *,
+    threshold_rel: float = 0.2,
+    polarity: str = "auto",
+) -> Detector:
+    """A detector running :func:`atomfinder.detection.baseline.conventional_atoms` on frame 0.
+
+    Every atom gets label 1 and unknown height. Parameters are passed through.
+    """
+    from atomfinder.detection.baseline import conventional_atoms
+
+    def detect(sample: EvalSample) -> AtomTable:
+        return conventional_atoms(
+            sample.image[0], sample.sampling_A, atom_radius_A=atom_radius_A,
+            min_distance_A=min_distance_A, threshold_rel=threshold_rel, polarity=polarity,
+        )
+
+    return detect
+
+
+def samples_from_store(store: Any, indices: Iterable[int] | None = None, *, block: int = 16) -> Iterator[EvalSample]:
+    """Yield :class:`EvalSample` objects from a dataset store.
+
+    ``store`` is a :class:`atomfinder.datasets.store.DatasetStore` (used through its
+    public methods only, so this module does not import the datasets package).
+    Images are read ``block`` samples at a time.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        An open store.
+    indices : iterable of int, optional
+        Visible sample indices (default: all).
+    block : int
+        Samples read per zarr access.
+    """
+    idx = list(range(len(store))) if indices is None else [int(i) for i in indices]
+    for start in range(0, len(idx), block):
+        chunk = idx[start : start + block]
+        images = store.array("images", np.asarray(store.indices)[chunk])
+        for k, i in enumerate(chunk):
+            gt = store.ground_truth(i)
+            frames = store.microscope(i)
+            first = dict(frames[0]) if frames else {}
+            dose = first.pop("dose_e_per_A2", math.nan)
+            defocus = first.pop("defocus_A", math.nan)
+            extra = {**first, "store_index": int(store.indices[i])}
+            if len(frames) > 1:
+                extra["frame_defocus_A"] = [f.get("defocus_A", math.nan) for f in frames]
+            yield EvalSample(
+                image=images[k],
+                sampling_A=gt["sampling_A"],
+                positions_A=gt["positions_A"],
+                labels=gt["labels"],
+                heights=gt["heights"] if store.has_heights else None,
+                dose_e_per_A2=dose,
+                defocus_A=defocus,
+                extra=extra,
+            )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    xy_A: np.ndarray
+    label: np.ndarray
+    height: np.ndarray
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What scoring needs from one sample (the image itself is not kept)."""
+
+    shape: tuple[int, int]
+    sampling_A: float
+    dose_e_per_A2: float
+    defocus_A: float
+    true_xy_A: np.ndarray
+    true_label: np.ndarray
+    true_height: np.ndarray
+    predictions: dict[str, _Prediction]
+
+
+def interior_mask(xy_A: np.ndarray, shape: tuple[int, int], sampling_A: float, border_A: float) -> np.ndarray:
+    """Which positions lie at least ``border_A`` inside the field of view.
+
+    The field of view spans ``[-s/2, (W - 1/2) s]`` in x and ``[-s/2, (H - 1/2) s]``
+    in y (Å, outer boundary of the edge pixels; ``s`` = ``sampling_A``).
+
+    Parameters
+    ----------
+    xy_A : ndarray, shape (n, 2)
+        Positions ``(x, y)`` in Å.
+    shape : (int, int)
+        Image ``(H, W)`` in pixels.
+    sampling_A : float
+        Pixel size in Å/pixel.
+    border_A : float
+        Width of the excluded band in Å.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    xy = np.asarray(xy_A, dtype=np.float64).reshape(-1, 2)
+    h, w = shape
+    lo = -0.5 * sampling_A + border_A
+    x_hi = (w - 0.5) * sampling_A - border_A
+    y_hi = (h - 0.5) * sampling_A - border_A
+    return (xy[:, 0] >= lo) & (xy[:, 0] <= x_hi) & (xy[:, 1] >= lo) & (xy[:, 1] <= y_hi)
+
+
+def scored_predictions(
+    pred_xy_A: np.ndarray,
+    true_xy_A: np.ndarray,
+    pred_interior: np.ndarray,
+    true_interior: np.ndarray,
+    radius_A: float,
+) -> np.ndarray:
+    """Which predictions take part in scoring under border exclusion (see module docs).
+
+    A prediction matched (within ``radius_A``, against all ground truth) to a site is
+    kept iff that site is interior; an unmatched prediction is kept iff it is interior.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_pred,)
+    """
+    keep = np.asarray(pred_interior, dtype=bool).copy()
+    pi, ti = match_positions(pred_xy_A, true_xy_A, radius_A)
+    keep[pi] = np.asarray(true_interior, dtype=bool)[ti]
+    return keep
+
+
+def _score_image(rec: _Record, pred: _Prediction, radius_A: float, border_A: float, n_classes: int) -> dict[str, Any]:
+    t_in = interior_mask(rec.true_xy_A, rec.shape, rec.sampling_A, border_A)
+    p_in = interior_mask(pred.xy_A, rec.shape, rec.sampling_A, border_A)
+    keep = scored_predictions(pred.xy_A, rec.true_xy_A, p_in, t_in, radius_A)
+    return detection_scores(
+        pred.xy_A[keep], rec.true_xy_A[t_in], radius_A,
+        pred_labels=pred.label[keep], true_labels=rec.true_label[t_in], n_classes=n_classes,
+        pred_heights=pred.height[keep], true_heights=rec.true_height[t_in],
+    )
+
+
+def _metrics(agg: Mapping[str, Any]) -> dict[str, Any]:
+    """The reported subset of an aggregate, RMSE in pm, confusion as nested lists."""
+    out = {k: agg[k] for k in METRIC_KEYS if k in agg}
+    out["rmse_pm"] = 100.0 * float(agg["rmse"])
+    conf = agg.get("confusion")
+    out["confusion"] = None if conf is None else np.asarray(conf).tolist()
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+def radius_key(radius_A: float) -> str:
+    """Key of a radius in report dicts, e.g. ``"0.5"``."""
+    return f"{float(radius_A):g}"
+
+
+def _fmt_dose(v: float) -> str:
+    e = math.log10(v) if v > 0 else math.nan
+    if np.isfinite(e) and abs(e - round(e)) < 1e-9 and abs(e) >= 2:
+        return f"1e{int(round(e))}"
+    return f"{v:g}"
+
+
+def _fmt_plain(v: float) -> str:
+    return f"{v:g}"
+
+
+def bin_labels(values: np.ndarray, edges: Sequence[float], fmt: Callable[[float], str] = _fmt_plain) -> list[tuple[str, float, float]]:
+    """Bin of each value as ``(label, low, high)``.
+
+    Bins are ``< e0``, ``[e0, e1)``, ..., ``>= e_last``; ``+inf`` goes to
+    :data:`NO_NOISE_BIN` (meaningful for doses) and NaN to :data:`UNKNOWN_BIN`.
+    """
+    e = np.asarray(sorted(float(x) for x in edges), dtype=np.float64)
+    out = []
+    for v in np.asarray(values, dtype=np.float64).reshape(-1):
+        if np.isnan(v):
+            out.append((UNKNOWN_BIN, math.nan, math.nan))
+        elif np.isposinf(v):
+            out.append((NO_NOISE_BIN, math.inf, math.inf))
+        else:
+            j = int(np.searchsorted(e, v, side="right"))
+            if len(e) == 0:
+                out.append(("all", -math.inf, math.inf))
+            elif j == 0:
+                out.append((f"< {fmt(e[0])}", -math.inf, float(e[0])))
+            elif j == len(e):
+                out.append((f">= {fmt(e[-1])}", float(e[-1]), math.inf))
+            else:
+                out.append((f"[{fmt(e[j - 1])}, {fmt(e[j])})", float(e[j - 1]), float(e[j])))
+    return out
+
+
+def _binned(
+    values: np.ndarray,
+    edges: Sequence[float],
+    fmt: Callable[[float], str],
+    per_image: list[dict[str, dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Aggregate per-image scores (``per_image[i][radius_key]``) by the bin of ``values[i]``."""
+    labels = bin_labels(values, edges, fmt)
+    groups: dict[tuple[str, float, float], list[int]] = {}
+    for i, b in enumerate(labels):
+        groups.setdefault(b, []).append(i)
+
+    def order(b: tuple[str, float, float]) -> tuple[int, float]:
+        return (2, 0.0) if b[0] == UNKNOWN_BIN else (1, 0.0) if b[0] == NO_NOISE_BIN else (0, b[1])
+
+    out = []
+    for b in sorted(groups, key=order):
+        members = groups[b]
+        vals = np.asarray(values, dtype=np.float64)[members]
+        finite = vals[np.isfinite(vals)]
+        out.append({
+            "bin": b[0],
+            "low": b[1],
+            "high": b[2],
+            "median": float(np.median(finite)) if len(finite) else math.nan,
+            "n_images": len(members),
+            "metrics": {
+                rk: _metrics(aggregate(per_image[i][rk] for i in members)) for rk in per_image[members[0]]
+            },
+        })
+    return out
+
+
+def _collect(
+    samples: Iterable[EvalSample],
+    detectors: Mapping[str, Detector],
+    on_sample: Callable[[int], None] | None,
+) -> list[_Record]:
+    """Run every detector on every sample (one pass over ``samples``)."""
+    records = []
+    for i, s in enumerate(samples):
+        preds = {}
+        for name, detect in detectors.items():
+            t0 = time.perf_counter()
+            table = detect(s)
+            dt = time.perf_counter() - t0
+            preds[name] = _Prediction(
+                xy_A=np.asarray(table.xy, dtype=np.float64).reshape(-1, 2) * s.sampling_A,
+                label=np.asarray(table.label, dtype=np.int64),
+                height=np.asarray(table.height, dtype=np.int64),
+                seconds=dt,
+            )
+        records.append(_Record(
+            shape=s.shape, sampling_A=s.sampling_A, dose_e_per_A2=s.dose_e_per_A2,
+            defocus_A=s.defocus_A, true_xy_A=s.positions_A, true_label=s.labels,
+            true_height=s.heights, predictions=preds,
+        ))
+        if on_sample is not None:
+            on_sample(i)
+    return records
+
+
+def _infer_n_classes(records: list[_Record]) -> int:
+    m = 1
+    for r in records:
+        m = max(m, int(r.true_label.max(initial=0)))
+        for p in r.predictions.values():
+            m = max(m, int(p.label.max(initial=0)))
+    return m
+
+
+def _detector_report(
+    records: list[_Record],
+    name: str,
+    radii_A: Sequence[float],
+    border_A: float,
+    n_classes: int,
+    dose_edges: Sequence[float],
+    defocus_edges_A: Sequence[float],
+) -> dict[str, Any]:
+    per_image: list[dict[str, dict[str, Any]]] = []
+    rows = []
+    for i, rec in enumerate(records):
+        pred = rec.predictions[name]
+        scores = {}
+        for r in radii_A:
+            s = _score_image(rec, pred, float(r), border_A, n_classes)
+            scores[radius_key(r)] = s
+            rows.append({
+                "image": i,
+                "radius_A": float(r),
+                "dose_e_per_A2": rec.dose_e_per_A2,
+                "defocus_A": rec.defocus_A,
+                "sampling_A": rec.sampling_A,
+                "n_true": s["tp"] + s["fn"],
+                "n_pred": s["tp"] + s["fp"],
+                "tp": s["tp"],
+                "fp": s["fp"],
+                "fn": s["fn"],
+                "precision": s["precision"],
+                "recall": s["recall"],
+                "f1": s["f1"],
+                "rmse_pm": 100.0 * s["rmse"],
+                "seconds": pred.seconds,
+            })
+        per_image.append(scores)
+    doses = np.array([r.dose_e_per_A2 for r in records], dtype=np.float64)
+    defoci = np.array([r.defocus_A for r in records], dtype=np.float64)
+    seconds = [r.predictions[name].seconds for r in records]
+    return {
+        "n_images": len(records),
+        "seconds_per_image": float(np.mean(seconds)) if seconds else math.nan,
+        "overall": {
+            radius_key(r): _metrics(aggregate(s[radius_key(r)] for s in per_image)) for r in radii_A
+        },
+        "by_dose": _binned(doses, dose_edges, _fmt_dose, per_image) if records else [],
+        "by_defocus": _binned(defoci, defocus_edges_A, _fmt_plain, per_image) if records else [],
+        "images": rows,
+    }
+
+
+def compare(
+    samples: Iterable[EvalSample],
+    detectors: Mapping[str, Detector],
+    *,
+    radii_A: Sequence[float] = RADII_A,
+    border_A: float = 1.0,
+    n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    dose_edges: Sequence[float] = DOSE_EDGES,
+    defocus_edges_A: Sequence[float] = DEFOCUS_EDGES_A,
+    on_sample: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score several detectors on the same samples (iterated once).
+
+    Parameters
+    ----------
+    samples : iterable of EvalSample
+        Test images (a list, or a generator such as :func:`samples_from_store`).
+    detectors : mapping of str to callable
+        e.g. ``{"network": network_detector(...), "baseline": baseline_detector()}``;
+        each returns an :class:`~atomfinder.detection.peaks.AtomTable` in input pixels.
+    radii_A : sequence of float
+        Matching radii in Å.
+    border_A : float
+        Width of the ignored band along the image edge in Å (see module docs).
+    n_classes : int, optional
+        Number of non-background classes (size of the confusion matrices). Default:
+        ``len(class_names)`` if given, else the largest label seen.
+    class_names : sequence of str, optional
+        Names of classes ``1..n_classes`` (for the report).
+    dose_edges : sequence of float
+        Dose bin edges in e/Å².
+    defocus_edges_A : sequence of float
+        Defocus bin edges in Å (positive = underfocus).
+    on_sample : callable, optional
+        Called with the sample index after each sample (for a progress bar).
+
+    Returns
+    -------
+    dict
+        ``{"settings": {...}, "n_images": int, "detectors": {name: report}}`` where
+        each report (see :func:`evaluate`) holds ``overall`` (per radius key, e.g.
+        ``"0.5"``), ``by_dose`` and ``by_defocus`` (lists of bins with ``bin``,
+        ``low``, ``high``, ``median``, ``n_images`` and per-radius ``metrics``) and
+        the per-image rows ``images``. Metrics: ``n_images, tp, fp, fn, precision,
+        recall, f1, rmse_pm, label_accuracy, confusion, n_height, height_exact,
+        height_within1``.
+    """
+    if not detectors:
+        raise ValueError("no detectors given")
+    if border_A < 0:
+        raise ValueError(f"border_A must be >= 0, got {border_A}")
+    radii = [float(r) for r in radii_A]
+    if not radii or min(radii) <= 0:
+        raise ValueError(f"radii_A must be positive, got {radii_A}")
+    records = _collect(samples, detectors, on_sample)
+    if n_classes is None:
+        n_classes = len(class_names) if class_names is not None else _infer_n_classes(records)
+    settings = {
+        "radii_A": radii,
+        "border_A": float(border_A),
+        "n_classes": int(n_classes),
+        "class_names": list(class_names) if class_names is not None else None,
+        "dose_edges": [float(e) for e in dose_edges],
+        "defocus_edges_A": [float(e) for e in defocus_edges_A],
+    }
+    return {
+        "settings": settings,
+        "n_images": len(records),
+        "detectors": {
+            name: _detector_report(records, name, radii, border_A, int(n_classes), dose_edges, defocus_edges_A)
+            for name in detectors
+        },
+    }
+
+
+def evaluate(samples: Iterable[EvalSample], detect: Detector, **kwargs: Any) -> dict[str, Any]:
+    """Score one detector against ground truth.
+
+    Parameters
+    ----------
+    samples : iterable of EvalSample
+        Test images with ground truth.
+    detect : callable
+        ``detect(sample) -> AtomTable`` with positions in the sample's input pixels.
+    **kwargs
+        ``radii_A=(0.3, 0.5, 1.0)``, ``border_A=1.0``, ``n_classes``, ``class_names``,
+        ``dose_edges=(1e2, 1e3, 1e4, 1e5)``, ``defocus_edges_A``, ``on_sample``: see
+        :func:`compare`.
+
+    Returns
+    -------
+    dict
+        ``settings``, ``n_images``, ``seconds_per_image``, ``overall``, ``by_dose``,
+        ``by_defocus`` and ``images`` (see :func:`compare`).
+    """
+    out = compare(samples, {"detector": detect}, **kwargs)
+    return {"settings": out["settings"], **out["detectors"]["detector"]}
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A JSON-safe copy: NaN -> None, +-inf -> ``"inf"``/``"-inf"``, arrays -> lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically (temporary file in the same folder + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _as_comparison(report: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accept the output of :func:`compare` or of :func:`evaluate`."""
+    if "detectors" in report:
+        return report
+    return {"settings": report["settings"], "n_images": report["n_images"], "detectors": {"detector": report}}
+
+
+def _primary_radius(report: Mapping[str, Any], radius_A: float | None) -> str:
+    radii = report["settings"]["radii_A"]
+    if radius_A is None:
+        return radius_key(radii[len(radii) // 2])
+    key = radius_key(radius_A)
+    if key not in {radius_key(r) for r in radii}:
+        raise ValueError(f"radius {radius_A} Å was not evaluated (radii: {radii})")
+    return key
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines + [""]
+
+
+def _binned_table(dets: Mapping[str, Any], key: str, rk: str) -> list[str]:
+    names = list(dets)
+    first = dets[names[0]][key]
+    cols = [("f1", "F1", 3), ("precision", "precision", 3), ("recall", "recall", 3), ("rmse_pm", "RMSE (pm)", 1)]
+    header = ["bin", "images"] + [f"{label} {n}" for _, label, _ in cols for n in names]
+    rows = []
+    for b in first:
+        row = [b["bin"], str(b["n_images"])]
+        for metric, _, digits in cols:
+            for n in names:
+                match = [x for x in dets[n][key] if x["bin"] == b["bin"]]
+                row.append(_f(match[0]["metrics"][rk][metric], digits) if match else "–")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | None = None) -> str:
+    """The report as Markdown text (see :func:`write_report`)."""
+    rep = _as_comparison(report)
+    st = rep["settings"]
+    dets = rep["detectors"]
+    rk = _primary_radius(rep, radius_A)
+    names = st.get("class_names") or [str(i) for i in range(1, st["n_classes"] + 1)]
+    lines = [f"# {title}", ""]
+    lines += [
+        f"{rep['n_images']} images; matching radii {', '.join(radius_key(r) for r in st['radii_A'])} Å; "
+        f"sites and predictions within {st['border_A']:g} Å of the image edge are ignored "
+        "(a prediction matched to an ignored site is ignored too). Counts are pooled over images. "
+        "Defocus: frame 0, Å, positive = underfocus.",
+        "",
+        "## Overall",
+        "",
+    ]
+    rows = []
+    for n, d in dets.items():
+        for r in st["radii_A"]:
+            m = d["overall"][radius_key(r)]
+            rows.append([n, radius_key(r), str(m["tp"]), str(m["fp"]), str(m["fn"]), _f(m["precision"]),
+                         _f(m["recall"]), _f(m["f1"]), _f(m["rmse_pm"], 1), _f(m["label_accuracy"])])
+    lines += _table(["detector", "radius (Å)", "TP", "FP", "FN", "precision", "recall", "F1", "RMSE (pm)",
+                     "label accuracy"], rows)
+    lines += ["Time per image: " + ", ".join(f"{n} {_f(d['seconds_per_image'], 3)} s" for n, d in dets.items()), ""]
+    lines += [f"## By dose (e/Å², radius {rk} Å)", ""] + _binned_table(dets, "by_dose", rk)
+    lines += [f"## By defocus (Å, radius {rk} Å)", ""] + _binned_table(dets, "by_defocus", rk)
+    lines += [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", ""]
+    for n, d in dets.items():
+        conf = d["overall"][rk]["confusion"]
+        lines += [f"### {n}", ""]
+        if conf is None:
+            lines += ["(no labels)", ""]
+            continue
+        lines += _table(["true \\ predicted"] + list(names), ([names[i]] + [str(v) for v in row] for i, row in enumerate(conf)))
+    lines += ["## Column heights (matched pairs with known heights)", ""]
+    rows = [
+        [n, radius_key(r), str(d["overall"][radius_key(r)]["n_height"]),
+         _f(d["overall"][radius_key(r)]["height_exact"]), _f(d["overall"][radius_key(r)]["height_within1"])]
+        for n, d in dets.items() for r in st["radii_A"]
+    ]
+    if any(row[2] != "0" for row in rows):
+        lines += _table(["detector", "radius (Å)", "pairs", "exact", "±1"], rows)
+    else:
+        lines += ["No heights (no detector predicted heights, or the data has none).", ""]
+    return "\n".join(lines)
+
+
+def _plot_vs(dets: Mapping[str, Any], key: str, metric: str, rk: str, xlabel: str, ylabel: str,
+             log_x: bool, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from atomfinder.analysis.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    plotted = False
+    for n, d in dets.items():
+        bins = [b for b in d[key] if math.isfinite(b["median"])]
+        ys = [b["metrics"][rk][metric] for b in bins]
+        (line,) = ax.plot([b["median"] for b in bins], ys, "o-", label=n)
+        plotted = plotted or bool(bins)
+        for b in d[key]:
+            y = b["metrics"][rk][metric]
+            if b["bin"] == NO_NOISE_BIN and y is not None and math.isfinite(y):
+                ax.axhline(y, ls="--", lw=1, color=line.get_color(), label=f"{n} ({NO_NOISE_BIN})")
+    if log_x and plotted:
+        ax.set_xscale("log")
+    if metric == "f1":
+        ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"matching radius {rk} Å; points at the bin's median", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, radius_A: float | None = None) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and PNG plots to ``out_dir`` (each atomically).
+
+    Parameters
+    ----------
+    report : dict
+        Output of :func:`compare` (or of :func:`evaluate`).
+    out_dir : path
+        Folder (created if missing).
+    title : str
+        Title of the Markdown report.
+    radius_A : float, optional
+        Matching radius of the binned tables, the confusion matrices and the plots
+        (default: the middle of the evaluated radii, 0.5 Å for the defaults).
+
+    Returns
+    -------
+    list of Path
+        ``report.json`` (NaN written as null, infinities as ``"inf"``), ``report.md``,
+        ``f1_vs_dose.png``, ``rmse_vs_dose.png``, ``f1_vs_defocus.png``.
+    """
+    out = Path(out_dir)
+    rep = _as_comparison(report)
+    rk = _primary_radius(rep, radius_A)
+    dets = rep["detectors"]
+    paths = [
+        _write_text(out / "report.json", json.dumps(to_jsonable(rep), indent=1, allow_nan=False) + "\n"),
+        _write_text(out / "report.md", report_markdown(rep, title, radius_A)),
+        _plot_vs(dets, "by_dose", "f1", rk, "dose (e/Å²)", "F1", True, out / "f1_vs_dose.png"),
+        _plot_vs(dets, "by_dose", "rmse_pm", rk, "dose (e/Å²)", "RMSE (pm)", True, out / "rmse_vs_dose.png"),
+        _plot_vs(dets, "by_defocus", "f1", rk, "defocus (Å, positive = underfocus)", "F1", False,
+                 out / "f1_vs_defocus.png"),
+    ]
+    return paths
+
+
+__all__ = [
+    "DEFOCUS_EDGES_A",
+    "DOSE_EDGES",
+    "Detector",
+    "EvalSample",
+    "RADII_A",
+    "baseline_detector",
+    "bin_labels",
+    "compare",
+    "evaluate",
+    "interior_mask",
+    "network_detector",
+    "radius_key",
+    "report_markdown",
+    "samples_from_store",
+    "scored_predictions",
+    "to_jsonable",
+    "write_report",
+]

@@ -1,0 +1,294 @@
+"""From a calibrated image to a table of atoms with a trained model.
+
+``detect_array`` chains the steps every caller (CLI, evaluation, time series) must do
+the same way:
+
+1. check the channel count against the model card,
+2. resample the image to the model's sampling (:func:`resample`),
+3. normalise it as the card says (:func:`atomfinder.nn.normalization.apply_normalization`),
+4. predict per-class probabilities, tiled (:func:`atomfinder.nn.infer.predict`),
+5. find atoms as peaks (:func:`atomfinder.detection.peaks.find_atoms`),
+6. scale the positions back to the input pixel grid (:func:`rescale_positions`).
+
+Coordinates follow DESIGN.md: ``(x, y)`` = (column, row), pixel centres at integers,
+origin at the centre of the top-left pixel, so a position in pixels ``x`` sits at
+``x * sampling_A`` Å. Resampling keeps that physical position: output pixel ``j`` of a
+grid with sampling ``s_out`` samples the input at ``j * s_out / s_in`` input pixels (not
+scipy.ndimage.zoom's corner-aligned grid, which would stretch the image about its
+centre by a fraction of a pixel).
+
+This module needs NumPy, SciPy and torch only; it never imports the simulation stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from atomfinder.detection.peaks import AtomTable, find_atoms
+from atomfinder.nn.card import ModelCard
+from atomfinder.nn.infer import predict
+from atomfinder.nn.normalization import apply_normalization
+
+#: Relative sampling difference below which no resampling is done.
+SAMPLING_RTOL = 1e-9
+
+
+def resampled_size(n_px: int, from_sampling_A: float, to_sampling_A: float) -> int:
+    """Pixels along one axis after resampling: ``round(n_px * from / to)``, at least 1.
+
+    Halves round up (``floor(v + 0.5)``), not to even, with a tolerance of 1e-6 px for
+    floating-point error (``53 * 0.15 / 0.1`` gives 80, not 79).
+    """
+    return max(1, int(np.floor(n_px * from_sampling_A / to_sampling_A + 0.5 + 1e-6)))
+
+
+def antialias_sigma_px(from_sampling_A: float, to_sampling_A: float) -> float:
+    """Standard deviation (input pixels) of the Gaussian pre-filter used when downsampling.
+
+    ``sigma = 0.5 * sqrt(f**2 - 1)`` with ``f = to / from`` the downsampling factor,
+    and 0 when not downsampling (``f <= 1``). This is the extra blur that, added in
+    quadrature to the ~0.5 px already implied by the input grid, gives 0.5 output
+    pixels: it damps content at the output's Nyquist frequency to about 30 % (so
+    little aliases) while leaving atom-sized features (several output pixels) nearly
+    untouched.
+    """
+    f = to_sampling_A / from_sampling_A
+    return 0.5 * float(np.sqrt(f * f - 1.0)) if f > 1.0 else 0.0
+
+
+def _check_sampling(*values: float) -> None:
+    for v in values:
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {v}")
+
+
+def _resample_2d(image: np.ndarray, scale: float, out_shape: tuple[int, int], sigma_px: float, order: int) -> np.ndarray:
+    x = np.asarray(image, dtype=np.float64)
+    if sigma_px > 0:
+        x = gaussian_filter(x, sigma_px, mode="reflect")
+    rows = np.arange(out_shape[0], dtype=np.float64) * scale
+    cols = np.arange(out_shape[1], dtype=np.float64) * scale
+    coords = np.meshgrid(rows, cols, indexing="ij")
+    return map_coordinates(x, coords, order=order, mode="reflect")
+
+
+def resample(
+    image: np.ndarray, from_sampling_A: float, to_sampling_A: float, *, order: int = 3
+) -> np.ndarray:
+    """Resample an image to another pixel size, keeping physical positions.
+
+    Output pixel ``(r, c)`` is the input interpolated at ``(r, c) * to / from`` input
+    pixels, so a feature at ``x`` Å stays at ``x`` Å (see the module docstring). When
+    downsampling, the input is first blurred by a Gaussian of
+    :func:`antialias_sigma_px` (anti-aliasing); it is then interpolated with a spline
+    of the given order (3 = cubic, the default; 1 = linear). Outside the input, the
+    image is mirrored (half-sample symmetric), which only matters for the last output
+    row/column when the size was rounded up.
+
+    Parameters
+    ----------
+    image : ndarray, shape (C, H, W) or (H, W)
+        Image; channels are resampled independently.
+    from_sampling_A : float
+        Pixel size of ``image`` in Å/pixel.
+    to_sampling_A : float
+        Pixel size of the result in Å/pixel.
+    order : int
+        Spline order for the interpolation (0-5).
+
+    Returns
+    -------
+    ndarray of float32, shape (C, h, w) or (h, w)
+        ``h = round(H * from / to)``, ``w = round(W * from / to)`` (see
+        :func:`resampled_size`). Equal samplings return a float32 copy.
+    """
+    _check_sampling(from_sampling_A, to_sampling_A)
+    img = np.asarray(image)
+    if img.ndim not in (2, 3):
+        raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {img.shape}")
+    if abs(to_sampling_A / from_sampling_A - 1.0) <= SAMPLING_RTOL:
+        return img.astype(np.float32, copy=True)
+    H, W = img.shape[-2:]
+    out_shape = (
+        resampled_size(H, from_sampling_A, to_sampling_A),
+        resampled_size(W, from_sampling_A, to_sampling_A),
+    )
+    scale = to_sampling_A / from_sampling_A
+    sigma = antialias_sigma_px(from_sampling_A, to_sampling_A)
+    if img.ndim == 2:
+        return _resample_2d(img, scale, out_shape, sigma, order).astype(np.float32)
+    return np.stack([_resample_2d(ch, scale, out_shape, sigma, order) for ch in img]).astype(np.float32)
+
+
+def rescale_positions(xy_px: np.ndarray, from_sampling_A: float, to_sampling_A: float) -> np.ndarray:
+    """Convert pixel positions between two samplings of the same field.
+
+    ``xy_to = xy_from * from / to``: the physical position ``xy * sampling`` is kept
+    (both grids have their origin at the top-left pixel's centre). For model-grid
+    positions back on the input grid: ``rescale_positions(xy, model_sampling,
+    input_sampling)``.
+
+    Parameters
+    ----------
+    xy_px : ndarray, shape (..., 2) (or any shape)
+        Positions in pixels at ``from_sampling_A``.
+    from_sampling_A, to_sampling_A : float
+        Pixel sizes in Å/pixel.
+
+    Returns
+    -------
+    ndarray of float64, same shape
+    """
+    _check_sampling(from_sampling_A, to_sampling_A)
+    return np.asarray(xy_px, dtype=np.float64) * (from_sampling_A / to_sampling_A)
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """Atoms found in one image, with the maps they came from.
+
+    Attributes
+    ----------
+    atoms : AtomTable
+        Atoms with positions in pixels of the *input* image.
+    probabilities : ndarray of float32, shape (k, h, w)
+        Per-class probabilities (class 0 = background) on the model's grid.
+    height : ndarray of float32, shape (h, w), or None
+        Column-height map on the model's grid (models with a height head).
+    model_sampling_A : float
+        Pixel size of the probability maps (Å/pixel).
+    input_sampling_A : float
+        Pixel size of the input image (Å/pixel).
+    class_names : tuple of str
+        Names of classes ``1..k-1`` (from the model card).
+    """
+
+    atoms: AtomTable
+    probabilities: np.ndarray
+    height: np.ndarray | None
+    model_sampling_A: float
+    input_sampling_A: float
+    class_names: tuple[str, ...] = ()
+
+    def to_frame(self) -> pd.DataFrame:
+        """The atom table of DESIGN.md (``x, y`` in input pixels, Å with the input sampling)."""
+        return self.atoms.to_frame(self.class_names, self.input_sampling_A)
+
+
+def _as_chw(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {img.shape}")
+    return img
+
+
+def detection_settings(
+    card: ModelCard, threshold: float | None = None, min_distance_A: float | None = None
+) -> tuple[float, float]:
+    """``(threshold, min_distance_A)``: the given values, else the card's, else 0.5 and 1.0 Å."""
+    if threshold is None:
+        threshold = float(card.detection.get("threshold", 0.5))
+    if min_distance_A is None:
+        min_distance_A = float(card.detection.get("min_distance_A", 1.0))
+    if not min_distance_A > 0:
+        raise ValueError(f"min_distance_A must be positive, got {min_distance_A}")
+    return float(threshold), float(min_distance_A)
+
+
+def detect_array(
+    model: torch.nn.Module,
+    card: ModelCard,
+    image: np.ndarray,
+    sampling_A: float,
+    *,
+    threshold: float | None = None,
+    min_distance_A: float | None = None,
+    device: str | torch.device | None = None,
+    tile: int = 512,
+) -> DetectionResult:
+    """Find atoms in a calibrated image with a model.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (e.g. from :func:`atomfinder.nn.card.load_model`).
+    card : ModelCard
+        Its card: input channels, class names, sampling, normalisation, and default
+        peak-finding settings (``card.detection``).
+    image : ndarray, shape (C, H, W) or (H, W)
+        Raw counts (any linear scale). ``C`` must equal ``card.in_channels``; focal
+        series frames must already be registered and in the card's defocus order.
+    sampling_A : float
+        Pixel size of ``image`` in Å/pixel.
+    threshold : float, optional
+        Smallest atom probability of a peak (default ``card.detection["threshold"]``
+        or 0.5).
+    min_distance_A : float, optional
+        Smallest distance between two atoms in Å (default
+        ``card.detection["min_distance_A"]`` or 1.0).
+    device : str or torch.device, optional
+        Inference device (default CUDA when available, else CPU).
+    tile : int
+        Largest inference tile side, in model pixels; neighbouring tiles overlap by
+        at least ``min(64, tile // 4)`` pixels.
+
+    Returns
+    -------
+    DetectionResult
+        Atoms in input pixels, and the maps on the model's grid.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of channels, or a non-positive sampling.
+    """
+    img = _as_chw(image)
+    if img.shape[0] != card.in_channels:
+        raise ValueError(
+            f"model {card.name!r} expects {card.in_channels} input channel(s)"
+            f"{' (a focal series)' if card.in_channels > 1 else ''}, got an image with "
+            f"{img.shape[0]} channel(s) of shape {tuple(img.shape[1:])}"
+        )
+    _check_sampling(sampling_A)
+    threshold, min_distance_A = detection_settings(card, threshold, min_distance_A)
+    model_img = resample(img.astype(np.float32, copy=False), sampling_A, card.sampling_A)
+    model_img = apply_normalization(model_img, card.normalization, card.sampling_A)
+    out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4))
+    probs = out["probabilities"]
+    height = out.get("height")
+    found = find_atoms(
+        probs,
+        min_distance_px=min_distance_A / card.sampling_A,
+        threshold=threshold,
+        heights=height,
+    )
+    xy = rescale_positions(found.xy, card.sampling_A, sampling_A)
+    atoms = AtomTable(
+        x=xy[:, 0], y=xy[:, 1], label=found.label, probability=found.probability, height=found.height
+    )
+    return DetectionResult(
+        atoms=atoms,
+        probabilities=probs,
+        height=height,
+        model_sampling_A=float(card.sampling_A),
+        input_sampling_A=float(sampling_A),
+        class_names=tuple(card.class_names),
+    )
+
+
+__all__ = [
+    "DetectionResult",
+    "antialias_sigma_px",
+    "detect_array",
+    "detection_settings",
+    "resample",
+    "resampled_size",
+    "rescale_positions",
+]

@@ -1,0 +1,491 @@
+"""Training: typed config, augmentation, checkpoints, learning curves, best model.
+
+The loop trains a :class:`~atomfinder.nn.unet.UNet` on samples read through
+:mod:`atomfinder.datasets.store` (no physics here). Every image is normalised
+once, exactly as at inference (:func:`atomfinder.nn.normalization.apply_normalization`
+with the model card's settings), then random crops get the 8 flips/rotations,
+a random gain and offset and extra noise. Contrast is never inverted on purpose:
+contrast must come from the physics of the simulation.
+
+Validation runs after every epoch through a ``validate(model) -> dict`` callable
+(built by the caller from the detection and evaluation code, which ``nn`` does not
+import); its ``"f1"`` decides which model is kept as the best.
+
+Resumable: ``RUN/checkpoint.pt`` (model, optimiser, schedule, random states, history)
+is written atomically every ``checkpoint_every`` steps and at every epoch end;
+``resume=True`` continues from it after any interruption, ``kill -9`` included.
+Uses CUDA with mixed precision when present and DistributedDataParallel under
+``torchrun`` (one process per GPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from atomfinder.nn.card import ModelCard, save_model
+from atomfinder.nn.losses import segmentation_loss
+from atomfinder.nn.normalization import apply_normalization
+from atomfinder.nn.unet import UNetConfig, build_model, count_parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe (``[train]`` table of a TOML file).
+
+    Attributes
+    ----------
+    name, version : str
+        Model name and version written to the card.
+    depth, width, norm : int, int, str
+        U-Net levels, channels of the first level, normalisation layer.
+    height_head : bool
+        Predict column heights (gold) as classes ``0..max_height``.
+    max_height : int
+        Largest column height the head can predict.
+    crop_px : int
+        Side of the random training crops (pixels).
+    batch_size : int
+        Crops per optimiser step (per process under DDP).
+    epochs : int
+        Passes over the training images (one random crop per image per pass).
+    validation_fraction : float
+        Share of the store's jobs held out for validation (whole jobs, so that no
+        structure is both trained on and validated).
+    max_validation_images : int
+        Validation images scored per epoch.
+    lr, weight_decay : float
+        AdamW learning rate (peak of a cosine schedule with linear warm-up) and
+        weight decay.
+    warmup_steps : int
+        Linear warm-up length.
+    class_weights : str or list of float
+        ``"batch"`` (inverse class frequencies per batch) or fixed weights.
+    dice_weight, height_weight : float
+        Weights of the soft Dice and column-height losses.
+    gain_range, offset_range : (float, float)
+        Random gain and offset applied to the normalised crop.
+    extra_noise_std : (float, float)
+        Range of the standard deviation of extra Gaussian noise (normalised units).
+    normalization : dict
+        How images are normalised, e.g. ``{"kind": "local", "window_A": 12.0}``.
+    min_distance_A, threshold, match_radius_A : float
+        Peak finding used in validation (and recorded in the card) and the
+        matching radius of the validation F1 (Å).
+    checkpoint_every : int
+        Steps between checkpoints.
+    seed : int
+        Seed of initialisation, crops and augmentation.
+    num_threads : int
+        CPU threads for torch.
+    amp : bool
+        Mixed precision (bfloat16) on CUDA.
+    max_minutes : float
+        Stop (and save) after this many minutes of training (0 = no limit).
+    """
+
+    name: str = "model"
+    version: str = "1.0"
+    depth: int = 4
+    width: int = 16
+    norm: str = "batch"
+    height_head: bool = False
+    max_height: int = 0
+    crop_px: int = 128
+    batch_size: int = 8
+    epochs: int = 30
+    validation_fraction: float = 0.05
+    max_validation_images: int = 48
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    class_weights: Any = "batch"
+    dice_weight: float = 0.5
+    height_weight: float = 0.5
+    gain_range: tuple[float, float] = (0.8, 1.25)
+    offset_range: tuple[float, float] = (-0.2, 0.2)
+    extra_noise_std: tuple[float, float] = (0.0, 0.3)
+    normalization: dict = field(default_factory=lambda: {"kind": "local", "window_A": 12.0})
+    min_distance_A: float = 1.0
+    threshold: float = 0.5
+    match_radius_A: float = 0.5
+    checkpoint_every: int = 100
+    seed: int = 0
+    num_threads: int = 2
+    amp: bool = True
+    max_minutes: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) and k != "class_weights" else v) for k, v in d.items()})
+
+    @classmethod
+    def from_toml(cls, path: Path | str) -> "TrainConfig":
+        data = tomllib.loads(Path(path).read_text())
+        return cls.from_dict(data.get("train", data))
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Normalised images and targets in memory.
+
+    Attributes
+    ----------
+    images : ndarray, float32, shape (n, c, h, w)
+        Normalised images.
+    targets : ndarray, float16, shape (n, k, h, w)
+        Per-class target maps.
+    heights : ndarray, int16, shape (n, h, w) or None
+        Column heights, -1 on background pixels.
+    sampling_A : ndarray, shape (n,)
+        Pixel sizes (Å).
+    class_names : tuple of str
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    heights: np.ndarray | None
+    sampling_A: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def split_jobs(n_jobs: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Job indices for training and validation (a seeded random split)."""
+    order = np.random.default_rng(seed).permutation(n_jobs)
+    n_val = max(1, int(round(fraction * n_jobs))) if fraction > 0 and n_jobs > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_training_data(store, indices: np.ndarray, normalization: dict) -> TrainingData:
+    """Read and normalise samples of a :class:`~atomfinder.datasets.store.DatasetStore`.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        The store.
+    indices : ndarray of int
+        Positions among the store's visible samples.
+    normalization : dict
+        Normalisation settings (as in the model card).
+    """
+    idx = store.indices[np.asarray(indices, dtype=int)]
+    images = store.array("images", idx).astype(np.float32)
+    sampling = store.array("sampling_A", idx).astype(np.float64)
+    for i in range(len(images)):
+        images[i] = apply_normalization(images[i], normalization, float(sampling[i]))
+    targets = store.array("targets", idx).astype(np.float16)
+    heights = None
+    if store.has_heights:
+        h = store.array("heights", idx)[:, 0].astype(np.int16)
+        heights = np.where(targets[:, 0] > 0.5, -1, h).astype(np.int16)
+    return TrainingData(images, targets, heights, sampling, store.class_names)
+
+
+def augment_batch(
+    data: TrainingData, rng: np.random.Generator, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A random batch: crops, the 8 flips/rotations, gain, offset and extra noise."""
+    n, c, h, w = data.images.shape
+    s = min(config.crop_px, h, w)
+    xs, ts, hs = [], [], []
+    for i in rng.integers(0, n, config.batch_size):
+        y0, x0 = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        x = data.images[i, :, y0 : y0 + s, x0 : x0 + s]
+        t = data.targets[i, :, y0 : y0 + s, x0 : x0 + s].astype(np.float32)
+        hh = None if data.heights is None else data.heights[i, y0 : y0 + s, x0 : x0 + s]
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        x, t = np.rot90(x, k, axes=(-2, -1)), np.rot90(t, k, axes=(-2, -1))
+        if hh is not None:
+            hh = np.rot90(hh, k, axes=(-2, -1))
+        if flip:
+            x, t = x[..., ::-1], t[..., ::-1]
+            hh = None if hh is None else hh[..., ::-1]
+        gain = math.exp(rng.uniform(math.log(config.gain_range[0]), math.log(config.gain_range[1])))
+        offset = rng.uniform(*config.offset_range)
+        noise = rng.uniform(*config.extra_noise_std)
+        x = gain * x + offset + noise * rng.standard_normal(x.shape).astype(np.float32)
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ts.append(np.ascontiguousarray(t))
+        if hh is not None:
+            hs.append(np.ascontiguousarray(hh))
+    return np.stack(xs), np.stack(ts), (np.stack(hs) if hs else None)
+
+
+# -- the loop -----------------------------------------------------------------------
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
+    """``learning_curves.csv`` and ``learning_curves.png`` from the history rows."""
+    if not history:
+        return
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
+    tmp = out_dir / ".learning_curves.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out_dir / "learning_curves.csv")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in history])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss = np.array([r.get("train_loss", np.nan) for r in history])
+    ax1.plot(steps, loss, label="training loss (epoch mean)")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.set_yscale("log")
+    ax1.legend()
+    for key, style in (("val_f1", "-o"), ("val_precision", "--"), ("val_recall", ":")):
+        vals = np.array([r.get(key, np.nan) for r in history])
+        if np.isfinite(vals).any():
+            ax2.plot(steps, vals, style, label=key.replace("val_", "validation "))
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("score")
+    ax2.set_ylim(0, 1.02)
+    ax2.grid(alpha=0.3)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
+    fig.tight_layout()
+    tmp_png = out_dir / ".learning_curves.tmp.png"
+    fig.savefig(tmp_png, dpi=120)
+    plt.close(fig)
+    os.replace(tmp_png, out_dir / "learning_curves.png")
+
+
+def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData, training: dict, evaluation: dict,
+              defocus_offsets_A: tuple[float, ...] = ()) -> ModelCard:
+    """The model card for a trained model."""
+    return ModelCard(
+        name=config.name,
+        version=config.version,
+        architecture=model_config.to_dict(),
+        in_channels=model_config.in_channels,
+        class_names=data.class_names,
+        sampling_A=float(np.median(data.sampling_A)),
+        normalization=dict(config.normalization),
+        defocus_offsets_A=defocus_offsets_A,
+        training=training,
+        evaluation=evaluation,
+        detection={"min_distance_A": config.min_distance_A, "threshold": config.threshold},
+    )
+
+
+def train(
+    config: TrainConfig,
+    data: TrainingData,
+    out_dir: Path | str,
+    validate: Callable[[torch.nn.Module, ModelCard], dict[str, float]] | None = None,
+    resume: bool = False,
+    recipe: dict | None = None,
+    defocus_offsets_A: tuple[float, ...] = (),
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> Path:
+    """Train a model and keep the best one as ``out_dir/model.{safetensors,json}``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The recipe.
+    data : TrainingData
+        Training images (normalised) and targets.
+    out_dir : path
+        Run directory: checkpoint, learning curves, best model.
+    validate : callable, optional
+        ``validate(model, card) -> {"f1": ..., ...}``, run at each epoch end; without it
+        the last model is kept.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt``.
+    recipe : dict, optional
+        How the training data was made (store path, simulation config, seed), for the card.
+    defocus_offsets_A : tuple of float
+        Focal-series models: defocus of each input channel relative to the first (Å).
+    progress : callable, optional
+        ``progress(step, total_steps, last_losses)`` after each step.
+
+    Returns
+    -------
+    Path
+        The best model's stem (``out_dir/model``).
+    """
+    out_dir = Path(out_dir)
+    rank, local_rank, world = _distributed()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.num_threads)
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    model_config = UNetConfig(
+        in_channels=data.images.shape[1],
+        n_classes=data.targets.shape[1],
+        depth=config.depth,
+        width=config.width,
+        norm=config.norm,
+        height_head=config.height_head,
+        max_height=config.max_height,
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(data) / (config.batch_size * world)))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, config.warmup_steps))
+    rng = np.random.default_rng([config.seed, rank])
+    step, best, history, elapsed = 0, -1.0, [], 0.0
+    checkpoint = out_dir / "checkpoint.pt"
+    if resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: nothing to resume")
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["config"] != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"{checkpoint}: was made with another training config")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, elapsed = int(state["step"]), float(state["best"]), float(state["elapsed_s"])
+        history = json.loads(state["history"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    use_amp = config.amp and device.type == "cuda"
+    card_training = {
+        "config": config.to_dict(),
+        "data": recipe or {},
+        "train_images": len(data),
+        "parameters": count_parameters(model),
+        "device": str(device) + (f" x{world}" if world > 1 else ""),
+    }
+
+    def save_checkpoint() -> None:
+        if rank != 0:
+            return
+        _atomic_torch_save(
+            {
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "best": best,
+                "elapsed_s": elapsed,
+                "history": json.dumps(history),
+            },
+            checkpoint,
+        )
+
+    epoch_losses: list[float] = []
+    t_start = time.perf_counter() - elapsed
+    deadline = config.max_minutes * 60 if config.max_minutes else math.inf
+    while step < total_steps:
+        net.train()
+        x, t, h = augment_batch(data, rng, config)
+        xt = torch.from_numpy(x).to(device)
+        tt = torch.from_numpy(t).to(device)
+        ht = torch.from_numpy(h.astype(np.int64)).to(device) if h is not None else None
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = net(xt)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss, parts = segmentation_loss(
+            outputs, tt, ht, class_weights=config.class_weights, dice_weight=config.dice_weight,
+            height_weight=config.height_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        epoch_losses.append(parts["total"])
+        elapsed = time.perf_counter() - t_start
+        if progress is not None and rank == 0:
+            progress(step, total_steps, parts)
+        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+        out_of_time = elapsed > deadline
+        if (end_of_epoch or out_of_time) and rank == 0:
+            row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
+                   "lr": scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 1)}
+            epoch_losses = []
+            card = make_card(config, model_config, data, card_training | {"steps": step, "time_s": round(elapsed, 1)}, {},
+                             defocus_offsets_A)
+            scores = validate(model, card) if validate is not None else {}
+            row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+            history.append(row)
+            score = scores.get("f1", 0.0) if validate is not None else float(step)
+            if score >= best:
+                best = score
+                save_model(model, make_card(config, model_config, data,
+                                            card_training | {"steps": step, "time_s": round(elapsed, 1),
+                                                             "best_val": scores}, {}, defocus_offsets_A),
+                           out_dir / "model")
+            write_curves(history, out_dir)
+            save_checkpoint()
+        elif step % config.checkpoint_every == 0:
+            save_checkpoint()
+        if out_of_time:
+            break
+    if rank == 0:
+        save_checkpoint()
+    if world > 1:
+        dist.barrier()
+    return out_dir / "model"

@@ -1,0 +1,254 @@
+"""analysis.evaluate: known-answer scores, border exclusion, binning, detectors, report files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atomfinder.analysis.evaluate import (
+    NO_NOISE_BIN,
+    UNKNOWN_BIN,
+    EvalSample,
+    baseline_detector,
+    bin_labels,
+    compare,
+    evaluate,
+    interior_mask,
+    network_detector,
+    samples_from_store,
+    write_report,
+)
+from atomfinder.detection.peaks import AtomTable
+from atomfinder.nn.card import ModelCard
+
+torch.set_num_threads(1)
+
+S = 0.1  # Å/pixel
+SHAPE = (100, 100)  # 10 x 10 Å field
+GRID_A = np.array([(x, y) for x in (2.0, 4.0, 6.0, 8.0) for y in (2.0, 4.0, 6.0, 8.0)])  # 16 interior sites
+
+
+def _sample(positions_A=GRID_A, labels=None, heights=None, dose=1e3, defocus=50.0, image=None):
+    n = len(positions_A)
+    return EvalSample(
+        image=np.zeros(SHAPE, np.float32) if image is None else image,
+        sampling_A=S,
+        positions_A=positions_A,
+        labels=np.ones(n, int) if labels is None else labels,
+        heights=heights,
+        dose_e_per_A2=dose,
+        defocus_A=defocus,
+    )
+
+
+def _table(xy_A, label=None, height=None, sampling_A=S):
+    xy = np.asarray(xy_A, float).reshape(-1, 2) / sampling_A
+    n = len(xy)
+    return AtomTable(
+        x=xy[:, 0], y=xy[:, 1],
+        label=np.ones(n, int) if label is None else label,
+        probability=np.ones(n),
+        height=np.full(n, -1) if height is None else height,
+    )
+
+
+def _truth(sample):
+    return _table(sample.positions_A, sample.labels, sample.heights, sample.sampling_A)
+
+
+def test_shifted_detector_f1_one_and_rmse_10_pm():
+    rep = evaluate([_sample(), _sample()], lambda s: _table(s.positions_A + [0.1, 0.0]))
+    for rk in ("0.3", "0.5", "1"):
+        m = rep["overall"][rk]
+        assert m["f1"] == 1.0 and m["tp"] == 32 and m["fp"] == m["fn"] == 0
+        assert m["rmse_pm"] == pytest.approx(10.0, abs=1e-6)
+    assert rep["n_images"] == 2 and rep["settings"]["radii_A"] == [0.3, 0.5, 1.0]
+
+
+def test_dropping_half_gives_recall_half():
+    m = evaluate([_sample()], lambda s: _table(s.positions_A[::2]))["overall"]["0.5"]
+    assert (m["recall"], m["precision"], m["tp"], m["fn"]) == (0.5, 1.0, 8, 8)
+    assert m["f1"] == pytest.approx(2 / 3)
+
+
+def test_far_false_positives_lower_precision():
+    extra = np.array([(3.0, 3.0), (5.0, 5.0), (7.0, 7.0), (3.0, 7.0)])  # cell centres, sqrt(2) Å away
+    m = evaluate([_sample()], lambda s: _table(np.vstack([s.positions_A, extra])))["overall"]["1"]
+    assert (m["precision"], m["recall"], m["fp"]) == (0.8, 1.0, 4)
+
+
+def test_border_exclusion_both_sides_and_straddling():
+    border_sites = np.array([(0.3, 5.0), (-0.04, 3.0), (9.9, 9.9), (5.0, 9.5)])  # within 1 Å of the edge
+    straddle_in = np.array([(1.05, 5.0)])  # scored site; found at x = 0.9 (in the band)
+    straddle_out = np.array([(0.9, 7.0)])  # ignored site; found at x = 1.1 (outside the band)
+    truth = np.vstack([GRID_A, border_sites, straddle_in, straddle_out])
+    sample = _sample(truth)
+    preds = np.vstack([GRID_A, [(0.2, 2.0), (9.5, 3.0)], [(0.9, 5.0)], [(1.1, 7.0)]])  # 2 FPs in the band
+    rep = evaluate([sample], lambda s: _table(preds), radii_A=(0.3,))
+    m = rep["overall"]["0.3"]
+    assert (m["tp"], m["fp"], m["fn"], m["f1"]) == (17, 0, 0, 1.0)
+    # without the border every band site is a miss and every band prediction a false alarm
+    m0 = evaluate([sample], lambda s: _table(preds), radii_A=(0.3,), border_A=0.0)["overall"]["0.3"]
+    assert (m0["tp"], m0["fp"], m0["fn"]) == (18, 2, 4)
+
+
+def test_interior_mask_uses_field_of_view_edges():
+    xy = np.array([(0.95, 5.0), (0.94, 5.0), (8.95, 5.0), (8.96, 5.0), (5.0, 8.95)])
+    np.testing.assert_array_equal(interior_mask(xy, SHAPE, S, 1.0), [True, False, True, False, True])
+
+
+def test_dose_and_defocus_binning():
+    doses = [50.0, 500.0, 5e3, 5e4, 5e5, math.inf, math.nan, 700.0]
+    defoci = [-300.0, -150.0, 0.0, 50.0, 150.0, 300.0, 900.0, math.nan]
+    samples = [_sample(dose=d, defocus=f) for d, f in zip(doses, defoci)]
+    # a detector that misses half the atoms below 1e3 e/Å²
+    rep = evaluate(samples, lambda s: _table(s.positions_A[::2] if s.dose_e_per_A2 < 1e3 else s.positions_A))
+    bins = {b["bin"]: b for b in rep["by_dose"]}
+    assert list(bins) == ["< 1e2", "[1e2, 1e3)", "[1e3, 1e4)", "[1e4, 1e5)", ">= 1e5", NO_NOISE_BIN, UNKNOWN_BIN]
+    assert [b["n_images"] for b in rep["by_dose"]] == [1, 2, 1, 1, 1, 1, 1]
+    assert bins["[1e2, 1e3)"]["median"] == pytest.approx(600.0)
+    assert bins["[1e2, 1e3)"]["metrics"]["0.5"]["recall"] == 0.5
+    assert bins["< 1e2"]["metrics"]["0.5"]["recall"] == 0.5
+    assert bins["[1e3, 1e4)"]["metrics"]["0.5"]["recall"] == 1.0
+    assert bins[NO_NOISE_BIN]["metrics"]["0.5"]["recall"] == 1.0
+    dbins = [b["bin"] for b in rep["by_defocus"]]
+    assert dbins == ["< -200", "[-200, -100)", "[0, 100)", "[100, 200)", "[200, 400)", ">= 800", UNKNOWN_BIN]
+    assert [b["n_images"] for b in rep["by_defocus"]] == [1, 1, 2, 1, 1, 1, 1]
+    assert bin_labels([100.0], [1e2, 1e3])[0] == ("[100, 1000)", 100.0, 1000.0)  # edge goes up
+    rows = rep["images"]
+    assert len(rows) == 8 * 3
+    r0 = [r for r in rows if r["image"] == 0 and r["radius_A"] == 0.5][0]
+    assert (r0["dose_e_per_A2"], r0["defocus_A"], r0["tp"], r0["fp"], r0["fn"]) == (50.0, -300.0, 8, 0, 8)
+    assert r0["f1"] == pytest.approx(2 / 3)
+
+
+def test_confusion_and_height_accuracy():
+    labels = np.tile([1, 2], 8)
+    heights = np.full(16, 3)
+    pred_h = np.array([3] * 8 + [4] * 4 + [6] * 4)
+    rep = evaluate(
+        [_sample(labels=labels, heights=heights)],
+        lambda s: _table(s.positions_A, label=np.ones(16, int), height=pred_h),
+        class_names=("Mo", "S"),
+    )
+    m = rep["overall"]["0.5"]
+    assert m["confusion"] == [[8, 0], [8, 0]]
+    assert m["label_accuracy"] == 0.5
+    assert (m["n_height"], m["height_exact"], m["height_within1"]) == (16, 0.5, 0.75)
+    # a detector without heights: height accuracy is undefined, not zero
+    m2 = evaluate([_sample(labels=labels, heights=heights)], lambda s: _table(s.positions_A))["overall"]["0.5"]
+    assert m2["n_height"] == 0 and math.isnan(m2["height_exact"])
+
+
+class _Bright(nn.Module):
+    size_multiple = 1
+
+    def forward(self, x):
+        return {"logits": torch.cat([torch.zeros_like(x[:, :1]), x[:, :1] - 1.0], dim=1)}
+
+
+def _blob_sample(dose, frames=1):
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]] * S
+    img = np.full(SHAPE, 1000.0)
+    for x, y in GRID_A:
+        img += 800 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 0.3**2))
+    img = np.random.default_rng(int(dose)).poisson(img).astype(np.float32)
+    return _sample(image=np.stack([img] * frames), dose=dose)
+
+
+def test_network_and_baseline_detectors_compare_and_report(tmp_path):
+    model = _Bright()
+    card = ModelCard(
+        name="bright", version="0",
+        architecture={"in_channels": 1, "n_classes": 2, "depth": 0, "width": 1, "norm": "none"},
+        in_channels=1, class_names=("C",), sampling_A=0.08, normalization={"kind": "global"},
+        detection={"min_distance_A": 1.0, "threshold": 0.5},
+    )
+    seen = []
+
+    def samples():  # a generator: compare must iterate it only once
+        yield _blob_sample(300.0, frames=2)  # a single-image model uses frame 0
+        yield _blob_sample(3000.0)
+
+    rep = compare(
+        samples(),
+        {"network": network_detector(model, card, device="cpu"), "baseline": baseline_detector(0.5, 1.0)},
+        on_sample=seen.append,
+    )
+    assert seen == [0, 1] and rep["n_images"] == 2
+    for name in ("network", "baseline"):
+        m = rep["detectors"][name]["overall"]["0.3"]
+        assert m["f1"] == 1.0 and m["tp"] == 32, (name, m)
+        assert m["rmse_pm"] < 5.0
+    paths = write_report(rep, tmp_path / "rep", "Test report")
+    names = sorted(p.name for p in paths)
+    assert names == ["f1_vs_defocus.png", "f1_vs_dose.png", "report.json", "report.md", "rmse_vs_dose.png"]
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temp files left
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "# Test report" in md
+    assert "| network | 0.5 |" in md and "| baseline | 0.5 |" in md
+    assert "F1 network | F1 baseline" in md and "[1e2, 1e3)" in md and "[1e3, 1e4)" in md
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["detectors"]["baseline"]["overall"]["0.5"]["height_exact"] is None  # NaN -> null
+    assert data["detectors"]["network"]["overall"]["0.5"]["tp"] == 32
+    with pytest.raises(ValueError, match="input channel"):
+        network_detector(
+            model, ModelCard(
+                name="fs", version="0",
+                architecture={"in_channels": 3, "n_classes": 2, "depth": 0, "width": 1, "norm": "none"},
+                in_channels=3, class_names=("C",), sampling_A=0.1, normalization={"kind": "global"},
+            ), device="cpu",
+        )(_blob_sample(1000.0, frames=2))
+
+
+def test_write_report_accepts_single_evaluation_with_infinite_dose(tmp_path):
+    rep = evaluate([_sample(dose=math.inf), _sample(dose=2e3)], lambda s: _table(s.positions_A))
+    paths = write_report(rep, tmp_path, "single")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert "inf" in [r["dose_e_per_A2"] for r in data["detectors"]["detector"]["images"]]
+    assert len(paths) == 5 and NO_NOISE_BIN in (tmp_path / "report.md").read_text()
+
+
+def test_samples_from_store(tmp_path):
+    from atomfinder.datasets.store import DatasetStore, create_or_resume, write_job
+
+    fields = ["defocus_A", "dose_e_per_A2", "Cs_A"]
+    meta = {
+        "n": 3, "frames": 2, "image_px": 8, "class_names": ["Au"], "max_sites": 4,
+        "microscope_fields": fields, "has_heights": True, "samples_per_job": 2, "seed": 0, "config": {},
+    }
+    group = create_or_resume(tmp_path / "t.zarr", meta)
+    rng = np.random.default_rng(0)
+    for job, n in ((0, 2), (1, 1)):
+        sites = np.full((n, 4, 2), np.nan, np.float32)
+        sites[:, :2] = [[0.1, 0.2], [0.3, 0.4]]
+        mic = np.zeros((n, 2, 3))
+        mic[:, :, 0] = [[10.0, 60.0]] * n
+        mic[:, :, 1] = 500.0 * (job + 1)
+        write_job(group, job, {
+            "images": rng.normal(size=(n, 2, 8, 8)).astype(np.float32),
+            "targets": np.zeros((n, 2, 8, 8), np.float32),
+            "heights": np.zeros((n, 1, 8, 8), np.uint8),
+            "sites_A": sites,
+            "sites_label": np.tile(np.array([1, 1, 0, 0], np.int16), (n, 1)),
+            "sites_height": np.tile(np.array([2, 3, 0, 0], np.int16), (n, 1)),
+            "n_sites": np.full(n, 2, np.int32),
+            "sampling_A": np.full(n, 0.05, np.float32),
+            "microscope": mic,
+            "drift_px": np.zeros((n, 2, 2), np.float32),
+        })
+    store = DatasetStore(tmp_path / "t.zarr")
+    out = list(samples_from_store(store, block=2))
+    assert len(out) == 3
+    s = out[2]
+    assert s.image.shape == (2, 8, 8) and s.sampling_A == pytest.approx(0.05)
+    np.testing.assert_array_equal(s.image, store.array("images")[2])
+    np.testing.assert_allclose(s.positions_A, [[0.1, 0.2], [0.3, 0.4]], rtol=1e-6)
+    assert list(s.labels) == [1, 1] and list(s.heights) == [2, 3]
+    assert (s.dose_e_per_A2, s.defocus_A) == (1000.0, 10.0)
+    assert s.extra["frame_defocus_A"] == [10.0, 60.0] and s.extra["Cs_A"] == 0.0
