@@ -26,19 +26,7 @@ from atomfinder.datasets.store import DatasetStore, StoreError  # noqa: E402
 from atomfinder.imaging.microscope import MicroscopeRanges  # noqa: E402
 
 
-def tiny(system: str = "graphene", **changes) -> SimulationConfig:
-    """A small, fast config: 48-px images in a 72-px box, 2 samples per job."""
-    base = default_config(system)
-    settings = dict(
-        image_px=48,
-        box_px=(80,),
-        margin_A=1.0,
-        samples_per_job=2,
-        draws_per_wave=2,
-        max_sites=256,
-        microscope=MicroscopeRanges.from_dict(base.microscope.to_dict() | {"sampling_A": 0.12}),
-    )
-    return base.replace(**(settings | changes))
+from conftest import tiny_config as tiny  # noqa: E402
 
 
 # -- labels ---------------------------------------------------------------------------

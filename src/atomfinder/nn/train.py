@@ -11,7 +11,7 @@ Validation runs after every epoch through a ``validate(model) -> dict`` callable
 (built by the caller from the detection and evaluation code, which ``nn`` does not
 import); its ``"f1"`` decides which model is kept as the best.
 
-Resumable: ``RUN/checkpoint.pt`` (model, optimiser, schedule, random states, history)
+Resumable: ``RUN/checkpoint.pt`` (model, optimiser, step, random states, history)
 is written atomically every ``checkpoint_every`` steps and at every epoch end;
 ``resume=True`` continues from it after any interruption, ``kill -9`` included.
 Uses CUDA with mixed precision when present and DistributedDataParallel under
@@ -253,10 +253,16 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 0.
+
+    The decay follows whichever budget runs out first: steps (``step / total``) or
+    wall time (``time_fraction`` of ``max_minutes``), so a time-limited run still
+    ends with a fully annealed learning rate.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = max((step - warmup) / max(1, total - warmup), time_fraction)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -387,7 +393,6 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / (config.batch_size * world)))
     total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, config.warmup_steps))
     rng = np.random.default_rng([config.seed, rank])
     step, best, history, elapsed = 0, -1.0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
@@ -399,7 +404,6 @@ def train(
             raise ValueError(f"{checkpoint}: was made with another training config")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         step, best, elapsed = int(state["step"]), float(state["best"]), float(state["elapsed_s"])
@@ -424,7 +428,6 @@ def train(
                 "config": config.to_dict(),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "rng": json.dumps(rng.bit_generator.state),
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
@@ -440,6 +443,9 @@ def train(
     deadline = config.max_minutes * 60 if config.max_minutes else math.inf
     while step < total_steps:
         net.train()
+        lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, (time.perf_counter() - t_start) / deadline)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         x, t, h = augment_batch(data, rng, config)
         xt = torch.from_numpy(x).to(device)
         tt = torch.from_numpy(t).to(device)
@@ -454,17 +460,14 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         step += 1
         epoch_losses.append(parts["total"])
         elapsed = time.perf_counter() - t_start
-        if progress is not None and rank == 0:
-            progress(step, total_steps, parts)
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
         out_of_time = elapsed > deadline
         if (end_of_epoch or out_of_time) and rank == 0:
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
-                   "lr": scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 1)}
+                   "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
             card = make_card(config, model_config, data, card_training | {"steps": step, "time_s": round(elapsed, 1)}, {},
                              defocus_offsets_A)
@@ -482,6 +485,8 @@ def train(
             save_checkpoint()
         elif step % config.checkpoint_every == 0:
             save_checkpoint()
+        if progress is not None and rank == 0:
+            progress(step, total_steps, parts)
         if out_of_time:
             break
     if rank == 0:

@@ -1,0 +1,102 @@
+"""Training: a tiny model for a few steps on a tiny store; resume; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from atomfinder.cli import app
+from atomfinder.datasets.store import DatasetStore
+from atomfinder.nn.card import load_model
+from atomfinder.nn.train import TrainConfig, augment_batch, load_training_data, lr_factor, split_jobs, train
+
+TINY = dict(name="tiny", depth=2, width=4, crop_px=32, batch_size=4, epochs=2, warmup_steps=2, checkpoint_every=3)
+
+
+def test_config_round_trip(tmp_path):
+    cfg = TrainConfig(**TINY)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    path = tmp_path / "t.toml"
+    path.write_text('[train]\nname = "tiny"\ndepth = 2\nwidth = 4\ngain_range = [0.9, 1.1]\n')
+    loaded = TrainConfig.from_toml(path)
+    assert loaded.gain_range == (0.9, 1.1) and loaded.depth == 2
+    with pytest.raises(ValueError, match="unknown training setting"):
+        TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_split_and_schedule():
+    train_jobs, val_jobs = split_jobs(20, 0.1, 0)
+    assert len(val_jobs) == 2 and len(train_jobs) == 18 and not set(train_jobs) & set(val_jobs)
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+    assert lr_factor(20, 100, 10, time_fraction=1.0) == pytest.approx(0.0)  # the time budget anneals too
+
+
+def test_augmentation_keeps_image_and_target_aligned(tiny_graphene_store):
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"gain_range": (1.0, 1.0), "offset_range": (0.0, 0.0), "extra_noise_std": (0.0, 0.0)})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    # a marker image: the image equals the atom target, so any misalignment shows
+    data.images = data.targets[:, 1:2].astype(np.float32).copy()
+    x, t, _ = augment_batch(data, np.random.default_rng(0), cfg)
+    assert x.shape == (4, 1, 32, 32) and t.shape == (4, 2, 32, 32)
+    np.testing.assert_array_equal(x[:, 0], t[:, 1])
+
+
+def test_training_runs_saves_a_card_and_resumes_identically(tiny_graphene_store, tmp_path):
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    assert np.abs(data.images.mean()) < 0.2  # normalised
+
+    calls = []
+    stem = train(cfg, data, tmp_path / "a", validate=lambda m, c: calls.append(c.name) or {"f1": 0.5})
+    assert calls == ["tiny", "tiny"]  # validated once per epoch (2 epochs of 2 steps)
+    model, card = load_model(stem)
+    assert card.class_names == ("C",) and card.detection["min_distance_A"] == cfg.min_distance_A
+    assert card.training["steps"] == 4 and card.training["time_s"] >= 0
+    assert (tmp_path / "a" / "learning_curves.csv").read_text().count("\n") == 3
+    assert (tmp_path / "a" / "learning_curves.png").stat().st_size > 1000
+    assert set(load_file(f"{stem}.safetensors")) == set(model.state_dict())
+
+    # interrupted after step 3 (a checkpoint step), then resumed: same weights as one run
+    def stop(step, total, parts):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, tmp_path / "b", progress=stop)
+    train(cfg, data, tmp_path / "b", resume=True)
+    train(cfg, data, tmp_path / "c")
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    for k in wc:
+        torch.testing.assert_close(wb[k], wc[k], msg=k)
+    with pytest.raises(ValueError, match="another training config"):
+        train(TrainConfig(**TINY | {"width": 8}), data, tmp_path / "b", resume=True)
+
+
+def test_cli_train_and_evaluate(tiny_graphene_store, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[train]\nname = "tiny"\ndepth = 2\nwidth = 4\ncrop_px = 32\nbatch_size = 4\nepochs = 1\n'
+                   'validation_fraction = 0.25\n')
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tiny_graphene_store), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "run" / "model"), "--data", str(tiny_graphene_store),
+                                 "--report", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(report["detectors"]) == {"network", "baseline"}
+    assert "baseline" in (tmp_path / "rep" / "report.md").read_text()
+    # errors are one line, no traceback
+    result = runner.invoke(app, ["evaluate", "--model", "no-such-model", "--data", str(tiny_graphene_store)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "no-such-model" in result.output
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "missing.zarr" in result.output
