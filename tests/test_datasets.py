@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from atomfinder.datasets.generate import (  # noqa: E402
 )
 from atomfinder.datasets.labels import class_maps, height_map  # noqa: E402
 from atomfinder.datasets.store import DatasetStore, StoreError  # noqa: E402
-from atomfinder.imaging.microscope import MicroscopeRanges  # noqa: E402
 
 
 from conftest import tiny_config as tiny  # noqa: E402
@@ -201,3 +199,23 @@ def test_reading_errors(tmp_path):
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(StoreError):
         DatasetStore(tmp_path / "junk.zarr")
+
+
+@pytest.mark.parametrize("system", ["graphene", "gold", "mos2"])
+def test_cli_simulate_with_preview(system, tmp_path):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    changes = {"box_px": (240,), "wave_oversampling": 1} if system == "gold" else {}
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(tiny(system, **changes).to_toml())
+    out, png = tmp_path / "d.zarr", tmp_path / "p.png"
+    result = CliRunner().invoke(app, ["simulate", "--system", system, "--n", "2", "--out", str(out), "--config", str(cfg),
+                                      "--workers", "0", "--preview", str(png)])
+    assert result.exit_code == 0, result.output
+    assert len(DatasetStore(out)) == 2 and png.stat().st_size > 5000
+    # a config for another system is refused in one line
+    result = CliRunner().invoke(app, ["simulate", "--system", "graphene" if system != "graphene" else "gold", "--n", "2",
+                                      "--out", str(tmp_path / "x.zarr"), "--config", str(cfg)])
+    assert result.exit_code == 2 and "config is for system" in result.output

@@ -213,3 +213,15 @@ def test_exit_waves_vacuum_and_determinism():
     vac = exit_waves(empty, 80e3, (n, n))
     assert np.allclose(np.abs(vac.array), 1, atol=1e-5)
     assert math.isclose(vac.energy_eV, 80e3)
+
+
+def test_frozen_phonons_give_distinct_configurations():
+    _abtem()
+    atoms = orthogonalize_cell(graphene(a=2.46, vacuum=2.0)).repeat((4, 2, 1))
+    lx = atoms.cell[0, 0]
+    atoms.set_cell([lx, lx, atoms.cell[2, 2]])
+    waves = exit_waves(atoms, 80e3, (96, 96), frozen_phonons=3, seed=1)
+    again = exit_waves(atoms, 80e3, (96, 96), frozen_phonons=3, seed=1)
+    assert waves.array.shape == (3, 96, 96)
+    np.testing.assert_array_equal(waves.array, again.array)  # seeded
+    assert not np.allclose(waves.array[0], waves.array[1])  # the atoms moved

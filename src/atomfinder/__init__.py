@@ -6,3 +6,18 @@ maps are the atoms. ``import atomfinder`` is light: it loads neither abTEM nor a
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "detect"]
+
+
+def __getattr__(name: str):
+    """Lazy top-level API: ``atomfinder.detect`` imports torch only when first used."""
+    if name == "detect":
+        from atomfinder.detection.run import detect
+
+        return detect
+    raise AttributeError(f"module 'atomfinder' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"detect"})

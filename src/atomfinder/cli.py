@@ -45,11 +45,52 @@ def _run(action: Callable[[], Any], resume_hint: str | None = None) -> Any:
         raise typer.Exit(2) from None
 
 
+class _LogProgress:
+    """Stand-in for a rich progress bar when stderr is not a terminal (nohup, CI logs).
+
+    Prints a plain line at every 5 % (and at the end) instead of redrawing a bar.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "_LogProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        self.tasks[len(self.tasks)] = {"total": total, "last": -1, "t0": __import__("time").time()}
+        return len(self.tasks) - 1
+
+    def update(self, task: int, completed: float | None = None, total: float | None = None,
+               description: str | None = None, **_: Any) -> None:
+        import time
+
+        t = self.tasks[task]
+        if total is not None:
+            t["total"] = total
+        if description is not None:
+            self.description = description
+        if completed is None or not t["total"]:
+            return
+        bucket = int(20 * completed / t["total"])
+        if bucket > t["last"] or completed >= t["total"]:
+            t["last"] = bucket
+            elapsed = time.time() - t["t0"]
+            console.print(f"{self.description}: {completed:.0f}/{t['total']:.0f} ({elapsed:.0f} s)", highlight=False)
+
+
 def _progress(description: str):
+    """A progress bar on a terminal, periodic plain lines in a log file."""
+    if not console.is_terminal:
+        return _LogProgress(description)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn(description),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -79,7 +120,7 @@ def simulate(
         if workers is not None and scheduler is not None:
             raise ValueError("give --workers or --scheduler, not both")
         with _progress(f"simulate {cfg.system}") as bar:
-            task = bar.add_task("simulate", total=n)
+            task = bar.add_task(f"simulate {cfg.system}", total=n)
             simulate_to_store(
                 cfg, n, out, seed=seed, workers=workers, scheduler=scheduler,
                 progress=lambda done, total: bar.update(task, completed=done),
@@ -167,7 +208,7 @@ def train(
             offsets = tuple(i * step for i in range(store.meta["frames"]))
         recipe = {"store": str(data), "n": store.meta["n"], "seed": store.meta["seed"], "simulation": sim}
         with _progress(f"train {cfg.name}") as bar:
-            task = bar.add_task("train", total=None)
+            task = bar.add_task(f"train {cfg.name}", total=None)
 
             def progress(step: int, total: int, parts: dict) -> None:
                 bar.update(task, completed=step, total=total, description=f"train {cfg.name} loss {parts['total']:.3f}")
@@ -206,7 +247,7 @@ def evaluate(
             radius = float(store.meta["config"].get("label_radius_A", 0.4))
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
         with _progress(f"evaluate {card.name}") as bar:
-            task = bar.add_task("evaluate", total=len(store))
+            task = bar.add_task(f"evaluate {card.name}", total=len(store))
             result = compare(samples_from_store(store), detectors, class_names=card.class_names,
                              on_sample=lambda i: bar.update(task, completed=i + 1))
         result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}
@@ -243,8 +284,8 @@ def _print_summary(result: dict) -> None:
 def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
     import dataclasses
 
+    from atomfinder._files import atomic_write
     from atomfinder.analysis.evaluate import to_jsonable
-    from atomfinder.nn.card import _atomic_write
 
     net = result["detectors"]["network"]
     evaluation = to_jsonable({
@@ -256,7 +297,7 @@ def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
     })
     new = dataclasses.replace(card, evaluation=evaluation)
     json_path = Path(stem).with_suffix(".json")
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(new.to_json()))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(new.to_json()))
 
 
 @app.command("models")
@@ -276,6 +317,81 @@ def models_command() -> None:
                       f"{card.sampling_A:.3f}", f"{card.training.get('time_s', 0) / 60:.0f} min",
                       f"{f1:.3f}" if f1 is not None else "-")
     Console().print(table)
+
+
+@app.command()
+def detect(
+    inputs: list[Path] = typer.Argument(..., help="Micrographs (dm3/dm4/emd/ser/mrc/tif/png/npy); with --focal-series several single images in defocus order form one sample."),
+    model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
+    sampling: Optional[float] = typer.Option(None, "--sampling", help="Pixel size in Å per pixel; overrides the files' calibration."),
+    focal_series: bool = typer.Option(False, "--focal-series", help="Frames form a focal series (in the model's defocus order; defocus positive = underfocus); they are registered before inference."),
+    out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.png (and <stem>_probabilities.tif)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (float32 TIFF at the model sampling)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
+) -> None:
+    """Find atoms in micrographs: an atom table (CSV) and an overlay (PNG) per input."""
+
+    def action() -> None:
+        from atomfinder.detection.run import detect_files
+
+        n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
+        lines: list[str] = []
+        with _progress("detect") as bar:
+            task = bar.add_task("detect", total=n_samples)
+
+            def progress(done: int, total: int, report) -> None:
+                frames = f" in {report.n_frames} frames" if report.n_frames > 1 and not focal_series else ""
+                lines.append(f"{report.source}: {report.n_atoms} atoms{frames} -> {out / (report.stem + '.csv')}")
+                bar.update(task, completed=done, total=total)
+
+            detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
+                         probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"results in {out}/", highlight=False, soft_wrap=True)
+
+    _run(action)
+
+
+@app.command()
+def track(
+    inputs: list[Path] = typer.Argument(..., help="Frames in time order: one multi-frame file or several image files."),
+    model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
+    out: Path = typer.Option(..., "--out", help="Output directory (sites, presence, events, drift, occupancy, plots, GIF)."),
+    sampling: Optional[float] = typer.Option(None, "--sampling", help="Pixel size in Å/px (overrides the files')."),
+    tolerance: float = typer.Option(0.7, "--tolerance", min=0.0, help="Linking distance between frames (Å)."),
+    frame_interval: Optional[float] = typer.Option(None, "--frame-interval", help="Seconds between frames (rates per second)."),
+    min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a change must last to count as an event."),
+) -> None:
+    """Time series: align frames, find columns per frame, link them into sites, report presence and events."""
+
+    def action() -> None:
+        from atomfinder.analysis.timeseries import track as run_track
+        from atomfinder.detection.pipeline import detect_array
+        from atomfinder.detection.run import load_sample
+        from atomfinder.nn.card import load_model, resolve_model
+
+        stem = resolve_model(model)
+        net, card = load_model(stem)
+        if card.in_channels != 1:
+            raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; track needs a single-image model")
+        sample = load_sample([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), sampling)
+        frames = sample.data if sample.data.ndim == 3 else sample.data[None]
+        if len(frames) < 2:
+            raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
+
+        def detect_frame(image):
+            return detect_array(net, card, image, sample.sampling_A).to_frame()
+
+        with _progress(f"track {len(frames)} frames") as bar:
+            task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
+            written = run_track(frames, detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
+                                frame_interval_s=frame_interval, min_run=min_run,
+                                progress=lambda done, total: bar.update(task, completed=done))
+        console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
+
+    _run(action)
 
 
 if __name__ == "__main__":  # pragma: no cover

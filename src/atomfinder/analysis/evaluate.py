@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from atomfinder._files import atomic_write
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.metrics import aggregate, detection_scores
 from atomfinder.detection.peaks import AtomTable
@@ -626,16 +625,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def _write_text(path: Path, text: str) -> Path:
     """Write ``text`` atomically (temporary file in the same folder + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _as_comparison(report: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from atomfinder._files import atomic_write
 
 __all__ = [
     "MIN_SIZE",
@@ -648,18 +649,10 @@ def write_tiff_calibrated(
         raise ValueError(f"{target}: sampling_A must be positive, got {sampling_A!r}")
     data = np.ascontiguousarray(data, dtype=np.float32)
     pixels_per_A = 1.0 / float(sampling_A)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(
-            tmp_name,
-            data,
-            imagej=True,
-            resolution=(pixels_per_A, pixels_per_A),
-            metadata={"unit": "\\u00C5", "axes": "ZYX" if data.ndim == 3 else "YX"},
-        )
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, lambda tmp: tifffile.imwrite(
+        tmp,
+        data,
+        imagej=True,
+        resolution=(pixels_per_A, pixels_per_A),
+        metadata={"unit": "\\u00C5", "axes": "ZYX" if data.ndim == 3 else "YX"},
+    ))

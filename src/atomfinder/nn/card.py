@@ -12,8 +12,6 @@ name with :func:`resolve_model`; :func:`list_models` lists them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
@@ -24,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from atomfinder._files import atomic_write
 from atomfinder.nn.unet import UNet, UNetConfig, build_model
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -128,20 +127,6 @@ class ModelCard:
         return cls.from_dict(json.loads(text))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _stem(path: str | Path) -> Path:
     """``foo``, ``foo.json`` and ``foo.safetensors`` all map to the stem ``foo``."""
     p = Path(path)
@@ -173,8 +158,8 @@ def save_model(model: torch.nn.Module, card: ModelCard, stem: str | Path) -> tup
     meta = {"format": "pt", "name": card.name, "version": card.version}
     weights = stem.with_name(stem.name + WEIGHTS_SUFFIX)
     card_path = stem.with_name(stem.name + CARD_SUFFIX)
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=meta))
-    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
     return weights, card_path
 
 

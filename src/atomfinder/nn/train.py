@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from atomfinder._files import atomic_write
 from atomfinder.nn.card import ModelCard, save_model
 from atomfinder.nn.losses import segmentation_loss
 from atomfinder.nn.normalization import apply_normalization
@@ -242,17 +242,6 @@ def augment_batch(
 # -- the loop -----------------------------------------------------------------------
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to 0.
 
@@ -423,7 +412,7 @@ def train(
     def save_checkpoint() -> None:
         if rank != 0:
             return
-        _atomic_torch_save(
+        atomic_write(checkpoint, lambda tmp: torch.save(
             {
                 "config": config.to_dict(),
                 "model": model.state_dict(),
@@ -435,8 +424,8 @@ def train(
                 "elapsed_s": elapsed,
                 "history": json.dumps(history),
             },
-            checkpoint,
-        )
+            tmp,
+        ))
 
     epoch_losses: list[float] = []
     t_start = time.perf_counter() - elapsed

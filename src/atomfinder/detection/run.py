@@ -1,0 +1,922 @@
+"""Find atoms in micrographs: the Python API (:func:`detect`) and the batch runner
+behind ``atomfinder detect`` (:func:`detect_files`).
+
+The steps, in order:
+
+1. **Read** the input (file, array, or a HyperSpy-like signal) with its pixel size
+   in Å/px; an image without one is an error, never a guess (DESIGN.md).
+2. **Clean** it (:func:`clean_image`): NaN/inf pixels become the median of the
+   finite pixels; dead and hot pixels (more than ``n_sigma`` robust standard
+   deviations from a 3x3 median filter) become that median; a constant image is
+   refused.
+3. **Register** focal-series frames to the first one (:func:`register_focal_series`,
+   sub-pixel phase correlation) and check the frame count against the model card.
+4. **Detect** with :func:`atomfinder.detection.pipeline.detect_array` (resample to the
+   model sampling, normalise, tiled inference, peaks).
+
+:func:`detect_files` validates every input (read, calibration, frame count, unique
+output names, writable output folder) before it writes anything, and then writes, per
+input, ``<stem>.csv`` (atom table), ``<stem>.png`` (overlay) and optionally
+``<stem>_probabilities.tif``; the files of one input appear together (temporary files
+renamed at the end), so an input that fails leaves nothing behind. With a
+``scheduler`` address the inputs are processed on a dask.distributed cluster.
+
+Coordinates follow DESIGN.md: ``x`` = column, ``y`` = row, in pixels of the input
+image (of the first frame for a registered focal series). This module never imports
+the simulation stack (abTEM, ase) nor HyperSpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from atomfinder.detection.io import (
+    MIN_SIZE,
+    MicrographError,
+    read_micrograph,
+    require_sampling,
+    unit_to_angstrom,
+    write_tiff_calibrated,
+)
+
+__all__ = [
+    "FileReport",
+    "Sample",
+    "clean_image",
+    "detect",
+    "detect_files",
+    "fill_nonfinite",
+    "load_sample",
+    "register_focal_series",
+    "repair_outliers",
+]
+
+#: Robust standard deviations (1.4826 MAD) from the 3x3 median that mark a dead/hot pixel.
+OUTLIER_SIGMA = 8.0
+#: Sub-pixel precision of the focal-series registration: 1/UPSAMPLE pixels.
+UPSAMPLE = 10
+#: Relative difference of the pixel sizes of a focal series' files that is tolerated.
+SAMPLING_RTOL = 1e-3
+
+ProgressFn = Callable[[int, int, "FileReport"], None]
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def fill_nonfinite(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace NaN and ±inf by the median of the finite pixels.
+
+    Parameters
+    ----------
+    image : ndarray
+        Any shape; pixel values in any linear unit.
+
+    Returns
+    -------
+    (ndarray of float32, int)
+        The filled copy and the number of pixels replaced.
+
+    Raises
+    ------
+    ValueError
+        When no pixel is finite.
+    """
+    img = np.array(image, dtype=np.float32)
+    bad = ~np.isfinite(img)
+    n_bad = int(bad.sum())
+    if n_bad == img.size:
+        raise ValueError("no finite pixel values (all NaN or infinite)")
+    if n_bad:
+        img[bad] = np.median(img[~bad])
+    return img, n_bad
+
+
+def repair_outliers(image: np.ndarray, n_sigma: float = OUTLIER_SIGMA) -> tuple[np.ndarray, int]:
+    """Replace dead and hot pixels by the median of their 3x3 neighbourhood.
+
+    A pixel is an outlier when it differs from the 3x3 median-filtered image by more
+    than ``n_sigma`` robust standard deviations of that difference (``1.4826 *`` the
+    median absolute deviation; the standard deviation when the MAD is 0, as in
+    low-count images that are mostly zeros). Atoms several pixels wide are barely
+    changed by a 3x3 median, so they are never taken for outliers.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Finite pixel values (see :func:`fill_nonfinite`).
+    n_sigma : float
+        Threshold in robust standard deviations.
+
+    Returns
+    -------
+    (ndarray of float32, int)
+        The repaired copy and the number of pixels replaced.
+    """
+    from scipy.ndimage import median_filter
+
+    img = np.array(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"expected an [H, W] image, got shape {img.shape}")
+    med = median_filter(img, size=3, mode="reflect")
+    resid = (img - med).astype(np.float64)
+    centre = np.median(resid)
+    sigma = 1.4826 * float(np.median(np.abs(resid - centre)))
+    if not sigma > 0:
+        sigma = float(resid.std())
+    if not sigma > 0:
+        return img, 0
+    bad = np.abs(resid - centre) > n_sigma * sigma
+    img[bad] = med[bad]
+    return img, int(bad.sum())
+
+
+def clean_image(
+    image: np.ndarray, source: str = "<array>", n_sigma: float = OUTLIER_SIGMA
+) -> np.ndarray:
+    """Make an image safe for detection: finite values, no dead/hot pixels, not constant.
+
+    Each frame of a stack is cleaned on its own: :func:`fill_nonfinite`, then
+    :func:`repair_outliers`.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (N, H, W)
+        Pixel values (any linear unit).
+    source : str
+        Name of the input, for error messages.
+    n_sigma : float
+        Outlier threshold in robust standard deviations.
+
+    Returns
+    -------
+    ndarray of float32, same shape
+        The cleaned copy.
+
+    Raises
+    ------
+    MicrographError
+        A frame with no finite pixel, or a constant frame (nothing to detect).
+    """
+    img = np.asarray(image)
+    frames = img[None] if img.ndim == 2 else img
+    out = np.empty(frames.shape, dtype=np.float32)
+    for i, frame in enumerate(frames):
+        where = f" (frame {i})" if img.ndim == 3 else ""
+        try:
+            filled, _ = fill_nonfinite(frame)
+        except ValueError as exc:
+            raise MicrographError(source, f"{exc}{where}") from None
+        low, high = float(filled.min()), float(filled.max())
+        if low == high:
+            raise MicrographError(
+                source, f"constant image{where} (every pixel is {low:g}): nothing to detect; is it a blank frame?"
+            )
+        out[i], _ = repair_outliers(filled, n_sigma)
+    return out[0] if img.ndim == 2 else out
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register_focal_series(
+    stack: np.ndarray, upsample_factor: int = UPSAMPLE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Align every frame of a stack to the first (drift correction).
+
+    Shifts are measured by phase correlation
+    (:func:`skimage.registration.phase_cross_correlation`, to ``1/upsample_factor``
+    pixel) on Hann-windowed, mean-free frames (a second pass on the shifted frame
+    removes the window's bias towards zero shift), and applied with a cubic spline
+    (:func:`scipy.ndimage.shift`, edges extended with the nearest pixel). Phase
+    correlation uses only the Fourier phase, so frames at different defoci (different
+    contrast) still align on their shared lattice.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, H, W)
+        Frames; the first is the reference.
+    upsample_factor : int
+        Sub-pixel precision (1/upsample_factor px).
+
+    Returns
+    -------
+    (ndarray of float32, shape (N, H, W); ndarray of float64, shape (N, 2))
+        The registered frames, and the ``(dy, dx)`` shift in pixels applied to each
+        (the first row is 0): frame ``i`` content at ``(y, x)`` moved to
+        ``(y + dy, x + dx)``.
+    """
+    from scipy.ndimage import shift as nd_shift
+    from skimage.filters import window
+    from skimage.registration import phase_cross_correlation
+
+    frames = np.asarray(stack, dtype=np.float32)
+    if frames.ndim != 3:
+        raise ValueError(f"expected an [N, H, W] stack, got shape {frames.shape}")
+    win = window("hann", frames.shape[1:])
+
+    def prepared(frame: np.ndarray) -> np.ndarray:
+        f = frame.astype(np.float64)
+        return (f - f.mean()) * win
+
+    ref = prepared(frames[0])
+    out = frames.copy()
+    shifts = np.zeros((len(frames), 2))
+    for i in range(1, len(frames)):
+        frame = frames[i].astype(np.float64)
+        total = np.zeros(2)
+        for _ in range(2):  # the window biases a large shift towards 0; a second pass removes it
+            moved = nd_shift(frame, total, order=3, mode="nearest") if total.any() else frame
+            step, _, _ = phase_cross_correlation(
+                ref, prepared(moved), upsample_factor=upsample_factor, normalization="phase"
+            )
+            total += step
+        shifts[i] = total
+        out[i] = nd_shift(frame, total, order=3, mode="nearest")
+    return out, shifts
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One detection input: an image or stack with its pixel size.
+
+    Attributes
+    ----------
+    data : ndarray of float32, shape (H, W) or (N, H, W)
+        Cleaned pixel values (see :func:`clean_image`).
+    sampling_A : float
+        Pixel size in Å/px.
+    source : str
+        What it came from (path(s) or ``"<array>"``), for messages.
+    stem : str
+        Base name of its output files.
+    """
+
+    data: np.ndarray
+    sampling_A: float
+    source: str
+    stem: str
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (1 for one image)."""
+        return self.data.shape[0] if self.data.ndim == 3 else 1
+
+
+def _is_signal(obj: Any) -> bool:
+    """Duck-typed HyperSpy signal: has ``.data`` and ``.axes_manager``."""
+    return hasattr(obj, "data") and hasattr(obj, "axes_manager")
+
+
+def _check_sampling_value(value: Any, source: str) -> float:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        s = float("nan")
+    if not (math.isfinite(s) and s > 0):
+        raise MicrographError(source, f"sampling must be a positive number of Å per pixel, got {value!r}")
+    return s
+
+
+def _signal_sampling_A(signal: Any, source: str) -> float | None:
+    """Pixel size in Å of a HyperSpy-like signal, or None when it has no length unit."""
+    axes = list(signal.axes_manager.signal_axes)
+    if not axes:
+        raise MicrographError(source, "the signal has no signal axes; expected a 2-D image signal")
+    samplings = []
+    for axis in axes[:2]:
+        try:
+            factor = unit_to_angstrom(getattr(axis, "units", None))
+        except ValueError as exc:
+            raise MicrographError(source, f"pixel size in a {exc}: a diffraction pattern or FFT") from None
+        scale = float(getattr(axis, "scale", float("nan")))
+        if factor is None or not (math.isfinite(scale) and scale > 0):
+            return None
+        samplings.append(scale * factor)
+    if len(samplings) == 2 and abs(samplings[0] - samplings[1]) > 1e-3 * max(samplings):
+        raise MicrographError(
+            source, f"non-square pixels ({samplings[0]:.6g} Å wide, {samplings[1]:.6g} Å high)"
+        )
+    return samplings[0]
+
+
+def _check_array(data: np.ndarray, source: str) -> np.ndarray:
+    """Refuse what is not a real [H, W] or [N, H, W] image of at least MIN_SIZE px."""
+    if np.iscomplexobj(data):
+        raise MicrographError(source, "complex data (an exit wave or FFT?); give the intensity image")
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise MicrographError(source, f"pixel type {data.dtype} is not a number")
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim not in (2, 3):
+        raise MicrographError(
+            source, f"{data.ndim}-D data of shape {data.shape}; expected one image [H, W] or a stack [N, H, W]"
+        )
+    h, w = data.shape[-2:]
+    if min(h, w) < MIN_SIZE:
+        raise MicrographError(
+            source, f"image too small ({h}x{w} pixels; at least {MIN_SIZE}x{MIN_SIZE} needed to hold atoms)"
+        )
+    return data
+
+
+def _read_file(path: str | os.PathLike[str], sampling_A: float | None) -> tuple[np.ndarray, float]:
+    """Pixels and Å/px of one file (errors name the file)."""
+    micrograph = read_micrograph(path, sampling_A)
+    return np.asarray(micrograph.data), require_sampling(micrograph)
+
+
+def _stack_files(paths: Sequence[str | os.PathLike[str]], sampling_A: float | None) -> tuple[np.ndarray, float]:
+    """Several single-image files (a focal series in defocus order) as one [N, H, W] stack."""
+    frames, samplings = [], []
+    for p in paths:
+        data, s = _read_file(p, sampling_A)
+        if data.ndim != 2:
+            raise MicrographError(
+                p, f"holds {data.shape[0]} frames; give a focal series either as one multi-frame file "
+                "or as several single-image files"
+            )
+        if frames and data.shape != frames[0].shape:
+            raise MicrographError(
+                p, f"image of {data.shape[0]}x{data.shape[1]} pixels, but {os.fspath(paths[0])} has "
+                f"{frames[0].shape[0]}x{frames[0].shape[1]}; focal-series frames must have the same size"
+            )
+        if samplings and abs(s - samplings[0]) > SAMPLING_RTOL * samplings[0]:
+            raise MicrographError(
+                p, f"pixel size {s:.6g} Å differs from {samplings[0]:.6g} Å of {os.fspath(paths[0])}; "
+                "focal-series frames must have the same pixel size"
+            )
+        frames.append(data)
+        samplings.append(s)
+    return np.stack(frames), samplings[0]
+
+
+def load_sample(
+    image: Any, sampling_A: float | None = None, *, source: str | None = None
+) -> Sample:
+    """Read and clean one detection input.
+
+    Parameters
+    ----------
+    image : str, path, sequence of paths, ndarray or HyperSpy-like signal
+        A micrograph file (see :func:`atomfinder.detection.io.read_micrograph`);
+        several single-image files (a focal series in defocus order, stacked); an
+        array ``[H, W]`` or ``[N, H, W]``; or an object with ``.data`` and
+        ``.axes_manager`` (a HyperSpy ``Signal2D``: the pixel size comes from
+        ``axes_manager.signal_axes[0].scale`` and ``.units``).
+    sampling_A : float, optional
+        Pixel size in Å/px; overrides the file's or signal's calibration and is
+        required for a bare array.
+    source : str, optional
+        Name used in messages (default: the path, or ``"<array>"``/``"<signal>"``).
+
+    Returns
+    -------
+    Sample
+
+    Raises
+    ------
+    MicrographError
+        Unreadable input, not an image, no pixel size, constant or all-NaN image.
+    """
+    if sampling_A is not None:
+        sampling_A = _check_sampling_value(sampling_A, source or "--sampling")
+    if isinstance(image, (str, os.PathLike)):
+        src = source or os.fspath(image)
+        data, s = _read_file(image, sampling_A)
+        stem = Path(os.fspath(image)).stem
+    elif isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
+        if len(image) == 1:
+            return load_sample(image[0], sampling_A, source=source)
+        src = source or os.fspath(image[0])
+        data, s = _stack_files(image, sampling_A)
+        stem = Path(os.fspath(image[0])).stem
+    elif _is_signal(image):
+        general = getattr(getattr(image, "metadata", None), "General", None)
+        src = source or str(getattr(general, "title", "") or "<signal>")
+        data = _check_array(np.asarray(image.data), src)
+        s = sampling_A if sampling_A is not None else _signal_sampling_A(image, src)
+        if s is None:
+            raise MicrographError(src, "no pixel size in the signal's axes (no length unit); give sampling_A (Å per pixel)")
+        stem = "signal"
+    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
+        src = source or "<array>"
+        data = _check_array(np.asarray(image), src)
+        if sampling_A is None:
+            raise MicrographError(src, "an array has no pixel size; give sampling_A (Å per pixel)")
+        s = sampling_A
+        stem = "image"
+    else:
+        raise MicrographError(
+            source or "<input>",
+            f"cannot detect atoms in a {type(image).__name__}; give a path, an array or a HyperSpy signal",
+        )
+    return Sample(data=clean_image(data, src), sampling_A=float(s), source=src, stem=stem)
+
+
+def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
+    """Refuse a frame count the model cannot use.
+
+    A focal series must have exactly ``card.in_channels`` frames; a single image or a
+    stack of independent frames needs a single-image model.
+
+    Raises
+    ------
+    MicrographError
+        Naming the input, its frame count and what the model needs.
+    """
+    need = int(card.in_channels)
+    n = sample.n_frames
+    if focal_series and n != need:
+        what = f"a focal series of {need} frames" if need > 1 else "single images (not a focal series)"
+        raise MicrographError(
+            sample.source, f"{n} frame(s) given as a focal series, but model {card.name!r} needs {what}"
+        )
+    if not focal_series and need > 1:
+        raise MicrographError(
+            sample.source,
+            f"model {card.name!r} needs a focal series of {need} frames (defocus order); "
+            f"got {n} frame(s) without --focal-series",
+        )
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Everything written for one input (internal; picklable for dask)."""
+
+    table: pd.DataFrame
+    probabilities: np.ndarray | None
+    height: np.ndarray | None
+    overlay_image: np.ndarray
+    sampling_A: float
+    model_sampling_A: float
+    class_names: tuple[str, ...]
+    shifts_px: np.ndarray | None
+    source: str
+    stem: str
+    n_frames: int
+
+
+def _run_sample(
+    net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any
+) -> SampleResult:
+    """Detect atoms in one validated sample."""
+    from atomfinder.detection.pipeline import detect_array
+
+    check_frames(sample, card, focal_series)
+    shifts = None
+    if focal_series and sample.n_frames > 1:
+        data, shifts = register_focal_series(sample.data)
+        images = [data]
+    elif sample.data.ndim == 3:
+        images = list(sample.data)
+    else:
+        images = [sample.data]
+    tables, probs, heights = [], [], []
+    for image in images:
+        result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device)
+        tables.append(result.to_frame())
+        probs.append(result.probabilities.astype(np.float32, copy=False))
+        heights.append(result.height)
+    stack = sample.data.ndim == 3 and not focal_series
+    if stack:
+        for i, t in enumerate(tables):
+            t.insert(0, "frame", i)
+        table = pd.concat(tables, ignore_index=True)
+        probabilities = np.stack(probs)
+        height = None if heights[0] is None else np.stack(heights).astype(np.float32)
+    else:
+        table, probabilities, height = tables[0], probs[0], heights[0]
+    first = images[0][0] if images[0].ndim == 3 else images[0]
+    return SampleResult(
+        table=table,
+        probabilities=probabilities,
+        height=height,
+        overlay_image=np.asarray(first, dtype=np.float32),
+        sampling_A=sample.sampling_A,
+        model_sampling_A=float(card.sampling_A),
+        class_names=tuple(card.class_names),
+        shifts_px=shifts,
+        source=sample.source,
+        stem=sample.stem,
+        n_frames=sample.n_frames,
+    )
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
+        raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
+
+
+def _load(model: Any, device: Any = None) -> tuple[Any, Any]:
+    """``(net, card)`` from a name, a path, or an already loaded ``(net, card)`` pair."""
+    from atomfinder.nn.card import load_model, resolve_model
+
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    return load_model(resolve_model(model), device=device or "cpu")
+
+
+def detect(
+    image: Any,
+    model: Any = "graphene",
+    sampling: float | None = None,
+    *,
+    focal_series: bool = False,
+    threshold: float | None = None,
+    device: Any = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Find atoms in a micrograph.
+
+    Parameters
+    ----------
+    image : str, path, sequence of paths, ndarray or HyperSpy-like signal
+        A micrograph file; an array ``[H, W]`` or ``[N, H, W]`` (needs
+        ``sampling``); a HyperSpy ``Signal2D`` (pixel size from its signal axes'
+        ``scale`` and ``units``); or, with ``focal_series=True``, several
+        single-image files in defocus order.
+    model : str, path or (net, card)
+        A shipped model's name, a path to ``<stem>.safetensors``/``.json``, or a
+        model already loaded with :func:`atomfinder.nn.card.load_model`.
+    sampling : float, optional
+        Pixel size in Å/px; overrides the file's calibration.
+    focal_series : bool
+        The frames are one sample at several defoci (in the model card's order):
+        they are registered to the first frame and fed to the model together. Their
+        number must equal the card's ``in_channels``.
+    threshold : float, optional
+        Smallest atom probability (default: the card's value, else 0.5).
+    device : str or torch.device, optional
+        Inference device (default CUDA when available, else CPU).
+
+    Returns
+    -------
+    (DataFrame, dict)
+        The atom table (columns ``x, y, x_angstrom, y_angstrom, label,
+        probability, height``; a stack of independent frames gets a leading
+        ``frame`` column) with positions in pixels of the input (of the first frame
+        for a focal series), and a dict with ``"probabilities"`` (float32
+        ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h, w]``
+        for a stack), ``"height"`` (float32 ``[h, w]`` / ``[N, h, w]`` or None),
+        ``"sampling_A"`` (input Å/px), ``"model_sampling_A"`` (Å/px of the maps),
+        ``"class_names"`` and ``"shifts_px"`` (focal series: ``(dy, dx)`` applied
+        to each frame, else None).
+
+    Raises
+    ------
+    MicrographError (a ValueError)
+        Unreadable or unusable input, no pixel size, wrong frame count.
+    ValueError
+        Unknown model (the message lists the shipped ones), bad threshold.
+    """
+    _check_threshold(threshold)
+    sample = load_sample(image, sampling)
+    net, card = _load(model, device)
+    res = _run_sample(net, card, sample, focal_series, threshold, device)
+    info = {
+        "probabilities": res.probabilities,
+        "height": res.height,
+        "sampling_A": res.sampling_A,
+        "model_sampling_A": res.model_sampling_A,
+        "class_names": res.class_names,
+        "shifts_px": res.shifts_px,
+    }
+    return res.table, info
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What :func:`detect_files` did with one input.
+
+    Attributes
+    ----------
+    source : str
+        The input (first file of a multi-file focal series).
+    stem : str
+        Base name of the outputs.
+    n_atoms : int
+        Rows of the atom table (all frames of a stack).
+    n_frames : int
+        Frames in the input.
+    outputs : tuple of Path
+        Files written.
+    """
+
+    source: str
+    stem: str
+    n_atoms: int
+    n_frames: int
+    outputs: tuple[Path, ...]
+
+
+def _groups(paths: Sequence[str | os.PathLike[str]], focal_series: bool) -> list[tuple[str, ...]]:
+    """Inputs as samples: one per file, or all files as one focal series."""
+    items = tuple(os.fspath(p) for p in paths)
+    if not items:
+        raise ValueError("no input files given")
+    if focal_series and len(items) > 1:
+        return [items]
+    return [(p,) for p in items]
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be created or written (creates nothing)."""
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{out_dir}: cannot be an output directory ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output directory" if probe == out_dir else f"output directory (cannot create it in {probe})"
+        raise ValueError(f"{out_dir}: {what} is not writable")
+
+
+def _outputs(out_dir: Path, stem: str, probabilities: bool) -> list[Path]:
+    names = [f"{stem}.csv", f"{stem}.png"] + ([f"{stem}_probabilities.tif"] if probabilities else [])
+    return [out_dir / n for n in names]
+
+
+def _validate(
+    groups: list[tuple[str, ...]], card: Any, sampling_A: float | None, focal_series: bool
+) -> None:
+    """Read every input and check it against the model before anything is written."""
+    stems: dict[str, str] = {}
+    for group in groups:
+        sample = load_sample(list(group), sampling_A)
+        check_frames(sample, card, focal_series)
+        if sample.stem in stems:
+            raise MicrographError(
+                group[0], f"has the same name as {stems[sample.stem]}; their outputs {sample.stem}.* would collide"
+            )
+        stems[sample.stem] = group[0]
+
+
+def _temp_beside(final: Path) -> Path:
+    """An empty, uniquely named temporary file beside ``final``, created with the
+    permissions a new file gets here (0o666 less the umask), unlike ``mkstemp``'s 0o600."""
+    for _ in range(100):
+        name = final.parent / f".{final.name}.{secrets.token_hex(4)}.partial{final.suffix}"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"{final}: cannot create a temporary file beside it")
+
+
+def _publish(tmp: Path, final: Path, mode: int) -> None:
+    """Rename ``tmp`` onto ``final`` with permission bits ``mode``.
+
+    Writers that stage through ``mkstemp`` (0o600) may have replaced ``tmp``; the
+    mode recorded when ``tmp`` was created is restored.
+    """
+    os.chmod(tmp, mode)
+    os.replace(tmp, final)
+
+
+def write_probabilities_tiff(path: str | os.PathLike[str], probabilities: np.ndarray, sampling_A: float) -> Path:
+    """Write probability maps as a calibrated float32 ImageJ TIFF (atomically).
+
+    Parameters
+    ----------
+    path : path
+        Destination ``.tif``.
+    probabilities : ndarray, shape (k, h, w) or (N, k, h, w)
+        Per-class maps (class 0 = background); a 4-D array (a stack of frames) is
+        written as an ImageJ hyperstack with axes ``TCYX``.
+    sampling_A : float
+        Pixel size of the maps in Å/px.
+    """
+    data = np.ascontiguousarray(probabilities, dtype=np.float32)
+    if data.ndim in (2, 3):
+        return write_tiff_calibrated(path, data, sampling_A)
+    if data.ndim != 4:
+        raise ValueError(f"{path}: probabilities must be [k, h, w] or [N, k, h, w], got {data.shape}")
+    import tifffile
+
+    target = Path(path)
+    tmp = _temp_beside(target)
+    try:
+        ppa = 1.0 / float(sampling_A)
+        tifffile.imwrite(tmp, data, imagej=True, resolution=(ppa, ppa),
+                         metadata={"unit": "\\u00C5", "axes": "TCYX"})
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_name: str) -> FileReport:
+    """Write the outputs of one input: all appear, or none."""
+    from atomfinder.detection.overlay import overlay_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finals = _outputs(out_dir, res.stem, probabilities)
+    staged: list[tuple[Path, Path]] = []
+    mode = 0o644
+    try:
+        csv_tmp = _temp_beside(finals[0])
+        staged.append((csv_tmp, finals[0]))
+        mode = os.stat(csv_tmp).st_mode & 0o777
+        res.table.to_csv(csv_tmp, index=False, float_format="%.4f")
+        png_tmp = _temp_beside(finals[1])
+        staged.append((png_tmp, finals[1]))
+        frame_note = f", frame 0 of {res.n_frames}" if res.n_frames > 1 and "frame" in res.table else ""
+        table0 = res.table[res.table["frame"] == 0] if "frame" in res.table else res.table
+        title = (f"{Path(res.source).name}: {len(table0)} atoms{frame_note} "
+                 f"(model {model_name}, {res.sampling_A:.4g} Å/px)")
+        overlay_figure(res.overlay_image, table0, res.class_names, res.sampling_A, png_tmp, title=title)
+        if probabilities:
+            tif_tmp = _temp_beside(finals[2])
+            staged.append((tif_tmp, finals[2]))
+            write_probabilities_tiff(tif_tmp, res.probabilities, res.model_sampling_A)
+        for tmp, final in staged:
+            _publish(tmp, final, mode)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return FileReport(source=res.source, stem=res.stem, n_atoms=len(res.table), n_frames=res.n_frames,
+                      outputs=tuple(finals))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(model_path: str) -> tuple[Any, Any]:
+    """A worker's model, loaded once per process (CPU; moved by inference as needed)."""
+    from atomfinder.nn.card import load_model
+
+    return load_model(model_path)
+
+
+def _remote_task(
+    group: tuple[str, ...], model_path: str, sampling_A: float | None, focal_series: bool,
+    threshold: float | None, keep_probabilities: bool,
+) -> SampleResult:
+    """One input on a dask worker: load the model (cached), read, detect.
+
+    Errors come back as plain ``ValueError`` with the one-line message
+    (``MicrographError`` cannot be unpickled on the client).
+    """
+    try:
+        net, card = _cached_model(model_path)
+        sample = load_sample(list(group), sampling_A)
+        res = _run_sample(net, card, sample, focal_series, threshold, None)
+    except (ValueError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+    if not keep_probabilities:
+        res = dataclasses.replace(res, probabilities=None, height=None)
+    return res
+
+
+def _run_distributed(
+    groups: list[tuple[str, ...]], model_path: str, scheduler: Any, out_dir: Path, *,
+    sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
+    model_name: str, report: Callable[[FileReport], None],
+) -> None:
+    """Send inputs to a dask.distributed cluster; write results as they complete."""
+    from distributed import Client, as_completed
+
+    if isinstance(scheduler, Client):
+        client, own = scheduler, False
+    else:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ValueError(f"cannot connect to the dask scheduler {scheduler}: {exc}") from None
+        own = True
+    try:
+        futures = client.map(
+            _remote_task, groups, model_path=model_path, sampling_A=sampling_A, focal_series=focal_series,
+            threshold=threshold, keep_probabilities=probabilities, pure=False,
+        )
+        try:
+            for future in as_completed(futures):
+                report(_write_result(future.result(), out_dir, probabilities, model_name))
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        if own:
+            client.close()
+
+
+def detect_files(
+    paths: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    sampling_A: float | None = None,
+    focal_series: bool = False,
+    probabilities: bool = False,
+    threshold: float | None = None,
+    progress: ProgressFn | None = None,
+    scheduler: Any = None,
+) -> list[Path]:
+    """Find atoms in micrograph files and write a table and an overlay for each.
+
+    For each input (``<stem>`` = its file name without extension) writes
+    ``<out_dir>/<stem>.csv`` (atom table, DESIGN.md columns; a ``frame`` column for a
+    stack of independent frames), ``<out_dir>/<stem>.png`` (overlay of the first
+    frame) and, with ``probabilities``, ``<out_dir>/<stem>_probabilities.tif``
+    (float32 ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h,
+    w]`` as an ImageJ hyperstack for a stack; calibrated in Å).
+
+    Every input is read and checked (calibration, frame count, distinct output
+    names) and the output folder's writability is checked before anything is
+    written; the files of one input are renamed into place together.
+
+    Parameters
+    ----------
+    paths : sequence of paths
+        Micrograph files. With ``focal_series``: one multi-frame file per sample, or
+        several single-image files in defocus order forming one sample (named after
+        the first).
+    model : str or path
+        Shipped model name or path to ``<stem>.safetensors``/``.json``.
+    out_dir : path
+        Output folder (created if missing).
+    sampling_A : float, optional
+        Pixel size in Å/px for all inputs; overrides the files' calibration.
+    focal_series : bool
+        Frames form a focal series (registered to the first frame, then fed to the
+        model together); their number must equal the card's ``in_channels``.
+    probabilities : bool
+        Also write the probability maps.
+    threshold : float, optional
+        Smallest atom probability (default: the card's, else 0.5).
+    progress : callable, optional
+        ``progress(done, total, report)`` after each input, with its
+        :class:`FileReport`.
+    scheduler : str or distributed.Client, optional
+        A dask.distributed scheduler address (``tcp://host:8786``) or client: each
+        input becomes a task that loads the model from its path (which workers must
+        be able to read, as the inputs); results are written here as they complete.
+
+    Returns
+    -------
+    list of Path
+        The files written, input by input (in completion order with a scheduler).
+
+    Raises
+    ------
+    MicrographError (a ValueError)
+        An unreadable or unusable input (the message names it and the problem).
+    ValueError
+        Unknown model (lists the shipped ones), unwritable output folder, bad
+        threshold, unreachable scheduler.
+    """
+    from atomfinder.nn.card import load_model, resolve_model
+
+    _check_threshold(threshold)
+    if sampling_A is not None:
+        sampling_A = _check_sampling_value(sampling_A, "--sampling")
+    groups = _groups(paths, focal_series)
+    stem = resolve_model(model)
+    net, card = load_model(stem)
+    out = Path(out_dir)
+    _check_out_dir(out)
+    _validate(groups, card, sampling_A, focal_series)
+
+    written: list[Path] = []
+    reports: list[FileReport] = []
+
+    def report(rep: FileReport) -> None:
+        written.extend(rep.outputs)
+        reports.append(rep)
+        if progress is not None:
+            progress(len(reports), len(groups), rep)
+
+    if scheduler is not None:
+        _run_distributed(
+            groups, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
+            probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
+        )
+        return written
+    for group in groups:
+        sample = load_sample(list(group), sampling_A)
+        res = _run_sample(net, card, sample, focal_series, threshold, None)
+        report(_write_result(res, out, probabilities, card.name))
+    return written

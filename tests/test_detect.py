@@ -1,0 +1,325 @@
+"""detection.run / detection.overlay / `atomfinder detect`: API, CLI outputs, one-line errors.
+
+Uses tiny untrained models saved into tmp_path (no shipped model needed); every image
+is 64 x 64 px, so the whole module runs in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.ndimage import shift as nd_shift
+from typer.testing import CliRunner
+
+from atomfinder.cli import app
+from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
+from atomfinder.detection.overlay import overlay_figure, scale_bar_label, scale_bar_length_A
+from atomfinder.detection.peaks import TABLE_COLUMNS
+from atomfinder.detection.run import clean_image, detect, detect_files, register_focal_series
+from atomfinder.nn.card import ModelCard, save_model
+from atomfinder.nn.unet import UNetConfig, build_model
+
+torch.set_num_threads(1)
+
+DM3 = Path("/work/shared/io-samples/digitalmicrograph_2D_test-1.dm3")
+SAMPLING = 0.2  # Å/px of the test images and of the tiny models
+
+
+def _save_tiny(path: Path, in_channels: int = 1, name: str = "tiny") -> Path:
+    cfg = UNetConfig(in_channels=in_channels, n_classes=2, depth=2, width=4)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    card = ModelCard(
+        name=name, version="0", architecture=cfg.to_dict(), in_channels=in_channels, class_names=("C",),
+        sampling_A=SAMPLING, normalization={"kind": "local", "window_A": 6.0},
+        defocus_offsets_A=tuple(50.0 * i for i in range(in_channels)) if in_channels > 1 else (),
+        detection={"threshold": 0.0, "min_distance_A": 1.0},  # untrained: keep every peak
+    )
+    save_model(model, card, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def focal_model(tmp_path_factory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("models") / "focal3", in_channels=3, name="focal3")
+
+
+def _lattice(shape=(64, 64), spacing_px=7.0, sigma_px=1.5, seed=0) -> np.ndarray:
+    """Gaussian 'atoms' on a square lattice plus a little noise."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    img = np.zeros(shape)
+    for cy in np.arange(3, shape[0], spacing_px):
+        for cx in np.arange(3, shape[1], spacing_px):
+            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma_px**2))
+    rng = np.random.default_rng(seed)
+    return (100 + 50 * img + rng.normal(0, 1.0, shape)).astype(np.float32)
+
+
+def _check_table(table: pd.DataFrame) -> None:
+    assert list(table.columns) == list(TABLE_COLUMNS)
+    assert len(table) > 0 and set(table["label"]) == {"C"}
+    np.testing.assert_allclose(table["x_angstrom"], table["x"] * SAMPLING)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_api_on_array(tiny_model):
+    table, info = detect(_lattice(), tiny_model, sampling=SAMPLING)
+    _check_table(table)
+    assert info["probabilities"].dtype == np.float32 and info["probabilities"].shape == (2, 64, 64)
+    assert info["height"] is None and info["sampling_A"] == SAMPLING and info["model_sampling_A"] == SAMPLING
+    # A finer input is resampled to the model's grid; positions stay in input pixels.
+    table2, info2 = detect(_lattice((128, 128)), tiny_model, sampling=SAMPLING / 2)
+    assert info2["probabilities"].shape == (2, 64, 64) and table2["x"].max() > 64
+
+
+def test_api_on_calibrated_tiff(tiny_model, tmp_path):
+    path = write_tiff_calibrated(tmp_path / "lattice.tif", _lattice(), SAMPLING)
+    table, info = detect(path, tiny_model)
+    _check_table(table)
+    assert info["sampling_A"] == pytest.approx(SAMPLING)
+    assert detect(str(path), tiny_model, sampling=0.1)[1]["sampling_A"] == 0.1  # --sampling overrides
+
+
+def test_api_on_hyperspy_like_signal(tiny_model):
+    axis = SimpleNamespace(scale=SAMPLING / 10, units="nm")
+    signal = SimpleNamespace(data=_lattice(), axes_manager=SimpleNamespace(signal_axes=(axis, axis)))
+    table, info = detect(signal, tiny_model)
+    _check_table(table)
+    assert info["sampling_A"] == pytest.approx(SAMPLING)
+    bare = SimpleNamespace(scale=1.0, units="<undefined>")
+    uncalibrated = SimpleNamespace(data=_lattice(), axes_manager=SimpleNamespace(signal_axes=(bare, bare)))
+    with pytest.raises(MicrographError, match="no pixel size"):
+        detect(uncalibrated, tiny_model)
+    assert detect(uncalibrated, tiny_model, sampling=SAMPLING)[1]["sampling_A"] == SAMPLING
+
+
+def test_api_stack_gets_frame_column(tiny_model):
+    stack = np.stack([_lattice(seed=i) for i in range(3)])
+    table, info = detect(stack, tiny_model, sampling=SAMPLING)
+    assert list(table.columns) == ["frame", *TABLE_COLUMNS]
+    assert set(table["frame"]) == {0, 1, 2}
+    assert info["probabilities"].shape == (3, 2, 64, 64)
+
+
+def test_unknown_model_lists_available(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'nope'.*available models"):
+        detect(_lattice(), "nope", sampling=SAMPLING)
+
+
+def test_import_atomfinder_is_light():
+    code = ("import sys, atomfinder; assert 'torch' not in sys.modules and 'abtem' not in sys.modules; "
+            "assert callable(atomfinder.detect); assert 'abtem' not in sys.modules and 'ase' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- cleaning and registration
+
+
+def test_clean_image_repairs_dead_and_hot_pixels():
+    img = _lattice()
+    broken = img.copy()
+    broken[10, 20] = 1e5  # hot
+    broken[30, 40] = 0.0  # dead
+    broken[50, 5] = np.nan
+    broken[5, 50] = np.inf
+    clean = clean_image(broken)
+    assert np.isfinite(clean).all()
+    for r, c in [(10, 20), (30, 40)]:
+        assert abs(clean[r, c] - img[r, c]) < 10  # back near the truth (signal range 100..150)
+    untouched = np.ones(img.shape, bool)
+    untouched[[10, 30, 50, 5], [20, 40, 5, 50]] = False
+    assert np.array_equal(clean[untouched], img[untouched])  # atoms and noise are left alone
+    assert clean[50, 5] == pytest.approx(np.median(img), abs=5)  # NaN: median of finite pixels
+
+
+def test_clean_image_refuses_constant_and_all_nan():
+    with pytest.raises(MicrographError, match="constant"):
+        clean_image(np.full((32, 32), 7.0), "flat.npy")
+    with pytest.raises(MicrographError, match="no finite"):
+        clean_image(np.full((32, 32), np.nan), "nan.npy")
+    with pytest.raises(MicrographError, match=r"frame 1"):
+        clean_image(np.stack([_lattice(), np.full((64, 64), 3.0)]), "stack.npy")
+
+
+def test_register_focal_series_recovers_known_shift():
+    rng = np.random.default_rng(1)
+    ref = _lattice((96, 96), spacing_px=9.3, seed=2)
+    ref += 30 * np.exp(-((np.mgrid[:96, :96][0] - 40.0) ** 2 + (np.mgrid[:96, :96][1] - 55.0) ** 2) / 50.0)
+    true = np.array([[0.0, 0.0], [1.3, -2.7], [-3.45, 0.8]])  # (dy, dx) drift of each frame
+    stack = np.stack([nd_shift(ref, s, order=3, mode="nearest") + rng.normal(0, 1, ref.shape) for s in true])
+    aligned, shifts = register_focal_series(stack)
+    np.testing.assert_allclose(shifts, -true, atol=0.2)
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.abs(aligned[2][inner] - ref[inner]).mean() < 2.0
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def test_scale_bar_is_round():
+    assert scale_bar_length_A(12.8) == 2.0 and scale_bar_label(2.0) == "2 Å"
+    assert scale_bar_length_A(256.0) == 50.0 and scale_bar_label(50.0) == "5 nm"
+    assert scale_bar_label(10.0) == "1 nm"
+
+
+def test_overlay_png(tmp_path):
+    table = pd.DataFrame({"x": [10.0, 30.0, 50.0], "y": [10.0, 30.0, 50.0], "label": ["Au", "Au", "Au"],
+                          "height": pd.array([3, 4, pd.NA], dtype="Int64")})
+    path = overlay_figure(_lattice(), table, ("Au",), SAMPLING, tmp_path / "o.png", title="t")
+    assert path.stat().st_size > 5000
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]  # no temporary files left
+
+
+# --------------------------------------------------------------------------- files and CLI
+
+
+def test_cli_writes_csv_png_and_probabilities(tiny_model, tmp_path):
+    src = write_tiff_calibrated(tmp_path / "lattice.tif", _lattice(), SAMPLING)
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--out", str(out),
+                                      "--probabilities"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["lattice.csv", "lattice.png", "lattice_probabilities.tif"]
+    table = pd.read_csv(out / "lattice.csv")
+    assert list(table.columns) == list(TABLE_COLUMNS) and len(table) > 0 and table["height"].isna().all()
+    assert f"{len(table)} atoms" in result.output and str(out) in result.output
+    assert (out / "lattice.png").stat().st_size > 5000
+    probs = read_micrograph(out / "lattice_probabilities.tif")
+    assert probs.data.shape == (2, 64, 64) and probs.sampling_A == pytest.approx(SAMPLING)
+
+
+def test_focal_series_from_files_and_from_one_stack(focal_model, tmp_path):
+    frames = [_lattice(seed=i) for i in range(3)]
+    paths = []
+    for i, f in enumerate(frames):
+        paths.append(tmp_path / f"df{i}.npy")
+        np.save(paths[-1], f)
+    written = detect_files(paths, focal_model, tmp_path / "a", sampling_A=SAMPLING, focal_series=True)
+    assert sorted(p.name for p in written) == ["df0.csv", "df0.png"]
+    np.save(tmp_path / "series.npy", np.stack(frames))
+    table, info = detect(tmp_path / "series.npy", focal_model, sampling=SAMPLING, focal_series=True)
+    assert list(table.columns) == list(TABLE_COLUMNS) and info["shifts_px"].shape == (3, 2)
+
+
+def test_nothing_written_when_a_later_input_fails(tiny_model, tmp_path):
+    good = tmp_path / "good.npy"
+    np.save(good, _lattice())
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"")
+    with pytest.raises(MicrographError, match="bad.npy"):
+        detect_files([good, bad], tiny_model, tmp_path / "out", sampling_A=SAMPLING)
+    assert not (tmp_path / "out").exists()
+
+
+def test_detect_files_on_local_dask_cluster(tiny_model, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"img{i}.npy")
+        np.save(paths[-1], _lattice(seed=i))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        written = detect_files(paths, tiny_model, tmp_path / "out", sampling_A=SAMPLING,
+                               scheduler=cluster.scheduler_address)
+    assert sorted(p.name for p in written) == ["img0.csv", "img0.png", "img1.csv", "img1.png"]
+
+
+def _make_error_case(case: str, tmp: Path, tiny_model: Path, focal_model: Path) -> tuple[Path, list[str], list[str]]:
+    """(input file, extra CLI args, words the error must contain)."""
+    model = ["--model", str(tiny_model), "--sampling", str(SAMPLING)]
+    if case == "empty":
+        path = tmp / "empty.tif"
+        path.write_bytes(b"")
+        return path, model, ["empty"]
+    if case == "truncated_dm3":
+        path = tmp / "cut.dm3"
+        path.write_bytes(DM3.read_bytes()[:1000])
+        return path, model, ["cannot read", "truncated"]
+    if case == "text_as_tif":
+        path = tmp / "notes.tif"
+        path.write_text("this is not an image\n")
+        return path, model, ["cannot read"]
+    arrays = {
+        "one_pixel": np.ones((1, 1), np.float32),
+        "four_d": np.random.default_rng(0).random((2, 2, 32, 32)),
+        "all_nan": np.full((32, 32), np.nan),
+    }
+    words = {"one_pixel": ["too small"], "four_d": ["4-D"], "all_nan": ["no finite"]}
+    path = tmp / f"{case}.npy"
+    if case in arrays:
+        np.save(path, arrays[case])
+        return path, model, words[case]
+    np.save(path, _lattice())
+    if case == "unknown_model":
+        return path, ["--model", "no-such-model", "--sampling", "0.2"], ["unknown model", "no-such-model", "available"]
+    if case == "wrong_frames":
+        np.save(path, np.stack([_lattice(), _lattice(seed=1)]))
+        return path, ["--model", str(focal_model), "--sampling", "0.2", "--focal-series"], ["2 frame", "3 frames"]
+    if case == "uncalibrated":
+        return path, ["--model", str(tiny_model)], ["no pixel size", "--sampling"]
+    raise AssertionError(case)
+
+
+ERROR_CASES = ["empty", "truncated_dm3", "text_as_tif", "one_pixel", "four_d", "all_nan",
+               "unknown_model", "wrong_frames", "uncalibrated"]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_cli_errors_are_one_line_and_write_nothing(case, tiny_model, focal_model, tmp_path):
+    path, args, words = _make_error_case(case, tmp_path, tiny_model, focal_model)
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["detect", str(path), *args, "--out", str(out)])
+    text = result.output.strip()
+    assert result.exit_code != 0
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+    if case != "unknown_model":
+        assert path.name in text, text
+    for word in words:
+        assert word in text, text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_refuses_unwritable_output_dir(tiny_model, tmp_path):
+    src = tmp_path / "img.npy"
+    np.save(src, _lattice())
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: a 0o500 directory is still writable")
+        result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
+                                          "--out", str(out)])
+        text = result.output.strip()
+        assert result.exit_code != 0 and "Traceback" not in text and len(text.splitlines()) == 1
+        assert "locked" in text and "not writable" in text
+        assert not any(out.iterdir())
+    finally:
+        out.chmod(0o700)
+        shutil.rmtree(out)
+
+
+def test_cli_refuses_output_dir_below_a_file(tiny_model, tmp_path):
+    src = tmp_path / "img.npy"
+    np.save(src, _lattice())
+    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
+                                      "--out", str(src / "results")])
+    text = result.output.strip()
+    assert result.exit_code != 0 and "Traceback" not in text and len(text.splitlines()) == 1
+    assert "img.npy" in text and "is a file" in text
