@@ -100,3 +100,11 @@ def test_cli_train_and_evaluate(tiny_graphene_store, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output and "no-such-model" in result.output
     result = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 2 and "missing.zarr" in result.output
+
+
+def test_resume_may_change_threads_and_time_limit(tiny_graphene_store, tmp_path):
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    train(cfg, data, tmp_path / "r")
+    train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0}), data, tmp_path / "r", resume=True)

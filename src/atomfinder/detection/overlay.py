@@ -137,7 +137,7 @@ def overlay_figure(
     ax.set_axis_off()
 
     points_per_px = FIGURE_WIDTH_IN * 72.0 / w
-    diameter_pt = float(np.clip(1.0 / sampling_A * points_per_px, 3.0, 12.0))  # ~1 Å rings
+    diameter_pt = float(np.clip(0.55 / sampling_A * points_per_px, 2.5, 9.0))  # ~0.55 Å rings: the atom stays visible
     labels = table["label"].astype(str).to_numpy() if len(table) else np.zeros(0, dtype=str)
     handles = []
     for i, name in enumerate(class_names, start=1):
@@ -145,7 +145,7 @@ def overlay_figure(
         sel = labels == name
         if sel.any():
             ax.scatter(table["x"].to_numpy()[sel], table["y"].to_numpy()[sel], s=diameter_pt**2,
-                       facecolors="none", edgecolors=colour, linewidths=0.8, alpha=0.9)
+                       facecolors="none", edgecolors=colour, linewidths=0.6, alpha=0.9)
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
                               markeredgecolor=colour, markersize=8, label=f"{name} ({int(sel.sum())})"))
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)

@@ -242,6 +242,14 @@ def augment_batch(
 # -- the loop -----------------------------------------------------------------------
 
 
+#: Settings that say how a run is executed, not what is learned: a resumed run may change them.
+OPERATIONAL_SETTINGS = ("num_threads", "max_minutes", "checkpoint_every")
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in OPERATIONAL_SETTINGS}
+
+
 def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to 0.
 
@@ -389,7 +397,7 @@ def train(
         if not checkpoint.exists():
             raise FileNotFoundError(f"{checkpoint}: nothing to resume")
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["config"] != json.loads(json.dumps(config.to_dict())):
+        if _recipe(state["config"]) != _recipe(json.loads(json.dumps(config.to_dict()))):
             raise ValueError(f"{checkpoint}: was made with another training config")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
