@@ -34,6 +34,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_simulate.py --system graphene
 	$(PY) benchmarks/bench_simulate.py --system mos2
 	$(PY) benchmarks/bench_simulate.py --system gold
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_infer.py
+	$(PY) benchmarks/bench_detect.py
 
 clean:
 	rm -rf $(VENV) demo-output

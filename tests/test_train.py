@@ -108,3 +108,14 @@ def test_resume_may_change_threads_and_time_limit(tiny_graphene_store, tmp_path)
     data = load_training_data(store, np.arange(len(store)), cfg.normalization)
     train(cfg, data, tmp_path / "r")
     train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0}), data, tmp_path / "r", resume=True)
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert {p.stem for p in configs} >= {"graphene", "gold", "mos2"}
+    for path in configs:
+        cfg = TrainConfig.from_toml(path)
+        assert cfg.name == path.stem
+        assert "atomfinder simulate" in path.read_text()  # the recipe says how its data was made
