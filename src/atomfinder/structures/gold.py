@@ -44,6 +44,7 @@ from atomfinder.structures.support import (
     check_probability,
     check_range,
     rotation_about_axis,
+    spaced_choice,
     uniform,
 )
 
@@ -388,14 +389,7 @@ def add_adatoms(rng: np.random.Generator, pos: np.ndarray, n: int) -> np.ndarray
     lo, hi = pos[:, :2].min(axis=0), pos[:, :2].max(axis=0)
     cand = cand[np.all((cand[:, :2] >= lo) & (cand[:, :2] <= hi), axis=1)]
     cand = np.unique(np.round(cand, 2), axis=0)
-    rng.shuffle(cand)
-    chosen: list[np.ndarray] = []
-    for c in cand:
-        if all(np.linalg.norm(c - x) > 2.6 for x in chosen):
-            chosen.append(c)
-            if len(chosen) == n:
-                break
-    return np.array(chosen).reshape(-1, 3)
+    return spaced_choice(rng, cand, n, 2.6)
 
 
 def group_columns(xy: np.ndarray, tolerance_A: float) -> tuple[int, np.ndarray]:

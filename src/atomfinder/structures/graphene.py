@@ -34,6 +34,7 @@ from atomfinder.structures.support import (
     close_pair_mask,
     random_strain,
     rotation_2d,
+    spaced_choice,
     uniform,
 )
 
@@ -807,14 +808,7 @@ def _adatom_sites(rng, pos, box, n: int) -> np.ndarray:
     pairs = cKDTree(pos).query_pairs(_BOND_CUTOFF, output_type="ndarray")
     mids = 0.5 * (pos[pairs[:, 0]] + pos[pairs[:, 1]])
     mids = mids[np.all((mids >= 0) & (mids < box), axis=1)]
-    rng.shuffle(mids)
-    chosen: list[np.ndarray] = []
-    for m in mids:
-        if all(np.linalg.norm(m - c) > 3.0 for c in chosen):
-            chosen.append(m)
-            if len(chosen) == n:
-                break
-    return np.array(chosen).reshape(-1, 2)
+    return spaced_choice(rng, mids, n, 3.0)
 
 
 def ripple_field(rng: np.random.Generator, rms_A: float, wavelength_A: tuple[float, float], n_waves: int = 4):

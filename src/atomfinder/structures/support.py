@@ -103,6 +103,21 @@ def random_strain(rng: np.random.Generator, max_strain: float) -> np.ndarray:
     return np.array([[exx, exy], [exy, eyy]])
 
 
+def spaced_choice(rng: np.random.Generator, candidates: np.ndarray, n: int, min_distance_A: float) -> np.ndarray:
+    """Up to ``n`` of ``candidates`` (rows), in random order, each more than ``min_distance_A`` from those chosen before.
+
+    ``candidates`` is shuffled in place (by ``rng``); the choice is greedy.
+    """
+    rng.shuffle(candidates)
+    chosen: list[np.ndarray] = []
+    for c in candidates:
+        if all(np.linalg.norm(c - x) > min_distance_A for x in chosen):
+            chosen.append(c)
+            if len(chosen) == n:
+                break
+    return np.array(chosen).reshape(-1, candidates.shape[1])
+
+
 def rotation_2d(angle_deg: float) -> np.ndarray:
     """The 2x2 matrix rotating by ``angle_deg`` degrees (counter-clockwise)."""
     t = np.deg2rad(angle_deg)
