@@ -74,7 +74,8 @@ class Microscope:
         Illumination semi-angle (mrad); partial spatial coherence enters as the
         quasi-coherent envelope ``exp(-(theta/2)^2 |grad chi|^2)`` (abTEM's form).
     semiangle_cutoff_mrad : float
-        Objective aperture semi-angle (mrad).
+        Objective aperture semi-angle (mrad); ``inf`` = no objective aperture
+        (the image is then limited by the coherence envelopes and the pixel size).
     defocus_gradient : tuple of float
         Linear change of defocus across the field, ``(d/dx, d/dy)`` in Å of
         defocus per Å (a tilted or wedge-shaped specimen; 0 = uniform).
@@ -127,12 +128,10 @@ class Microscope:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-friendly dict (infinite dose written as the string ``"inf"``)."""
+        """A JSON/TOML-friendly dict (infinite values, e.g. no noise, written as ``"inf"``)."""
         d = dataclasses.asdict(self)
         d["defocus_gradient"] = list(self.defocus_gradient)
-        if math.isinf(self.dose_e_per_A2):
-            d["dose_e_per_A2"] = "inf"
-        return d
+        return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Microscope":
@@ -140,8 +139,9 @@ class Microscope:
         d = dict(d)
         if "defocus_gradient" in d:
             d["defocus_gradient"] = tuple(float(v) for v in d["defocus_gradient"])
-        if "dose_e_per_A2" in d:
-            d["dose_e_per_A2"] = float(d["dose_e_per_A2"])
+        for key in ("dose_e_per_A2", "semiangle_cutoff_mrad"):
+            if key in d:
+                d[key] = float(d[key])
         return cls(**d)
 
 
@@ -186,8 +186,16 @@ class MicroscopeRanges:
         Defocus (Å, positive = underfocus) relative to the Scherzer defocus of
         the drawn Cs and energy; the default ±250 Å passes through the contrast
         reversals of the lattice fringes.
-    focal_spread_A, angular_spread_mrad, semiangle_cutoff_mrad : (float, float)
-        Coherence and aperture ranges.
+    focal_spread_A, angular_spread_mrad : (float, float)
+        Coherence ranges.
+    p_objective_aperture : float
+        Probability of an objective aperture; without one (the usual case for
+        aberration-corrected HRTEM) ``semiangle_cutoff_mrad`` is ``inf``.
+    aperture_resolution_A : (float, float)
+        Range of the aperture's cut-off as a spacing ``d`` (Å): the semi-angle is
+        ``lambda / d``, so the same range keeps the same information at every
+        voltage (a fixed range in mrad would cut the 1.23 Å graphene fringes at
+        60 kV and not at 300 kV).
     astigmatism_A, coma_A : (float, float)
         Residual two-fold astigmatism and axial coma magnitudes (Å); azimuths uniform.
     p_defocus_variation : float
@@ -220,7 +228,8 @@ class MicroscopeRanges:
     defocus_around_scherzer_A: tuple[float, float] = (-250.0, 250.0)
     focal_spread_A: tuple[float, float] = (10.0, 60.0)
     angular_spread_mrad: tuple[float, float] = (0.05, 0.5)
-    semiangle_cutoff_mrad: tuple[float, float] = (25.0, 50.0)
+    p_objective_aperture: float = 0.3
+    aperture_resolution_A: tuple[float, float] = (0.6, 1.1)
     astigmatism_A: tuple[float, float] = (0.0, 30.0)
     coma_A: tuple[float, float] = (0.0, 300.0)
     p_defocus_variation: float = 0.3
@@ -279,7 +288,7 @@ class MicroscopeRanges:
             coma_angle_rad=float(rng.uniform(0, 2 * np.pi)),
             focal_spread_A=_uniform(rng, self.focal_spread_A),
             angular_spread_mrad=_uniform(rng, self.angular_spread_mrad),
-            semiangle_cutoff_mrad=_uniform(rng, self.semiangle_cutoff_mrad),
+            semiangle_cutoff_mrad=self._sample_aperture_mrad(rng, energy_eV),
             defocus_gradient=gradient,
             defocus_curvature_A=curvature,
             defocus_curvature_angle_rad=float(rng.uniform(0, np.pi)),
@@ -291,6 +300,11 @@ class MicroscopeRanges:
             gain=_log_uniform(rng, self.gain),
             offset=_uniform(rng, self.offset),
         )
+
+    def _sample_aperture_mrad(self, rng: np.random.Generator, energy_eV: float) -> float:
+        if rng.random() >= self.p_objective_aperture:
+            return math.inf
+        return 1e3 * wavelength_A(energy_eV) / _uniform(rng, self.aperture_resolution_A)
 
     def sample_sampling(self, rng: np.random.Generator) -> float:
         """Draw a pixel size (Å / pixel) around the nominal one."""
