@@ -154,6 +154,13 @@ def test_microscope_round_trip_and_sampler():
     doses = np.array([d.dose_e_per_A2 for d in draws])
     assert 1e2 <= doses.min() < 3e2 and 3e4 < doses.max() <= 1e5
     assert {d.energy_eV for d in draws} == set(r.energies_eV)
+    # no objective aperture in most images; where there is one, it cuts at 0.6-1.1 Å at any voltage
+    apertures = [d for d in draws if np.isfinite(d.semiangle_cutoff_mrad)]
+    assert 0.15 < len(apertures) / len(draws) < 0.45
+    cut_A = np.array([1e3 * wavelength_A(d.energy_eV) / d.semiangle_cutoff_mrad for d in apertures])
+    assert cut_A.min() >= 0.6 - 1e-9 and cut_A.max() <= 1.1 + 1e-9
+    no_aperture = next(d for d in draws if not np.isfinite(d.semiangle_cutoff_mrad))
+    assert Microscope.from_dict(no_aperture.to_dict()) == no_aperture
     with pytest.raises(ValueError, match="unknown"):
         MicroscopeRanges.from_dict({"voltage": 1})
 
