@@ -7,6 +7,7 @@ exit code; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -62,13 +63,11 @@ class _LogProgress:
         return None
 
     def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
-        self.tasks[len(self.tasks)] = {"total": total, "last": -1, "t0": __import__("time").time()}
+        self.tasks[len(self.tasks)] = {"total": total, "last": -1, "t0": time.time()}
         return len(self.tasks) - 1
 
     def update(self, task: int, completed: float | None = None, total: float | None = None,
                description: str | None = None, **_: Any) -> None:
-        import time
-
         t = self.tasks[task]
         if total is not None:
             t["total"] = total
