@@ -196,7 +196,8 @@ def default_config(system: str) -> SimulationConfig:
             crop="sites",
             wave_oversampling=2,
             slice_thickness_A=2.0,
-            draws_per_wave=12,
+            draws_per_wave=16,
+            samples_per_job=16,  # one exit wave (seconds for a 6 nm particle) serves a whole job
             p_amorphous_carbon=0.5,
             carbon_thickness_A=(5.0, 30.0),
             label_radius_A=0.45,
