@@ -146,14 +146,15 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
     imgs, xys, labs, titles = [], [], [], []
     for row, i in enumerate(picks):
         gt = store.ground_truth(int(i))
-        m = store.microscope(int(i))[0]
+        frames = store.microscope(int(i))
+        m = frames[0]
         for f, frame in enumerate(images[row]):
             imgs.append(frame)
             xys.append(gt["positions_px"])
             labs.append(gt["labels"])
             titles.append(
                 f"#{i}{f'.{f}' if len(images[row]) > 1 else ''}: {m['energy_eV'] / 1e3:.0f} kV, "
-                f"df {store.microscope(i)[f]['defocus_A']:.0f} Å, Cs {m['Cs_A'] / 1e4:.0f} µm, "
+                f"df {frames[f]['defocus_A']:.0f} Å, Cs {m['Cs_A'] / 1e4:.0f} µm, "
                 f"{m['dose_e_per_A2']:.0e} e/Å²"
             )
     columns = images.shape[1] if images.shape[1] > 1 else 4
