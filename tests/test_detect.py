@@ -30,7 +30,7 @@ from atomfinder.nn.unet import UNetConfig, build_model
 
 torch.set_num_threads(1)
 
-DM3 = Path("/work/shared/io-samples/digitalmicrograph_2D_test-1.dm3")
+DM3 = Path(__file__).resolve().parent / "data" / "io-samples" / "digitalmicrograph_2D_test-1.dm3"
 SAMPLING = 0.2  # Å/px of the test images and of the tiny models
 
 

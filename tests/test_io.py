@@ -16,9 +16,10 @@ from atomfinder.detection.io import (
     write_tiff_calibrated,
 )
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "io-samples"
+# Real vendor files from RosettaSciIO's test data (GPL-3.0-or-later; README and COPYING beside them)
+SAMPLES = Path(__file__).resolve().parent / "data" / "io-samples"
 needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"vendor sample files not found at {SAMPLES} (see shared/io-samples/README.md)"
+    not SAMPLES.is_dir(), reason=f"vendor sample files not found at {SAMPLES} (see tests/data/io-samples/README.md)"
 )
 
 # file, shape as read ([N,H,W] for stacks), Å per pixel (None: uncalibrated) — from io-samples/README.md
