@@ -111,7 +111,7 @@ def overlay_figure(
     sampling_A : float
         Pixel size of ``image`` in Å/px (for the scale bar).
     path : path
-        PNG to write (atomically, via :func:`atomfinder.analysis.plots.save_figure`).
+        PNG to write (atomically, via :func:`atomfinder._figures.save_figure`).
     title : str, optional
         Figure title.
 
@@ -122,7 +122,7 @@ def overlay_figure(
     """
     from matplotlib.lines import Line2D
 
-    from atomfinder.analysis.plots import CLASS_COLOURS, plt, save_figure
+    from atomfinder._figures import CLASS_COLOURS, plt, save_figure
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
