@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from atomfinder._config import ConfigMixin
+
 #: Physical constants (CODATA) for the relativistic electron wavelength.
 _H = 6.62607015e-34  # J s
 _M0 = 9.1093837015e-31  # kg
@@ -156,7 +158,7 @@ def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 
 
 @dataclass(frozen=True)
-class MicroscopeRanges:
+class MicroscopeRanges(ConfigMixin):
     """Ranges from which :meth:`sample` draws a :class:`Microscope`.
 
     Every draw is uniform in the given ``(low, high)`` range unless noted; pass
@@ -216,6 +218,8 @@ class MicroscopeRanges:
         Detector offset range (counts per pixel, relative to the mean counts:
         the offset is ``offset * mean counts``).
     """
+
+    _config_label = "microscope range"
 
     energies_eV: tuple[float, ...] = (60e3, 80e3, 120e3, 200e3, 300e3)
     sampling_A: float = 0.1
@@ -310,15 +314,4 @@ class MicroscopeRanges:
         """Draw a pixel size (Å / pixel) around the nominal one."""
         return float(self.sampling_A * (1.0 + rng.uniform(-self.sampling_jitter, self.sampling_jitter)))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-friendly dict (tuples become lists)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MicroscopeRanges":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown microscope range(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})

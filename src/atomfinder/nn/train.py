@@ -21,7 +21,6 @@ Uses CUDA with mixed precision when present and DistributedDataParallel under
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from atomfinder._config import ConfigMixin
 from atomfinder._files import atomic_write
 from atomfinder.nn.card import ModelCard, save_model
 from atomfinder.nn.losses import segmentation_loss
@@ -44,7 +44,7 @@ from atomfinder.nn.unet import UNetConfig, build_model, count_parameters
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """A training recipe (``[train]`` table of a TOML file).
 
     Attributes
@@ -98,6 +98,9 @@ class TrainConfig:
         Stop (and save) after this many minutes of training (0 = no limit).
     """
 
+    _config_label = "training setting"
+    _list_fields = ("class_weights",)
+
     name: str = "model"
     version: str = "1.0"
     depth: int = 4
@@ -128,17 +131,6 @@ class TrainConfig:
     num_threads: int = 2
     amp: bool = True
     max_minutes: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) and k != "class_weights" else v) for k, v in d.items()})
 
     @classmethod
     def from_toml(cls, path: Path | str) -> "TrainConfig":

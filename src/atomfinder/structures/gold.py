@@ -36,10 +36,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from atomfinder._config import ConfigMixin
 from atomfinder.structures.base import Sites, Structure
 from atomfinder.structures.support import (
     CEO2_ORIENTATIONS,
-    ConfigMixin,
     ceria_slab,
     check_probability,
     check_range,

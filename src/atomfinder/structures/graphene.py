@@ -26,9 +26,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from atomfinder._config import ConfigMixin
 from atomfinder.structures.base import Sites, Structure
 from atomfinder.structures.support import (
-    ConfigMixin,
     check_probability,
     check_range,
     close_pair_mask,

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from atomfinder._config import ConfigMixin
 from atomfinder.structures.base import Sites, Structure
 from atomfinder.structures.support import (
-    ConfigMixin,
     check_probability,
     check_range,
     close_pair_mask,

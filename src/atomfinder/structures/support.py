@@ -5,15 +5,11 @@ functions here return plain :class:`ase.Atoms` in an orthogonal cell whose
 lateral size is the requested box ``(Lx, Ly)`` in Å.
 
 The module also holds the small helpers that the graphene, gold and MoS2
-builders share: :class:`ConfigMixin` (``to_dict`` / ``from_dict`` for frozen
-config dataclasses), random strain, rotation matrices and the removal of
+builders share: random strain, rotation matrices and the removal of
 atoms that come too close to each other.
 """
 
 from __future__ import annotations
-
-from dataclasses import fields
-from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -35,39 +31,6 @@ _CARBON_MASS_G_MOL = 12.011
 # --------------------------------------------------------------------------------------
 # Helpers shared by the builders
 # --------------------------------------------------------------------------------------
-class ConfigMixin:
-    """``to_dict`` / ``from_dict`` for frozen config dataclasses (JSON and TOML friendly).
-
-    Tuples are written as lists and read back as tuples; unknown keys are an error
-    (a typo in a config file must not be silently ignored); missing keys take the
-    defaults.
-    """
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict of JSON/TOML values (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        """Build a config from :meth:`to_dict` output (or a TOML table).
-
-        Raises
-        ------
-        ValueError
-            If ``data`` holds a key that is not a field of the config.
-        """
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
-
-
 def check_range(name: str, value: tuple[float, float], lo: float = -np.inf, hi: float = np.inf) -> None:
     """Raise ``ValueError`` unless ``value`` is a ``(min, max)`` pair inside ``[lo, hi]``."""
     if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
