@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from atomfinder.cli import app
 from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
-from atomfinder.detection.overlay import overlay_figure, scale_bar_label, scale_bar_length_A
+from atomfinder.detection.overlay import display_image, overlay_figure, scale_bar_label, scale_bar_length_A
 from atomfinder.detection.peaks import TABLE_COLUMNS
-from atomfinder.detection.run import clean_image, detect, detect_files, register_focal_series
+from atomfinder.detection.run import clean_image, detect, detect_files, median3x3, register_focal_series
 from atomfinder.nn.card import ModelCard, save_model
 from atomfinder.nn.unet import UNetConfig, build_model
 
@@ -323,3 +323,21 @@ def test_cli_refuses_output_dir_below_a_file(tiny_model, tmp_path):
     text = result.output.strip()
     assert result.exit_code != 0 and "Traceback" not in text and len(text.splitlines()) == 1
     assert "img.npy" in text and "is a file" in text
+
+
+@pytest.mark.parametrize("shape", [(300, 517), (5, 7), (3, 3), (1, 9), (2, 1)])
+def test_median3x3_equals_scipy_median_filter(shape):
+    from scipy.ndimage import median_filter
+
+    rng = np.random.default_rng(4)
+    img = np.round(rng.normal(size=shape) * 2).astype(np.float32)  # many ties
+    assert np.array_equal(median3x3(img), median_filter(img, size=3, mode="reflect"))
+
+
+def test_display_image_block_averages_only_large_images():
+    small = np.arange(12.0).reshape(3, 4)
+    assert np.array_equal(display_image(small, max_px=4), small)
+    big = np.arange(7 * 10, dtype=float).reshape(7, 10)
+    out = display_image(big, max_px=4)  # factor 3: 2 x 3 blocks, the 7th row and 10th column dropped
+    assert out.shape == (2, 3)
+    assert out[0, 0] == pytest.approx(big[:3, :3].mean())

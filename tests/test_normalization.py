@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from atomfinder.nn.normalization import apply_normalization, normalize_global, normalize_local
+from scipy.ndimage import gaussian_filter
+
+from atomfinder.nn.normalization import apply_normalization, gaussian_blur_reflect, normalize_global, normalize_local
 
 SAMPLING = 0.1  # Å/px
 
@@ -76,3 +78,11 @@ def test_apply_normalization_dispatch():
         apply_normalization(img, {"kind": "local"})
     with pytest.raises(ValueError):
         apply_normalization(img, {"kind": "median"})
+
+
+@pytest.mark.parametrize("shape, sigma", [((300, 77), 60.0), ((64, 64), 30.0), ((120, 90), 4.0)])
+def test_fft_gaussian_equals_direct_reflect_filter(shape, sigma):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape) * 3 + np.linspace(0, 10, shape[1])[None]
+    direct = gaussian_filter(x, sigma, mode="reflect")
+    assert np.abs(gaussian_blur_reflect(x, sigma) - direct).max() < 1e-4 * np.ptp(x)

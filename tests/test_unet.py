@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atomfinder.nn.infer import predict
+from atomfinder.nn.infer import predict, tile_plan
 from atomfinder.nn.losses import (
     class_weights_from_targets,
     height_cross_entropy,
     segmentation_loss,
     weighted_cross_entropy,
 )
-from atomfinder.nn.unet import NORMS, UNet, UNetConfig, build_model, count_parameters
+from atomfinder.nn.unet import NORMS, UNet, UNetConfig, build_model, count_parameters, fused_for_inference
 
 torch.set_num_threads(2)
 
@@ -150,8 +150,9 @@ def _calibrated_model(seed=0):
 def test_tiled_predict_matches_whole_image():
     model = _calibrated_model()
     image = np.random.default_rng(1).normal(size=(1, 203, 171)).astype(np.float32)
-    whole = predict(model, image, device="cpu", tile=1024, overlap=64)
-    tiled = predict(model, image, device="cpu", tile=128, overlap=64, batch_size=3)
+    exact = {"device": "cpu", "precision": "float32"}  # tiling, not rounding, is under test
+    whole = predict(model, image, tile=1024, overlap=64, **exact)
+    tiled = predict(model, image, tile=128, overlap=64, batch_size=3, **exact)
     p = whole["probabilities"]
     assert p.shape == (2, 203, 171) and p.dtype == np.float32
     assert np.allclose(p.sum(axis=0), 1.0, atol=1e-5)
@@ -161,7 +162,7 @@ def test_tiled_predict_matches_whole_image():
     assert np.abs(tiled["height"] - whole["height"]).max() < 1e-3
     assert 0 <= whole["height"].min() and whole["height"].max() <= 3
     # Without the zero-weight margin the tile borders do show up.
-    seamy = predict(model, image, device="cpu", tile=128, overlap=64, margin=0)
+    seamy = predict(model, image, tile=128, overlap=64, margin=0, **exact)
     assert np.abs(seamy["probabilities"] - p).max() > 1e-4
     assert model.training is False
 
@@ -172,3 +173,46 @@ def test_predict_restores_training_mode_and_checks_args():
     assert out["probabilities"].shape == (2, 40, 50) and model.training
     with pytest.raises(ValueError):
         predict(model, np.zeros((1, 40, 50), np.float32), tile=32, overlap=32)
+
+
+@pytest.mark.parametrize("size", [1, 100, 576, 577, 1024, 1500, 4096])
+def test_tile_plan_covers_evenly_with_the_overlap(size):
+    starts, length, step = tile_plan(size, tile=576, overlap=64, align=16)
+    assert starts[0] == 0 and all(s % 16 == 0 for s in starts)
+    assert length <= 576
+    assert starts[-1] + length >= size  # covered
+    assert len(starts) == 1 or starts[-2] + length < size  # no redundant last tile
+    if len(starts) > 1:
+        assert length - step >= 64 and size - starts[-1] > length - step  # last tile overlaps fully
+    if size == 1024:
+        assert (starts, length) == ([0, 480], 544)  # two even tiles, not 576 + a thin one
+
+
+def test_fused_inference_copy_matches_and_leaves_model_alone():
+    torch.manual_seed(0)
+    model = UNet(depth=2, width=8, height_head=True, max_height=3).train()
+    x = torch.randn(4, 1, 64, 64)
+    for _ in range(3):  # move the BatchNorm running statistics away from (0, 1)
+        model(x * 3 + 1)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        net = fused_for_inference(model)
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == (3 + 2) * 2  # 3 encoder + 2 decoder blocks
+    for key in ("logits", "height_logits"):
+        assert torch.allclose(out[key], ref[key], atol=1e-4, rtol=1e-4)
+
+
+def test_precision_choice():
+    from atomfinder.nn.infer import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16
+    assert autocast_dtype(torch.device("cpu"), "float32") is None
+    assert autocast_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError):
+        autocast_dtype(torch.device("cpu"), "half")
+    image = np.random.default_rng(2).normal(size=(1, 96, 80)).astype(np.float32)
+    reduced = predict(_calibrated_model(), image, device="cpu", precision="bfloat16")["probabilities"]
+    assert reduced.dtype == np.float32 and np.allclose(reduced.sum(axis=0), 1.0, atol=1e-5)

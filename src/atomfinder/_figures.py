@@ -18,6 +18,8 @@ CLASS_COLOURS = ("#000000", "#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de
 def save_figure(fig: plt.Figure, path: Path | str, dpi: int = 150) -> Path:
     """Save atomically (temporary file + rename) and close the figure."""
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+        # zlib level 1 writes a PNG ~3x faster than matplotlib's default 6, ~10 % larger.
+        extra = {"pil_kwargs": {"compress_level": 1}} if Path(path).suffix.lower() == ".png" else {}
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", **extra))
     finally:
         plt.close(fig)

@@ -144,7 +144,8 @@ def network_detector(
     *,
     threshold: float | None = None,
     min_distance_A: float | None = None,
-    tile: int = 512,
+    tile: int = 576,
+    precision: str = "auto",
 ) -> Detector:
     """A detector running a trained model through :func:`atomfinder.detection.pipeline.detect_array`.
 
@@ -163,6 +164,8 @@ def network_detector(
         Peak-finding overrides (default: the card's settings).
     tile : int
         Inference tile side (model pixels).
+    precision : str
+        Network arithmetic (see :func:`atomfinder.detection.pipeline.detect_array`).
     """
     from atomfinder.detection.pipeline import detect_array  # imports torch
 
@@ -170,7 +173,7 @@ def network_detector(
         image = sample.image if card.in_channels > 1 else sample.image[:1]
         result = detect_array(
             model, card, image, sample.sampling_A, threshold=threshold,
-            min_distance_A=min_distance_A, device=device, tile=tile,
+            min_distance_A=min_distance_A, device=device, tile=tile, precision=precision,
         )
         return result.atoms
 

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import label, maximum_filter
 from scipy.spatial import cKDTree
-from skimage.feature import peak_local_max
 from skimage.morphology import disk
 
 #: Columns of the atom table (DESIGN.md).
@@ -105,7 +105,12 @@ class AtomTable:
 
 
 def refine_subpixel(
-    image: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius_px: float, n_iter: int = 10
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    radius_px: float,
+    n_iter: int = 10,
+    tol_px: float = 0.01,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refine peak positions by an iterated, intensity-weighted centroid.
 
@@ -125,7 +130,9 @@ def refine_subpixel(
     radius_px : float
         Window radius in pixels (about half the smallest peak separation).
     n_iter : int
-        Number of centroid iterations.
+        Largest number of centroid iterations.
+    tol_px : float
+        Stop earlier once no estimate moves by more than this (pixels).
 
     Returns
     -------
@@ -136,15 +143,20 @@ def refine_subpixel(
     cols = np.asarray(cols, dtype=np.int64)
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
-    if len(rows) > _CHUNK:  # bound memory: patches are [n, P, P]
-        parts = [
-            refine_subpixel(image, rows[i : i + _CHUNK], cols[i : i + _CHUNK], radius_px, n_iter)
-            for i in range(0, len(rows), _CHUNK)
-        ]
-        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
     r = max(float(radius_px), 1.0)
     half = int(np.ceil(2 * r)) + 1  # patch half-size: window plus room to move by r
     img = np.pad(np.maximum(np.asarray(image, dtype=np.float64), 0.0), half, mode="constant")
+    parts = [  # chunks bound memory: patches are [n, P, P]
+        _refine_chunk(img, half, rows[i : i + _CHUNK], cols[i : i + _CHUNK], r, n_iter, tol_px)
+        for i in range(0, len(rows), _CHUNK)
+    ]
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+
+def _refine_chunk(
+    img: np.ndarray, half: int, rows: np.ndarray, cols: np.ndarray, r: float, n_iter: int, tol_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`refine_subpixel` on an image already clipped at 0 and padded by ``half``."""
     offs = np.arange(-half, half + 1)
     patches = img[
         (rows + half)[:, None, None] + offs[None, :, None],
@@ -162,7 +174,11 @@ def refine_subpixel(
         nx = np.where(ok, (w * gx).sum(axis=(1, 2)) / np.where(ok, s, 1.0), dx)
         step = np.hypot(ny, nx)
         scale = np.where(step > r, r / np.maximum(step, 1e-12), 1.0)
-        dy, dx = ny * scale, nx * scale
+        ny, nx = ny * scale, nx * scale
+        moved = float(np.max(np.hypot(ny - dy, nx - dx)))
+        dy, dx = ny, nx
+        if moved < tol_px:
+            break
     return rows + dy, cols + dx
 
 
@@ -189,30 +205,42 @@ def enforce_spacing(xy: np.ndarray, score: np.ndarray, min_distance: float) -> n
     return np.asarray(kept, dtype=np.int64)
 
 
-def local_maxima(image: np.ndarray, min_distance_px: float, threshold: float) -> np.ndarray:
-    """Integer local maxima at least ``min_distance_px`` apart (Euclidean).
+def local_maxima(image: np.ndarray, radius_px: float, threshold: float) -> np.ndarray:
+    """Integer local maxima: pixels that are the largest in the disk of ``radius_px``.
 
-    A pixel is a candidate when it is the maximum of the disk of radius
-    ``floor(min_distance_px)`` around it and exceeds ``threshold``;
-    :func:`skimage.feature.peak_local_max` then thins candidates (plateaus, ties) to
-    a Euclidean spacing of at least that radius, highest first. (Its default square
-    footprint would let a peak at distance ``d`` but diagonal offset hide a
-    neighbour, so a disk is passed.)
+    A pixel is a maximum when it equals the maximum of the disk of radius
+    ``floor(radius_px)`` around it and exceeds ``threshold``. A plateau of equal
+    maxima (a saturated peak) gives one pixel, its first in row-major order.
+    Maxima are *not* thinned to a minimum spacing here: refine them
+    (:func:`refine_subpixel`) and then thin with :func:`enforce_spacing`, which is
+    what :func:`find_atoms` does.
 
     Returns
     -------
     ndarray of int, shape (n, 2)
-        ``(row, col)`` of the peaks, highest first.
+        ``(row, col)`` of the maxima, highest first.
     """
-    d = max(1, int(np.floor(min_distance_px)))
-    return peak_local_max(
-        np.asarray(image, dtype=np.float64),
-        min_distance=d,
-        footprint=disk(d).astype(bool),
-        threshold_abs=threshold,
-        exclude_border=False,
-        p_norm=2,
-    )
+    img = np.asarray(image, dtype=np.float64)
+    d = max(1, int(np.floor(radius_px)))
+    peak = (img == maximum_filter(img, footprint=disk(d).astype(bool), mode="nearest")) & (img > threshold)
+    labels, n = label(peak, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    # First pixel of each plateau (labels are numbered in row-major order of first pixels).
+    flat = np.flatnonzero(labels)
+    first = flat[np.unique(labels.ravel()[flat], return_index=True)[1]]
+    coords = np.column_stack(np.unravel_index(first, img.shape)).astype(np.int64)
+    order = np.argsort(-img[coords[:, 0], coords[:, 1]], kind="stable")
+    return coords[order]
+
+
+def candidate_radius_px(min_distance_px: float) -> float:
+    """Radius (pixels) of the neighbourhood in which a peak candidate must be the maximum.
+
+    A third of the minimum atom distance (at least one pixel): small enough that
+    two atoms ``min_distance_px`` or more apart never share one.
+    """
+    return max(1.0, float(min_distance_px) / 3.0)
 
 
 def find_atoms(
@@ -249,7 +277,12 @@ def find_atoms(
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"expected [k, H, W] probabilities with k >= 2, got {p.shape}")
     atom = p[1:].sum(axis=0)
-    coords = local_maxima(atom, min_distance_px, threshold)
+    # Candidates come from a small neighbourhood, not from a disk of radius
+    # min_distance_px: a confident network saturates near 1 over each atom, and a
+    # neighbour's disk edge a hair brighter than this atom's centre, within
+    # min_distance_px of it, would otherwise hide it. The centroid refinement pulls
+    # the candidates of one atom together and enforce_spacing merges them.
+    coords = local_maxima(atom, candidate_radius_px(min_distance_px), threshold)
     if len(coords) == 0:
         return AtomTable.empty()
     rows, cols = coords[:, 0], coords[:, 1]

@@ -211,7 +211,8 @@ def detect_array(
     threshold: float | None = None,
     min_distance_A: float | None = None,
     device: str | torch.device | None = None,
-    tile: int = 512,
+    tile: int = 576,
+    precision: str = "auto",
 ) -> DetectionResult:
     """Find atoms in a calibrated image with a model.
 
@@ -238,6 +239,9 @@ def detect_array(
     tile : int
         Largest inference tile side, in model pixels; neighbouring tiles overlap by
         at least ``min(64, tile // 4)`` pixels.
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Network arithmetic (:func:`atomfinder.nn.infer.autocast_dtype`): ``"auto"``
+        is float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32.
 
     Returns
     -------
@@ -260,7 +264,7 @@ def detect_array(
     threshold, min_distance_A = detection_settings(card, threshold, min_distance_A)
     model_img = resample(img.astype(np.float32, copy=False), sampling_A, card.sampling_A)
     model_img = apply_normalization(model_img, card.normalization, card.sampling_A)
-    out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4))
+    out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4), precision=precision)
     probs = out["probabilities"]
     height = out.get("height")
     found = find_atoms(

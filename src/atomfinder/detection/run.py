@@ -103,6 +103,39 @@ def fill_nonfinite(image: np.ndarray) -> tuple[np.ndarray, int]:
     return img, n_bad
 
 
+#: Compare-exchange steps of a 19-step sorting network whose 5th output (index 4)
+#: is the median of 9 values (Paeth's network, as in Devillard's ``opt_med9``).
+_MEDIAN9_NETWORK = (
+    (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+    (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
+)
+
+
+def median3x3(image: np.ndarray) -> np.ndarray:
+    """3x3 median filter with mirrored edges, equal to
+    ``scipy.ndimage.median_filter(image, size=3, mode="reflect")``.
+
+    Runs a fixed sorting network on the nine shifted copies of the image, which is
+    ~10x faster than scipy's general rank filter on large frames.
+    """
+    img = np.asarray(image)
+    padded = np.pad(img, 1, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
+    h, w = img.shape
+    out = np.empty_like(img)
+    rows = max(1, (1 << 16) // max(w, 1))  # blocks of ~64k pixels stay in cache
+    lo = np.empty((rows, w), dtype=img.dtype)
+    for r0 in range(0, h, rows):
+        n = min(rows, h - r0)
+        v = [padded[r0 + i : r0 + i + n, j : j + w].copy() for i in range(3) for j in range(3)]
+        tmp = lo[:n]
+        for a, b in _MEDIAN9_NETWORK:
+            np.minimum(v[a], v[b], out=tmp)
+            np.maximum(v[a], v[b], out=v[b])
+            v[a], tmp = tmp, v[a]
+        out[r0 : r0 + n] = v[4]
+    return out
+
+
 def repair_outliers(image: np.ndarray, n_sigma: float = OUTLIER_SIGMA) -> tuple[np.ndarray, int]:
     """Replace dead and hot pixels by the median of their 3x3 neighbourhood.
 
@@ -124,12 +157,10 @@ def repair_outliers(image: np.ndarray, n_sigma: float = OUTLIER_SIGMA) -> tuple[
     (ndarray of float32, int)
         The repaired copy and the number of pixels replaced.
     """
-    from scipy.ndimage import median_filter
-
     img = np.array(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"expected an [H, W] image, got shape {img.shape}")
-    med = median_filter(img, size=3, mode="reflect")
+    med = median3x3(img)
     resid = (img - med).astype(np.float64)
     centre = np.median(resid)
     sigma = 1.4826 * float(np.median(np.abs(resid - centre)))

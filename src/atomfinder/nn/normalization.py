@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.fft
 from scipy.ndimage import gaussian_filter
 
 #: Relative floor on the local standard deviation (fraction of the image's global std).
@@ -33,11 +34,51 @@ def _per_channel(func, image: np.ndarray, **kwargs) -> np.ndarray:
     raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {image.shape}")
 
 
+#: Wider Gaussians than this (pixels) are applied by FFT rather than by direct convolution.
+FFT_SIGMA_MIN_PX = 8.0
+
+
+def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian filter with mirror boundaries, by FFT for wide kernels.
+
+    Equal (to ~1e-4 of the image's range) to
+    ``scipy.ndimage.gaussian_filter(image, sigma_px, mode="reflect")``: the image is
+    mirror-padded by ``4 sigma`` (as that filter's default truncation) and multiplied
+    by the Gaussian's transfer function. For the 12 Å normalisation window at 0.1
+    Å/pixel (sigma = 60 px) this is ~10x faster than the direct 481-tap kernel.
+    Narrow kernels use ``gaussian_filter`` itself.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Input.
+    sigma_px : float
+        Standard deviation in pixels.
+
+    Returns
+    -------
+    ndarray of float64, shape (H, W)
+    """
+    x = np.asarray(image, dtype=np.float64)
+    if sigma_px < FFT_SIGMA_MIN_PX:
+        return gaussian_filter(x, sigma_px, mode="reflect")
+    pad = int(4.0 * sigma_px + 0.5)
+    padded = np.pad(x, pad, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
+    shape = padded.shape
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    transfer = np.exp(-2.0 * np.pi**2 * sigma_px**2 * (ky**2 + kx**2))
+    spectrum = scipy.fft.rfft2(padded.astype(np.float32), workers=-1)
+    spectrum *= transfer.astype(np.float32)
+    blurred = scipy.fft.irfft2(spectrum, s=shape, workers=-1)
+    return blurred[pad : pad + x.shape[0], pad : pad + x.shape[1]].astype(np.float64)
+
+
 def _local_2d(image: np.ndarray, sigma_px: float) -> np.ndarray:
     x = image.astype(np.float64)
-    mean = gaussian_filter(x, sigma_px, mode="reflect")
+    mean = gaussian_blur_reflect(x, sigma_px)
     centred = x - mean
-    var = gaussian_filter(centred * centred, sigma_px, mode="reflect")
+    var = gaussian_blur_reflect(centred * centred, sigma_px)
     scale = float(np.abs(x).max()) if x.size else 0.0
     floor = max(STD_FLOOR_REL * float(np.std(x)), STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
     std = np.sqrt(np.maximum(var, 0.0))
