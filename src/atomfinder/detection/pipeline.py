@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import affine_transform, gaussian_filter
 
 from atomfinder.detection.peaks import AtomTable, find_atoms
 from atomfinder.nn.card import ModelCard
@@ -71,10 +71,10 @@ def _resample_2d(image: np.ndarray, scale: float, out_shape: tuple[int, int], si
     x = np.asarray(image, dtype=np.float64)
     if sigma_px > 0:
         x = gaussian_filter(x, sigma_px, mode="reflect")
-    rows = np.arange(out_shape[0], dtype=np.float64) * scale
-    cols = np.arange(out_shape[1], dtype=np.float64) * scale
-    coords = np.meshgrid(rows, cols, indexing="ij")
-    return map_coordinates(x, coords, order=order, mode="reflect")
+    # Output pixel (r, c) samples the input at (r * scale, c * scale): a diagonal
+    # affine map, which scipy evaluates without coordinate arrays (same spline,
+    # same values as map_coordinates on the meshgrid, ~2x faster).
+    return affine_transform(x, np.array([scale, scale]), offset=0.0, output_shape=out_shape, order=order, mode="reflect")
 
 
 def resample(
