@@ -60,7 +60,8 @@ def scale_bar_label(length_A: float) -> str:
 
 
 #: Images wider or taller than this (pixels) are block-averaged for display: the
-#: saved figure has fewer pixels than that anyway, and drawing is ~10x faster.
+#: saved figure has fewer pixels than that anyway, and drawing a 4096² overlay
+#: takes less time (2.7 -> 2.0 s in one profile).
 MAX_DISPLAY_PX = 2048
 
 

@@ -49,7 +49,7 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
     return starts
 
 
-def tile_plan(size: int, tile: int, overlap: int, align: int = 1) -> tuple[list[int], int, int]:
+def tile_plan(size: int, tile: int, overlap: int, align: int = 1) -> tuple[list[int], int]:
     """Evenly sized tiles covering ``size`` pixels along one axis.
 
     The fewest tiles of at most ``tile`` pixels that overlap by at least ``overlap``
@@ -62,9 +62,8 @@ def tile_plan(size: int, tile: int, overlap: int, align: int = 1) -> tuple[list[
     starts : list of int
         Tile origins, multiples of ``align``.
     length : int
-        Tile length (the last tile is cut at ``size``).
-    step : int
-        Distance between origins; neighbours overlap by ``length - step``.
+        Tile length (the last tile is cut at ``size``); neighbours overlap by
+        ``overlap`` pixels.
     """
     step_max = ((tile - overlap) // align) * align
     if step_max <= 0:
@@ -72,12 +71,12 @@ def tile_plan(size: int, tile: int, overlap: int, align: int = 1) -> tuple[list[
             f"tile={tile} must exceed overlap={overlap} by at least the model's size multiple {align}"
         )
     if size <= tile:
-        return [0], size, step_max
+        return [0], size
     n = -(-(size - overlap) // step_max)
     share = -(-(size - overlap) // n)  # ceil: pixels each tile must advance
     step = min(step_max, -(-share // align) * align)
     length = step + overlap
-    return _starts(size, length, step), length, step
+    return _starts(size, length, step), length
 
 
 def _window_1d(start: int, length: int, size: int, n_overlap: int, margin: int) -> np.ndarray:
@@ -188,12 +187,11 @@ def predict(
         raise ValueError(f"height_mode must be 'expected' or 'argmax', got {height_mode!r}")
     _, H, W = x.shape
     align = int(getattr(model, "size_multiple", 1))
-    rows, th_full, _ = tile_plan(H, tile, overlap, align)
-    cols, tw_full, _ = tile_plan(W, tile, overlap, align)
-    n_overlap = overlap
-    margin = n_overlap // 4 if margin is None else int(margin)
-    if not 0 <= 2 * margin < n_overlap:
-        raise ValueError(f"margin={margin} must be >= 0 and less than half the overlap {n_overlap}")
+    rows, th_full = tile_plan(H, tile, overlap, align)
+    cols, tw_full = tile_plan(W, tile, overlap, align)
+    margin = overlap // 4 if margin is None else int(margin)
+    if not 0 <= 2 * margin < overlap:
+        raise ValueError(f"margin={margin} must be >= 0 and less than half the overlap {overlap}")
 
     dev = _auto_device(device)
     net = fused_for_inference(model).to(dev)
@@ -225,8 +223,8 @@ def predict(
                 if hp is not None and hprobs is None:
                     hprobs = np.zeros((hp.shape[1], H, W), dtype=np.float32)
                 for i, (r0, c0) in enumerate(batch):
-                    wr = _window_1d(r0, th, H, n_overlap, margin)
-                    wc = _window_1d(c0, tw, W, n_overlap, margin)
+                    wr = _window_1d(r0, th, H, overlap, margin)
+                    wc = _window_1d(c0, tw, W, overlap, margin)
                     w = np.outer(wr, wc).astype(np.float32)
                     sl = (slice(r0, r0 + th), slice(c0, c0 + tw))
                     probs[(slice(None),) + sl] += w * p[i]

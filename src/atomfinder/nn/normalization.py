@@ -45,7 +45,8 @@ def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
     ``scipy.ndimage.gaussian_filter(image, sigma_px, mode="reflect")``: the image is
     mirror-padded by ``4 sigma`` (as that filter's default truncation) and multiplied
     by the Gaussian's transfer function. For the 12 Å normalisation window at 0.1
-    Å/pixel (sigma = 60 px) this is ~10x faster than the direct 481-tap kernel.
+    Å/pixel (sigma = 60 px) this is ~4x faster than the direct 481-tap kernel
+    (0.43 -> 0.12 s on 1024², measured).
     Narrow kernels use ``gaussian_filter`` itself.
 
     Parameters
