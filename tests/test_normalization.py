@@ -80,7 +80,7 @@ def test_apply_normalization_dispatch():
         apply_normalization(img, {"kind": "median"})
 
 
-@pytest.mark.parametrize("shape, sigma", [((300, 77), 60.0), ((64, 64), 30.0), ((120, 90), 4.0)])
+@pytest.mark.parametrize("shape, sigma", [((300, 77), 60.0), ((64, 64), 30.0), ((120, 90), 4.0), ((611, 97), 12.5)])
 def test_fft_gaussian_equals_direct_reflect_filter(shape, sigma):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * 3 + np.linspace(0, 10, shape[1])[None]

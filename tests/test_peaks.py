@@ -132,3 +132,34 @@ def test_saturated_neighbours_closer_than_twice_min_distance_are_all_found():
     atoms = find_atoms(_probs(atom), min_distance_px=10)
     assert len(atoms) == len(sites)
     assert _match_error(atoms.xy, sites).max() < 0.2
+
+
+def _reference_centroid(image, row, col, r, n_iter=50):
+    """The iterated anti-aliased-disk centroid for one peak, written plainly."""
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    img = np.maximum(image, 0)
+    y, x = float(row), float(col)
+    for _ in range(n_iter):
+        w = np.clip(r + 0.5 - np.hypot(yy - y, xx - x), 0, 1) * img
+        ny, nx = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
+        d = np.hypot(ny - row, nx - col)
+        if d > r:  # moves are limited to r from the start
+            ny, nx = row + (ny - row) * r / d, col + (nx - col) * r / d
+        y, x = ny, nx
+    return y, x
+
+
+def test_refinement_equals_the_plain_centroid_iteration():
+    from atomfinder.detection.peaks import refine_subpixel
+
+    rng = np.random.default_rng(3)
+    true = rng.uniform(8, 52, size=(12, 2))
+    image = _blobs((60, 60), true, sigma=2.0, amplitudes=rng.uniform(0.5, 1.0, 12)) + 0.05 * rng.random((60, 60))
+    rows, cols = np.rint(true[:, 1]).astype(int), np.rint(true[:, 0]).astype(int)
+    y, x = refine_subpixel(image, rows, cols, radius_px=3.5, n_iter=50, tol_px=1e-4)
+    for i in range(len(rows)):
+        ry, rx = _reference_centroid(image, rows[i], cols[i], 3.5)
+        assert abs(y[i] - ry) < 1e-3 and abs(x[i] - rx) < 1e-3
+    # a peak at the image edge: the window is cut, nothing breaks
+    y, x = refine_subpixel(image, np.array([0, 59]), np.array([0, 59]), radius_px=3.5)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(x))

@@ -110,12 +110,39 @@ def test_resume_may_change_threads_and_time_limit(tiny_graphene_store, tmp_path)
     train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0}), data, tmp_path / "r", resume=True)
 
 
+def test_fine_tuning_starts_from_the_given_model(tiny_graphene_store, tmp_path):
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
+    first = train(TrainConfig(**TINY), data, tmp_path / "a")
+    _, first_card = load_model(first)
+    # lr = 0: the weights stay those of the first model (BatchNorm statistics still move)
+    tuned = train(TrainConfig(**TINY | {"init_from": str(first), "lr": 0.0, "epochs": 1}), data, tmp_path / "b")
+    wa, wb = load_file(f"{first}.safetensors"), load_file(f"{tuned}.safetensors")
+    convs = [k for k in wa if k.endswith("weight") and wa[k].ndim == 4]
+    assert convs
+    for k in convs:
+        torch.testing.assert_close(wa[k], wb[k], msg=k)
+    _, card = load_model(tuned)
+    assert card.training["init_from"] == str(first)
+    assert card.training["init_time_s"] == first_card.training["time_s"]
+    assert card.training["time_s"] >= first_card.training["time_s"]  # the whole time spent on the weights
+    with pytest.raises(ValueError, match="architecture"):
+        train(TrainConfig(**TINY | {"init_from": str(first), "width": 8}), data, tmp_path / "c")
+
+
 def test_shipped_recipes_parse():
+    import tomllib
     from pathlib import Path
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
-    assert {p.stem for p in configs} >= {"graphene", "gold", "mos2"}
-    for path in configs:
+    recipes = [p for p in configs if "train" in tomllib.loads(p.read_text())]
+    assert {p.stem for p in recipes} >= {"graphene", "gold", "mos2"}
+    for path in recipes:
         cfg = TrainConfig.from_toml(path)
-        assert cfg.name == path.stem
+        assert path.stem in (cfg.name, f"{cfg.name}-{cfg.version}")
         assert "atomfinder simulate" in path.read_text()  # the recipe says how its data was made
+    # the other files are simulation overrides that `simulate --config` accepts
+    from atomfinder.datasets.generate import load_config
+
+    for path in set(configs) - set(recipes):
+        assert load_config(path, "graphene").system == "graphene"

@@ -132,7 +132,7 @@ def refine_subpixel(
     n_iter : int
         Largest number of centroid iterations.
     tol_px : float
-        Stop earlier once no estimate moves by more than this (pixels).
+        An estimate that moves by less than this (pixels) is final.
 
     Returns
     -------
@@ -144,40 +144,41 @@ def refine_subpixel(
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
     r = max(float(radius_px), 1.0)
-    half = int(np.ceil(2 * r)) + 1  # patch half-size: window plus room to move by r
-    img = np.pad(np.maximum(np.asarray(image, dtype=np.float64), 0.0), half, mode="constant")
-    parts = [  # chunks bound memory: patches are [n, P, P]
-        _refine_chunk(img, half, rows[i : i + _CHUNK], cols[i : i + _CHUNK], r, n_iter, tol_px)
-        for i in range(0, len(rows), _CHUNK)
-    ]
-    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
-
-
-def _refine_chunk(
-    img: np.ndarray, half: int, rows: np.ndarray, cols: np.ndarray, r: float, n_iter: int, tol_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`refine_subpixel` on an image already clipped at 0 and padded by ``half``."""
-    offs = np.arange(-half, half + 1)
-    patches = img[
-        (rows + half)[:, None, None] + offs[None, :, None],
-        (cols + half)[:, None, None] + offs[None, None, :],
-    ]  # [n, P, P]
+    reach = int(np.ceil(r + 1.0))  # window half-size around the rounded estimate
+    pad = int(np.ceil(r + 0.5)) + reach  # the estimate stays within r of its start
+    img = np.pad(np.maximum(np.asarray(image, dtype=np.float32), 0.0), pad, mode="constant")
+    width = img.shape[1]
+    offs = np.arange(-reach, reach + 1)
+    gy, gx = (g.ravel().astype(np.float32) for g in np.meshgrid(offs, offs, indexing="ij"))
+    flat_offsets = (offs[:, None] * width + offs[None, :]).ravel()
     dy = np.zeros(len(rows))
     dx = np.zeros(len(rows))
-    gy, gx = np.meshgrid(offs.astype(np.float64), offs.astype(np.float64), indexing="ij")
+    flat = img.ravel()
+    active = np.arange(len(rows))
     for _ in range(n_iter):
-        dist = np.hypot(gy[None] - dy[:, None, None], gx[None] - dx[:, None, None])
-        w = np.clip(r + 0.5 - dist, 0.0, 1.0) * patches
-        s = w.sum(axis=(1, 2))
-        ok = s > 0
-        ny = np.where(ok, (w * gy).sum(axis=(1, 2)) / np.where(ok, s, 1.0), dy)
-        nx = np.where(ok, (w * gx).sum(axis=(1, 2)) / np.where(ok, s, 1.0), dx)
-        step = np.hypot(ny, nx)
-        scale = np.where(step > r, r / np.maximum(step, 1e-12), 1.0)
-        ny, nx = ny * scale, nx * scale
-        moved = float(np.max(np.hypot(ny - dy, nx - dx)))
-        dy, dx = ny, nx
-        if moved < tol_px:
+        still = []
+        for part in np.array_split(active, -(-len(active) // _CHUNK)):  # chunks bound memory
+            iy = np.rint(dy[part])
+            ix = np.rint(dx[part])
+            base = (rows[part] + pad + iy.astype(np.int64)) * width + cols[part] + pad + ix.astype(np.int64)
+            patch = flat[base[:, None] + flat_offsets[None, :]]  # [n, P*P] around the rounded estimate
+            # Weights from the exact sub-pixel distance to the estimate.
+            fy = (dy[part] - iy).astype(np.float32)[:, None]
+            fx = (dx[part] - ix).astype(np.float32)[:, None]
+            w = np.clip(np.float32(r + 0.5) - np.sqrt((gy - fy) ** 2 + (gx - fx) ** 2), 0.0, 1.0) * patch
+            s = w.sum(axis=1, dtype=np.float64)
+            ok = s > 0
+            safe = np.where(ok, s, 1.0)
+            ny = np.where(ok, iy + (w @ gy) / safe, dy[part])
+            nx = np.where(ok, ix + (w @ gx) / safe, dx[part])
+            step = np.hypot(ny, nx)
+            scale = np.where(step > r, r / np.maximum(step, 1e-12), 1.0)
+            ny, nx = ny * scale, nx * scale
+            moving = np.hypot(ny - dy[part], nx - dx[part]) >= tol_px
+            dy[part], dx[part] = ny, nx
+            still.append(part[moving])
+        active = np.concatenate(still)
+        if len(active) == 0:
             break
     return rows + dy, cols + dx
 
@@ -220,7 +221,9 @@ def local_maxima(image: np.ndarray, radius_px: float, threshold: float) -> np.nd
     ndarray of int, shape (n, 2)
         ``(row, col)`` of the maxima, highest first.
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
+    if img.dtype != np.float32:
+        img = img.astype(np.float64)
     d = max(1, int(np.floor(radius_px)))
     peak = (img == maximum_filter(img, footprint=disk(d).astype(bool), mode="nearest")) & (img > threshold)
     labels, n = label(peak, structure=np.ones((3, 3), bool))
@@ -273,10 +276,11 @@ def find_atoms(
         probability there (the sum of the non-background classes), ``height`` the
         rounded height or -1 without a height map.
     """
-    p = np.asarray(probabilities, dtype=np.float64)
+    p = np.asarray(probabilities)
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"expected [k, H, W] probabilities with k >= 2, got {p.shape}")
-    atom = p[1:].sum(axis=0)
+    # float32 is plenty for probabilities (and halves the memory traffic of a 4096² map).
+    atom = p[1].astype(np.float32) if p.shape[0] == 2 else p[1:].sum(axis=0, dtype=np.float32)
     # Candidates come from a small neighbourhood, not from a disk of radius
     # min_distance_px: a confident network saturates near 1 over each atom, and a
     # neighbour's disk edge a hair brighter than this atom's centre, within

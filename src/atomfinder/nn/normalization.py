@@ -44,9 +44,10 @@ def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
     Equal (to ~1e-4 of the image's range) to
     ``scipy.ndimage.gaussian_filter(image, sigma_px, mode="reflect")``: the image is
     mirror-padded by ``4 sigma`` (as that filter's default truncation) and multiplied
-    by the Gaussian's transfer function. For the 12 Å normalisation window at 0.1
-    Å/pixel (sigma = 60 px) this is ~4x faster than the direct 481-tap kernel
-    (0.43 -> 0.12 s on 1024², measured).
+    by the Gaussian's transfer function (on the far sides up to a fast FFT length).
+    For the 12 Å normalisation window at 0.1 Å/pixel (sigma = 60 px) this is ~4x
+    faster than the direct 481-tap kernel (0.43 -> 0.12 s on 1024², measured); the
+    fast length took a 4096² image from 0.98 to 0.31 s (measured).
     Narrow kernels use ``gaussian_filter`` itself.
 
     Parameters
@@ -64,13 +65,19 @@ def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
     if sigma_px < FFT_SIGMA_MIN_PX:
         return gaussian_filter(x, sigma_px, mode="reflect")
     pad = int(4.0 * sigma_px + 0.5)
-    padded = np.pad(x, pad, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
-    shape = padded.shape
-    ky = np.fft.fftfreq(shape[0])[:, None]
-    kx = np.fft.rfftfreq(shape[1])[None, :]
-    transfer = np.exp(-2.0 * np.pi**2 * sigma_px**2 * (ky**2 + kx**2))
-    spectrum = scipy.fft.rfft2(padded.astype(np.float32), workers=-1)
-    spectrum *= transfer.astype(np.float32)
+    # Pad by at least 4 sigma, and on the far sides up to a fast FFT length (a
+    # 4096² image padded by 240 px is 4576 = 2^5 * 11 * 13 wide; 4608 = 2^9 * 9 is
+    # ~2x faster). More mirrored margin only moves the wrap-around further away.
+    shape = (scipy.fft.next_fast_len(x.shape[0] + 2 * pad, real=True),
+             scipy.fft.next_fast_len(x.shape[1] + 2 * pad, real=True))
+    widths = ((pad, shape[0] - x.shape[0] - pad), (pad, shape[1] - x.shape[1] - pad))
+    padded = np.pad(x.astype(np.float32), widths, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
+    # The Gaussian's transfer function is separable: an outer product of two 1-D ones.
+    ty = np.exp(-2.0 * np.pi**2 * sigma_px**2 * np.fft.fftfreq(shape[0]) ** 2).astype(np.float32)
+    tx = np.exp(-2.0 * np.pi**2 * sigma_px**2 * np.fft.rfftfreq(shape[1]) ** 2).astype(np.float32)
+    spectrum = scipy.fft.rfft2(padded, workers=-1)
+    spectrum *= ty[:, None]
+    spectrum *= tx[None, :]
     blurred = scipy.fft.irfft2(spectrum, s=shape, workers=-1)
     return blurred[pad : pad + x.shape[0], pad : pad + x.shape[1]].astype(np.float64)
 

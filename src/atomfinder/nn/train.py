@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from atomfinder._config import ConfigMixin
 from atomfinder._files import atomic_write
-from atomfinder.nn.card import ModelCard, save_model
+from atomfinder.nn.card import ModelCard, load_model, resolve_model, save_model
 from atomfinder.nn.losses import segmentation_loss
 from atomfinder.nn.normalization import apply_normalization
 from atomfinder.nn.unet import UNetConfig, build_model, count_parameters
@@ -96,6 +96,10 @@ class TrainConfig(ConfigMixin):
         Mixed precision (bfloat16) on CUDA.
     max_minutes : float
         Stop (and save) after this many minutes of training (0 = no limit).
+    init_from : str
+        Shipped model name or model path whose weights start the training
+        (fine-tuning; the architecture must be the same). ``""``: random
+        initialisation. The card records it and adds that model's training time.
     """
 
     _config_label = "training setting"
@@ -131,6 +135,7 @@ class TrainConfig(ConfigMixin):
     num_threads: int = 2
     amp: bool = True
     max_minutes: float = 0.0
+    init_from: str = ""
 
     @classmethod
     def from_toml(cls, path: Path | str) -> "TrainConfig":
@@ -253,6 +258,32 @@ def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) ->
         return (step + 1) / warmup
     progress = max((step - warmup) / max(1, total - warmup), time_fraction)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_path: str) -> float:
+    """Copy the weights of a saved model into ``model`` (fine-tuning).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The freshly built network.
+    model_config : UNetConfig
+        Its architecture; the saved model's must be identical.
+    name_or_path : str
+        Shipped model name or model path.
+
+    Returns
+    -------
+    float
+        The saved model's total training time (s), so that the new card states the
+        whole time spent on it.
+    """
+    source, card = load_model(resolve_model(name_or_path))
+    if UNetConfig.from_dict(card.architecture) != model_config:
+        raise ValueError(f"init_from {name_or_path!r}: its architecture {card.architecture} differs from the "
+                         f"recipe's {model_config.to_dict()}")
+    model.load_state_dict(source.state_dict())
+    return float(card.training.get("time_s", 0.0))
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -379,6 +410,9 @@ def train(
     )
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
+    previous_time_s = 0.0
+    if config.init_from:
+        previous_time_s = initialise_from(model, model_config, config.init_from)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / (config.batch_size * world)))
     total_steps = steps_per_epoch * config.epochs
@@ -408,6 +442,9 @@ def train(
         "parameters": count_parameters(model),
         "device": str(device) + (f" x{world}" if world > 1 else ""),
     }
+    if config.init_from:
+        card_training["init_from"] = config.init_from
+        card_training["init_time_s"] = previous_time_s
 
     def save_checkpoint() -> None:
         if rank != 0:
@@ -458,7 +495,7 @@ def train(
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
-            card = make_card(config, model_config, data, card_training | {"steps": step, "time_s": round(elapsed, 1)}, {},
+            card = make_card(config, model_config, data, card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}, {},
                              defocus_offsets_A)
             scores = validate(model, card) if validate is not None else {}
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
@@ -467,7 +504,8 @@ def train(
             if score >= best:
                 best = score
                 save_model(model, make_card(config, model_config, data,
-                                            card_training | {"steps": step, "time_s": round(elapsed, 1),
+                                            card_training | {"steps": step,
+                                                             "time_s": round(previous_time_s + elapsed, 1),
                                                              "best_val": scores}, {}, defocus_offsets_A),
                            out_dir / "model")
             write_curves(history, out_dir)
