@@ -252,3 +252,17 @@ def test_samples_from_store(tmp_path):
     assert list(s.labels) == [1, 1] and list(s.heights) == [2, 3]
     assert (s.dose_e_per_A2, s.defocus_A) == (1000.0, 10.0)
     assert s.extra["frame_defocus_A"] == [10.0, 60.0] and s.extra["Cs_A"] == 0.0
+
+
+def test_per_image_distribution_in_report(tmp_path):
+    from atomfinder.analysis.evaluate import per_image_f1, per_image_row
+
+    # 9 perfect images and one whose detections all sit 0.7 Å off (F1 = 0 at 0.5 Å)
+    samples = [_sample(defocus=float(i)) for i in range(10)]
+    rep = evaluate(samples, lambda s: _table(s.positions_A + ([0.7, 0.0] if s.defocus_A == 9.0 else [0.0, 0.0])))
+    f1 = per_image_f1(rep, 0.5)
+    np.testing.assert_allclose(np.sort(f1), [0.0] + [1.0] * 9)
+    assert rep["overall"]["0.5"]["f1"] == pytest.approx(0.9)  # the pooled score alone hides the failed image
+    assert per_image_row("network", rep, 0.5) == ["network", "10", "1.000", "0.900", "90 %", "10 %"]
+    write_report(rep, tmp_path, "t")
+    assert "| detector | 10 | 1.000 | 0.900 | 90 % | 10 % |" in (tmp_path / "report.md").read_text()

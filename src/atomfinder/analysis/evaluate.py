@@ -678,6 +678,22 @@ def _binned_table(dets: Mapping[str, Any], key: str, rk: str) -> list[str]:
     return _table(header, rows)
 
 
+def per_image_f1(detector_report: Mapping[str, Any], radius_A: float) -> np.ndarray:
+    """Per-image F1 scores at one matching radius (images without sites are left out)."""
+    return np.array([im["f1"] for im in detector_report.get("images", [])
+                     if math.isclose(im["radius_A"], radius_A) and im["n_true"] > 0 and im["f1"] is not None],
+                    dtype=float)
+
+
+def per_image_row(name: str, detector_report: Mapping[str, Any], radius_A: float) -> list[str]:
+    """One row of the per-image table: count, median, 10th percentile, shares >= 0.95 and < 0.5."""
+    f1 = per_image_f1(detector_report, radius_A)
+    if len(f1) == 0:
+        return [name, "0", "", "", "", ""]
+    return [name, str(len(f1)), _f(float(np.median(f1))), _f(float(np.percentile(f1, 10))),
+            f"{100 * np.mean(f1 >= 0.95):.0f} %", f"{100 * np.mean(f1 < 0.5):.0f} %"]
+
+
 def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | None = None) -> str:
     """The report as Markdown text (see :func:`write_report`)."""
     rep = _as_comparison(report)
@@ -704,6 +720,11 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     lines += _table(["detector", "radius (Å)", "TP", "FP", "FN", "precision", "recall", "F1", "RMSE (pm)",
                      "label accuracy"], rows)
     lines += ["Time per image: " + ", ".join(f"{n} {_f(d['seconds_per_image'], 3)} s" for n, d in dets.items()), ""]
+    lines += [f"## Per image (radius {rk} Å)", "",
+              "Pooled counts hide whether errors are spread thin or whole images fail: the distribution "
+              "of the per-image F1 (images with sites only).", ""]
+    lines += _table(["detector", "images", "median F1", "10th percentile", "F1 >= 0.95", "F1 < 0.5"],
+                    (per_image_row(n, d, float(rk)) for n, d in dets.items()))
     lines += [f"## By dose (e/Å², radius {rk} Å)", ""] + _binned_table(dets, "by_dose", rk)
     lines += [f"## By defocus (Å, radius {rk} Å)", ""] + _binned_table(dets, "by_defocus", rk)
     lines += [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", ""]
