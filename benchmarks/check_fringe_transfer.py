@@ -8,7 +8,10 @@ look alike, so a detector can only guess where the atoms are. This reads the
 per-image scores of an ``atomfinder evaluate`` report and the microscope of every
 image from the test store, computes ``sin(chi)`` at the given spacing (defocus,
 Cs and C5; astigmatism and coma left out) and prints the per-image F1 by bins of
-``|sin(chi)|``. Prints one JSON object as its last line.
+``|sin(chi)|``. With ``--spots`` it also measures, in the images that fail, how
+far the FFT spots at that spacing stand above the background: a missing
+transfer need not mean missing spots (interference of other beams can put
+spots there). Prints one JSON object as its last line.
 
     python benchmarks/check_fringe_transfer.py --report reports/graphene/dose-1e5/report.json \
         --data data/graphene-test-1e5.zarr --spacing 2.13
@@ -35,6 +38,23 @@ def sin_chi(spacing_A: float, energy_eV: float, defocus_A: float, Cs_A: float, C
     return math.sin(chi)
 
 
+def spot_contrast(image: np.ndarray, sampling_A: float, spacing_A: float) -> float:
+    """How far the brightest FFT spots at a spacing stand above the background.
+
+    The 99.5th percentile of the power in a ring at ``1 / spacing_A`` (±0.03 1/Å),
+    over the median power of two rings 0.08 1/Å inside and outside it (Hann window).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    img = img - img.mean()
+    window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
+    power = np.abs(np.fft.fft2(img * window)) ** 2
+    k = np.hypot(np.fft.fftfreq(img.shape[0], sampling_A)[:, None], np.fft.fftfreq(img.shape[1], sampling_A)[None, :])
+    k0 = 1.0 / spacing_A
+    on = power[np.abs(k - k0) < 0.03]
+    off = power[(np.abs(k - (k0 - 0.08)) < 0.02) | (np.abs(k - (k0 + 0.08)) < 0.02)]
+    return float(np.percentile(on, 99.5) / np.median(off))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", required=True, help="report.json of atomfinder evaluate")
@@ -43,6 +63,8 @@ def main() -> None:
     parser.add_argument("--detector", default="network")
     parser.add_argument("--radius", type=float, default=0.5)
     parser.add_argument("--edges", default="0.2,0.5", help="bin edges of |sin chi|")
+    parser.add_argument("--spots", action="store_true",
+                        help="also measure the FFT spot contrast at the spacing in the images that fail (F1 < 0.5)")
     args = parser.parse_args()
     report = json.load(open(args.report))
     store = DatasetStore(args.data)
@@ -62,7 +84,15 @@ def main() -> None:
     for b in bins:
         print(f"|sin chi({args.spacing} Å)| in [{b['abs_sin_chi'][0]}, {b['abs_sin_chi'][1]}): {b['images']} images, "
               f"mean F1 {b['mean_f1']}, median {b['median_f1']}, {100 * b['share_f1_below_0.5']:.0f} % below 0.5")
-    print(json.dumps({"report": args.report, "spacing_A": args.spacing, "radius_A": args.radius, "bins": bins}))
+    result = {"report": args.report, "spacing_A": args.spacing, "radius_A": args.radius, "bins": bins}
+    if args.spots:
+        failed = [im["image"] for im, f in zip(images, f1) if f < 0.5]
+        ids = np.asarray(store.indices)[failed]
+        contrast = [round(spot_contrast(img[0], float(s), args.spacing), 1)
+                    for img, s in zip(store.array("images", ids), store.array("sampling_A", ids))]
+        print(f"FFT spot contrast at {args.spacing} Å in the {len(failed)} images with F1 < 0.5: {contrast}")
+        result["failed_spot_contrast"] = contrast
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
