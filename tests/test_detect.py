@@ -204,6 +204,19 @@ def test_cli_writes_csv_png_and_probabilities(tiny_model, tmp_path):
     assert probs.data.shape == (2, 64, 64) and probs.sampling_A == pytest.approx(SAMPLING)
 
 
+def test_cli_precision_float32_gives_the_api_atoms(tiny_model, tmp_path):
+    import atomfinder
+
+    src = write_tiff_calibrated(tmp_path / "lattice.tif", _lattice(), SAMPLING)
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--out", str(out),
+                                      "--precision", "float32"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "lattice.csv")
+    expected, _ = atomfinder.detect(src, model=str(tiny_model), precision="float32")
+    np.testing.assert_allclose(table[["x", "y"]].to_numpy(), expected[["x", "y"]].to_numpy(), atol=1e-4)  # the CSV keeps 4 decimals
+
+
 def test_focal_series_from_files_and_from_one_stack(focal_model, tmp_path):
     frames = [_lattice(seed=i) for i in range(3)]
     paths = []
@@ -273,11 +286,13 @@ def _make_error_case(case: str, tmp: Path, tiny_model: Path, focal_model: Path) 
         return path, ["--model", str(focal_model), "--sampling", "0.2", "--focal-series"], ["2 frame", "3 frames"]
     if case == "uncalibrated":
         return path, ["--model", str(tiny_model)], ["no pixel size", "--sampling"]
+    if case == "bad_precision":
+        return path, model + ["--precision", "half"], ["precision", "half", "float32"]
     raise AssertionError(case)
 
 
 ERROR_CASES = ["empty", "truncated_dm3", "text_as_tif", "one_pixel", "four_d", "all_nan",
-               "unknown_model", "wrong_frames", "uncalibrated"]
+               "unknown_model", "wrong_frames", "uncalibrated", "bad_precision"]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -288,7 +303,7 @@ def test_cli_errors_are_one_line_and_write_nothing(case, tiny_model, focal_model
     text = result.output.strip()
     assert result.exit_code != 0
     assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    if case != "unknown_model":
+    if case not in ("unknown_model", "bad_precision"):  # refused before any file is read
         assert path.name in text, text
     for word in words:
         assert word in text, text

@@ -329,6 +329,7 @@ def detect(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (float32 TIFF at the model sampling)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
+    precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bfloat16 on CPUs with native support, float16 on CUDA, else float32), float32, bfloat16 or float16."),
 ) -> None:
     """Find atoms in micrographs: an atom table (CSV) and an overlay (PNG) per input."""
 
@@ -346,7 +347,8 @@ def detect(
                 bar.update(task, completed=done, total=total)
 
             detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
-                         probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler)
+                         probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler,
+                         precision=precision)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         console.print(f"results in {out}/", highlight=False, soft_wrap=True)

@@ -507,7 +507,8 @@ class SampleResult:
 
 
 def _run_sample(
-    net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any
+    net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
+    precision: str = "auto",
 ) -> SampleResult:
     """Detect atoms in one validated sample."""
     from atomfinder.detection.pipeline import detect_array
@@ -523,7 +524,8 @@ def _run_sample(
         images = [sample.data]
     tables, probs, heights = [], [], []
     for image in images:
-        result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device)
+        result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device,
+                              precision=precision)
         tables.append(result.to_frame())
         probs.append(result.probabilities.astype(np.float32, copy=False))
         heights.append(result.height)
@@ -557,6 +559,13 @@ def _check_threshold(threshold: float | None) -> None:
         raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
 
 
+def _check_precision(precision: str) -> None:
+    from atomfinder.nn.infer import PRECISIONS  # imports torch, which detection needs anyway
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def _load(model: Any, device: Any = None) -> tuple[Any, Any]:
     """``(net, card)`` from a name, a path, or an already loaded ``(net, card)`` pair."""
     from atomfinder.nn.card import load_model, resolve_model
@@ -574,6 +583,7 @@ def detect(
     focal_series: bool = False,
     threshold: float | None = None,
     device: Any = None,
+    precision: str = "auto",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Find atoms in a micrograph.
 
@@ -597,6 +607,9 @@ def detect(
         Smallest atom probability (default: the card's value, else 0.5).
     device : str or torch.device, optional
         Inference device (default CUDA when available, else CPU).
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Network arithmetic: ``"auto"`` is bfloat16 on CPUs with native support,
+        float16 on CUDA, else float32.
 
     Returns
     -------
@@ -616,12 +629,13 @@ def detect(
     MicrographError (a ValueError)
         Unreadable or unusable input, no pixel size, wrong frame count.
     ValueError
-        Unknown model (the message lists the shipped ones), bad threshold.
+        Unknown model (the message lists the shipped ones), bad threshold or precision.
     """
     _check_threshold(threshold)
+    _check_precision(precision)
     sample = load_sample(image, sampling)
     net, card = _load(model, device)
-    res = _run_sample(net, card, sample, focal_series, threshold, device)
+    res = _run_sample(net, card, sample, focal_series, threshold, device, precision)
     info = {
         "probabilities": res.probabilities,
         "height": res.height,
@@ -806,7 +820,7 @@ def _cached_model(model_path: str) -> tuple[Any, Any]:
 
 def _remote_task(
     group: tuple[str, ...], model_path: str, sampling_A: float | None, focal_series: bool,
-    threshold: float | None, keep_probabilities: bool,
+    threshold: float | None, keep_probabilities: bool, precision: str = "auto",
 ) -> SampleResult:
     """One input on a dask worker: load the model (cached), read, detect.
 
@@ -816,7 +830,7 @@ def _remote_task(
     try:
         net, card = _cached_model(model_path)
         sample = load_sample(list(group), sampling_A)
-        res = _run_sample(net, card, sample, focal_series, threshold, None)
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -827,7 +841,7 @@ def _remote_task(
 def _run_distributed(
     groups: list[tuple[str, ...]], model_path: str, scheduler: Any, out_dir: Path, *,
     sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
-    model_name: str, report: Callable[[FileReport], None],
+    model_name: str, report: Callable[[FileReport], None], precision: str = "auto",
 ) -> None:
     """Send inputs to a dask.distributed cluster; write results as they complete."""
     from distributed import Client, as_completed
@@ -843,7 +857,7 @@ def _run_distributed(
     try:
         futures = client.map(
             _remote_task, groups, model_path=model_path, sampling_A=sampling_A, focal_series=focal_series,
-            threshold=threshold, keep_probabilities=probabilities, pure=False,
+            threshold=threshold, keep_probabilities=probabilities, precision=precision, pure=False,
         )
         try:
             for future in as_completed(futures):
@@ -866,6 +880,7 @@ def detect_files(
     threshold: float | None = None,
     progress: ProgressFn | None = None,
     scheduler: Any = None,
+    precision: str = "auto",
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
@@ -906,6 +921,8 @@ def detect_files(
         A dask.distributed scheduler address (``tcp://host:8786``) or client: each
         input becomes a task that loads the model from its path (which workers must
         be able to read, as the inputs); results are written here as they complete.
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Network arithmetic (see :func:`detect`).
 
     Returns
     -------
@@ -918,11 +935,12 @@ def detect_files(
         An unreadable or unusable input (the message names it and the problem).
     ValueError
         Unknown model (lists the shipped ones), unwritable output folder, bad
-        threshold, unreachable scheduler.
+        threshold or precision, unreachable scheduler.
     """
     from atomfinder.nn.card import load_model, resolve_model
 
     _check_threshold(threshold)
+    _check_precision(precision)
     if sampling_A is not None:
         sampling_A = _check_sampling_value(sampling_A, "--sampling")
     groups = _groups(paths, focal_series)
@@ -945,10 +963,11 @@ def detect_files(
         _run_distributed(
             groups, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
             probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
+            precision=precision,
         )
         return written
     for group in groups:
         sample = load_sample(list(group), sampling_A)
-        res = _run_sample(net, card, sample, focal_series, threshold, None)
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision)
         report(_write_result(res, out, probabilities, card.name))
     return written
