@@ -145,4 +145,4 @@ def test_shipped_recipes_parse():
     from atomfinder.datasets.generate import load_config
 
     for path in set(configs) - set(recipes):
-        assert load_config(path, "graphene").system == "graphene"
+        assert load_config(path).system in ("graphene", "gold", "mos2")
