@@ -26,16 +26,18 @@ import math
 import numpy as np
 
 from atomfinder.datasets.store import DatasetStore
-from atomfinder.imaging.microscope import wavelength_A
+from atomfinder.imaging.microscope import Microscope
+from atomfinder.imaging.transfer import aberration_phase
 
 
 def sin_chi(spacing_A: float, energy_eV: float, defocus_A: float, Cs_A: float, C5_A: float) -> float:
-    """Phase-contrast transfer ``sin(chi)`` at a lattice spacing (Å; defocus positive = underfocus)."""
-    lam = wavelength_A(energy_eV)
-    k = 1.0 / spacing_A
-    chi = (math.pi * lam * k**2 * -defocus_A + 0.5 * math.pi * Cs_A * lam**3 * k**4
-           + math.pi / 3.0 * C5_A * lam**5 * k**6)
-    return math.sin(chi)
+    """Phase-contrast transfer ``sin(chi)`` at a lattice spacing (Å; defocus positive = underfocus).
+
+    The lens's own :func:`~atomfinder.imaging.transfer.aberration_phase`, without
+    astigmatism and coma.
+    """
+    lens = Microscope(energy_eV=energy_eV, Cs_A=Cs_A, C5_A=C5_A)
+    return math.sin(float(aberration_phase(np.float64(1.0 / spacing_A), np.float64(0.0), lens, defocus_A)))
 
 
 def spot_contrast(image: np.ndarray, sampling_A: float, spacing_A: float) -> float:

@@ -280,7 +280,7 @@ def find_atoms(
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"expected [k, H, W] probabilities with k >= 2, got {p.shape}")
     # float32 is plenty for probabilities (and halves the memory traffic of a 4096² map).
-    atom = p[1].astype(np.float32) if p.shape[0] == 2 else p[1:].sum(axis=0, dtype=np.float32)
+    atom = p[1:].sum(axis=0, dtype=np.float32)
     # Candidates come from a small neighbourhood, not from a disk of radius
     # min_distance_px: a confident network saturates near 1 over each atom, and a
     # neighbour's disk edge a hair brighter than this atom's centre, within

@@ -559,13 +559,6 @@ def _check_threshold(threshold: float | None) -> None:
         raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
 
 
-def _check_precision(precision: str) -> None:
-    from atomfinder.nn.infer import PRECISIONS  # imports torch, which detection needs anyway
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
 def _load(model: Any, device: Any = None) -> tuple[Any, Any]:
     """``(net, card)`` from a name, a path, or an already loaded ``(net, card)`` pair."""
     from atomfinder.nn.card import load_model, resolve_model
@@ -631,8 +624,10 @@ def detect(
     ValueError
         Unknown model (the message lists the shipped ones), bad threshold or precision.
     """
+    from atomfinder.nn.infer import check_precision  # imports torch, which detection needs anyway
+
     _check_threshold(threshold)
-    _check_precision(precision)
+    check_precision(precision)
     sample = load_sample(image, sampling)
     net, card = _load(model, device)
     res = _run_sample(net, card, sample, focal_series, threshold, device, precision)
@@ -938,9 +933,10 @@ def detect_files(
         threshold or precision, unreachable scheduler.
     """
     from atomfinder.nn.card import load_model, resolve_model
+    from atomfinder.nn.infer import check_precision
 
     _check_threshold(threshold)
-    _check_precision(precision)
+    check_precision(precision)
     if sampling_A is not None:
         sampling_A = _check_sampling_value(sampling_A, "--sampling")
     groups = _groups(paths, focal_series)

@@ -110,6 +110,12 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def check_precision(precision: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The reduced precision to run the network in, or None for float32.
 
@@ -117,8 +123,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     (:func:`cpu_has_native_bf16`; about 2x faster there, atom probabilities
     within ~0.01 of float32), float32 otherwise.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16

@@ -495,19 +495,16 @@ def train(
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
-            card = make_card(config, model_config, data, card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}, {},
-                             defocus_offsets_A)
+            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}
+            card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A)
             scores = validate(model, card) if validate is not None else {}
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
             history.append(row)
             score = scores.get("f1", 0.0) if validate is not None else float(step)
             if score >= best:
                 best = score
-                save_model(model, make_card(config, model_config, data,
-                                            card_training | {"steps": step,
-                                                             "time_s": round(previous_time_s + elapsed, 1),
-                                                             "best_val": scores}, {}, defocus_offsets_A),
-                           out_dir / "model")
+                save_model(model, make_card(config, model_config, data, so_far | {"best_val": scores}, {},
+                                            defocus_offsets_A), out_dir / "model")
             write_curves(history, out_dir)
             save_checkpoint()
         elif step % config.checkpoint_every == 0:
