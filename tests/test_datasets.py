@@ -17,6 +17,8 @@ from atomfinder.datasets.generate import (  # noqa: E402
     SimulationConfig,
     default_config,
     generate_job,
+    iter_structure_images,
+    job_structure,
     load_config,
     simulate_to_store,
 )
@@ -79,6 +81,8 @@ def test_config_errors():
         default_config("graphene").replace(box_px=(100,))
     with pytest.raises(ValueError, match="unknown simulation setting"):
         SimulationConfig.from_dict({"system": "graphene", "voltage": 3})
+    with pytest.raises(ValueError, match="p_uniform_crop"):
+        default_config("gold").replace(p_uniform_crop=1.5)
 
 
 # -- generation -----------------------------------------------------------------------
@@ -101,6 +105,15 @@ def test_generate_job_is_deterministic_and_labelled():
         inside = (xy >= 0).all(1) & (xy < 48).all(1)
         assert np.all(a["targets"][i, 1, xy[inside, 1], xy[inside, 0]] == 1)
         assert np.isnan(a["sites_A"][i, n:]).all()
+
+
+def test_job_structure_is_the_structure_a_job_images():
+    cfg = tiny()
+    _, imaged = next(iter_structure_images(cfg, np.random.default_rng([7, 3]), 1))
+    rebuilt = job_structure(cfg, 7, 3)
+    np.testing.assert_array_equal(rebuilt.atoms.positions, imaged.atoms.positions)
+    np.testing.assert_array_equal(rebuilt.sites.positions_A, imaged.sites.positions_A)
+    assert not np.array_equal(job_structure(cfg, 7, 4).atoms.positions[:5], rebuilt.atoms.positions[:5])
 
 
 def test_focal_series_and_heights():

@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from atomfinder.structures.base import Structure
-from atomfinder.structures.gold import SHAPES, GoldConfig, build_gold
+from atomfinder.structures.gold import SHAPES, GoldConfig, build_gold, resolved_columns
 from atomfinder.structures.graphene import DEFECT_KINDS, GrapheneConfig, build_graphene
 from atomfinder.structures.mos2 import CLASS_NAMES as MOS2_CLASSES
 from atomfinder.structures.mos2 import MoS2Config, build_mos2
@@ -283,7 +283,8 @@ def test_gold_contract(shape, supported):
     assert s.class_names == ("Au",)
     au = au_positions(s)
     assert cKDTree(au).query(au, k=2)[0][:, 1].min() > 2.5
-    assert s.sites.heights.sum() == len(au) == s.info["n_au"]  # support atoms never counted
+    # support atoms never counted; Au atoms of unresolved columns counted apart
+    assert s.sites.heights.sum() + s.info["n_au_unlabelled"] == len(au) == s.info["n_au"]
     assert np.all(s.sites.labels == 1) and np.all(s.sites.heights >= 1)
     assert s.info["shape"] == shape
     symbols = set(s.atoms.get_chemical_symbols())
@@ -309,6 +310,36 @@ def test_gold_columns_match_atoms_untilted(shape, zone):
         assert s.info["n_surface_removed"] > 0 and s.info["n_adatoms"] > 0
         # a zone axis: atoms stack into columns
         assert s.info["n_au"] / len(s.sites) > 1.5
+
+
+def test_resolved_columns_hand_made():
+    # columns of two atoms: 0 and 1 are 0.8 Å apart (crowded); 2 is 2.0 Å from 1 (the
+    # rim of the crowded pair); 3 is 5 Å away, 4 is 1.5 Å from 3; a single atom (5)
+    # sits 0.6 Å from 4
+    centres = np.array([[0.0, 0.0], [0.8, 0.0], [2.8, 0.0], [10.0, 0.0], [11.5, 0.0]])
+    xy = np.concatenate([np.repeat(centres, 2, axis=0), [[11.5, 0.6]]])
+    column = np.concatenate([np.repeat(np.arange(5), 2), [5]])
+    ok = resolved_columns(xy, column, 6, 1.2)
+    assert ok.tolist() == [False, False, False, True, True, False]
+    assert resolved_columns(xy, column, 6, 0.0).all()
+
+
+@pytest.mark.parametrize("shape", ["decahedron", "icosahedron", "wulff", "truncated_octahedron", "twinned"])
+def test_gold_labels_only_resolvable_columns(shape):
+    """Off-axis segments (decahedra seen along 2-fold axes, icosahedra) make sub-Å "columns"
+    that are not labelled; single-crystal and twinned particles in a zone axis lose none."""
+    cfg = gold_config(shape, max_mistilt_deg=0.0, p_support=0.0, diameter_A=(20.0, 30.0))
+    for seed in range(4):
+        s = build_gold(rng(seed), BOX, cfg)
+        xy = s.sites.positions_A
+        if len(xy) > 1:
+            assert cKDTree(xy).query(xy, k=2)[0][:, 1].min() >= 1.2 - 1e-9
+        if shape in ("wulff", "truncated_octahedron", "twinned"):
+            assert s.info["n_unresolved_columns"] == 0 and s.info["n_au_unlabelled"] == 0
+        if shape == "decahedron" and s.info["zone_axis"] == "5fold":  # all five segments in <110>
+            assert s.info["n_unresolved_columns"] <= s.info["n_adatoms"]  # at most an adatom off a column
+        if shape == "decahedron" and s.info["zone_axis"] == "2fold":
+            assert s.info["n_unresolved_columns"] > 0
 
 
 def _nn_directions(pos: np.ndarray) -> int:

@@ -60,6 +60,11 @@ class SimulationConfig:
         Distance the crops keep from the box edge (Å).
     crop : {"uniform", "sites"}
         Crop anywhere inside the margin, or around a random site (nanoparticles).
+    p_uniform_crop : float
+        With ``crop="sites"``, the probability that an image is cropped anywhere
+        instead: views that hold mostly support or vacuum and a part of the
+        particle or none, as negatives (drawn only when > 0, so that recipes
+        without it regenerate exactly).
     wave_oversampling : int
         Exit-wave grid = output grid x this factor (0.1 Å sampling suffices for
         light elements; use 2 for Au).
@@ -95,6 +100,7 @@ class SimulationConfig:
     box_px: tuple[int, ...] = (360,)
     margin_A: float = 4.0
     crop: str = "uniform"
+    p_uniform_crop: float = 0.0
     wave_oversampling: int = 1
     slice_thickness_A: float = 2.0
     draws_per_wave: int = 8
@@ -115,6 +121,8 @@ class SimulationConfig:
             raise ValueError("frames must be >= 1 and image_px >= 16")
         if self.crop not in ("uniform", "sites"):
             raise ValueError(f"unknown crop mode {self.crop!r}")
+        if not 0.0 <= self.p_uniform_crop <= 1.0:
+            raise ValueError(f"p_uniform_crop must be in [0, 1], got {self.p_uniform_crop}")
         s_max = self.microscope.sampling_A * (1 + self.microscope.sampling_jitter)
         need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
         if min(self.box_px) < need:
@@ -320,15 +328,29 @@ def focal_series_microscopes(
     return [base.replace(defocus_A=base.defocus_A + i * step_A) for i in range(frames)]
 
 
+def draw_structure(config: SimulationConfig, rng: np.random.Generator) -> tuple[float, int, Structure]:
+    """The pixel size (Å), box side (pixels) and structure of the next exit wave."""
+    sampling = config.microscope.sample_sampling(rng)
+    box_px = _fast_even(int(rng.choice(np.asarray(config.box_px))))
+    return sampling, box_px, build_structure(config, rng, box_px * sampling)
+
+
+def job_structure(config: SimulationConfig, seed: int, job: int) -> Structure:
+    """The first structure of job ``job`` of a store made with ``seed``, rebuilt without imaging.
+
+    It is the job's only structure when ``draws_per_wave >= samples_per_job``
+    (the gold recipe: one particle per job), so per-sample scores can be read by
+    particle.
+    """
+    return draw_structure(config, np.random.default_rng([seed, job]))[2]
+
+
 def iter_structure_images(
     config: SimulationConfig, rng: np.random.Generator, n_images: int
 ) -> Iterator[tuple[SimulatedImage, Structure]]:
     """Simulate ``n_images`` images of one structure (one exit wave per energy)."""
     m_ranges = config.microscope
-    sampling = m_ranges.sample_sampling(rng)
-    box_px = _fast_even(int(rng.choice(np.asarray(config.box_px))))
-    box_A = box_px * sampling
-    structure = build_structure(config, rng, box_A)
+    sampling, box_px, structure = draw_structure(config, rng)
     energy = float(rng.choice(np.asarray(m_ranges.energies_eV, dtype=float)))
     f = config.wave_oversampling
     waves = exit_waves(
@@ -349,7 +371,10 @@ def iter_structure_images(
         drift = np.zeros((config.frames, 2))
         if config.frames > 1:
             drift[1:] = np.cumsum(rng.normal(0, config.drift_px, (config.frames - 1, 2)), axis=0)
-        if config.crop == "sites" and len(structure.sites):
+        around_site = config.crop == "sites" and len(structure.sites)
+        if around_site and config.p_uniform_crop > 0 and rng.random() < config.p_uniform_crop:
+            around_site = False
+        if around_site:
             centre = structure.sites.positions_A[rng.integers(len(structure.sites))] / sampling
             jitter = rng.uniform(-config.image_px / 4, config.image_px / 4, 2)
             origin = np.clip(np.round(centre + jitter - config.image_px / 2), lo, hi).astype(int)

@@ -21,6 +21,18 @@ sites next to the surface), its atoms are grouped into columns in that exact
 orientation, and only then is it mistilted by up to a few degrees: each column's
 site is the mean projected position of its atoms after the tilt and its height is
 its number of atoms. CeO2 support atoms are background and never labelled.
+
+Only resolvable columns are labelled. Where a part of the particle is not in a
+low-index zone axis, or twinned segments overlap along the beam (most of an
+icosahedron; a decahedron seen along a 2-fold axis, where the beam crosses a
+[100] segment and two <112> segments), its atoms still project into "columns"
+of the tolerance, but these lie 0.4-1 Å apart (fcc along [113] or [210]:
+0.87-0.91 Å; up to [112]: >= 1.44 Å). No image resolves them and no peak finder with a 1 Å minimum
+distance can return them, so two columns closer than ``min_column_separation_A``
+are not labelled, nor is a column within twice that distance of such a crowded
+pair (it sits in the same blurred contrast); a single atom (an adatom off the
+lattice) that close to a column is not labelled, and the column is. Their atoms
+stay in the potential and count as background, like the support.
 """
 
 from __future__ import annotations
@@ -100,6 +112,11 @@ class GoldConfig(ConfigMixin):
         Smallest vacuum between a particle and a lateral box edge in Å.
     column_tolerance_A : float
         Atoms whose projections (in the exact zone axis) agree within this (Å) form one column.
+    min_column_separation_A : float
+        Columns closer than this (Å, in the exact zone axis) are not resolvable
+        and not labelled (:func:`resolved_columns`, module docstring); 0 labels all. The default 1.2 Å keeps
+        every column of the [100], [110], [111] and [112] projections (>= 1.44 Å)
+        and drops the sub-resolution columns of off-axis segments (<= 0.91 Å).
     vacuum_A : float
         Vacuum above and below the structure along z in Å.
     """
@@ -121,6 +138,7 @@ class GoldConfig(ConfigMixin):
     p_facet_down: float = 0.7
     edge_margin_A: float = 5.0
     column_tolerance_A: float = 0.3
+    min_column_separation_A: float = 1.2
     vacuum_A: float = 3.0
 
     def __post_init__(self) -> None:
@@ -143,6 +161,8 @@ class GoldConfig(ConfigMixin):
             raise ValueError("max_mistilt_deg must be in [0, 15]")
         if not 0 < self.column_tolerance_A < 1.0:
             raise ValueError("column_tolerance_A must be in (0, 1) Å")
+        if not 0 <= self.min_column_separation_A < 3.0:
+            raise ValueError("min_column_separation_A must be in [0, 3) Å")
 
 
 # --------------------------------------------------------------------------------------
@@ -406,6 +426,48 @@ def group_columns(xy: np.ndarray, tolerance_A: float) -> tuple[int, np.ndarray]:
     return connected_components(graph, directed=False)
 
 
+def resolved_columns(xy: np.ndarray, column: np.ndarray, n_columns: int, min_separation_A: float) -> np.ndarray:
+    """Which columns an image can resolve, by their distances to the other columns.
+
+    Parameters
+    ----------
+    xy : ndarray, shape (n, 2)
+        Projected atom positions (Å) in the exact zone axis.
+    column, n_columns
+        Column index of each atom and the number of columns (:func:`group_columns`).
+    min_separation_A : float
+        Smallest centre-to-centre distance (Å) of two resolvable columns. A
+        single atom closer than this to another column is not resolved (the
+        column is); two columns of two or more atoms closer than this are
+        crowded, and a column within twice this distance of a crowded one is not
+        resolved either.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_columns,)
+    """
+    counts = np.bincount(column, minlength=n_columns)
+    centres = np.stack([np.bincount(column, xy[:, c], n_columns) for c in range(2)], axis=1) / counts[:, None]
+    if n_columns < 2 or min_separation_A <= 0:
+        return np.ones(n_columns, dtype=bool)
+    tree = cKDTree(centres)
+    pairs = tree.query_pairs(min_separation_A, output_type="ndarray")
+    ok = np.ones(n_columns, dtype=bool)
+    # A single atom next to a column (an adatom off the lattice) is not labelled,
+    # but the column it sits by stays resolved.
+    single = counts[pairs] == 1
+    ok[pairs[single]] = False
+    crowded = np.zeros(n_columns, dtype=bool)
+    crowded[pairs[~single.any(axis=1)].ravel()] = True
+    # A column at the rim of a crowded region sits in the same unresolved contrast:
+    # drop it too when a crowded column lies within twice the separation.
+    ok &= ~crowded
+    if crowded.any():
+        near = tree.query_ball_point(centres[ok], 2 * min_separation_A)
+        ok[np.flatnonzero(ok)] = [not crowded[j].any() for j in near]
+    return ok
+
+
 # --------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------
@@ -474,6 +536,7 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
 
     # columns in the exact zone axis, then the mistilt about the particle centre
     n_col, column = group_columns(pos[:, :2], cfg.column_tolerance_A)
+    resolved = resolved_columns(pos[:, :2], column, n_col, cfg.min_column_separation_A)
     axis = np.array([np.cos(np.deg2rad(tilt_axis_deg)), np.sin(np.deg2rad(tilt_axis_deg)), 0.0])
     centre = pos.mean(axis=0)
     pos = (pos - centre) @ rotation_about_axis(axis, tilt_deg).T + centre
@@ -512,12 +575,15 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
 
     counts = np.bincount(column, minlength=n_col)
     xy = np.stack([np.bincount(column, pos[:, c], n_col) for c in range(2)], axis=1) / counts[:, None]
-    sites = Sites(xy, np.ones(n_col, dtype=np.int64), counts.astype(np.int64))
+    xy, counts = xy[resolved], counts[resolved]
+    sites = Sites(xy, np.ones(len(xy), dtype=np.int64), counts.astype(np.int64))
     info = {
         "system": "gold",
         "shape": shape,
         "n_au": int(len(pos)),
-        "n_columns": int(n_col),
+        "n_columns": int(resolved.sum()),
+        "n_unresolved_columns": int(n_col - resolved.sum()),
+        "n_au_unlabelled": int(len(pos) - counts.sum()),
         "diameter_A": equivalent_diameter(len(pos), a),
         "drawn_diameter_A": float(drawn_diameter),
         "shrunk": bool(diameter < drawn_diameter),
