@@ -13,12 +13,14 @@ from atomfinder.analysis.evaluate import (
     UNKNOWN_BIN,
     EvalSample,
     baseline_detector,
+    best_threshold,
     bin_labels,
     compare,
     evaluate,
     interior_mask,
     network_detector,
     samples_from_store,
+    threshold_scan,
     write_report,
 )
 from atomfinder.detection.peaks import AtomTable
@@ -78,6 +80,38 @@ def test_far_false_positives_lower_precision():
     extra = np.array([(3.0, 3.0), (5.0, 5.0), (7.0, 7.0), (3.0, 7.0)])  # cell centres, sqrt(2) Å away
     m = evaluate([_sample()], lambda s: _table(np.vstack([s.positions_A, extra])))["overall"]["1"]
     assert (m["precision"], m["recall"], m["fp"]) == (0.8, 1.0, 4)
+
+
+def test_threshold_scan_hand_made_and_equal_to_compare():
+    # the 16 sites found with probabilities 0.2 ... 0.95 (4 each), plus 4 far false
+    # alarms (cell centres) with probabilities 0.3, 0.6, 0.7, 0.99
+    probs = np.repeat([0.2, 0.55, 0.75, 0.95], 4)
+    extra = np.array([(3.0, 3.0), (5.0, 5.0), (7.0, 7.0), (3.0, 7.0)])
+    extra_p = np.array([0.3, 0.6, 0.7, 0.99])
+
+    def detect(sample, level=0.0):
+        t = _table(np.vstack([sample.positions_A, extra]))
+        p = np.concatenate([probs, extra_p])
+        keep = p > level
+        return AtomTable(x=t.x[keep], y=t.y[keep], label=t.label[keep], probability=p[keep], height=t.height[keep])
+
+    rows = threshold_scan([_sample()], detect, [0.8, 0.1, 0.5])
+    assert [r["threshold"] for r in rows] == [0.1, 0.5, 0.8]
+    assert [(r["tp"], r["fp"], r["fn"]) for r in rows] == [(16, 4, 0), (12, 3, 4), (4, 1, 12)]
+    assert rows[1]["f1"] == pytest.approx(24 / 31)
+    assert best_threshold(rows) == 0.1  # 32 / 36 beats 24 / 31 and 8 / 21
+    for r in rows:  # the evaluator's own scoring of a detection run at that threshold
+        m = evaluate([_sample()], lambda s, lv=r["threshold"]: detect(s, lv), radii_A=(0.5,))["overall"]["0.5"]
+        assert (m["tp"], m["fp"], m["fn"]) == (r["tp"], r["fp"], r["fn"])
+
+
+def test_best_threshold_ties_and_errors():
+    rows = [{"threshold": 0.3, "f1": 0.9}, {"threshold": 0.5, "f1": 0.9}, {"threshold": 0.7, "f1": 0.8}]
+    assert best_threshold(rows) == 0.3
+    with pytest.raises(ValueError, match="finite F1"):
+        best_threshold([{"threshold": 0.5, "f1": float("nan")}])
+    with pytest.raises(ValueError, match="empty"):
+        threshold_scan([_sample()], _truth, [])
 
 
 def test_border_exclusion_both_sides_and_straddling():

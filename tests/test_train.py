@@ -95,6 +95,22 @@ def test_cli_train_and_evaluate(tiny_graphene_store, tmp_path):
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert set(report["detectors"]) == {"network", "baseline"}
     assert "baseline" in (tmp_path / "rep" / "report.md").read_text()
+    # the threshold, chosen on the run's own validation images and stored in its card
+    stem = tmp_path / "run" / "model"
+    result = runner.invoke(app, ["tune-threshold", "--model", str(stem), "--data", str(tiny_graphene_store),
+                                 "--thresholds", "0.2,0.5,0.8", "--write-card"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(stem.with_suffix(".json").read_text())
+    scan = card["training"]["threshold_scan"]
+    assert scan["validation_images"] == 2 and [r["threshold"] for r in scan["rows"]] == [0.2, 0.5, 0.8]
+    assert card["detection"]["threshold"] == scan["chosen"] and scan["previous_threshold"] == 0.5
+    assert load_model(stem)[1].detection["threshold"] == scan["chosen"]
+    result = runner.invoke(app, ["tune-threshold", "--model", str(stem), "--data", str(tiny_graphene_store), "--thresholds", "0.5,1.5"])
+    assert result.exit_code == 2 and "--thresholds" in result.output
+    card["training"]["data"]["seed"] = 99  # as if trained on another store
+    stem.with_suffix(".json").write_text(json.dumps(card))
+    result = runner.invoke(app, ["tune-threshold", "--model", str(stem), "--data", str(tiny_graphene_store)])
+    assert result.exit_code == 2 and "not the training store" in result.output and "Traceback" not in result.output
     # errors are one line, no traceback
     result = runner.invoke(app, ["evaluate", "--model", "no-such-model", "--data", str(tiny_graphene_store)])
     assert result.exit_code == 2 and "Traceback" not in result.output and "no-such-model" in result.output

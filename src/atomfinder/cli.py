@@ -184,20 +184,15 @@ def train(
 
     def action() -> None:
         from atomfinder.analysis.evaluate import samples_from_store
-        from atomfinder.datasets.store import DatasetStore, job_ranges
-        from atomfinder.nn.train import TrainConfig, load_training_data, split_jobs
+        from atomfinder.datasets.store import DatasetStore
+        from atomfinder.nn.train import TrainConfig, load_training_data, validation_split
         from atomfinder.nn.train import train as run_training
 
         cfg = TrainConfig.from_toml(config)
         store = DatasetStore(data)
         if len(store) < 2:
             raise ValueError(f"{data}: needs at least 2 finished samples, has {len(store)}")
-        spj = store.meta["samples_per_job"]
-        n_jobs = len(job_ranges(store.meta["n"], spj))
-        train_jobs, val_jobs = split_jobs(n_jobs, cfg.validation_fraction, cfg.seed)
-        job_of = store.indices // spj
-        train_idx = np.flatnonzero(np.isin(job_of, train_jobs))
-        val_idx = np.flatnonzero(np.isin(job_of, val_jobs))[: cfg.max_validation_images]
+        train_idx, val_idx = validation_split(store, cfg)
         console.print(f"{len(train_idx)} training and {len(val_idx)} validation images from {data}")
         training_data = load_training_data(store, train_idx, cfg.normalization)
         validate = _validation(list(samples_from_store(store, val_idx)), cfg.match_radius_A) if len(val_idx) else None
@@ -281,10 +276,16 @@ def _print_summary(result: dict) -> None:
     Console().print(table)
 
 
+def _write_card(stem: Path, card) -> None:
+    """Rewrite a model's card (``<stem>.json``) atomically; the weights stay as they are."""
+    from atomfinder._files import atomic_write
+
+    atomic_write(Path(stem).with_suffix(".json"), lambda tmp: Path(tmp).write_text(card.to_json()))
+
+
 def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
     import dataclasses
 
-    from atomfinder._files import atomic_write
     from atomfinder.analysis.evaluate import to_jsonable
 
     net = result["detectors"]["network"]
@@ -295,9 +296,70 @@ def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
         "baseline_overall": result["detectors"].get("baseline", {}).get("overall"),
         "baseline_by_dose": result["detectors"].get("baseline", {}).get("by_dose"),
     })
-    new = dataclasses.replace(card, evaluation=evaluation)
-    json_path = Path(stem).with_suffix(".json")
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(new.to_json()))
+    _write_card(stem, dataclasses.replace(card, evaluation=evaluation))
+
+
+@app.command("tune-threshold")
+def tune_threshold_command(
+    model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
+    data: Path = typer.Option(..., "--data", help="The model's own training store: its validation images are scored."),
+    thresholds: str = typer.Option("0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--thresholds", help="Comma-separated atom-probability thresholds."),
+    write_card: bool = typer.Option(False, "--write-card", help="Store the best threshold and the scan in the model's card."),
+) -> None:
+    """Choose the peak threshold on the validation images of the model's training store (never the test set)."""
+
+    def action() -> None:
+        import dataclasses
+
+        from rich.table import Table
+
+        from atomfinder.analysis.evaluate import best_threshold, network_detector, samples_from_store, threshold_scan
+        from atomfinder.datasets.store import DatasetStore
+        from atomfinder.nn.card import load_model, resolve_model
+        from atomfinder.nn.train import TrainConfig, validation_split
+
+        levels = [float(v) for v in thresholds.split(",") if v.strip()]
+        if not levels or not all(0.0 <= v < 1.0 for v in levels):
+            raise ValueError(f"--thresholds {thresholds!r}: give comma-separated values in [0, 1)")
+        stem = resolve_model(model)
+        net, card = load_model(stem)
+        store = DatasetStore(data)
+        trained_on = card.training.get("data", {})
+        if (trained_on.get("seed"), trained_on.get("n")) != (store.meta["seed"], store.meta["n"]):
+            raise ValueError(f"{data}: not the training store of {card.name} {card.version} "
+                             f"(seed {trained_on.get('seed')}, {trained_on.get('n')} samples: {trained_on.get('store')})")
+        _, val_idx = validation_split(store, TrainConfig.from_dict(card.training["config"]))
+        if len(val_idx) == 0:
+            raise ValueError(f"{card.name} {card.version} was trained without validation images")
+        detect = network_detector(net, card, threshold=min(levels))
+        with _progress(f"tune {card.name}") as bar:
+            task = bar.add_task(f"tune {card.name}", total=len(val_idx))
+
+            def tracked():
+                for i, sample in enumerate(samples_from_store(store, val_idx)):
+                    yield sample
+                    bar.update(task, completed=i + 1)
+
+            radius = float(card.training["config"].get("match_radius_A", 0.5))
+            rows = threshold_scan(tracked(), detect, levels, radius_A=radius)
+        best = best_threshold(rows)
+        table = Table(title=f"{card.name} {card.version}: {len(val_idx)} validation images, radius {radius:g} Å")
+        for col in ("threshold", "precision", "recall", "F1"):
+            table.add_column(col)
+        for r in rows:
+            mark = " *" if r["threshold"] == best else ""
+            table.add_row(f"{r['threshold']:g}{mark}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
+        Console().print(table)
+        console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
+        if write_card:
+            training = dict(card.training) | {"threshold_scan": {
+                "store": str(data), "validation_images": int(len(val_idx)), "radius_A": radius,
+                "previous_threshold": card.detection.get("threshold"), "rows": rows, "chosen": best}}
+            _write_card(stem, dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
+                                                  training=training))
+            console.print(f"card: {Path(stem).with_suffix('.json')}")
+
+    _run(action)
 
 
 @app.command("models")

@@ -605,6 +605,60 @@ def evaluate(samples: Iterable[EvalSample], detect: Detector, **kwargs: Any) -> 
 # --------------------------------------------------------------------------- report files
 
 
+def threshold_scan(
+    samples: Iterable[EvalSample],
+    detect: Detector,
+    thresholds: Sequence[float],
+    *,
+    radius_A: float = 0.5,
+    border_A: float = 1.0,
+) -> list[dict[str, float]]:
+    """Pooled precision, recall and F1 at several atom-probability thresholds, from one detection pass.
+
+    ``detect`` must run at (or below) the lowest threshold. Each threshold keeps
+    the atoms whose probability exceeds it; the peak finder thins candidates
+    greedily by descending probability, so this equals a detection run at that
+    threshold. Scoring (matching radius, border exclusion) is that of
+    :func:`compare`. Use it on validation images, never on the test set.
+
+    Returns
+    -------
+    list of dict
+        One row per threshold (ascending): ``threshold, tp, fp, fn, precision,
+        recall, f1``.
+    """
+    levels = sorted(float(t) for t in thresholds)
+    if not levels:
+        raise ValueError("thresholds must not be empty")
+    counts = np.zeros((len(levels), 3), dtype=np.int64)
+    for sample in samples:
+        atoms = detect(sample)
+        xy = np.column_stack([atoms.x, atoms.y]).astype(np.float64) * sample.sampling_A
+        t_in = interior_mask(sample.positions_A, sample.shape, sample.sampling_A, border_A)
+        for k, level in enumerate(levels):
+            sel = np.asarray(atoms.probability) > level
+            p_in = interior_mask(xy[sel], sample.shape, sample.sampling_A, border_A)
+            keep = scored_predictions(xy[sel], sample.positions_A, p_in, t_in, radius_A)
+            sc = detection_scores(xy[sel][keep], sample.positions_A[t_in], radius_A)
+            counts[k] += (sc["tp"], sc["fp"], sc["fn"])
+    rows = []
+    for level, (tp, fp, fn) in zip(levels, counts.tolist()):
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+        rows.append({"threshold": level, "tp": tp, "fp": fp, "fn": fn,
+                     "precision": precision, "recall": recall, "f1": f1})
+    return rows
+
+
+def best_threshold(rows: Sequence[Mapping[str, float]]) -> float:
+    """The threshold of the row with the highest F1 (the lowest such threshold on ties)."""
+    scored = [r for r in rows if np.isfinite(r["f1"])]
+    if not scored:
+        raise ValueError("no threshold has a finite F1 (no sites and no detections)")
+    return float(max(scored, key=lambda r: (r["f1"], -r["threshold"]))["threshold"])
+
+
 def to_jsonable(obj: Any) -> Any:
     """A JSON-safe copy: NaN -> None, +-inf -> ``"inf"``/``"-inf"``, arrays -> lists."""
     if isinstance(obj, Mapping):

@@ -180,6 +180,32 @@ def split_jobs(n_jobs: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def validation_split(store, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation sample positions in a store, split by job as :func:`split_jobs`.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        The training store.
+    config : TrainConfig
+        Its ``validation_fraction``, ``max_validation_images`` and ``seed`` decide.
+
+    Returns
+    -------
+    (train_idx, val_idx) : ndarrays of int
+        Positions among the store's visible samples; at most
+        ``max_validation_images`` validation samples, the first ones of the
+        validation jobs.
+    """
+    spj = int(store.meta["samples_per_job"])
+    n_jobs = -(-int(store.meta["n"]) // spj)
+    train_jobs, val_jobs = split_jobs(n_jobs, config.validation_fraction, config.seed)
+    job_of = store.indices // spj
+    train_idx = np.flatnonzero(np.isin(job_of, train_jobs))
+    val_idx = np.flatnonzero(np.isin(job_of, val_jobs))[: config.max_validation_images]
+    return train_idx, val_idx
+
+
 def load_training_data(store, indices: np.ndarray, normalization: dict) -> TrainingData:
     """Read and normalise samples of a :class:`~atomfinder.datasets.store.DatasetStore`.
 
