@@ -313,10 +313,9 @@ def tune_threshold_command(
 
         from rich.table import Table
 
-        from atomfinder.analysis.evaluate import best_threshold, network_detector, samples_from_store, threshold_scan
+        from atomfinder.analysis.evaluate import best_threshold, validation_threshold_scan
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
-        from atomfinder.nn.train import TrainConfig, validation_split
 
         levels = [float(v) for v in thresholds.split(",") if v.strip()]
         if not levels or not all(0.0 <= v < 1.0 for v in levels):
@@ -324,26 +323,12 @@ def tune_threshold_command(
         stem = resolve_model(model)
         net, card = load_model(stem)
         store = DatasetStore(data)
-        trained_on = card.training.get("data", {})
-        if (trained_on.get("seed"), trained_on.get("n")) != (store.meta["seed"], store.meta["n"]):
-            raise ValueError(f"{data}: not the training store of {card.name} {card.version} "
-                             f"(seed {trained_on.get('seed')}, {trained_on.get('n')} samples: {trained_on.get('store')})")
-        _, val_idx = validation_split(store, TrainConfig.from_dict(card.training["config"]))
-        if len(val_idx) == 0:
-            raise ValueError(f"{card.name} {card.version} was trained without validation images")
-        detect = network_detector(net, card, threshold=min(levels))
         with _progress(f"tune {card.name}") as bar:
-            task = bar.add_task(f"tune {card.name}", total=len(val_idx))
-
-            def tracked():
-                for i, sample in enumerate(samples_from_store(store, val_idx)):
-                    yield sample
-                    bar.update(task, completed=i + 1)
-
-            radius = float(card.training["config"].get("match_radius_A", 0.5))
-            rows = threshold_scan(tracked(), detect, levels, radius_A=radius)
+            task = bar.add_task(f"tune {card.name}", total=None)
+            rows, n_val, radius = validation_threshold_scan(
+                net, card, store, levels, on_sample=lambda i, n: bar.update(task, completed=i + 1, total=n))
         best = best_threshold(rows)
-        table = Table(title=f"{card.name} {card.version}: {len(val_idx)} validation images, radius {radius:g} Å")
+        table = Table(title=f"{card.name} {card.version}: {n_val} validation images, radius {radius:g} Å")
         for col in ("threshold", "precision", "recall", "F1"):
             table.add_column(col)
         for r in rows:
@@ -353,7 +338,7 @@ def tune_threshold_command(
         console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
         if write_card:
             training = dict(card.training) | {"threshold_scan": {
-                "store": str(data), "validation_images": int(len(val_idx)), "radius_A": radius,
+                "store": str(data), "validation_images": n_val, "radius_A": radius,
                 "previous_threshold": card.detection.get("threshold"), "rows": rows, "chosen": best}}
             _write_card(stem, dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
                                                   training=training))

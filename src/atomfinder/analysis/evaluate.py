@@ -30,7 +30,8 @@ simulation) gets its own bin, and unknown (NaN) values an ``unknown`` bin. Defoc
 is in Å, positive = underfocus (frame 0 of a focal series).
 
 This module never imports the simulation stack; torch is only imported by
-:func:`network_detector` and matplotlib only by :func:`write_report`.
+:func:`network_detector` and :func:`validation_threshold_scan`, matplotlib only by
+:func:`write_report`.
 """
 
 from __future__ import annotations
@@ -649,6 +650,62 @@ def threshold_scan(
         rows.append({"threshold": level, "tp": tp, "fp": fp, "fn": fn,
                      "precision": precision, "recall": recall, "f1": f1})
     return rows
+
+
+def validation_threshold_scan(
+    model: Any,
+    card: Any,
+    store: Any,
+    thresholds: Sequence[float],
+    *,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict[str, float]], int, float]:
+    """:func:`threshold_scan` on the validation images of a model's own training store.
+
+    The validation images are those training held out (the card's training config
+    through :func:`atomfinder.nn.train.validation_split`); scoring uses the card's
+    matching radius.
+
+    Parameters
+    ----------
+    model, card
+        The network and its :class:`~atomfinder.nn.card.ModelCard`.
+    store : DatasetStore
+        The store the card says the model was trained on (same seed and size).
+    thresholds : sequence of float
+        Atom-probability thresholds.
+    on_sample : callable, optional
+        Called as ``on_sample(i, n)`` after each of the ``n`` images.
+
+    Returns
+    -------
+    (rows, n_images, radius_A)
+
+    Raises
+    ------
+    ValueError
+        ``store`` is not the card's training store, or training had no validation images.
+    """
+    from atomfinder.nn.train import TrainConfig, validation_split  # imports torch
+
+    trained_on = card.training.get("data", {})
+    if (trained_on.get("seed"), trained_on.get("n")) != (store.meta["seed"], store.meta["n"]):
+        raise ValueError(f"{store.path}: not the training store of {card.name} {card.version} "
+                         f"(seed {trained_on.get('seed')}, {trained_on.get('n')} samples: {trained_on.get('store')})")
+    config = TrainConfig.from_dict(card.training["config"])
+    _, val_idx = validation_split(store, config)
+    if len(val_idx) == 0:
+        raise ValueError(f"{card.name} {card.version} was trained without validation images")
+
+    def tracked() -> Iterator[EvalSample]:
+        for i, sample in enumerate(samples_from_store(store, val_idx)):
+            yield sample
+            if on_sample is not None:
+                on_sample(i, len(val_idx))
+
+    detect = network_detector(model, card, threshold=min(thresholds))
+    rows = threshold_scan(tracked(), detect, thresholds, radius_A=config.match_radius_A)
+    return rows, int(len(val_idx)), float(config.match_radius_A)
 
 
 def best_threshold(rows: Sequence[Mapping[str, float]]) -> float:
