@@ -631,24 +631,20 @@ def threshold_scan(
     levels = sorted(float(t) for t in thresholds)
     if not levels:
         raise ValueError("thresholds must not be empty")
-    counts = np.zeros((len(levels), 3), dtype=np.int64)
+    per_level: list[list[dict[str, Any]]] = [[] for _ in levels]
     for sample in samples:
         atoms = detect(sample)
         xy = np.column_stack([atoms.x, atoms.y]).astype(np.float64) * sample.sampling_A
         t_in = interior_mask(sample.positions_A, sample.shape, sample.sampling_A, border_A)
-        for k, level in enumerate(levels):
+        p_in = interior_mask(xy, sample.shape, sample.sampling_A, border_A)
+        for scores, level in zip(per_level, levels):
             sel = np.asarray(atoms.probability) > level
-            p_in = interior_mask(xy[sel], sample.shape, sample.sampling_A, border_A)
-            keep = scored_predictions(xy[sel], sample.positions_A, p_in, t_in, radius_A)
-            sc = detection_scores(xy[sel][keep], sample.positions_A[t_in], radius_A)
-            counts[k] += (sc["tp"], sc["fp"], sc["fn"])
+            keep = scored_predictions(xy[sel], sample.positions_A, p_in[sel], t_in, radius_A)
+            scores.append(detection_scores(xy[sel][keep], sample.positions_A[t_in], radius_A))
     rows = []
-    for level, (tp, fp, fn) in zip(levels, counts.tolist()):
-        precision = tp / (tp + fp) if tp + fp else float("nan")
-        recall = tp / (tp + fn) if tp + fn else float("nan")
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-        rows.append({"threshold": level, "tp": tp, "fp": fp, "fn": fn,
-                     "precision": precision, "recall": recall, "f1": f1})
+    for level, scores in zip(levels, per_level):
+        pooled = aggregate(scores)
+        rows.append({"threshold": level} | {k: pooled[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")})
     return rows
 
 
