@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean bench
+.PHONY: demo test test-all fuzz venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Property-based fuzzing of the readers and of detect, slow variants included, with many
+# more examples than the fast set that `make test` runs (profiles in tests/conftest.py).
+fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/test_fuzz.py --hypothesis-profile=atomfinder-fuzz
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_simulate.py --system graphene

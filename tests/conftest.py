@@ -31,3 +31,18 @@ def tiny_graphene_store(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("stores") / "graphene.zarr"
     return simulate_to_store(tiny_config(), 8, path, seed=0, workers=0)
+
+
+# Hypothesis profiles of tests/test_fuzz.py: the fast set by default, many more examples
+# with `make fuzz` (`--hypothesis-profile=atomfinder-fuzz`, or the environment variable
+# ATOMFINDER_HYPOTHESIS_PROFILE).
+try:
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("atomfinder-fast", max_examples=25, deadline=None)
+    settings.register_profile("atomfinder-fuzz", max_examples=2000, deadline=None)
+    settings.load_profile(os.environ.get("ATOMFINDER_HYPOTHESIS_PROFILE", "atomfinder-fast"))
+except ImportError:  # hypothesis is in the `test` extra; only test_fuzz.py needs it
+    pass

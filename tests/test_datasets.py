@@ -107,6 +107,29 @@ def test_generate_job_is_deterministic_and_labelled():
         assert np.isnan(a["sites_A"][i, n:]).all()
 
 
+def test_negatives_empty_fields_and_contamination():
+    from atomfinder.datasets.generate import build_structure
+
+    rng = np.random.default_rng(0)
+    carbon = build_structure(tiny(p_empty_field=1.0, p_empty_carbon=1.0), rng, 20.0)
+    vacuum = build_structure(tiny(p_empty_field=1.0, p_empty_carbon=0.0), rng, 20.0)
+    assert len(carbon.sites) == 0 and len(vacuum.sites) == 0
+    assert len(carbon.atoms) > 50 and set(carbon.atoms.get_chemical_symbols()) == {"C"}
+    assert len(vacuum.atoms) == 0 and carbon.info["empty_field"]
+    # contamination: more atoms on top of the same sheet, every sheet site still labelled
+    plain = build_structure(tiny(p_empty_field=0.0, p_contamination=0.0), np.random.default_rng(1), 30.0)
+    dirty = build_structure(tiny(p_empty_field=0.0, p_contamination=1.0), np.random.default_rng(1), 30.0)
+    np.testing.assert_array_equal(dirty.sites.positions_A, plain.sites.positions_A)
+    assert len(dirty.atoms) > len(plain.atoms)
+    assert dirty.atoms.positions[len(plain.atoms):, 2].min() >= plain.atoms.positions[:, 2].max()
+    # an empty field images as a sample without sites and with blank targets
+    job = generate_job(tiny(p_empty_field=1.0), 3, 0, 2)
+    assert np.all(job["n_sites"] == 0) and job["targets"][:, 1].sum() == 0
+    assert np.all(np.isfinite(job["images"])) and job["images"].std() > 0  # shot noise
+    with pytest.raises(ValueError, match="p_empty_field"):
+        tiny(p_empty_field=1.5)
+
+
 def test_job_structure_is_the_structure_a_job_images():
     cfg = tiny()
     _, imaged = next(iter_structure_images(cfg, np.random.default_rng([7, 3]), 1))

@@ -195,7 +195,8 @@ def test_cli_writes_csv_png_and_probabilities(tiny_model, tmp_path):
     result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--out", str(out),
                                       "--probabilities"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["lattice.csv", "lattice.png", "lattice_probabilities.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["lattice.csv", "lattice.json", "lattice.png",
+                                                     "lattice_probabilities.tif"]
     table = pd.read_csv(out / "lattice.csv")
     assert list(table.columns) == list(TABLE_COLUMNS) and len(table) > 0 and table["height"].isna().all()
     assert f"{len(table)} atoms" in result.output and str(out) in result.output
@@ -224,7 +225,7 @@ def test_focal_series_from_files_and_from_one_stack(focal_model, tmp_path):
         paths.append(tmp_path / f"df{i}.npy")
         np.save(paths[-1], f)
     written = detect_files(paths, focal_model, tmp_path / "a", sampling_A=SAMPLING, focal_series=True)
-    assert sorted(p.name for p in written) == ["df0.csv", "df0.png"]
+    assert sorted(p.name for p in written) == ["df0.csv", "df0.json", "df0.png"]
     np.save(tmp_path / "series.npy", np.stack(frames))
     table, info = detect(tmp_path / "series.npy", focal_model, sampling=SAMPLING, focal_series=True)
     assert list(table.columns) == list(TABLE_COLUMNS) and info["shifts_px"].shape == (3, 2)
@@ -250,7 +251,7 @@ def test_detect_files_on_local_dask_cluster(tiny_model, tmp_path):
                                   dashboard_address=None) as cluster:
         written = detect_files(paths, tiny_model, tmp_path / "out", sampling_A=SAMPLING,
                                scheduler=cluster.scheduler_address)
-    assert sorted(p.name for p in written) == ["img0.csv", "img0.png", "img1.csv", "img1.png"]
+    assert sorted(p.name for p in written) == ["img0.csv", "img0.json", "img0.png", "img1.csv", "img1.json", "img1.png"]
 
 
 def _make_error_case(case: str, tmp: Path, tiny_model: Path, focal_model: Path) -> tuple[Path, list[str], list[str]]:

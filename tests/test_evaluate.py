@@ -300,3 +300,41 @@ def test_per_image_distribution_in_report(tmp_path):
     assert per_image_row("network", rep, 0.5) == ["network", "10", "1.000", "0.900", "90 %", "10 %"]
     write_report(rep, tmp_path, "t")
     assert "| detector | 10 | 1.000 | 0.900 | 90 % | 10 % |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_scores_confidence_and_error_bars_on_a_hand_made_case(tmp_path):
+    """A detector whose confidence and sigma are known: the report's ECE and coverage follow."""
+    from atomfinder.analysis.evaluate import compare, report_markdown, write_report
+    from atomfinder.detection.peaks import AtomTable
+
+    rng = np.random.default_rng(5)
+    true_xy = np.stack(np.meshgrid(np.arange(5, 60, 5.0), np.arange(5, 60, 5.0)), -1).reshape(-1, 2)  # px
+    samples = [EvalSample(image=np.zeros((64, 64), np.float32), sampling_A=0.1, positions_A=true_xy * 0.1,
+                          labels=np.ones(len(true_xy), int), dose_e_per_A2=1e4) for _ in range(20)]
+    sigma_px = 0.2  # per axis: 0.02 Å
+
+    def detect(sample):
+        real = true_xy + rng.normal(0, sigma_px, true_xy.shape)
+        fake = rng.uniform(3, 60, (30, 2))  # far from most sites: mostly false
+        xy = np.concatenate([real, fake])
+        conf = np.r_[np.full(len(real), 0.95), np.full(len(fake), 0.1)]
+        n = len(xy)
+        return AtomTable(xy[:, 0], xy[:, 1], np.ones(n, int), np.ones(n), np.full(n, -1),
+                         confidence=conf, sigma_A=np.full(n, sigma_px * 0.1))
+
+    rep = compare(samples, {"network": detect}, radii_A=(0.5,), border_A=0.5)
+    trust = rep["detectors"]["network"]["trust"]
+    assert trust["n_true"] > 0 and trust["n_detections"] > trust["n_true"]
+    high = [b for b in trust["reliability"] if b["lo"] >= 0.9][0]
+    assert high["fraction_true"] > 0.98  # a fake next to a site may take its match
+    low = [b for b in trust["reliability"] if b["hi"] <= 0.2][0]
+    assert low["fraction_true"] < 0.2  # a few fakes land on sites
+    assert trust["ece"] < 0.1
+    assert trust["sigma"]["within_1_sigma"] == pytest.approx(0.683, abs=0.03)
+    assert trust["sigma_by_dose"][0]["bin"] == "[1e4, 1e5)"
+    area = 20 * (6.4 - 1.0) ** 2 / 100  # nm², 0.5 Å band excluded
+    fp = rep["detectors"]["network"]["overall"]["0.5"]["fp"]
+    assert rep["detectors"]["network"]["overall"]["0.5"]["fp_per_10nm2"] == pytest.approx(10 * fp / area)
+    assert "expected calibration error" in report_markdown(rep, "t")
+    paths = write_report(rep, tmp_path, "t")
+    assert (tmp_path / "reliability.png").is_file() and tmp_path / "reliability.png" in paths

@@ -86,3 +86,41 @@ def test_fft_gaussian_equals_direct_reflect_filter(shape, sigma):
     x = rng.normal(size=shape) * 3 + np.linspace(0, 10, shape[1])[None]
     direct = gaussian_filter(x, sigma, mode="reflect")
     assert np.abs(gaussian_blur_reflect(x, sigma) - direct).max() < 1e-4 * np.ptp(x)
+
+
+def test_noise_estimate_ignores_smooth_signal():
+    from atomfinder.nn.normalization import estimate_noise_std
+
+    rng = np.random.default_rng(3)
+    shape = (300, 300)
+    noise = rng.normal(0, 0.5, shape)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    k = 2 * np.pi / 12.3  # 1.23 Å fringes at 0.1 Å/px
+    fringes = 2.5 * (np.cos(k * xx) + np.cos(k * yy))  # contrast std 2.5, five times the noise
+    assert estimate_noise_std(100 + noise) == pytest.approx(0.5, rel=0.03)
+    assert estimate_noise_std(100 + fringes + noise) == pytest.approx(0.5, rel=0.15)
+    assert estimate_noise_std(100 + fringes) < 0.5  # alone, the fringes read as less than the noise
+    assert estimate_noise_std(np.full(shape, 3.0)) == 0.0
+    with pytest.raises(ValueError, match="3 x 3"):
+        estimate_noise_std(np.zeros((2, 50)))
+
+
+def test_noise_floor_keeps_vacuum_below_unit_contrast():
+    """A hole of pure shot noise next to a lattice: the floor damps the hole, not the lattice."""
+    rng = np.random.default_rng(4)
+    shape = (256, 512)
+    lattice = 4.0 * (_lattice(shape, spacing_px=12.3) - 0.25)
+    lattice[:, 256:] = 0.0  # right half: vacuum
+    image = 100.0 + lattice + rng.normal(0, 0.4, shape)
+    plain = normalize_local(image, SAMPLING, window_A=12.0)
+    floored = normalize_local(image, SAMPLING, window_A=12.0, noise_floor=2.0)
+    vac = (slice(60, 200), slice(400, 480))
+    lat = (slice(60, 200), slice(40, 120))
+    assert plain[vac].std() == pytest.approx(1.0, abs=0.1)  # the plain scheme raises noise to unit contrast
+    assert floored[vac].std() < 0.55  # at most 1 / noise_floor
+    assert floored[lat].std() == pytest.approx(plain[lat].std(), rel=0.02)
+    # the card's record carries the floor
+    spec = {"kind": "local", "window_A": 12.0, "noise_floor": 2.0}
+    np.testing.assert_array_equal(apply_normalization(image, spec, SAMPLING), floored)
+    with pytest.raises(ValueError, match="noise_floor"):
+        normalize_local(image, SAMPLING, noise_floor=-1.0)

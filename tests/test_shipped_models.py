@@ -77,3 +77,60 @@ def test_bfloat16_finds_the_same_atoms_as_float32_on_the_real_example():
     d, _ = cKDTree(fast.xy).query(exact.xy)
     assert abs(len(fast) - len(exact)) <= 0.01 * len(exact)
     assert np.mean(d * SAMPLING_A < 0.05) >= 0.99  # the same atoms, within 0.05 Å
+
+
+def test_shipped_cards_state_the_validity_range_of_their_recipe():
+    """The ``validity`` key is the range read from the card's own training simulation config,
+    plus the contrast-to-noise range of images simulated with that config."""
+    from atomfinder.nn.validity import validity_range
+
+    for name in list_models():
+        card = load_card(resolve_model(name))
+        derived = validity_range(card.training["data"]["simulation"])
+        assert {k: v for k, v in card.validity.items() if k != "contrast_to_noise"} == derived
+        cnr = card.validity["contrast_to_noise"]
+        assert 0 < cnr["low"] < cnr["median"] < cnr["high"] and cnr["n_images"] >= 200
+
+
+def test_models_lists_one_line_per_model_with_its_range():
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(list_models())
+    for name, line in zip(list_models(), lines):
+        card = load_card(resolve_model(name))
+        assert line.startswith(f"{name} {card.version} ") and " kV" in line and "e/Å²" in line
+
+
+@needs_graphene
+def test_models_name_prints_the_card():
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    card = load_card(resolve_model("graphene"))
+    result = CliRunner().invoke(app, ["models", "graphene"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert text.startswith(f"graphene {card.version}")
+    assert f"peak threshold: {card.detection['threshold']:g}" in text
+    assert "60, 80, 120, 200, 300 kV" in text and "Scherzer -250…+250 Å" in text and "dose: 1e2–1e5 e/Å²" in text
+    assert "Cs: corrected -35…35 µm; uncorrected none" in text and "0.1 Å/px ±5%" in text
+    assert f"time: {card.training['time_s'] / 60:.0f} min" in text and card.training["data"]["store"] in text
+    assert f"evaluation on {card.evaluation['data']['store']}" in text
+    f1 = card.evaluation["overall"]["0.5"]["f1"]
+    assert f"{f1:.3f}" in text
+
+
+def test_models_unknown_name_is_a_one_line_error():
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    result = CliRunner().invoke(app, ["models", "no-such-model"])
+    assert result.exit_code != 0
+    assert len(result.output.strip().splitlines()) == 1 and "no-such-model" in result.output

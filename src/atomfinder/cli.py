@@ -222,6 +222,7 @@ def evaluate(
     report: Path = typer.Option(Path("report"), "--report", help="Directory for report.json, report.md and plots."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Score the conventional pipeline on the same images."),
     write_card: bool = typer.Option(False, "--write-card", help="Store the overall and per-dose figures in the model's card."),
+    border: float = typer.Option(1.0, "--border", help="Width (Å) of the band along the image edge where sites and detections are ignored; 0 scores everything."),
 ) -> None:
     """Score a model (and the conventional baseline) against the exact ground truth."""
 
@@ -243,7 +244,7 @@ def evaluate(
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
         with _progress(f"evaluate {card.name}") as bar:
             task = bar.add_task(f"evaluate {card.name}", total=len(store))
-            result = compare(samples_from_store(store), detectors, class_names=card.class_names,
+            result = compare(samples_from_store(store), detectors, class_names=card.class_names, border_A=border,
                              on_sample=lambda i: bar.update(task, completed=i + 1))
         result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}
         result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": store.meta["n"]}
@@ -347,23 +348,182 @@ def tune_threshold_command(
     _run(action)
 
 
-@app.command("models")
-def models_command() -> None:
-    """List the shipped models with their cards."""
+@app.command("calibrate")
+def calibrate_command(
+    model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
+    data: Path = typer.Option(..., "--data", help="Held-out simulations (a seed used neither in training nor in the test sets)."),
+    write_card: bool = typer.Option(False, "--write-card", help="Store the calibration in the model's card."),
+) -> None:
+    """Fit the per-atom confidence and positional error bar on held-out simulations."""
+
+    def action() -> None:
+        import dataclasses
+
+        from atomfinder.analysis.calibration import calibrate_model
+        from atomfinder.analysis.evaluate import to_jsonable
+        from atomfinder.datasets.store import DatasetStore
+        from atomfinder.nn.card import load_model, resolve_model
+
+        stem = resolve_model(model)
+        net, card = load_model(stem)
+        store = DatasetStore(data)
+        if tuple(store.class_names) != tuple(card.class_names):
+            raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
+        with _progress(f"calibrate {card.name}") as bar:
+            task = bar.add_task(f"calibrate {card.name}", total=len(store))
+            fit, summary = calibrate_model(net, card, store,
+                                           on_sample=lambda i, n: bar.update(task, completed=i + 1, total=n))
+        console.print(
+            f"{summary['n_detections']} detections on {summary['n_images']} images, "
+            f"{100 * summary['fraction_true']:.1f} % real; in-sample ECE {summary['ece_in_sample']:.4f}, "
+            f"{100 * summary['within_1_sigma_in_sample']:.1f} % of coordinate errors within 1 sigma", highlight=False)
+        if write_card:
+            calibration = to_jsonable(fit.to_dict() | {"fit": summary})
+            _write_card(stem, dataclasses.replace(card, calibration=calibration))
+            console.print(f"card: {Path(stem).with_suffix('.json')}")
+
+    _run(action)
+
+
+def _span(values, unit: str, signed: bool = False) -> str:
+    """``low…high unit`` (or one value), ``none`` for None."""
+    if values is None:
+        return "none"
+    lo, hi = values
+    fmt = "+g" if signed else "g"
+    return f"{lo:{fmt}} {unit}" if lo == hi else f"{lo:{fmt}}…{hi:{fmt}} {unit}"
+
+
+def card_validity_lines(validity: dict) -> list[str]:
+    """The validity range of a card as indented lines of text."""
+    if not validity or "energies_kV" not in validity:
+        return ["  not recorded in the card"]
+    v = validity
+    lines = [
+        f"  materials: {'; '.join(v.get('materials') or ['-'])}",
+        f"  supports: {'; '.join(v.get('supports') or ['none'])}",
+        f"  energies: {', '.join(f'{e:g}' for e in v['energies_kV'])} kV",
+        f"  Cs: corrected {_span(v.get('Cs_corrected_um'), 'µm')}; uncorrected {_span(v.get('Cs_uncorrected_um'), 'µm')}"
+        + (f" (at >= {v['uncorrected_min_energy_kV']:g} kV)" if v.get("uncorrected_min_energy_kV") else ""),
+        f"  defocus: Scherzer {_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (positive = underfocus)",
+        f"  dose: {v['dose_e_per_A2'][0]:.0e}–{v['dose_e_per_A2'][1]:.0e} e/Å²".replace("e+0", "e"),
+        f"  pixel size: {v['sampling_A']:g} Å/px ±{v['sampling_jitter']:.0%} ({_span(v['sampling_range_A'], 'Å/px')}; "
+        "inputs are resampled, their calibration must be right to that)",
+        f"  residual aberrations: astigmatism {_span(v.get('astigmatism_A'), 'Å')}, coma {_span(v.get('coma_A'), 'Å')}; "
+        f"focal spread {_span(v.get('focal_spread_A'), 'Å')}",
+    ]
+    if v.get("frames"):
+        lines.append(f"  focal series: {v['frames']} frames, step {_span(v.get('focal_step_A'), 'Å')}")
+    if v.get("neighbour_distances_A"):
+        lines.append("  projected nearest-neighbour distances: "
+                     + ", ".join(f"{k} {d:.2f} Å" for k, d in v["neighbour_distances_A"].items()))
+    cnr = v.get("contrast_to_noise")
+    if cnr:
+        lines.append(f"  contrast-to-noise at the model's sampling: {cnr['low']:g}–{cnr['high']:g} "
+                     f"(percentiles {cnr['percentiles'][0]:g}–{cnr['percentiles'][1]:g}, median {cnr['median']:g}, "
+                     f"{cnr['n_images']} images); lower warns")
+    return lines
+
+
+def _training_lines(card) -> list[str]:
+    """Training time and data recipe of a card."""
+    t = card.training
+    data = t.get("data", {})
+    sim = data.get("simulation", {})
+    cfg = t.get("config", {})
+    minutes = f"{t.get('time_s', 0) / 60:.0f} min"
+    if t.get("init_time_s"):
+        minutes += (f" in all ({t['init_time_s'] / 60:.0f} min of {t.get('init_from')} it started from, then "
+                    f"{(t['time_s'] - t['init_time_s']) / 60:.0f} min)")
+    lines = [f"  time: {minutes}, {t.get('steps', '?')} steps on {t.get('device', '?')}"]
+    if data:
+        lines.append(f"  data: {data.get('store', '?')} ({data.get('n', '?')} {sim.get('system', '')} images of "
+                     f"{sim.get('image_px', '?')} px, seed {data.get('seed', '?')}), {t.get('train_images', '?')} for training")
+    if cfg:
+        lines.append(f"  recipe: {cfg.get('name', card.name)} {cfg.get('version', card.version)}, "
+                     f"{cfg.get('epochs', '?')} epochs of batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, "
+                     f"normalisation {cfg.get('normalization', card.normalization)}")
+    return lines
+
+
+def _evaluation_table(card):
+    """The card's evaluation (network and baseline) as a rich table, or None."""
     from rich.table import Table
 
-    from atomfinder.nn.card import list_models, load_card, resolve_model
-
-    table = Table(title="shipped models")
-    for col in ("name", "version", "classes", "inputs", "sampling (Å/px)", "trained", "F1 @ 0.5 Å"):
+    ev = card.evaluation
+    if not ev.get("overall"):
+        return None
+    radius = "0.5" if "0.5" in ev["overall"] else sorted(ev["overall"])[0]
+    data = ev.get("data", {})
+    title = (f"evaluation on {data.get('store', '?')} (seed {data.get('seed', '?')}, {data.get('n', '?')} images), "
+             f"matching radius {radius} Å")
+    table = Table(title=title)
+    heights = ev["overall"][radius].get("height_exact") is not None
+    for col in ["detector", "dose (e/Å²)", "images", "precision", "recall", "F1", "RMSE (pm)"] + (
+            ["height exact", "±1"] if heights else []):
         table.add_column(col)
-    for name in list_models():
+
+    def row(detector: str, label: str, m: dict) -> None:
+        rmse = m.get("rmse_pm")
+        cells = [detector, label, str(m.get("n_images", "")), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
+                 f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None else "-"]
+        if heights:
+            cells += [f"{m['height_exact']:.2f}" if m.get("height_exact") is not None else "-",
+                      f"{m['height_within1']:.2f}" if m.get("height_within1") is not None else "-"]
+        table.add_row(*cells)
+
+    for name, overall, by_dose in (("network", ev.get("overall"), ev.get("by_dose")),
+                                   ("baseline", ev.get("baseline_overall"), ev.get("baseline_by_dose"))):
+        if not overall:
+            continue
+        row(name, "all", overall[radius])
+        for b in by_dose or []:
+            row(name, b["bin"], b["metrics"][radius])
+    return table
+
+
+@app.command("models")
+def models_command(
+    name: Optional[str] = typer.Argument(None, help="A model's name (or path): print its card."),
+) -> None:
+    """List the shipped models (one line each), or print one model's card."""
+    from rich.markup import escape
+
+    from atomfinder.detection.validity import card_reference
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+    from atomfinder.nn.validity import validity_summary
+
+    out = Console(highlight=False, soft_wrap=True)
+
+    def listing() -> None:
+        for model in list_models():
+            card = load_card(resolve_model(model))
+            out.print(escape(f"{card.name} {card.version} ({', '.join(card.class_names)}): "
+                             f"{validity_summary(card_reference(card))}"))
+
+    def show() -> None:
         card = load_card(resolve_model(name))
-        f1 = card.evaluation.get("overall", {}).get("0.5", {}).get("f1")
-        table.add_row(card.name, card.version, ", ".join(card.class_names), str(card.in_channels),
-                      f"{card.sampling_A:.3f}", f"{card.training.get('time_s', 0) / 60:.0f} min",
-                      f"{f1:.3f}" if f1 is not None else "-")
-    Console().print(table)
+        det = card.detection
+        lines = [
+            f"{card.name} {card.version} (created {card.created})",
+            f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}"
+            + (f" (defocus offsets {', '.join(f'{d:g}' for d in card.defocus_offsets_A)} Å)" if card.defocus_offsets_A else ""),
+            f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
+            f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å",
+            "validity range:",
+            *card_validity_lines(card_reference(card)),
+            "training:",
+            *_training_lines(card),
+        ]
+        for line in lines:
+            out.print(escape(line))
+        table = _evaluation_table(card)
+        if table is None:
+            out.print("evaluation: none recorded")
+        else:
+            out.print(table)
+
+    _run(listing if name is None else show)
 
 
 @app.command()
@@ -372,16 +532,22 @@ def detect(
     model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
     sampling: Optional[float] = typer.Option(None, "--sampling", help="Pixel size in Å per pixel; overrides the files' calibration."),
     focal_series: bool = typer.Option(False, "--focal-series", help="Frames form a focal series (in the model's defocus order; defocus positive = underfocus); they are registered before inference."),
-    out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.png (and <stem>_probabilities.tif)."),
+    out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.json (provenance, validity checks), <stem>.png (and <stem>_probabilities.tif)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (float32 TIFF at the model sampling)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
     precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bfloat16 on CPUs with native support, float16 on CUDA, else float32), float32, bfloat16 or float16."),
 ) -> None:
-    """Find atoms in micrographs: an atom table (CSV) and an overlay (PNG) per input."""
+    """Find atoms in micrographs: an atom table (CSV), its provenance and validity checks (JSON) and an
+    overlay (PNG) per input; each failed validity check is printed as one warning line."""
 
     def action() -> None:
+        import warnings
+
+        from rich.markup import escape
+
         from atomfinder.detection.run import detect_files
+        from atomfinder.detection.validity import ValidityWarning
 
         n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
         lines: list[str] = []
@@ -390,15 +556,18 @@ def detect(
 
             def progress(done: int, total: int, report) -> None:
                 frames = f" in {report.n_frames} frames" if report.n_frames > 1 and not focal_series else ""
-                lines.append(f"{report.source}: {report.n_atoms} atoms{frames} -> {out / (report.stem + '.csv')}")
+                lines.append(escape(f"{report.source}: {report.n_atoms} atoms{frames} -> {out / (report.stem + '.csv')}"))
+                lines.extend(f"[yellow]warning:[/yellow] {escape(w)}" for w in report.warnings)
                 bar.update(task, completed=done, total=total)
 
-            detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
-                         probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler,
-                         precision=precision)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ValidityWarning)  # printed from the reports, one line each
+                detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
+                             probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler,
+                             precision=precision, sampling_label="--sampling")
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"results in {out}/", highlight=False, soft_wrap=True)
+        console.print(escape(f"results in {out}/"), highlight=False, soft_wrap=True)
 
     _run(action)
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from atomfinder._files import atomic_write
 from atomfinder.analysis.matching import match_positions
@@ -253,6 +254,8 @@ class _Prediction:
     label: np.ndarray
     height: np.ndarray
     seconds: float
+    confidence: np.ndarray | None = None
+    sigma_A: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -321,14 +324,52 @@ def scored_predictions(
 
 
 def _score_image(rec: _Record, pred: _Prediction, radius_A: float, border_A: float, n_classes: int) -> dict[str, Any]:
+    """:func:`detection_scores` under border exclusion, plus the scored predictions' mask ``keep``
+    and the interior sites' mask ``true_interior`` (``pred_idx``/``true_idx`` index those subsets)."""
     t_in = interior_mask(rec.true_xy_A, rec.shape, rec.sampling_A, border_A)
     p_in = interior_mask(pred.xy_A, rec.shape, rec.sampling_A, border_A)
     keep = scored_predictions(pred.xy_A, rec.true_xy_A, p_in, t_in, radius_A)
-    return detection_scores(
+    scores = detection_scores(
         pred.xy_A[keep], rec.true_xy_A[t_in], radius_A,
         pred_labels=pred.label[keep], true_labels=rec.true_label[t_in], n_classes=n_classes,
         pred_heights=pred.height[keep], true_heights=rec.true_height[t_in],
     )
+    return scores | {"keep": keep, "true_interior": t_in}
+
+
+def detection_outcomes(
+    pred_xy_A: np.ndarray,
+    pred_label: np.ndarray,
+    true_xy_A: np.ndarray,
+    true_label: np.ndarray,
+    scores: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per scored detection: is it a real atom of its class, and its position error.
+
+    Parameters
+    ----------
+    pred_xy_A, pred_label, true_xy_A, true_label
+        All detections and all sites of one image (Å, 1-based labels).
+    scores : mapping
+        :func:`_score_image`'s result for them (its ``keep``, ``true_interior``,
+        ``pred_idx`` and ``true_idx``).
+
+    Returns
+    -------
+    (index, is_true, err_A)
+        Indices of the scored detections into ``pred_xy_A``; whether each matched a
+        site of its own class; its ``(dx, dy)`` error in Å (NaN when unmatched).
+    """
+    index = np.flatnonzero(scores["keep"])
+    true_in = np.flatnonzero(scores["true_interior"])
+    pi, ti = np.asarray(scores["pred_idx"], dtype=np.int64), np.asarray(scores["true_idx"], dtype=np.int64)
+    is_true = np.zeros(len(index), dtype=bool)
+    err = np.full((len(index), 2), np.nan)
+    if len(pi):
+        same = np.asarray(pred_label)[index[pi]] == np.asarray(true_label)[true_in[ti]]
+        is_true[pi] = same
+        err[pi] = np.asarray(pred_xy_A)[index[pi]] - np.asarray(true_xy_A)[true_in[ti]]
+    return index, is_true, err
 
 
 def _metrics(agg: Mapping[str, Any]) -> dict[str, Any]:
@@ -433,6 +474,8 @@ def _collect(
                 label=np.asarray(table.label, dtype=np.int64),
                 height=np.asarray(table.height, dtype=np.int64),
                 seconds=dt,
+                confidence=table.confidence,
+                sigma_A=table.sigma_A,
             )
         records.append(_Record(
             shape=s.shape, sampling_A=s.sampling_A, dose_e_per_A2=s.dose_e_per_A2,
@@ -491,15 +534,104 @@ def _detector_report(
     doses = np.array([r.dose_e_per_A2 for r in records], dtype=np.float64)
     defoci = np.array([r.defocus_A for r in records], dtype=np.float64)
     seconds = [r.predictions[name].seconds for r in records]
+    area_nm2 = sum(_interior_area_nm2(r, border_A) for r in records)
+    far = [_far_detections(r, name, FAR_A, border_A) for r in records]
+    overall = {radius_key(r): _metrics(aggregate(s[radius_key(r)] for s in per_image)) for r in radii_A}
+    for metrics in overall.values():
+        metrics["fp_per_10nm2"] = 10.0 * metrics["fp"] / area_nm2 if area_nm2 > 0 else math.nan
+        metrics["far_detections"] = int(sum(far))
+        metrics["max_far_per_image"] = int(max(far, default=0))
+    primary = CALIBRATION_RADIUS_A if CALIBRATION_RADIUS_A in [float(r) for r in radii_A] else float(radii_A[0])
     return {
         "n_images": len(records),
         "seconds_per_image": float(np.mean(seconds)) if seconds else math.nan,
-        "overall": {
-            radius_key(r): _metrics(aggregate(s[radius_key(r)] for s in per_image)) for r in radii_A
-        },
+        "area_nm2": area_nm2,
+        "overall": overall,
+        "trust": _trust(records, name, per_image, primary, doses),
         "by_dose": _binned(doses, dose_edges, _fmt_dose, per_image) if records else [],
         "by_defocus": _binned(defoci, defocus_edges_A, _fmt_plain, per_image) if records else [],
         "images": rows,
+    }
+
+
+#: Matching radius (Å) at which confidences and error bars are scored.
+CALIBRATION_RADIUS_A = 0.5
+
+
+#: A detection farther than this (Å) from every site is "far" (e.g. inside a hole).
+FAR_A = 1.0
+
+
+def _far_detections(rec: _Record, name: str, far_A: float, border_A: float) -> int:
+    """Detections inside the border band farther than ``far_A`` from every site."""
+    pred = rec.predictions[name]
+    inside = interior_mask(pred.xy_A, rec.shape, rec.sampling_A, border_A)
+    xy = pred.xy_A[inside]
+    if len(xy) == 0:
+        return 0
+    if len(rec.true_xy_A) == 0:
+        return int(len(xy))
+    d, _ = cKDTree(rec.true_xy_A).query(xy)
+    return int(np.sum(d > far_A))
+
+
+def _interior_area_nm2(rec: _Record, border_A: float) -> float:
+    h, w = rec.shape
+    side_y = max(h * rec.sampling_A - 2 * border_A, 0.0)
+    side_x = max(w * rec.sampling_A - 2 * border_A, 0.0)
+    return side_x * side_y / 100.0
+
+
+def _trust(
+    records: list[_Record], name: str, per_image: list[dict[str, dict[str, Any]]], radius_A: float,
+    doses: np.ndarray,
+) -> dict[str, Any] | None:
+    """Calibration of the confidence and coverage of the error bars, pooled over images.
+
+    None when the detector gives no confidence (an uncalibrated model, the baseline).
+    """
+    from atomfinder.detection.confidence import expected_calibration_error, reliability_bins, sigma_coverage
+
+    bins = bin_labels(doses, DOSE_EDGES, _fmt_dose) if len(records) else []
+    image_bins = [b[0] for b in bins]
+    low = {b[0]: (b[1] if math.isfinite(b[1]) or np.isposinf(b[1]) else -math.inf) for b in bins}
+    conf, true, err, sigma, dose = [], [], [], [], []
+    for rec, scores, d in zip(records, per_image, image_bins):
+        pred = rec.predictions[name]
+        if pred.confidence is None or (len(pred.confidence) and not np.isfinite(pred.confidence).any()):
+            return None
+        index, is_true, e = detection_outcomes(pred.xy_A, pred.label, rec.true_xy_A, rec.true_label,
+                                               scores[radius_key(radius_A)])
+        conf.append(pred.confidence[index])
+        sigma.append(pred.sigma_A[index])
+        true.append(is_true)
+        err.append(e)
+        dose.append(np.full(len(index), d, dtype=object))
+    c, t, e, sg = (np.concatenate(a) if a else np.zeros(0) for a in (conf, true, err, sigma))
+    ds = np.concatenate(dose) if dose else np.zeros(0, dtype=object)
+    t = t.astype(bool)
+    e = e.reshape(-1, 2)
+    m = t & np.isfinite(sg)
+    by_dose = []
+    for label in sorted(dict.fromkeys(image_bins), key=lambda b: low[b]):
+        sel = m & (ds == label)
+        if sel.any():
+            by_dose.append({"bin": label, "n": int(sel.sum()),
+                            "median_sigma_pm": 100.0 * float(np.median(sg[sel])),
+                            "rmse_per_axis_pm": 100.0 * float(np.sqrt(np.mean(e[sel] ** 2))),
+                            **sigma_coverage(e[sel], sg[sel])})
+    return {
+        "radius_A": radius_A,
+        "n_detections": int(len(c)),
+        "n_true": int(t.sum()),
+        "ece": expected_calibration_error(c, t) if len(c) else math.nan,
+        "reliability": reliability_bins(c, t),
+        "mean_confidence": float(np.mean(c)) if len(c) else math.nan,
+        "fraction_true": float(np.mean(t)) if len(t) else math.nan,
+        "sigma": {"n": int(m.sum()),
+                  "median_sigma_pm": 100.0 * float(np.median(sg[m])) if m.any() else math.nan,
+                  **sigma_coverage(e[m], sg[m])},
+        "sigma_by_dose": by_dose,
     }
 
 
@@ -823,15 +955,17 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
         for r in st["radii_A"]:
             m = d["overall"][radius_key(r)]
             rows.append([n, radius_key(r), str(m["tp"]), str(m["fp"]), str(m["fn"]), _f(m["precision"]),
-                         _f(m["recall"]), _f(m["f1"]), _f(m["rmse_pm"], 1), _f(m["label_accuracy"])])
+                         _f(m["recall"]), _f(m["f1"]), _f(m["rmse_pm"], 1), _f(m["label_accuracy"]),
+                         _f(m.get("fp_per_10nm2"), 2), _f(m.get("far_detections")), _f(m.get("max_far_per_image"))])
     lines += _table(["detector", "radius (Å)", "TP", "FP", "FN", "precision", "recall", "F1", "RMSE (pm)",
-                     "label accuracy"], rows)
+                     "label accuracy", "false per 10 nm²", f"> {FAR_A:g} Å from any site", "most in one image"], rows)
     lines += ["Time per image: " + ", ".join(f"{n} {_f(d['seconds_per_image'], 3)} s" for n, d in dets.items()), ""]
     lines += [f"## Per image (radius {rk} Å)", "",
               "Pooled counts hide whether errors are spread thin or whole images fail: the distribution "
               "of the per-image F1 (images with sites only).", ""]
     lines += _table(["detector", "images", "median F1", "10th percentile", "F1 >= 0.95", "F1 < 0.5"],
                     (per_image_row(n, d, float(rk)) for n, d in dets.items()))
+    lines += _trust_markdown(dets)
     lines += [f"## By dose (e/Å², radius {rk} Å)", ""] + _binned_table(dets, "by_dose", rk)
     lines += [f"## By defocus (Å, radius {rk} Å)", ""] + _binned_table(dets, "by_defocus", rk)
     lines += [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", ""]
@@ -853,6 +987,60 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     else:
         lines += ["No heights (no detector predicted heights, or the data has none).", ""]
     return "\n".join(lines)
+
+
+def _trust_markdown(dets: Mapping[str, Any]) -> list[str]:
+    """The confidence-calibration and error-bar section (detectors with a confidence only)."""
+    lines: list[str] = []
+    for n, d in dets.items():
+        t = d.get("trust")
+        if not t:
+            continue
+        lines += [f"## Confidence and error bars: {n} (radius {t['radius_A']:g} Å)", "",
+                  f"{t['n_detections']} scored detections, {t['n_true']} real atoms of their class "
+                  f"({_f(t['fraction_true'])}); mean confidence {_f(t['mean_confidence'])}; "
+                  f"expected calibration error (10 bins) **{_f(t['ece'], 4)}**.", ""]
+        lines += _table(["confidence", "detections", "mean confidence", "share real"],
+                        ([f"{b['lo']:.1f}–{b['hi']:.1f}", str(b["n"]), _f(b["mean_confidence"]),
+                          _f(b["fraction_true"])] for b in t["reliability"]))
+        sg = t["sigma"]
+        lines += [f"Error bars (`sigma_angstrom`, 1 σ per coordinate) of the {sg['n']} real atoms: "
+                  f"{_f(100 * sg['within_1_sigma'] if sg['within_1_sigma'] is not None else None, 1)} % of the "
+                  f"x and y errors lie within 1 σ (68.3 % for a right Gaussian σ), "
+                  f"{_f(100 * sg['within_2_sigma'] if sg['within_2_sigma'] is not None else None, 1)} % within 2 σ; "
+                  f"median σ {_f(sg['median_sigma_pm'], 1)} pm.", ""]
+        lines += _table(["dose (e/Å²)", "atoms", "median σ (pm)", "RMSE per axis (pm)", "within 1 σ", "within 2 σ"],
+                        ([b["bin"], str(b["n"]), _f(b["median_sigma_pm"], 1), _f(b["rmse_per_axis_pm"], 1),
+                          _f(b["within_1_sigma"]), _f(b["within_2_sigma"])] for b in t["sigma_by_dose"]))
+    return lines
+
+
+def _plot_reliability(dets: Mapping[str, Any], path: Path) -> Path | None:
+    """Reliability diagram: share of real atoms against mean confidence per bin."""
+    trusted = {n: d["trust"] for n, d in dets.items() if d.get("trust")}
+    if not trusted:
+        return None
+    import matplotlib.pyplot as plt
+
+    from atomfinder.analysis.plots import save_figure
+
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for n, t in trusted.items():
+        bins = t["reliability"]
+        ax.plot([b["mean_confidence"] for b in bins], [b["fraction_true"] for b in bins], "o-",
+                label=f"{n} (ECE {t['ece']:.3f})")
+        ax_n.bar([0.5 * (b["lo"] + b["hi"]) for b in bins], [b["n"] for b in bins], width=0.09, alpha=0.6)
+    ax.set_ylabel("share of real atoms")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    if any(b["n"] > 0 for t in trusted.values() for b in t["reliability"]):
+        ax_n.set_yscale("log")
+    ax_n.set_xlabel("confidence")
+    ax_n.set_ylabel("detections")
+    return save_figure(fig, path)
 
 
 def _plot_vs(dets: Mapping[str, Any], key: str, metric: str, rk: str, xlabel: str, ylabel: str,
@@ -903,7 +1091,8 @@ def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, 
     -------
     list of Path
         ``report.json`` (NaN written as null, infinities as ``"inf"``), ``report.md``,
-        ``f1_vs_dose.png``, ``rmse_vs_dose.png``, ``f1_vs_defocus.png``.
+        ``f1_vs_dose.png``, ``rmse_vs_dose.png``, ``f1_vs_defocus.png`` and, for
+        detectors with a calibrated confidence, ``reliability.png``.
     """
     out = Path(out_dir)
     rep = _as_comparison(report)
@@ -917,7 +1106,8 @@ def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, 
         _plot_vs(dets, "by_defocus", "f1", rk, "defocus (Å, positive = underfocus)", "F1", False,
                  out / "f1_vs_defocus.png"),
     ]
-    return paths
+    reliability = _plot_reliability(dets, out / "reliability.png")
+    return paths + ([reliability] if reliability is not None else [])
 
 
 __all__ = [

@@ -78,6 +78,20 @@ class SimulationConfig:
         Probability of an amorphous carbon layer under the specimen.
     carbon_thickness_A : (float, float)
         Thickness range of that layer (Å).
+    p_empty_field : float
+        Probability that a structure is left out altogether, as a negative: the
+        field holds amorphous carbon alone (with probability ``p_empty_carbon``) or
+        vacuum, and no label (drawn only when > 0, so that recipes without it
+        regenerate exactly).
+    p_empty_carbon : float
+        Share of the empty fields that hold an amorphous carbon film.
+    p_contamination : float
+        Probability of amorphous-carbon contamination on top of the specimen: 1-3
+        blobs (discs of radius ``contamination_radius_A``) of a film
+        ``contamination_thickness_A`` thick. The specimen's sites under it stay
+        labelled (drawn only when > 0).
+    contamination_thickness_A, contamination_radius_A : (float, float)
+        Thickness and blob-radius ranges of the contamination (Å).
     label_kind : {"disk", "gaussian"}
         Shape of the class targets.
     label_radius_A : float
@@ -107,6 +121,11 @@ class SimulationConfig:
     frozen_phonons: int = 0
     p_amorphous_carbon: float = 0.0
     carbon_thickness_A: tuple[float, float] = (5.0, 20.0)
+    p_empty_field: float = 0.0
+    p_empty_carbon: float = 0.5
+    p_contamination: float = 0.0
+    contamination_thickness_A: tuple[float, float] = (5.0, 20.0)
+    contamination_radius_A: tuple[float, float] = (5.0, 20.0)
     label_kind: str = "disk"
     label_radius_A: float = 0.4
     max_sites: int = 2048
@@ -121,8 +140,9 @@ class SimulationConfig:
             raise ValueError("frames must be >= 1 and image_px >= 16")
         if self.crop not in ("uniform", "sites"):
             raise ValueError(f"unknown crop mode {self.crop!r}")
-        if not 0.0 <= self.p_uniform_crop <= 1.0:
-            raise ValueError(f"p_uniform_crop must be in [0, 1], got {self.p_uniform_crop}")
+        for name in ("p_uniform_crop", "p_amorphous_carbon", "p_empty_field", "p_empty_carbon", "p_contamination"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         s_max = self.microscope.sampling_A * (1 + self.microscope.sampling_jitter)
         need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
         if min(self.box_px) < need:
@@ -183,7 +203,9 @@ def default_config(system: str) -> SimulationConfig:
     - graphene: 0.1 Å/px, aberration-corrected microscopes only (an uncorrected
       lens cannot resolve 1.42 Å C–C distances, so such images would teach
       guessing), tuned (astigmatism <= 1 nm, coma <= 15 nm), 60–300 kV, thin
-      amorphous carbon under 20 % of the sheets.
+      amorphous carbon under 20 % of the sheets; as negatives, 12 % of the fields
+      hold no sheet (amorphous carbon or vacuum), a quarter of the sheets carry
+      contamination blobs, and holes are larger (3-15 Å) and more frequent.
     - gold: 0.1 Å/px, 200–300 kV, negative-Cs imaging (Cs -40..-10 µm, defocus
       within 60 Å of the Scherzer overfocus), Au waves at 0.05 Å, crops around the
       particle, amorphous carbon under half of the particles.
@@ -202,6 +224,14 @@ def default_config(system: str) -> SimulationConfig:
                                         coma_A=(0.0, 150.0)),
             p_amorphous_carbon=0.2,
             carbon_thickness_A=(3.0, 10.0),
+            # Negatives (graphene 0.3): whole fields of vacuum or amorphous carbon,
+            # contamination blobs on the sheet and larger, more frequent holes.
+            p_empty_field=0.12,
+            p_empty_carbon=0.6,
+            p_contamination=0.25,
+            contamination_thickness_A=(5.0, 25.0),
+            contamination_radius_A=(5.0, 20.0),
+            structure={"hole_density_nm2": [0.005, 0.04], "hole_radius_A": [3.0, 15.0]},
             slice_thickness_A=2.0,
             draws_per_wave=8,
         )
@@ -284,6 +314,10 @@ def build_structure(config: SimulationConfig, rng: np.random.Generator, box_A: f
 
     build, config_cls, _ = _builder(config.system)
     structure = build(rng, (box_A, box_A), config_cls.from_dict(config.structure) if config.structure else None)
+    if config.p_empty_field > 0 and rng.random() < config.p_empty_field:
+        return empty_field(config, rng, structure)
+    if config.p_contamination > 0 and rng.random() < config.p_contamination:
+        structure = add_contamination(config, rng, structure)
     if rng.random() < config.p_amorphous_carbon:
         # a carbon layer at z = 1 .. 1 + t Å, the specimen moved up above it
         lo, hi = config.carbon_thickness_A
@@ -296,6 +330,48 @@ def build_structure(config: SimulationConfig, rng: np.random.Generator, box_A: f
         info = dict(structure.info) | {"amorphous_carbon_A": thickness}
         structure = Structure(atoms, structure.sites, structure.class_names, info)
     return structure
+
+
+def empty_field(config: SimulationConfig, rng: np.random.Generator, structure: Structure) -> Structure:
+    """A negative in the box of ``structure``: amorphous carbon alone or vacuum, no sites."""
+    from ase import Atoms
+
+    from atomfinder.structures import Sites
+    from atomfinder.structures.support import amorphous_carbon
+
+    lx, ly, _ = structure.box_A
+    info = {"system": config.system, "empty_field": True}
+    if rng.random() < config.p_empty_carbon:
+        thickness = float(rng.uniform(*config.carbon_thickness_A))
+        atoms = amorphous_carbon(rng, (lx, ly), thickness, z0_A=1.0)
+        atoms.set_cell([lx, ly, thickness + 2.0])
+        info["amorphous_carbon_A"] = thickness
+    else:
+        atoms = Atoms([], cell=[lx, ly, 2.0], pbc=True)
+    return Structure(atoms, Sites.empty(), structure.class_names, info)
+
+
+def add_contamination(config: SimulationConfig, rng: np.random.Generator, structure: Structure) -> Structure:
+    """Blobs of amorphous carbon on top of the specimen (its sites stay labelled)."""
+    from atomfinder.structures.support import amorphous_carbon
+
+    lx, ly, lz = structure.box_A
+    thickness = float(rng.uniform(*config.contamination_thickness_A))
+    film = amorphous_carbon(rng, (lx, ly), thickness, z0_A=lz)
+    centres = rng.uniform(0, 1, (int(rng.integers(1, 4)), 2)) * (lx, ly)
+    radii = rng.uniform(*config.contamination_radius_A, len(centres))
+    xy = film.positions[:, :2]
+    # periodic distance to each blob centre
+    d = xy[:, None, :] - centres[None]
+    d -= np.round(d / (lx, ly)) * (lx, ly)
+    inside = np.any(np.hypot(d[..., 0], d[..., 1]) < radii[None], axis=1)
+    atoms = structure.atoms.copy()
+    atoms.extend(film[np.flatnonzero(inside)])
+    atoms.set_cell([lx, ly, lz + thickness + 1.0])
+    info = dict(structure.info) | {
+        "contamination": {"thickness_A": thickness, "centres_A": centres.tolist(), "radii_A": radii.tolist()}
+    }
+    return Structure(atoms, structure.sites, structure.class_names, info)
 
 
 # -- one job ------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from scipy.spatial import cKDTree
 from skimage.morphology import disk
 
 #: Columns of the atom table (DESIGN.md).
-TABLE_COLUMNS = ("x", "y", "x_angstrom", "y_angstrom", "label", "probability", "height")
+TABLE_COLUMNS = (
+    "x", "y", "x_angstrom", "y_angstrom", "label", "confidence", "sigma_angstrom", "probability", "height",
+)
 _CHUNK = 2048
 
 
@@ -35,6 +37,11 @@ class AtomTable:
         Detection score in [0, 1] (the atom probability at the peak for networks).
     height : ndarray of int, shape (n,)
         Atoms per column, or -1 where unknown.
+    confidence : ndarray of float, shape (n,), optional
+        Calibrated probability that the detection is a real atom of its class
+        (:mod:`atomfinder.detection.confidence`); NaN where not calibrated.
+    sigma_A : ndarray of float, shape (n,), optional
+        1-σ error of each coordinate in Å; NaN where not calibrated.
     """
 
     x: np.ndarray
@@ -42,6 +49,8 @@ class AtomTable:
     label: np.ndarray
     probability: np.ndarray
     height: np.ndarray
+    confidence: np.ndarray | None = None
+    sigma_A: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x", np.asarray(self.x, dtype=np.float64).reshape(-1))
@@ -52,7 +61,12 @@ class AtomTable:
         )
         object.__setattr__(self, "height", np.asarray(self.height, dtype=np.int64).reshape(-1))
         n = len(self.x)
-        if not all(len(a) == n for a in (self.y, self.label, self.probability, self.height)):
+        for name in ("confidence", "sigma_A"):
+            v = getattr(self, name)
+            v = np.full(n, np.nan) if v is None else np.asarray(v, dtype=np.float64).reshape(-1)
+            object.__setattr__(self, name, v)
+        if not all(len(a) == n for a in (self.y, self.label, self.probability, self.height,
+                                          self.confidence, self.sigma_A)):
             raise ValueError("AtomTable arrays must all have the same length")
 
     def __len__(self) -> int:
@@ -68,6 +82,11 @@ class AtomTable:
         """Positions as an ``(n, 2)`` array of ``(x, y)`` in pixels."""
         return np.column_stack([self.x, self.y])
 
+    def select(self, index: np.ndarray) -> "AtomTable":
+        """The atoms at ``index`` (integer indices or a boolean mask)."""
+        return AtomTable(self.x[index], self.y[index], self.label[index], self.probability[index],
+                         self.height[index], self.confidence[index], self.sigma_A[index])
+
     def to_frame(self, class_names: Sequence[str], sampling_A: float) -> pd.DataFrame:
         """The table as a DataFrame with the DESIGN.md columns.
 
@@ -81,9 +100,10 @@ class AtomTable:
         Returns
         -------
         DataFrame
-            Columns ``x, y, x_angstrom, y_angstrom, label, probability, height``;
-            ``height`` is a nullable integer column, NA (written empty to CSV) where
-            unknown.
+            Columns ``x, y, x_angstrom, y_angstrom, label, confidence,
+            sigma_angstrom, probability, height``; ``height`` is a nullable integer
+            column, NA (written empty to CSV) where unknown; ``confidence`` and
+            ``sigma_angstrom`` are NaN (empty in CSV) for an uncalibrated model.
         """
         names = np.asarray(list(class_names), dtype=object)
         if len(self) and (self.label.min() < 1 or self.label.max() > len(names)):
@@ -97,6 +117,8 @@ class AtomTable:
                 "x_angstrom": self.x * sampling_A,
                 "y_angstrom": self.y * sampling_A,
                 "label": names[self.label - 1] if len(self) else np.zeros(0, dtype=object),
+                "confidence": self.confidence,
+                "sigma_angstrom": self.sigma_A,
                 "probability": self.probability,
                 "height": height,
             },

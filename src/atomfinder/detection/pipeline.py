@@ -3,12 +3,16 @@
 ``detect_array`` chains the steps every caller (CLI, evaluation, time series) must do
 the same way:
 
-1. check the channel count against the model card,
+1. check the channel count against the model card, and the size: a pixel size far
+   from the model's or more memory than is available is refused before anything is
+   allocated (:func:`size_problem`),
 2. resample the image to the model's sampling (:func:`resample`),
 3. normalise it as the card says (:func:`atomfinder.nn.normalization.apply_normalization`),
 4. predict per-class probabilities, tiled (:func:`atomfinder.nn.infer.predict`),
 5. find atoms as peaks (:func:`atomfinder.detection.peaks.find_atoms`),
-6. scale the positions back to the input pixel grid (:func:`rescale_positions`).
+6. describe each by its peak features and, with the card's calibration, give it a
+   calibrated confidence and a positional error bar (:mod:`atomfinder.detection.confidence`),
+7. scale the positions back to the input pixel grid (:func:`rescale_positions`).
 
 Coordinates follow DESIGN.md: ``(x, y)`` = (column, row), pixel centres at integers,
 origin at the centre of the top-left pixel, so a position in pixels ``x`` sits at
@@ -29,7 +33,9 @@ import pandas as pd
 import torch
 from scipy.ndimage import affine_transform, gaussian_filter
 
+from atomfinder.detection.confidence import Calibration, peak_features
 from atomfinder.detection.peaks import AtomTable, find_atoms
+from atomfinder.detection.validity import model_contrast_to_noise
 from atomfinder.nn.card import ModelCard
 from atomfinder.nn.infer import predict
 from atomfinder.nn.normalization import apply_normalization
@@ -65,6 +71,200 @@ def _check_sampling(*values: float) -> None:
     for v in values:
         if not (np.isfinite(v) and v > 0):
             raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {v}")
+
+
+# --------------------------------------------------------------------------- size guards
+#: Coarsest input pixel accepted, as a multiple of the model's pixel size (0.4 Å/px for
+#: a 0.1 Å/px model: neighbouring carbon atoms 1.42 Å apart are then 3.5 pixels apart).
+MAX_COARSER = 4.0
+#: Finest input pixel accepted, as a fraction ``1 / MAX_FINER`` of the model's: a finer
+#: image would be downsampled more than 8x (usually a wrong calibration).
+MAX_FINER = 8.0
+#: Peak bytes per input pixel of one frame for reading, cleaning and anti-aliasing
+#: (measured ~36 B/px on an 8192² image downsampled 8x, :func:`input_memory_bytes`).
+INPUT_WORK_BYTES = 32
+#: Bytes per input pixel and frame held through the whole detection (raw and cleaned float32).
+INPUT_STORE_BYTES = 8
+#: Peak bytes per model-grid pixel and input channel for resampling, normalisation and
+#: tiled inference (measured 36-42 B/px between 2048² and 4096², float32 arithmetic).
+MODEL_WORK_BYTES = 40
+
+
+def _format_A(value: float) -> str:
+    """A pixel size for a message: three significant digits, no exponent below 1000 Å."""
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
+def _format_bytes(n: float) -> str:
+    """``n`` bytes as ``"1.5 GB"``, ``"12 MB"`` or ``"300 kB"``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def pixel_size_problem(sampling_A: float, model_sampling_A: float) -> str | None:
+    """Why a pixel size is too far from the model's to detect atoms, or None.
+
+    Parameters
+    ----------
+    sampling_A : float
+        Pixel size of the input in Å/px.
+    model_sampling_A : float
+        The model's pixel size (``card.sampling_A``).
+
+    Returns
+    -------
+    str or None
+        A one-line reason when the input is coarser than ``MAX_COARSER`` times or
+        finer than ``1 / MAX_FINER`` times the model's pixel size.
+    """
+    _check_sampling(sampling_A, model_sampling_A)
+    model = f"the model works at {_format_A(model_sampling_A)} Å/px"
+    if sampling_A > MAX_COARSER * model_sampling_A:
+        return (f"pixel size {_format_A(sampling_A)} Å/px is far too coarse for atomic resolution; {model} "
+                f"(at most {MAX_COARSER:g}x coarser, {_format_A(MAX_COARSER * model_sampling_A)} Å/px); "
+                "check the calibration or the given sampling")
+    if sampling_A * MAX_FINER < model_sampling_A:
+        return (f"pixel size {_format_A(sampling_A)} Å/px is far too fine; {model} (at most {MAX_FINER:g}x finer, "
+                f"{_format_A(model_sampling_A / MAX_FINER)} Å/px); check the calibration or the given sampling")
+    return None
+
+
+def input_memory_bytes(height: int, width: int, n_images: int = 1) -> int:
+    """Bytes needed to read and clean ``n_images`` frames of ``height x width`` pixels.
+
+    ``INPUT_STORE_BYTES`` per pixel of every frame (kept throughout) plus
+    ``INPUT_WORK_BYTES`` per pixel of the one frame being worked on.
+    """
+    n_px = int(height) * int(width)
+    return n_px * (INPUT_STORE_BYTES * int(n_images) + INPUT_WORK_BYTES)
+
+
+def input_memory_problem(shape: tuple[int, ...], available_bytes: int | None = None) -> str | None:
+    """Why an image of this shape cannot even be cleaned in the available memory, or None.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` or ``(N, H, W)``.
+    available_bytes : int, optional
+        Memory available (default :func:`available_memory_bytes`; no check when unknown).
+
+    Returns
+    -------
+    str or None
+        One line with :func:`input_memory_bytes` against the available memory.
+    """
+    n = int(shape[0]) if len(shape) == 3 else 1
+    need = input_memory_bytes(shape[-2], shape[-1], n)
+    available = available_memory_bytes() if available_bytes is None else int(available_bytes)
+    if available is None or need <= available:
+        return None
+    size = "x".join(str(int(k)) for k in shape)
+    return (f"{size} pixels: cleaning needs about {_format_bytes(need)} of memory but "
+            f"{_format_bytes(available)} is available; crop or bin the image")
+
+
+def detection_memory_bytes(
+    height: int, width: int, sampling_A: float, model_sampling_A: float, *, n_classes: int,
+    channels: int = 1, n_frames: int = 1,
+) -> int:
+    """Estimated peak memory (bytes) of detecting atoms in an image or stack.
+
+    The input grid costs :func:`input_memory_bytes`; the model grid
+    (``resampled_size`` of each side) costs ``MODEL_WORK_BYTES`` per pixel and channel
+    (resampling, normalisation, tiled inference) plus the float32 probability maps
+    (``4 * n_classes`` bytes per pixel) of every frame. The fixed cost of the network
+    (a few hundred MB, independent of the image size) is not counted.
+
+    Parameters
+    ----------
+    height, width : int
+        Input image size in pixels.
+    sampling_A, model_sampling_A : float
+        Pixel sizes of the input and of the model (Å/px).
+    n_classes : int
+        Classes of the model, background included.
+    channels : int
+        Input channels fed to the network together (the frames of a focal series).
+    n_frames : int
+        Independent frames, each detected on its own (a stack that is not a focal series).
+
+    Returns
+    -------
+    int
+    """
+    h = resampled_size(height, sampling_A, model_sampling_A)
+    w = resampled_size(width, sampling_A, model_sampling_A)
+    model_px = h * w
+    model = model_px * (MODEL_WORK_BYTES * int(channels) + 4 * int(n_classes) * int(n_frames))
+    return input_memory_bytes(height, width, int(channels) * int(n_frames)) + model
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new allocation (``psutil.virtual_memory().available``), or None
+    when it cannot be known."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def size_problem(
+    shape: tuple[int, ...], sampling_A: float, card: ModelCard, *, focal_series: bool = False,
+    available_bytes: int | None = None,
+) -> str | None:
+    """Why an image cannot be detected with a model (pixel size or memory), or None.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)``, or ``(N, H, W)``: N independent frames, or with ``focal_series``
+        N channels fed together (as :func:`detect_array` takes ``(C, H, W)``).
+    sampling_A : float
+        Input pixel size (Å/px).
+    card : ModelCard
+        The model's card (``sampling_A``, ``architecture``).
+    focal_series : bool
+        Whether the frames of a 3-D shape are channels of one input.
+    available_bytes : int, optional
+        Memory available (default :func:`available_memory_bytes`; no memory check
+        when that is unknown).
+
+    Returns
+    -------
+    str or None
+        One line: the pixel-size problem (:func:`pixel_size_problem`), or the
+        estimated memory (:func:`detection_memory_bytes`) against what is available.
+    """
+    problem = pixel_size_problem(sampling_A, card.sampling_A)
+    if problem:
+        return problem
+    height, width = (int(n) for n in shape[-2:])
+    n = int(shape[0]) if len(shape) == 3 else 1
+    channels, frames = (n, 1) if focal_series else (1, n)
+    need = detection_memory_bytes(height, width, sampling_A, card.sampling_A, n_classes=card.config.n_classes,
+                                  channels=channels, n_frames=frames)
+    available = available_memory_bytes() if available_bytes is None else int(available_bytes)
+    if available is None or need <= available:
+        return None
+    h = resampled_size(height, sampling_A, card.sampling_A)
+    w = resampled_size(width, sampling_A, card.sampling_A)
+    what = f"{n} frames of " if n > 1 else ""
+    return (f"detection needs about {_format_bytes(need)} of memory ({what}{height}x{width} pixels, "
+            f"{h}x{w} at the model's {_format_A(card.sampling_A)} Å/px) but {_format_bytes(available)} "
+            "is available; crop or bin the image")
+
+
+def check_size(
+    shape: tuple[int, ...], sampling_A: float, card: ModelCard, *, focal_series: bool = False
+) -> None:
+    """Raise ``ValueError`` with :func:`size_problem`'s reason, if any (nothing is allocated)."""
+    problem = size_problem(shape, sampling_A, card, focal_series=focal_series)
+    if problem:
+        raise ValueError(problem)
 
 
 def _resample_2d(image: np.ndarray, scale: float, out_shape: tuple[int, int], sigma_px: float, order: int) -> np.ndarray:
@@ -166,6 +366,13 @@ class DetectionResult:
         Pixel size of the input image (Å/pixel).
     class_names : tuple of str
         Names of classes ``1..k-1`` (from the model card).
+    features : ndarray of float64, shape (n, 3)
+        :func:`atomfinder.detection.confidence.peak_features` of each atom, the
+        input of its confidence and error bar.
+    contrast_to_noise : float
+        Contrast-to-noise ratio of the network's input
+        (:func:`atomfinder.detection.validity.model_contrast_to_noise`), for the
+        validity checks.
     """
 
     atoms: AtomTable
@@ -174,10 +381,23 @@ class DetectionResult:
     model_sampling_A: float
     input_sampling_A: float
     class_names: tuple[str, ...] = ()
+    features: np.ndarray | None = None
+    contrast_to_noise: float = float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         """The atom table of DESIGN.md (``x, y`` in input pixels, Å with the input sampling)."""
         return self.atoms.to_frame(self.class_names, self.input_sampling_A)
+
+
+#: Radius of the ``disk_mean`` feature when the card has no calibration yet (Å).
+FEATURE_RADIUS_A = 0.4
+
+
+def feature_radius_px(card: ModelCard) -> float:
+    """Radius (model pixels) of the ``disk_mean`` feature: the calibration's, else 0.4 Å."""
+    if card.calibration:
+        return float(card.calibration["radius_px"])
+    return FEATURE_RADIUS_A / card.sampling_A
 
 
 def _as_chw(image: np.ndarray) -> np.ndarray:
@@ -251,7 +471,8 @@ def detect_array(
     Raises
     ------
     ValueError
-        Wrong number of channels, or a non-positive sampling.
+        Wrong number of channels, a non-positive sampling, a pixel size too far from
+        the model's, or more memory needed than is available (:func:`size_problem`).
     """
     img = _as_chw(image)
     if img.shape[0] != card.in_channels:
@@ -261,6 +482,7 @@ def detect_array(
             f"{img.shape[0]} channel(s) of shape {tuple(img.shape[1:])}"
         )
     _check_sampling(sampling_A)
+    check_size(img.shape, sampling_A, card, focal_series=True)  # before resampling allocates anything
     threshold, min_distance_A = detection_settings(card, threshold, min_distance_A)
     model_img = resample(img.astype(np.float32, copy=False), sampling_A, card.sampling_A)
     model_img = apply_normalization(model_img, card.normalization, card.sampling_A)
@@ -273,9 +495,16 @@ def detect_array(
         threshold=threshold,
         heights=height,
     )
+    features = peak_features(1.0 - probs[0], found.x, found.y, found.probability, model_img,
+                             feature_radius_px(card))
+    confidence = sigma_A = None
+    if card.calibration:
+        calibration = Calibration.from_dict(card.calibration)
+        confidence, sigma_A = calibration.confidence(features), calibration.sigma_A(features)
     xy = rescale_positions(found.xy, card.sampling_A, sampling_A)
     atoms = AtomTable(
-        x=xy[:, 0], y=xy[:, 1], label=found.label, probability=found.probability, height=found.height
+        x=xy[:, 0], y=xy[:, 1], label=found.label, probability=found.probability, height=found.height,
+        confidence=confidence, sigma_A=sigma_A,
     )
     return DetectionResult(
         atoms=atoms,
@@ -284,15 +513,24 @@ def detect_array(
         model_sampling_A=float(card.sampling_A),
         input_sampling_A=float(sampling_A),
         class_names=tuple(card.class_names),
+        features=features,
+        contrast_to_noise=model_contrast_to_noise(model_img, card.sampling_A),
     )
 
 
 __all__ = [
     "DetectionResult",
     "antialias_sigma_px",
+    "available_memory_bytes",
+    "check_size",
     "detect_array",
+    "detection_memory_bytes",
     "detection_settings",
+    "input_memory_bytes",
+    "input_memory_problem",
+    "pixel_size_problem",
     "resample",
     "resampled_size",
     "rescale_positions",
+    "size_problem",
 ]

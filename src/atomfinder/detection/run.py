@@ -13,11 +13,15 @@ The steps, in order:
    sub-pixel phase correlation) and check the frame count against the model card.
 4. **Detect** with :func:`atomfinder.detection.pipeline.detect_array` (resample to the
    model sampling, normalise, tiled inference, peaks).
+5. **Check** each image (each frame of a stack) against the model card's validity
+   range (:mod:`atomfinder.detection.validity`) and record the provenance
+   (:func:`provenance`): both travel in the table's ``.attrs``, and every failed
+   check is a one-line :class:`~atomfinder.detection.validity.ValidityWarning`.
 
 :func:`detect_files` validates every input (read, calibration, frame count, unique
 output names, writable output folder) before it writes anything, and then writes, per
-input, ``<stem>.csv`` (atom table), ``<stem>.png`` (overlay) and optionally
-``<stem>_probabilities.tif``; the files of one input appear together (temporary files
+input, ``<stem>.csv`` (atom table), ``<stem>.json`` (provenance and validity checks),
+``<stem>.png`` (overlay) and optionally ``<stem>_probabilities.tif``; the files of one input appear together (temporary files
 renamed at the end), so an input that fails leaves nothing behind. With a
 ``scheduler`` address the inputs are processed on a dask.distributed cluster.
 
@@ -58,8 +62,10 @@ __all__ = [
     "detect_files",
     "fill_nonfinite",
     "load_sample",
+    "provenance",
     "register_focal_series",
     "repair_outliers",
+    "sidecar",
 ]
 
 #: Robust standard deviations (1.4826 MAD) from the 3x3 median that mark a dead/hot pixel.
@@ -296,12 +302,20 @@ class Sample:
         What it came from (path(s) or ``"<array>"``), for messages.
     stem : str
         Base name of its output files.
+    sampling_source : str
+        Where ``sampling_A`` came from: ``"file"`` (the file's calibration),
+        ``"signal"`` (a HyperSpy signal's axes) or the label of a given value
+        (``"argument"``; ``"--sampling"`` from the command line).
+    files : tuple of str
+        The files read (empty for an array or signal).
     """
 
     data: np.ndarray
     sampling_A: float
     source: str
     stem: str
+    sampling_source: str = "argument"
+    files: tuple[str, ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -366,17 +380,32 @@ def _check_array(data: np.ndarray, source: str) -> np.ndarray:
     return data
 
 
-def _read_file(path: str | os.PathLike[str], sampling_A: float | None) -> tuple[np.ndarray, float]:
-    """Pixels and Å/px of one file (errors name the file)."""
+def _check_input_memory(shape: tuple[int, ...], source: str) -> None:
+    """Refuse an image whose cleaning would need more memory than is available, before
+    it is cleaned (:func:`atomfinder.detection.pipeline.input_memory_problem`)."""
+    from atomfinder.detection.pipeline import input_memory_problem
+
+    problem = input_memory_problem(shape)
+    if problem:
+        raise MicrographError(source, problem)
+
+
+def _read_file(path: str | os.PathLike[str], sampling_A: float | None) -> tuple[np.ndarray, float, bool]:
+    """Pixels and Å/px of one file, and whether the Å/px came from the file (errors name the file)."""
     micrograph = read_micrograph(path, sampling_A)
-    return np.asarray(micrograph.data), require_sampling(micrograph)
+    sampling = require_sampling(micrograph)
+    return np.asarray(micrograph.data), sampling, micrograph.metadata.get("sampling_from") == "file"
 
 
-def _stack_files(paths: Sequence[str | os.PathLike[str]], sampling_A: float | None) -> tuple[np.ndarray, float]:
-    """Several single-image files (a focal series in defocus order) as one [N, H, W] stack."""
+def _stack_files(
+    paths: Sequence[str | os.PathLike[str]], sampling_A: float | None
+) -> tuple[np.ndarray, float, bool]:
+    """Several single-image files (a focal series in defocus order) as one [N, H, W] stack,
+    its Å/px, and whether that came from the files."""
     frames, samplings = [], []
+    from_file = False
     for p in paths:
-        data, s = _read_file(p, sampling_A)
+        data, s, from_file = _read_file(p, sampling_A)
         if data.ndim != 2:
             raise MicrographError(
                 p, f"holds {data.shape[0]} frames; give a focal series either as one multi-frame file "
@@ -394,11 +423,12 @@ def _stack_files(paths: Sequence[str | os.PathLike[str]], sampling_A: float | No
             )
         frames.append(data)
         samplings.append(s)
-    return np.stack(frames), samplings[0]
+    return np.stack(frames), samplings[0], from_file
 
 
 def load_sample(
-    image: Any, sampling_A: float | None = None, *, source: str | None = None
+    image: Any, sampling_A: float | None = None, *, source: str | None = None,
+    sampling_label: str = "argument",
 ) -> Sample:
     """Read and clean one detection input.
 
@@ -415,6 +445,9 @@ def load_sample(
         required for a bare array.
     source : str, optional
         Name used in messages (default: the path, or ``"<array>"``/``"<signal>"``).
+    sampling_label : str
+        How a given ``sampling_A`` is named in :attr:`Sample.sampling_source`
+        (``"argument"``; the command line passes ``"--sampling"``).
 
     Returns
     -------
@@ -427,16 +460,19 @@ def load_sample(
     """
     if sampling_A is not None:
         sampling_A = _check_sampling_value(sampling_A, source or "--sampling")
+    files: tuple[str, ...] = ()
     if isinstance(image, (str, os.PathLike)):
         src = source or os.fspath(image)
-        data, s = _read_file(image, sampling_A)
+        data, s, from_file = _read_file(image, sampling_A)
         stem = Path(os.fspath(image)).stem
+        files = (os.fspath(image),)
     elif isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
         if len(image) == 1:
-            return load_sample(image[0], sampling_A, source=source)
+            return load_sample(image[0], sampling_A, source=source, sampling_label=sampling_label)
         src = source or os.fspath(image[0])
-        data, s = _stack_files(image, sampling_A)
+        data, s, from_file = _stack_files(image, sampling_A)
         stem = Path(os.fspath(image[0])).stem
+        files = tuple(os.fspath(p) for p in image)
     elif _is_signal(image):
         general = getattr(getattr(image, "metadata", None), "General", None)
         src = source or str(getattr(general, "title", "") or "<signal>")
@@ -445,6 +481,7 @@ def load_sample(
         if s is None:
             raise MicrographError(src, "no pixel size in the signal's axes (no length unit); give sampling_A (Å per pixel)")
         stem = "signal"
+        from_file = False
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         src = source or "<array>"
         data = _check_array(np.asarray(image), src)
@@ -452,12 +489,21 @@ def load_sample(
             raise MicrographError(src, "an array has no pixel size; give sampling_A (Å per pixel)")
         s = sampling_A
         stem = "image"
+        from_file = False
     else:
         raise MicrographError(
             source or "<input>",
             f"cannot detect atoms in a {type(image).__name__}; give a path, an array or a HyperSpy signal",
         )
-    return Sample(data=clean_image(data, src), sampling_A=float(s), source=src, stem=stem)
+    if sampling_A is not None:
+        origin = sampling_label
+    elif from_file:
+        origin = "file"
+    else:
+        origin = "signal"
+    _check_input_memory(np.shape(data), src)
+    return Sample(data=clean_image(data, src), sampling_A=float(s), source=src, stem=stem,
+                  sampling_source=origin, files=files)
 
 
 def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
@@ -486,6 +532,23 @@ def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
         )
 
 
+def check_size(sample: Sample, card: Any, focal_series: bool) -> None:
+    """Refuse an input whose pixel size is far from the model's, or that needs more
+    memory than is available, before anything is resampled
+    (:func:`atomfinder.detection.pipeline.size_problem`).
+
+    Raises
+    ------
+    MicrographError
+        Naming the input, its pixel size or the memory it needs.
+    """
+    from atomfinder.detection.pipeline import size_problem
+
+    problem = size_problem(sample.data.shape, sample.sampling_A, card, focal_series=focal_series)
+    if problem:
+        raise MicrographError(sample.source, problem)
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -504,16 +567,93 @@ class SampleResult:
     source: str
     stem: str
     n_frames: int
+    provenance: dict = dataclasses.field(default_factory=dict)
+    validity: dict = dataclasses.field(default_factory=dict)
+
+
+def _effective_precision(device: Any, precision: str) -> str:
+    """The arithmetic the network runs in: ``"float32"``, ``"bfloat16"`` or ``"float16"``."""
+    import torch
+
+    from atomfinder.nn.infer import autocast_dtype
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = autocast_dtype(dev, precision)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def provenance(
+    sample: Sample, card: Any, *, focal_series: bool, threshold: float | None, device: Any = None,
+    precision: str = "auto", model_path: str | None = None,
+) -> dict[str, Any]:
+    """What an atom table was made from and how (the ``provenance`` of DESIGN.md).
+
+    Parameters
+    ----------
+    sample : Sample
+        The input as read.
+    card : ModelCard
+        The model's card.
+    focal_series : bool
+        Whether the frames were used as one focal series.
+    threshold : float, optional
+        The threshold asked for (None: the card's).
+    device, precision
+        As given to the detection.
+    model_path : str, optional
+        The model's stem on disk, when known.
+
+    Returns
+    -------
+    dict
+        ``input``, ``input_files``, ``frames``, ``focal_series``, ``sampling_A``,
+        ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
+        ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
+        ``"argument"``), ``min_distance_A``, ``precision`` (the arithmetic used),
+        ``precision_requested`` and ``atomfinder_version``.
+    """
+    from atomfinder import __version__
+    from atomfinder.detection.pipeline import detection_settings
+
+    used_threshold, min_distance_A = detection_settings(card, threshold)
+    return {
+        "input": sample.source,
+        "input_files": list(sample.files),
+        "frames": sample.n_frames,
+        "focal_series": bool(focal_series),
+        "sampling_A": float(sample.sampling_A),
+        "sampling_source": sample.sampling_source,
+        "model": {"name": card.name, "version": card.version, "path": model_path,
+                  "sampling_A": float(card.sampling_A)},
+        "threshold": used_threshold,
+        "threshold_source": "card" if threshold is None else "argument",
+        "min_distance_A": min_distance_A,
+        "precision": _effective_precision(device, precision),
+        "precision_requested": precision,
+        "atomfinder_version": __version__,
+    }
+
+
+def _image_validity(
+    table: pd.DataFrame, cnr: float, sample: Sample, card: Any, reference: dict, frame: int | None
+) -> Any:
+    """The validity checks of one image (or frame), its detections and its contrast-to-noise ratio."""
+    from atomfinder.detection import validity
+
+    return validity.check_image(table, reference, contrast_to_noise_ratio=cnr, sampling_A=sample.sampling_A,
+                                model_sampling_A=float(card.sampling_A), source=sample.source, frame=frame)
 
 
 def _run_sample(
     net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
-    precision: str = "auto",
+    precision: str = "auto", model_path: str | None = None,
 ) -> SampleResult:
-    """Detect atoms in one validated sample."""
+    """Detect atoms in one validated sample, with its provenance and validity checks."""
     from atomfinder.detection.pipeline import detect_array
+    from atomfinder.detection.validity import card_reference, validity_record
 
     check_frames(sample, card, focal_series)
+    check_size(sample, card, focal_series)
     shifts = None
     if focal_series and sample.n_frames > 1:
         data, shifts = register_focal_series(sample.data)
@@ -522,14 +662,18 @@ def _run_sample(
         images = list(sample.data)
     else:
         images = [sample.data]
-    tables, probs, heights = [], [], []
+    tables, probs, heights, cnrs = [], [], [], []
     for image in images:
         result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device,
                               precision=precision)
         tables.append(result.to_frame())
         probs.append(result.probabilities.astype(np.float32, copy=False))
         heights.append(result.height)
+        cnrs.append(result.contrast_to_noise)
     stack = sample.data.ndim == 3 and not focal_series
+    reference = card_reference(card)
+    checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None)
+              for i, (t, cnr) in enumerate(zip(tables, cnrs))]
     if stack:
         for i, t in enumerate(tables):
             t.insert(0, "frame", i)
@@ -551,7 +695,17 @@ def _run_sample(
         source=sample.source,
         stem=sample.stem,
         n_frames=sample.n_frames,
+        provenance=provenance(sample, card, focal_series=focal_series, threshold=threshold, device=device,
+                              precision=precision, model_path=model_path),
+        validity=validity_record(checks),
     )
+
+
+def _with_attrs(table: pd.DataFrame, res: SampleResult) -> pd.DataFrame:
+    """The table carrying its provenance and validity in ``.attrs``."""
+    table.attrs["provenance"] = res.provenance
+    table.attrs["validity"] = res.validity
+    return table
 
 
 def _check_threshold(threshold: float | None) -> None:
@@ -559,13 +713,16 @@ def _check_threshold(threshold: float | None) -> None:
         raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
 
 
-def _load(model: Any, device: Any = None) -> tuple[Any, Any]:
-    """``(net, card)`` from a name, a path, or an already loaded ``(net, card)`` pair."""
+def _load(model: Any, device: Any = None) -> tuple[Any, Any, str | None]:
+    """``(net, card, stem)`` from a name, a path, or an already loaded ``(net, card)`` pair
+    (whose stem is unknown: None)."""
     from atomfinder.nn.card import load_model, resolve_model
 
     if isinstance(model, tuple) and len(model) == 2:
-        return model
-    return load_model(resolve_model(model), device=device or "cpu")
+        return model[0], model[1], None
+    stem = resolve_model(model)
+    net, card = load_model(stem, device=device or "cpu")
+    return net, card, str(stem)
 
 
 def detect(
@@ -614,8 +771,18 @@ def detect(
         ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h, w]``
         for a stack), ``"height"`` (float32 ``[h, w]`` / ``[N, h, w]`` or None),
         ``"sampling_A"`` (input Å/px), ``"model_sampling_A"`` (Å/px of the maps),
-        ``"class_names"`` and ``"shifts_px"`` (focal series: ``(dy, dx)`` applied
-        to each frame, else None).
+        ``"class_names"``, ``"shifts_px"`` (focal series: ``(dy, dx)`` applied
+        to each frame, else None), ``"provenance"`` and ``"validity"``. The table's
+        ``.attrs`` carry the same ``"provenance"`` (input, pixel size and its
+        source, model name/version/path, threshold, precision, atomfinder version;
+        :func:`provenance`) and ``"validity"`` (the per-image checks of
+        :mod:`atomfinder.detection.validity`, per frame for a stack).
+
+    Warns
+    -----
+    ValidityWarning
+        One per failed validity check (one line naming the input; for a stack, one
+        per check listing the frames).
 
     Raises
     ------
@@ -624,13 +791,15 @@ def detect(
     ValueError
         Unknown model (the message lists the shipped ones), bad threshold or precision.
     """
+    from atomfinder.detection.validity import warn
     from atomfinder.nn.infer import check_precision  # imports torch, which detection needs anyway
 
     _check_threshold(threshold)
     check_precision(precision)
     sample = load_sample(image, sampling)
-    net, card = _load(model, device)
-    res = _run_sample(net, card, sample, focal_series, threshold, device, precision)
+    net, card, stem = _load(model, device)
+    res = _run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem)
+    warn(res.validity["warnings"])
     info = {
         "probabilities": res.probabilities,
         "height": res.height,
@@ -638,8 +807,10 @@ def detect(
         "model_sampling_A": res.model_sampling_A,
         "class_names": res.class_names,
         "shifts_px": res.shifts_px,
+        "provenance": res.provenance,
+        "validity": res.validity,
     }
-    return res.table, info
+    return _with_attrs(res.table, res), info
 
 
 # --------------------------------------------------------------------------- files
@@ -661,6 +832,8 @@ class FileReport:
         Frames in the input.
     outputs : tuple of Path
         Files written.
+    warnings : tuple of str
+        One line per failed validity check (see :mod:`atomfinder.detection.validity`).
     """
 
     source: str
@@ -668,6 +841,7 @@ class FileReport:
     n_atoms: int
     n_frames: int
     outputs: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def _groups(paths: Sequence[str | os.PathLike[str]], focal_series: bool) -> list[tuple[str, ...]]:
@@ -695,8 +869,37 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _outputs(out_dir: Path, stem: str, probabilities: bool) -> list[Path]:
-    names = [f"{stem}.csv", f"{stem}.png"] + ([f"{stem}_probabilities.tif"] if probabilities else [])
+    """``<stem>.csv``, ``<stem>.json``, ``<stem>.png`` and optionally ``<stem>_probabilities.tif``."""
+    names = [f"{stem}.csv", f"{stem}.json", f"{stem}.png"] + ([f"{stem}_probabilities.tif"] if probabilities else [])
     return [out_dir / n for n in names]
+
+
+def sidecar(res: SampleResult, table_name: str) -> dict[str, Any]:
+    """The JSON sidecar of an atom table: its provenance and validity checks.
+
+    Parameters
+    ----------
+    res : SampleResult
+        The detection result.
+    table_name : str
+        File name of the atom table it describes.
+
+    Returns
+    -------
+    dict
+        ``{"atom_table": name, "columns": [...], "rows": n, "provenance": {...},
+        "validity": {...}}``.
+    """
+    return {"atom_table": table_name, "columns": [str(c) for c in res.table.columns], "rows": int(len(res.table)),
+            "provenance": res.provenance, "validity": res.validity}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, allow_nan=False, ensure_ascii=False)
+        f.write("\n")
 
 
 def _validate(
@@ -707,6 +910,7 @@ def _validate(
     for group in groups:
         sample = load_sample(list(group), sampling_A)
         check_frames(sample, card, focal_series)
+        check_size(sample, card, focal_series)
         if sample.stem in stems:
             raise MicrographError(
                 group[0], f"has the same name as {stems[sample.stem]}; their outputs {sample.stem}.* would collide"
@@ -784,16 +988,19 @@ def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_n
         staged.append((csv_tmp, finals[0]))
         mode = os.stat(csv_tmp).st_mode & 0o777
         res.table.to_csv(csv_tmp, index=False, float_format="%.4f")
-        png_tmp = _temp_beside(finals[1])
-        staged.append((png_tmp, finals[1]))
+        json_tmp = _temp_beside(finals[1])
+        staged.append((json_tmp, finals[1]))
+        _write_json(json_tmp, sidecar(res, finals[0].name))
+        png_tmp = _temp_beside(finals[2])
+        staged.append((png_tmp, finals[2]))
         frame_note = f", frame 0 of {res.n_frames}" if res.n_frames > 1 and "frame" in res.table else ""
         table0 = res.table[res.table["frame"] == 0] if "frame" in res.table else res.table
         title = (f"{Path(res.source).name}: {len(table0)} atoms{frame_note} "
                  f"(model {model_name}, {res.sampling_A:.4g} Å/px)")
         overlay_figure(res.overlay_image, table0, res.class_names, res.sampling_A, png_tmp, title=title)
         if probabilities:
-            tif_tmp = _temp_beside(finals[2])
-            staged.append((tif_tmp, finals[2]))
+            tif_tmp = _temp_beside(finals[3])
+            staged.append((tif_tmp, finals[3]))
             write_probabilities_tiff(tif_tmp, res.probabilities, res.model_sampling_A)
         for tmp, final in staged:
             _publish(tmp, final, mode)
@@ -802,7 +1009,7 @@ def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_n
             tmp.unlink(missing_ok=True)
         raise
     return FileReport(source=res.source, stem=res.stem, n_atoms=len(res.table), n_frames=res.n_frames,
-                      outputs=tuple(finals))
+                      outputs=tuple(finals), warnings=tuple(res.validity.get("warnings", ())))
 
 
 @functools.lru_cache(maxsize=2)
@@ -816,6 +1023,7 @@ def _cached_model(model_path: str) -> tuple[Any, Any]:
 def _remote_task(
     group: tuple[str, ...], model_path: str, sampling_A: float | None, focal_series: bool,
     threshold: float | None, keep_probabilities: bool, precision: str = "auto",
+    sampling_label: str = "argument",
 ) -> SampleResult:
     """One input on a dask worker: load the model (cached), read, detect.
 
@@ -824,8 +1032,8 @@ def _remote_task(
     """
     try:
         net, card = _cached_model(model_path)
-        sample = load_sample(list(group), sampling_A)
-        res = _run_sample(net, card, sample, focal_series, threshold, None, precision)
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -837,6 +1045,7 @@ def _run_distributed(
     groups: list[tuple[str, ...]], model_path: str, scheduler: Any, out_dir: Path, *,
     sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
     model_name: str, report: Callable[[FileReport], None], precision: str = "auto",
+    sampling_label: str = "argument",
 ) -> None:
     """Send inputs to a dask.distributed cluster; write results as they complete."""
     from distributed import Client, as_completed
@@ -852,7 +1061,8 @@ def _run_distributed(
     try:
         futures = client.map(
             _remote_task, groups, model_path=model_path, sampling_A=sampling_A, focal_series=focal_series,
-            threshold=threshold, keep_probabilities=probabilities, precision=precision, pure=False,
+            threshold=threshold, keep_probabilities=probabilities, precision=precision,
+            sampling_label=sampling_label, pure=False,
         )
         try:
             for future in as_completed(futures):
@@ -876,12 +1086,14 @@ def detect_files(
     progress: ProgressFn | None = None,
     scheduler: Any = None,
     precision: str = "auto",
+    sampling_label: str = "argument",
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
     For each input (``<stem>`` = its file name without extension) writes
     ``<out_dir>/<stem>.csv`` (atom table, DESIGN.md columns; a ``frame`` column for a
-    stack of independent frames), ``<out_dir>/<stem>.png`` (overlay of the first
+    stack of independent frames), ``<out_dir>/<stem>.json`` (provenance and
+    validity checks, :func:`sidecar`), ``<out_dir>/<stem>.png`` (overlay of the first
     frame) and, with ``probabilities``, ``<out_dir>/<stem>_probabilities.tif``
     (float32 ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h,
     w]`` as an ImageJ hyperstack for a stack; calibrated in Å).
@@ -918,11 +1130,19 @@ def detect_files(
         be able to read, as the inputs); results are written here as they complete.
     precision : {"auto", "float32", "bfloat16", "float16"}
         Network arithmetic (see :func:`detect`).
+    sampling_label : str
+        How a given ``sampling_A`` is named in the provenance (``"argument"``; the
+        command line passes ``"--sampling"``).
 
     Returns
     -------
     list of Path
         The files written, input by input (in completion order with a scheduler).
+
+    Warns
+    -----
+    ValidityWarning
+        One per failed validity check of an input (also in :attr:`FileReport.warnings`).
 
     Raises
     ------
@@ -932,6 +1152,7 @@ def detect_files(
         Unknown model (lists the shipped ones), unwritable output folder, bad
         threshold or precision, unreachable scheduler.
     """
+    from atomfinder.detection.validity import warn
     from atomfinder.nn.card import load_model, resolve_model
     from atomfinder.nn.infer import check_precision
 
@@ -952,6 +1173,7 @@ def detect_files(
     def report(rep: FileReport) -> None:
         written.extend(rep.outputs)
         reports.append(rep)
+        warn(rep.warnings, stacklevel=4)
         if progress is not None:
             progress(len(reports), len(groups), rep)
 
@@ -959,11 +1181,11 @@ def detect_files(
         _run_distributed(
             groups, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
             probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
-            precision=precision,
+            precision=precision, sampling_label=sampling_label,
         )
         return written
     for group in groups:
-        sample = load_sample(list(group), sampling_A)
-        res = _run_sample(net, card, sample, focal_series, threshold, None, precision)
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem))
         report(_write_result(res, out, probabilities, card.name))
     return written

@@ -5,14 +5,31 @@ channels and defocus offsets, class names, training sampling, normalisation) and
 it was made and scored (training recipe with seed, evaluation table). Weights are
 stored with :mod:`safetensors` only; loading never unpickles anything.
 
+Loading is defensive: it opens ``<stem>.json`` and ``<stem>.safetensors`` and nothing
+else (a pickle, ``.pt`` or ``.pkl`` beside them is never read, and a path to one is
+refused); the card is checked against a schema (:func:`check_card_dict`: required
+fields, types, a format version this atomfinder can read) with a one-line
+:class:`ModelCardError` naming the field; and the weights must have the SHA-256
+recorded in the card (``weights_sha256``, written by :func:`save_model`). A card
+without a hash (written before it was recorded) loads with an
+:class:`UnverifiedWeightsWarning`.
+
+After replacing a model's weights on purpose, record their hash in its card::
+
+    python -c "from atomfinder.nn.card import record_weights_sha256 as r; print(r('src/atomfinder/models/graphene'))"
+
 Shipped models live in the package directory ``atomfinder/models/`` and are found by
 name with :func:`resolve_model`; :func:`list_models` lists them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from importlib import resources
@@ -20,13 +37,171 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 
 from atomfinder._files import atomic_write
 from atomfinder.nn.unet import UNet, UNetConfig, build_model
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
+#: Format of the card files this atomfinder writes and the newest it reads.
+CARD_FORMAT_VERSION = 1
+#: Suffixes of pickle-based model files (PyTorch, pickle, joblib), which are never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
+
+
+class ModelCardError(ValueError):
+    """A model's card or weights cannot be used; the message is one line naming the file."""
+
+    def __init__(self, source: str | os.PathLike[str], problem: str) -> None:
+        message = f"{os.fspath(source)}: {problem}" if os.fspath(source) else problem
+        super().__init__(" ".join(message.split()))  # one line, always
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A model was loaded whose card records no SHA-256 of its weights (an older card)."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _is_positive(v: Any) -> bool:
+    return _is_number(v) and v > 0
+
+
+def _is_numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_number(x) for x in v)
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+_Check = tuple[Callable[[Any], bool], str]
+
+#: Top-level card fields: (test, what the value must be). The first seven are required.
+CARD_FIELDS: dict[str, _Check] = {
+    "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "version": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "architecture": (lambda v: isinstance(v, dict), "an object (the UNet configuration)"),
+    "in_channels": (_is_positive_int, "a positive integer"),
+    "class_names": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v),
+                    "a non-empty list of class names (strings)"),
+    "sampling_A": (_is_positive, "a positive number"),
+    "normalization": (lambda v: isinstance(v, dict), "an object"),
+    "defocus_offsets_A": (_is_numbers, "a list of numbers"),
+    "training": (lambda v: isinstance(v, dict), "an object"),
+    "evaluation": (lambda v: isinstance(v, dict), "an object"),
+    "detection": (lambda v: isinstance(v, dict), "an object"),
+    "calibration": (lambda v: isinstance(v, dict), "an object"),
+    "validity": (lambda v: isinstance(v, dict), "an object"),
+    "created": (lambda v: isinstance(v, str), "a string"),
+    "format_version": (_is_positive_int, "a positive integer"),
+    "weights_sha256": (_is_sha256, "a SHA-256 hex digest (64 lower-case hex digits)"),
+}
+REQUIRED_FIELDS = ("name", "version", "architecture", "in_channels", "class_names", "sampling_A", "normalization")
+
+#: Fields inside the card's objects that detection reads: (test, what it must be).
+NESTED_FIELDS: dict[str, dict[str, _Check]] = {
+    "architecture": {
+        "in_channels": (_is_positive_int, "a positive integer"),
+        "n_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+        "depth": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        "width": (_is_positive_int, "a positive integer"),
+        "norm": (lambda v: isinstance(v, str), "a string"),
+        "height_head": (lambda v: isinstance(v, bool), "true or false"),
+        "max_height": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    },
+    "normalization": {
+        "kind": (lambda v: v in ("local", "global"), "'local' or 'global'"),
+        "window_A": (_is_positive, "a positive number"),
+        "noise_floor": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    },
+    "detection": {
+        "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+        "min_distance_A": (_is_positive, "a positive number"),
+    },
+    "calibration": {
+        "logistic": (_is_numbers, "a list of numbers"),
+        "isotonic_score": (_is_numbers, "a list of numbers"),
+        "isotonic_value": (_is_numbers, "a list of numbers"),
+        "sigma_log": (_is_numbers, "a list of numbers"),
+        "sigma_scale": (_is_number, "a number"),
+        "radius_px": (_is_positive, "a positive number"),
+    },
+}
+#: Nested fields that must be present when their object is (calibration: when not empty).
+NESTED_REQUIRED = {
+    "normalization": ("kind",),
+    "calibration": ("logistic", "isotonic_score", "isotonic_value", "sigma_log", "sigma_scale", "radius_px"),
+}
+
+
+def check_card_dict(d: Any, source: str = "model card") -> None:
+    """Check a parsed card against the schema (:data:`CARD_FIELDS`, :data:`NESTED_FIELDS`).
+
+    Parameters
+    ----------
+    d : object
+        The parsed JSON.
+    source : str
+        How the card is named in messages, e.g. ``"model card path/x.json"``.
+
+    Raises
+    ------
+    ModelCardError
+        One line naming the first field that is missing or of the wrong type, or a
+        ``format_version`` newer than :data:`CARD_FORMAT_VERSION`.
+    """
+    if not isinstance(d, dict):
+        raise ModelCardError(source, f"must hold a JSON object, not {type(d).__name__}")
+    version = d.get("format_version", 1)
+    if not _is_positive_int(version):
+        raise ModelCardError(source, f"field 'format_version' must be a positive integer, got {version!r}")
+    if version > CARD_FORMAT_VERSION:
+        raise ModelCardError(
+            source, f"card format_version {version} is newer than this atomfinder reads "
+            f"(up to {CARD_FORMAT_VERSION}); upgrade atomfinder"
+        )
+    for name in REQUIRED_FIELDS:
+        if name not in d:
+            raise ModelCardError(source, f"required field {name!r} is missing")
+    for name, (test, what) in CARD_FIELDS.items():
+        if name in d and not test(d[name]):
+            raise ModelCardError(source, f"field {name!r} must be {what}, got {_short(d[name])}")
+    for parent, checks in NESTED_FIELDS.items():
+        obj = d.get(parent) or {}
+        # required inside a required object, or inside an optional one that is not empty
+        required = NESTED_REQUIRED.get(parent, ()) if (obj or parent in REQUIRED_FIELDS) else ()
+        for name in required:
+            if name not in obj:
+                raise ModelCardError(source, f"required field '{parent}.{name}' is missing")
+        for name, (test, what) in checks.items():
+            if name in obj and not test(obj[name]):
+                raise ModelCardError(source, f"field '{parent}.{name}' must be {what}, got {_short(obj[name])}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- card
 
 
 @dataclass(frozen=True)
@@ -60,8 +235,22 @@ class ModelCard:
     detection : dict
         Peak-finding settings the model was validated with, e.g.
         ``{"min_distance_A": 1.0, "threshold": 0.5}``.
+    calibration : dict
+        How a detection's peak features become a calibrated ``confidence`` and a
+        positional error bar ``sigma_angstrom`` (see
+        :mod:`atomfinder.detection.confidence`); empty for uncalibrated models.
+    validity : dict
+        The range the model was trained for (energies, Cs, defocus, dose, pixel
+        size, materials) and the reference values the per-image validity checks
+        compare against; empty for older cards.
     created : str
         ISO date of creation (defaults to today).
+    format_version : int
+        Format of the card file (:data:`CARD_FORMAT_VERSION`; absent in older cards = 1).
+    weights_sha256 : str
+        SHA-256 hex digest of ``<stem>.safetensors`` (written by :func:`save_model`,
+        checked by :func:`load_model`); empty when not recorded. Not part of card
+        equality: it describes the file, not the model.
     """
 
     name: str
@@ -75,7 +264,11 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     detection: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    validity: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: date.today().isoformat())
+    format_version: int = CARD_FORMAT_VERSION
+    weights_sha256: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -102,39 +295,144 @@ class ModelCard:
         return UNetConfig.from_dict(self.architecture)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary."""
+        """JSON-serialisable dictionary (without ``weights_sha256`` when none is recorded)."""
         d = asdict(self)
         d["class_names"] = list(self.class_names)
         d["defocus_offsets_A"] = list(self.defocus_offsets_A)
+        if not self.weights_sha256:
+            del d["weights_sha256"]
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelCard":
-        """Inverse of :meth:`to_dict`; unknown keys are ignored with a warning."""
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "model card") -> "ModelCard":
+        """Inverse of :meth:`to_dict`, after :func:`check_card_dict`; unknown keys are
+        ignored with a warning.
+
+        Raises
+        ------
+        ModelCardError
+            A card that fails the schema or whose fields disagree (one line, naming
+            ``source`` and the field).
+        """
+        d = dict(d) if isinstance(d, Mapping) else d
+        check_card_dict(d, source)
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            warnings.warn(f"ignoring unknown model-card keys {sorted(unknown)}", stacklevel=2)
-        return cls(**{k: v for k, v in d.items() if k in names})
+            warnings.warn(f"{source}: ignoring unknown model-card keys {sorted(unknown)}", stacklevel=2)
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except (ValueError, TypeError) as exc:
+            raise ModelCardError(source, str(exc)) from None
 
     def to_json(self) -> str:
         """The card as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
-        """Parse a card from JSON text."""
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, *, source: str = "model card") -> "ModelCard":
+        """Parse a card from JSON text (see :meth:`from_dict`).
+
+        Raises
+        ------
+        ModelCardError
+            Text that is not JSON (a truncated file) or a card that fails the schema.
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelCardError(
+                source, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                "the file may be truncated or damaged"
+            ) from None
+        return cls.from_dict(d, source=source)
 
 
-def _stem(path: str | Path) -> Path:
-    """``foo``, ``foo.json`` and ``foo.safetensors`` all map to the stem ``foo``."""
+# --------------------------------------------------------------------------- files
+
+
+def _stem(path: str | os.PathLike[str]) -> Path:
+    """``foo``, ``foo.json`` and ``foo.safetensors`` all map to the stem ``foo``.
+
+    Raises
+    ------
+    ModelCardError
+        For a pickle-based file (``.pt``, ``.pkl``, ... :data:`PICKLE_SUFFIXES`).
+    """
     p = Path(path)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelCardError(
+            p, f"a pickle-based model file ({p.suffix}) is never loaded (unpickling can run code); "
+            f"give a model's <stem>{WEIGHTS_SUFFIX} with its <stem>{CARD_SUFFIX} card"
+        )
     return p.with_suffix("") if p.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX) else p
+
+
+def _paths(stem: Path) -> tuple[Path, Path]:
+    """``(<stem>.safetensors, <stem>.json)``."""
+    return stem.with_name(stem.name + WEIGHTS_SUFFIX), stem.with_name(stem.name + CARD_SUFFIX)
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 hex digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a weights file (the value of a card's ``weights_sha256``).
+
+    Parameters
+    ----------
+    path : path
+        A ``.safetensors`` file, or a model's stem or ``.json`` path.
+
+    Returns
+    -------
+    str
+        64 lower-case hex digits.
+    """
+    p = Path(path)
+    if p.suffix != WEIGHTS_SUFFIX:
+        p = _paths(_stem(p))[0]
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_weights_sha256(stem_or_path: str | os.PathLike[str]) -> str:
+    """Write the SHA-256 of a model's weights into its card, changing nothing else.
+
+    For weights replaced on purpose (a new shipped model). The card's JSON keeps
+    every other key, its order and its formatting (``json.dumps(indent=2)``, as
+    :meth:`ModelCard.to_json` writes); the file is replaced atomically.
+
+    Parameters
+    ----------
+    stem_or_path : path
+        The model's stem, ``.json`` or ``.safetensors`` path.
+
+    Returns
+    -------
+    str
+        The digest written.
+    """
+    weights, card_path = _paths(_stem(stem_or_path))
+    digest = weights_sha256(weights)
+    d = json.loads(card_path.read_text(encoding="utf-8"))
+    check_card_dict(d, f"model card {card_path}")
+    d["weights_sha256"] = digest
+    text = json.dumps(d, indent=2, sort_keys=False) + "\n"
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return digest
 
 
 def save_model(model: torch.nn.Module, card: ModelCard, stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (card), each atomically.
+
+    The card written records the SHA-256 of the weights written (``weights_sha256``)
+    and the current ``format_version``.
 
     Parameters
     ----------
@@ -150,27 +448,85 @@ def save_model(model: torch.nn.Module, card: ModelCard, stem: str | Path) -> tup
     (Path, Path)
         Paths of the weights and card files.
     """
+    import dataclasses
+
     stem = _stem(stem)
     cfg = getattr(model, "config", None)
     if cfg is not None and cfg != card.config:
         raise ValueError(f"model config {cfg} does not match card architecture {card.config}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "name": card.name, "version": card.version}
-    weights = stem.with_name(stem.name + WEIGHTS_SUFFIX)
-    card_path = stem.with_name(stem.name + CARD_SUFFIX)
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=meta))
+    data = save_safetensors_bytes(state, metadata=meta)
+    card = dataclasses.replace(card, weights_sha256=sha256_hex(data), format_version=CARD_FORMAT_VERSION)
+    weights, card_path = _paths(stem)
+    atomic_write(weights, lambda tmp: Path(tmp).write_bytes(data))
     atomic_write(card_path, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
     return weights, card_path
 
 
-def load_card(stem_or_path: str | Path) -> ModelCard:
-    """Read the card of a model given its stem, ``.json`` or ``.safetensors`` path."""
-    stem = _stem(stem_or_path)
-    return ModelCard.from_json(stem.with_name(stem.name + CARD_SUFFIX).read_text(encoding="utf-8"))
+def load_card(stem_or_path: str | os.PathLike[str]) -> ModelCard:
+    """Read and check the card of a model given its stem, ``.json`` or ``.safetensors`` path.
+
+    Raises
+    ------
+    ModelCardError
+        A card that is not UTF-8 JSON or fails the schema (:func:`check_card_dict`).
+    OSError
+        A missing or unreadable card.
+    """
+    card_path = _paths(_stem(stem_or_path))[1]
+    source = f"model card {card_path}"
+    raw = card_path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelCardError(source, "is not UTF-8 text; the file may be damaged") from None
+    return ModelCard.from_json(text, source=source)
 
 
-def load_model(stem_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+def verify_weights(data: bytes, card: ModelCard, weights_path: str | os.PathLike[str]) -> None:
+    """Check weights against the SHA-256 recorded in their card.
+
+    Raises
+    ------
+    ModelCardError
+        When the digests differ.
+
+    Warns
+    -----
+    UnverifiedWeightsWarning
+        When the card records no digest (a card written by an older atomfinder).
+    """
+    if not card.weights_sha256:
+        warnings.warn(
+            f"model card of {os.fspath(weights_path)} records no weights_sha256 (an older card), so its "
+            "weights are not verified; record it with atomfinder.nn.card.record_weights_sha256",
+            UnverifiedWeightsWarning, stacklevel=3,
+        )
+        return
+    if sha256_hex(data) != card.weights_sha256:
+        raise ModelCardError(
+            "", f"weights of {os.fspath(weights_path)} do not match the SHA-256 recorded in its card: "
+            "the file is damaged, truncated or was replaced (after replacing it on purpose, record the new "
+            "hash with atomfinder.nn.card.record_weights_sha256)"
+        )
+
+
+def _state_from_bytes(data: bytes, weights_path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file's bytes (no pickle); a damaged file is a ModelCardError."""
+    try:
+        return load_safetensors_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ModelCardError(weights_path, f"not a valid safetensors file ({reason})") from None
+
+
+def load_model(stem_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
     """Load a model and its card (safetensors only: nothing is unpickled).
+
+    Only ``<stem>.json`` and ``<stem>.safetensors`` are opened. The card is checked
+    (:func:`load_card`) and the weights' SHA-256 against it (:func:`verify_weights`)
+    before they are parsed.
 
     Parameters
     ----------
@@ -183,12 +539,32 @@ def load_model(stem_or_path: str | Path, device: str | torch.device = "cpu") -> 
     -------
     (UNet, ModelCard)
         The model in eval mode, and its card.
+
+    Raises
+    ------
+    ModelCardError
+        A bad card, weights that differ from the recorded SHA-256, a damaged weights
+        file or weights that do not fit the card's architecture; a pickle-based path.
+    OSError
+        A missing or unreadable file.
+
+    Warns
+    -----
+    UnverifiedWeightsWarning
+        The card records no SHA-256 (an older card).
     """
     stem = _stem(stem_or_path)
+    weights_path, _ = _paths(stem)
     card = load_card(stem)
+    data = weights_path.read_bytes()
+    verify_weights(data, card, weights_path)
+    state = _state_from_bytes(data, weights_path)
     model = build_model(card.config)
-    state = load_file(str(stem.with_name(stem.name + WEIGHTS_SUFFIX)), device="cpu")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelCardError(weights_path, f"weights do not fit the architecture in the card ({reason})") from None
     return model.to(device).eval(), card
 
 
@@ -223,13 +599,12 @@ def resolve_model(name_or_path: str | Path) -> Path:
     Raises
     ------
     ValueError
-        If it is neither an existing model path nor a shipped model's name; the
-        message lists the shipped models.
+        If it is neither an existing model path nor a shipped model's name (the
+        message lists the shipped models), or a pickle-based file (``.pt``, ``.pkl``).
     """
     stem = _stem(name_or_path)
-    if stem.with_name(stem.name + CARD_SUFFIX).is_file() and stem.with_name(
-        stem.name + WEIGHTS_SUFFIX
-    ).is_file():
+    weights, card_path = _paths(stem)
+    if card_path.is_file() and weights.is_file():
         return stem
     available = list_models()
     if str(name_or_path) in available:

@@ -364,9 +364,21 @@ def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     os.replace(tmp_png, out_dir / "learning_curves.png")
 
 
+def training_validity(data: TrainingData, recipe: dict | None) -> dict:
+    """The card's validity range: the recipe's simulation ranges and the contrast-to-noise
+    range of the training images that hold atoms (:func:`atomfinder.nn.validity.card_validity`)."""
+    from atomfinder.nn.validity import card_validity
+
+    simulation = (recipe or {}).get("simulation")
+    has_atoms = np.array([bool((t[1:] > 0.5).any()) for t in data.targets])
+    store = (recipe or {}).get("store", "the training store")
+    return card_validity(simulation, data.images, data.sampling_A, has_atoms,
+                         source=f"training images of {store} that hold atoms")
+
+
 def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData, training: dict, evaluation: dict,
-              defocus_offsets_A: tuple[float, ...] = ()) -> ModelCard:
-    """The model card for a trained model."""
+              defocus_offsets_A: tuple[float, ...] = (), validity: dict | None = None) -> ModelCard:
+    """The model card for a trained model (``validity``: see :func:`training_validity`)."""
     return ModelCard(
         name=config.name,
         version=config.version,
@@ -379,6 +391,7 @@ def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData,
         training=training,
         evaluation=evaluation,
         detection={"min_distance_A": config.min_distance_A, "threshold": config.threshold},
+        validity=dict(validity or {}),
     )
 
 
@@ -471,6 +484,7 @@ def train(
     if config.init_from:
         card_training["init_from"] = config.init_from
         card_training["init_time_s"] = previous_time_s
+    validity = training_validity(data, recipe) if rank == 0 else {}
 
     def save_checkpoint() -> None:
         if rank != 0:
@@ -522,7 +536,7 @@ def train(
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
             so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}
-            card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A)
+            card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A, validity)
             scores = validate(model, card) if validate is not None else {}
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
             history.append(row)
@@ -530,7 +544,7 @@ def train(
             if score >= best:
                 best = score
                 save_model(model, make_card(config, model_config, data, so_far | {"best_val": scores}, {},
-                                            defocus_offsets_A), out_dir / "model")
+                                            defocus_offsets_A, validity), out_dir / "model")
             write_curves(history, out_dir)
             save_checkpoint()
         elif step % config.checkpoint_every == 0:

@@ -1,0 +1,103 @@
+"""Calibrated confidence and positional error bars (detection.confidence, analysis.calibration)."""
+
+import numpy as np
+import pytest
+
+from atomfinder.detection.confidence import (
+    Calibration,
+    design_matrix,
+    disk_means,
+    expected_calibration_error,
+    fit_calibration,
+    local_noise_map,
+    peak_features,
+    reliability_bins,
+    sigma_coverage,
+)
+
+
+def _hand_made(n: int, seed: int):
+    """Detections whose truth probability and position error are known functions of the features."""
+    rng = np.random.default_rng(seed)
+    peak = rng.uniform(0.5, 1.0, n)
+    disk = np.clip(peak - rng.uniform(0.0, 0.4, n), 0.05, 0.999)
+    noise = rng.uniform(0.1, 1.0, n)
+    f = np.column_stack([peak, disk, noise])
+    # truth: logistic in logit(disk) and log(noise)
+    X = design_matrix(f)
+    p_true = 1.0 / (1.0 + np.exp(-(0.5 + 1.2 * X[:, 2] - 1.5 * X[:, 3])))
+    is_true = rng.random(n) < p_true
+    # error: Gaussian per axis with sigma = 0.05 Å * noise
+    sigma = 0.05 * noise
+    err = rng.normal(0.0, 1.0, (n, 2)) * sigma[:, None]
+    return f, is_true, err, p_true, sigma
+
+
+def test_calibration_recovers_known_probabilities_and_sigmas():
+    f, y, err, p_true, sigma = _hand_made(20000, 0)
+    fit = fit_calibration(f, y, err, radius_px=4.0)
+    ft, yt, errt, pt, st = _hand_made(20000, 1)  # independent draw
+    conf = fit.confidence(ft)
+    assert np.all((conf >= 0) & (conf <= 1))
+    # calibrated on independent data, and close to the true probabilities themselves
+    assert expected_calibration_error(conf, yt) < 0.02
+    assert np.mean(np.abs(conf - pt)) < 0.04
+    # error bars: 68 % within 1 sigma, 95 % within 2, and sigma itself recovered
+    cov = sigma_coverage(errt[yt], fit.sigma_A(ft[yt]))
+    assert abs(cov["within_1_sigma"] - 0.683) < 0.02
+    assert abs(cov["within_2_sigma"] - 0.954) < 0.02
+    assert np.median(np.abs(fit.sigma_A(ft) / st - 1)) < 0.1
+    # round trip through the card's dict
+    again = Calibration.from_dict(fit.to_dict())
+    np.testing.assert_allclose(again.confidence(ft), conf)
+    np.testing.assert_allclose(again.sigma_A(ft), fit.sigma_A(ft))
+
+
+def test_confidence_is_monotone_in_the_evidence():
+    f, y, err, _, _ = _hand_made(5000, 2)
+    fit = fit_calibration(f, y, err, radius_px=4.0)
+    base = np.array([[0.95, 0.5, 0.5]])
+    stronger = np.array([[0.95, 0.9, 0.5]])
+    noisier = np.array([[0.95, 0.5, 0.95]])
+    assert fit.confidence(stronger)[0] >= fit.confidence(base)[0] >= fit.confidence(noisier)[0]
+    assert fit.sigma_A(noisier)[0] > fit.sigma_A(base)[0]
+
+
+def test_fit_errors():
+    f, y, err, _, _ = _hand_made(100, 3)
+    with pytest.raises(ValueError, match="both true and false"):
+        fit_calibration(f, np.ones(len(y), bool), err, 4.0)
+    with pytest.raises(ValueError, match="one row per detection"):
+        fit_calibration(f[:10], y, err, 4.0)
+    with pytest.raises(ValueError, match="features"):
+        Calibration.from_dict(fit_calibration(f, y, err, 4.0).to_dict() | {"features": ["peak"]})
+
+
+def test_reliability_bins_and_ece_on_a_hand_made_case():
+    conf = np.array([0.05, 0.05, 0.95, 0.95, 0.95, 0.95])
+    true = np.array([False, False, True, True, True, False])
+    rows = reliability_bins(conf, true, n_bins=10)
+    assert [(r["n"], r["fraction_true"]) for r in rows] == [(2, 0.0), (4, 0.75)]
+    # |0 - 0.05| * 2/6 + |0.75 - 0.95| * 4/6
+    assert expected_calibration_error(conf, true) == pytest.approx(0.05 * 2 / 6 + 0.2 * 4 / 6)
+
+
+def test_disk_means_and_features_on_a_hand_made_map():
+    img = np.zeros((20, 20), np.float32)
+    yy, xx = np.mgrid[:20, :20]
+    img[(yy - 10) ** 2 + (xx - 10) ** 2 <= 9] = 1.0  # a disk of radius 3 at (10, 10)
+    m = disk_means(img, np.array([10.0, 10.0, 0.0]), np.array([10.0, 0.0, 0.0]), 3.0)
+    assert m[0] == pytest.approx(1.0)
+    assert m[1] == pytest.approx(0.0)
+    assert m[2] == pytest.approx(0.0)  # corner: only pixels inside the image count
+    half = disk_means(img, np.array([13.0]), np.array([10.0]), 3.0)[0]
+    assert 0.3 < half < 0.7
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, (64, 64)).astype(np.float32)
+    smooth = np.cos(2 * np.pi * np.arange(64) / 20.0)[None, :] * np.ones((64, 1), np.float32)
+    f = peak_features(img, np.array([10.0]), np.array([10.0]), np.array([1.0]), smooth[:20, :20], 3.0)
+    assert f.shape == (1, 3) and f[0, 0] == 1.0 and f[0, 1] == pytest.approx(1.0)
+    # the Laplacian measure: ~sqrt(2/pi) for unit white noise, small for a smooth fringe
+    assert local_noise_map(noise)[10:-10, 10:-10].mean() == pytest.approx(np.sqrt(2 / np.pi), rel=0.05)
+    assert local_noise_map(smooth).max() < 0.05
+    assert peak_features(img, np.zeros(0), np.zeros(0), np.zeros(0), smooth, 3.0).shape == (0, 3)
