@@ -82,11 +82,6 @@ class AtomTable:
         """Positions as an ``(n, 2)`` array of ``(x, y)`` in pixels."""
         return np.column_stack([self.x, self.y])
 
-    def select(self, index: np.ndarray) -> "AtomTable":
-        """The atoms at ``index`` (integer indices or a boolean mask)."""
-        return AtomTable(self.x[index], self.y[index], self.label[index], self.probability[index],
-                         self.height[index], self.confidence[index], self.sigma_A[index])
-
     def to_frame(self, class_names: Sequence[str], sampling_A: float) -> pd.DataFrame:
         """The table as a DataFrame with the DESIGN.md columns.
 
