@@ -246,6 +246,10 @@ def test_card_without_format_version_is_version_1(tmp_path):
         ({"normalization": {"window_A": 12.0}}, "required field 'normalization.kind' is missing"),
         ({"normalization": {"kind": "local", "window_A": 0}}, "field 'normalization.window_A' must be a positive"),
         ({"detection": {"threshold": 1.5}}, "field 'detection.threshold' must be a number between 0 and 1"),
+        # found by fuzzing: a 1e300 Å window overflowed the normalisation's padding (OverflowError)
+        ({"normalization": {"kind": "local", "window_A": 1e300}},
+         "field 'normalization.window_A' must be at most 500 model pixels (50 Å at sampling_A 0.1)"),
+        ({"detection": {"min_distance_A": 50.0}}, "field 'detection.min_distance_A' must be at most 100 model pixels"),
         ({"calibration": {"radius_px": 2.0}}, "required field 'calibration.logistic' is missing"),
         ({"weights_sha256": "abc"}, "field 'weights_sha256' must be a SHA-256"),
         ({"format_version": "1"}, "field 'format_version' must be a positive integer"),

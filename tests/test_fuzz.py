@@ -11,12 +11,15 @@ message is one line: never another exception type (``MemoryError``, ``IndexError
   :func:`unit_to_angstrom` on arbitrary text;
 * ``atomfinder.detect`` on arrays (random shapes from 1 px to huge-but-refused
   views, dtypes, NaN/inf patterns, pixel sizes), on HyperSpy-like signals (random
-  scales and units) and on the mutated files, with a tiny untrained model.
+  scales and units) and on the mutated files, with a tiny untrained model;
+* model files (:mod:`atomfinder.nn.card`): cards with random field values (loaded and
+  used for a detection when accepted), flipped, truncated or inserted bytes in a card
+  or its weights (changed weights must always fail the SHA-256 check).
 
 The fast set runs under the ``atomfinder-fast`` Hypothesis profile (registered in
 ``tests/conftest.py``; a few dozen examples per property, about half a minute in all).
 ``make fuzz`` runs this module, the ``slow`` variants included, under the
-``atomfinder-fuzz`` profile (thousands of examples). While a property runs, the
+``atomfinder-fuzz`` profile (10 000 examples per property, a few minutes). While a property runs, the
 process's address space is capped a few GB above what it uses, so a runaway allocation
 becomes a ``MemoryError`` (a failure here) instead of an out-of-memory kill.
 """
@@ -41,11 +44,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import atomfinder
+import atomfinder.detection.io as io_mod
 import atomfinder.detection.pipeline as pipeline
 from atomfinder.cli import app
 from atomfinder.detection.io import (
     SUPPORTED_EXTENSIONS,
     Micrograph,
+    MicrographError,
     read_micrograph,
     unit_to_angstrom,
     write_tiff_calibrated,
@@ -78,7 +83,13 @@ fast_settings = settings(deadline=None, suppress_health_check=[HealthCheck.too_s
 
 @contextlib.contextmanager
 def capped_address_space(headroom: int = ADDRESS_SPACE_HEADROOM):
-    """Lower the soft RLIMIT_AS to the current virtual size plus ``headroom`` (restored after)."""
+    """Lower the soft RLIMIT_AS to the current virtual size plus ``headroom`` (restored after).
+
+    Not on a machine with CUDA: its context reserves tens of GB of address space.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     try:
         import psutil
@@ -101,6 +112,12 @@ def capped_address_space(headroom: int = ADDRESS_SPACE_HEADROOM):
 def _cap_memory():
     with capped_address_space():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _short_read_timeout(monkeypatch):
+    """An isolated reader stuck on a damaged file gives up after 20 s, not 300 s."""
+    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 20.0)
 
 
 def expect_clean_outcome(call):
@@ -245,6 +262,8 @@ def images(draw, max_side: int = 48):
         shape: tuple[int, ...] = ()
     elif ndim == 3:
         shape = (draw(st.integers(1, 3)), draw(st.integers(0, max_side)), draw(st.integers(0, max_side)))
+    elif ndim == 4:  # refused whatever its size: keep it small
+        shape = tuple(draw(st.integers(0, 6)) for _ in range(ndim))
     else:
         shape = tuple(draw(st.integers(0, max_side)) for _ in range(ndim))
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
@@ -269,6 +288,7 @@ def images(draw, max_side: int = 48):
         x = x * 1e-310
     elif base == "negative":
         x = -x
+    x = np.array(x, dtype=np.float64)  # arithmetic on a 0-d array gives a scalar
     if dtype.kind in "fc" and x.size:
         pattern = draw(st.sampled_from(["none", "nan", "posinf", "neginf", "mixed", "all_nan", "all_inf"]))
         mask = rng.random(shape) < draw(st.floats(0.0, 1.0))
@@ -406,7 +426,8 @@ def test_write_tiff_calibrated_round_trips_the_pixel_size(workdir):
 
 
 def _detect(model, image, sampling):
-    out = expect_clean_outcome(lambda: atomfinder.detect(image, model=model, sampling=sampling, precision="float32"))
+    out = expect_clean_outcome(lambda: atomfinder.detect(image, model=model, sampling=sampling, device="cpu",
+                                                               precision="float32"))
     if out is not None:
         table, info = out
         check_table(table)
@@ -436,7 +457,7 @@ def test_detect_on_huge_views_is_refused_without_allocating(tiny):
     def prop(h, w, frames, sampling):
         row = np.random.default_rng(h).random(w).astype(np.float32)
         view = np.broadcast_to(row, (frames, h, w) if frames > 1 else (h, w))
-        out = expect_clean_outcome(lambda: atomfinder.detect(view, model=model, sampling=sampling))
+        out = expect_clean_outcome(lambda: atomfinder.detect(view, model=model, sampling=sampling, device="cpu"))
         assert out is None, "a view this size cannot be detected in the available memory"
 
     prop()
@@ -450,7 +471,7 @@ def test_detect_refuses_huge_resampling(tiny):
     @given(st.integers(16, 48), st.floats(SAMPLING * 4.001, 1e6))
     def prop(side, sampling):
         image = np.random.default_rng(side).random((side, side)).astype(np.float32)
-        out = expect_clean_outcome(lambda: atomfinder.detect(image, model=model, sampling=sampling))
+        out = expect_clean_outcome(lambda: atomfinder.detect(image, model=model, sampling=sampling, device="cpu"))
         assert out is None
 
     prop()
@@ -544,3 +565,188 @@ def test_slow_readers_on_heavily_mutated_files(workdir, samples):
 
     prop()
 
+
+
+# --------------------------------------------------------------------------- regressions found by fuzzing
+
+
+def _mrc_with(samples_dir: Path, tmp: Path, **words) -> Path:
+    """The MRC sample with header words (0-based 32-bit little-endian indices) replaced."""
+    data = bytearray((samples_dir / "mrc_20241021_00405_movie.mrc").read_bytes())
+    for index, value in words.items():
+        i = int(index.removeprefix("w"))
+        data[4 * i:4 * i + 4] = int(value).to_bytes(4, "little")
+    path = tmp / "damaged.mrc"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
+@pytest.mark.parametrize("words", [
+    {"w0": 0x7FFFFFFF},  # NX: 2**31 columns in a 3-kB file (rsciio built 3-GiB index arrays, then hung)
+    {"w0": 5794, "w1": 11587, "w2": 1},  # 67 M pixels declared
+    {"w2": 0},  # NZ = 0
+    {"w23": 0xFFFFFFF0},  # NEXT: an extended header of 4 GB
+], ids=["huge_nx", "large_nx_ny", "zero_nz", "huge_next"])
+def test_mrc_header_declaring_more_than_the_file_is_refused(tmp_path, words):
+    path = _mrc_with(SAMPLES, tmp_path, **words)
+    with capped_address_space(2 * 1024**3):
+        with pytest.raises(MicrographError, match="the header declares .* but the file holds 3.1 kB") as exc:
+            read_micrograph(path, min_size=1)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
+def test_dm3_renamed_mrc_is_refused_without_allocating(tmp_path):
+    """A DM3 file read as MRC declared 1.5 EiB (MemoryError traceback before)."""
+    path = tmp_path / "renamed.mrc"
+    path.write_bytes((SAMPLES / "digitalmicrograph_2D_test-1.dm3").read_bytes())
+    with pytest.raises(MicrographError, match="cannot read it as a MRC file .*the header declares"):
+        read_micrograph(path)
+    result = CliRunner().invoke(app, ["detect", str(path), "--model", "graphene", "--sampling", "0.1",
+                                      "--out", str(tmp_path / "out")])
+    text = result.output.strip()
+    assert result.exit_code == 2 and len(text.splitlines()) == 1 and "renamed.mrc" in text, text
+
+
+def test_memory_error_of_a_reader_is_a_one_line_error(tmp_path, monkeypatch):
+    path = tmp_path / "big.npy"
+    np.save(path, np.ones((20, 20), np.float32))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.52 EiB")
+
+    monkeypatch.setattr(io_mod, "_read_raw", out_of_memory)
+    with pytest.raises(MicrographError, match=r"big.npy: not enough memory to read it as a NumPy .npy file"):
+        read_micrograph(path)
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
+def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path, monkeypatch):
+    """4 zero bytes at offset 2202 of the EMD sample replaced by 8: h5py spun for 17 min."""
+    data = (SAMPLES / "emd_example_image.emd").read_bytes()
+    assert data[2202:2206] == bytes(4)
+    path = tmp_path / "spins.emd"
+    path.write_bytes(data[:2202] + bytes.fromhex("d01b11bbd01b11bb") + data[2206:])
+    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 4.0)
+    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as a EMD .*took more than 4 s") as exc:
+        read_micrograph(path, min_size=1)
+    assert "\n" not in str(exc.value)
+
+
+def test_isolated_reader_reports_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.emd"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(MicrographError, match=r"bad.emd: cannot read it as a EMD \(Velox/NCEM\) file \(\w+Error: ") as exc:
+        read_micrograph(bad)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(RuntimeError, match=r"^ModuleNotFoundError: No module named 'rsciio.no-such-reader'$"):
+        io_mod._read_in_subprocess(bad, "no-such-reader", 60)
+
+
+def test_isolated_emd_read_equals_the_direct_read():
+    if not SAMPLES.is_dir():
+        pytest.skip("vendor samples missing")
+    path = SAMPLES / "emd_example_image.emd"
+    direct = io_mod._read_with_rsciio(path, "emd")
+    isolated = io_mod._read_in_subprocess(path, "emd", 120)
+    assert direct[0].dtype == isolated[0].dtype and np.array_equal(direct[0], isolated[0])
+    assert direct[1] == isolated[1]
+
+
+def test_mrc_sample_still_reads():
+    if not SAMPLES.is_dir():
+        pytest.skip("vendor samples missing")
+    m = read_micrograph(SAMPLES / "mrc_20241021_00405_movie.mrc", min_size=1)
+    assert m.data.shape == (32, 4, 8)
+
+
+# --------------------------------------------------------------------------- model cards
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+CARD_KEYS = ["name", "version", "architecture", "in_channels", "class_names", "sampling_A", "normalization",
+             "defocus_offsets_A", "training", "evaluation", "detection", "calibration", "validity", "created",
+             "format_version", "weights_sha256", "unknown_key"]
+NESTED = {"architecture": ["in_channels", "n_classes", "depth", "width", "norm", "height_head", "max_height", "x"],
+          "normalization": ["kind", "window_A", "noise_floor"],
+          "detection": ["threshold", "min_distance_A"]}
+TYPICAL = st.one_of(JSON, st.sampled_from([0, 1, 2, -1, 0.5, 1e300, -1e-300, float("nan"), float("inf"), "local",
+                                           "global", "batch", True, False, [], {}, "", 1e6, 4]))
+
+
+@st.composite
+def card_edits(draw):
+    """(top-level key, value) or (parent, key, value) changes of a valid card."""
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.booleans()):
+            edits.append((draw(st.sampled_from(CARD_KEYS)), draw(TYPICAL)))
+        else:
+            parent = draw(st.sampled_from(sorted(NESTED)))
+            edits.append((parent, draw(st.sampled_from(NESTED[parent])), draw(TYPICAL)))
+    return edits
+
+
+def test_model_cards_with_random_fields(tiny, workdir):
+    """A card with any field changed loads (and detects) or raises a one-line ValueError."""
+    (_, base_card), stem = tiny
+    weights = stem.with_name(stem.name + ".safetensors").read_bytes()
+    base = base_card.to_dict()
+    image = np.random.default_rng(0).normal(100, 5, (32, 32)).astype(np.float32)
+
+    @fast_settings
+    @given(card_edits())
+    def prop(edits):
+        d = json.loads(json.dumps(base))
+        for edit in edits:
+            if len(edit) == 2:
+                d[edit[0]] = edit[1]
+            elif isinstance(d.get(edit[0]), dict):
+                d[edit[0]][edit[1]] = edit[2]
+        case = workdir / f"card{next(_counter)}"
+        case.mkdir()
+        (case / "m.safetensors").write_bytes(weights)
+        try:
+            text = json.dumps(d)
+        except ValueError:
+            assume(False)
+        (case / "m.json").write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = expect_clean_outcome(lambda: load_model(case / "m"))
+            if loaded is not None:
+                _detect(loaded, image, SAMPLING)
+
+    prop()
+
+
+def test_model_files_with_mutated_bytes(tiny, workdir):
+    """Flipped, truncated or inserted bytes in a card or its weights: refused in one line."""
+    _, stem = tiny
+    files = {suffix: stem.with_name(stem.name + suffix).read_bytes() for suffix in (".json", ".safetensors")}
+
+    @fast_settings
+    @given(st.sampled_from(sorted(files)), st.data())
+    def prop(suffix, data):
+        raw = bytearray(files[suffix])
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        kind = data.draw(st.sampled_from(["truncate", "flip", "insert"]))
+        if kind == "truncate":
+            del raw[pos:]
+        elif kind == "flip":
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        else:
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        case = workdir / f"model{next(_counter)}"
+        case.mkdir()
+        for s, content in files.items():
+            (case / f"m{s}").write_bytes(bytes(raw) if s == suffix else content)
+        loaded = expect_clean_outcome(lambda: load_model(case / "m"))
+        if suffix == ".safetensors":
+            assert loaded is None, "changed weights must not match the card's SHA-256"
+
+    prop()

@@ -26,6 +26,11 @@ Policy
 * Every failure is a :class:`MicrographError` (a ``ValueError``) with a
   one-line message that starts with the path and says what is wrong and, where
   it helps, what to do.
+* Damaged files must not hang, crash or exhaust the machine (found by fuzzing,
+  ``tests/test_fuzz.py``): readers whose library can loop forever on one (HDF5:
+  EMD) run in a child process killed after :data:`READ_TIMEOUT_S`; an MRC header
+  that declares more data than the file holds is refused before reading; running
+  out of memory while reading is a :class:`MicrographError` too.
 """
 
 from __future__ import annotations
@@ -289,10 +294,54 @@ def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
     raise ValueError(f"no 2-D image in the file (it holds {shapes}: spectra or 4-D data?)")
 
 
+def _format_size(n_bytes: int) -> str:
+    """A file or array size for a message: ``"3.1 kB"``, ``"12 MB"``, ``"1.5 EB"``."""
+    value = float(n_bytes)
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} EB"
+
+
+def _mrc_size_problem(path: Path) -> str | None:
+    """Why an MRC file cannot hold the data its header declares, or None.
+
+    rsciio maps ``NX x NY x NZ`` pixels of the header's mode from the end of the
+    (extended) header on; a damaged header that declares more than the file holds
+    makes it build index arrays of exabytes or loop for hours. The header is read
+    with rsciio's own layout (``rsciio.mrc._api.get_std_dtype_list``); without it,
+    no check is made.
+    """
+    try:
+        from rsciio.mrc._api import get_data_type, get_std_dtype_list
+    except ImportError:  # pragma: no cover - another rsciio layout
+        return None
+    header_type = np.dtype(get_std_dtype_list("<"))
+    size = path.stat().st_size
+    if size < header_type.itemsize:
+        return f"{_format_size(size)}, shorter than the {header_type.itemsize}-byte MRC header"
+    header = np.fromfile(path, dtype=header_type, count=1)[0]
+    nx, ny, nz = (int(header[k]) for k in ("NX", "NY", "NZ"))
+    try:
+        itemsize = get_data_type(np.array([header["MODE"]])).itemsize
+    except ValueError:
+        return f"unknown MRC mode {int(header['MODE'])} in the header"
+    need = 1024 + int(header["NEXT"]) + nx * ny * nz * itemsize  # Python ints: no overflow
+    if min(nx, ny, nz) < 1 or need > size:
+        return (f"the header declares {nz}x{ny}x{nx} pixels ({_format_size(need)} with its headers) but the "
+                f"file holds {_format_size(size)}")
+    return None
+
+
 def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Read DM3/DM4, EMD, SER/EMI, MRC or TIFF with rosettasciio."""
     import importlib
 
+    if reader == "mrc":
+        problem = _mrc_size_problem(path)
+        if problem:
+            raise ValueError(problem)
     module = importlib.import_module(f"rsciio.{reader}")
     kwargs: dict[str, Any] = {}
     if reader == "emd":
@@ -379,12 +428,64 @@ def _read_npy(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
     return data, [{} for _ in range(data.ndim)]
 
 
+#: Readers whose library can loop forever or crash on a damaged file: HDF5 (EMD) spun
+#: in ``h5py``'s attribute lookup for 17 minutes on a fuzzed file (4 bytes replaced by 8).
+#: They run in a child process (:func:`_read_in_subprocess`), killed after
+#: ``READ_TIMEOUT_S`` seconds.
+ISOLATED_READERS = frozenset({"emd"})
+#: Seconds an isolated reader may take before the file is refused.
+READ_TIMEOUT_S = 300.0
+
+
+def _read_in_subprocess(path: Path, reader: str, timeout_s: float) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``_read_with_rsciio(path, reader)`` in a fresh interpreter, killed after ``timeout_s``.
+
+    The array comes back as ``.npy`` (no pickle) and the axes as JSON through a
+    temporary folder. A fresh interpreter (not ``fork``) works from any process: one
+    with threads, a daemonic dask worker, a script without a ``__main__`` guard; it
+    gets this process's ``sys.path`` and costs about half a second of start-up.
+
+    Raises
+    ------
+    TimeoutError
+        When the reader takes longer than ``timeout_s``.
+    MemoryError
+        When the reader ran out of memory.
+    RuntimeError
+        With the reader's one-line error, or its exit status when it crashed.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if isinstance(p, str)))
+    with tempfile.TemporaryDirectory(prefix="atomfinder-read-") as tmp:
+        command = [sys.executable, "-m", "atomfinder.detection._isolated_read", str(path), reader, tmp]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL, env=env)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the reader took more than {timeout_s:g} s (stuck on a damaged file?)") from None
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            last = lines[-1] if lines else f"the reader crashed (exit status {done.returncode})"
+            if last.startswith("MemoryError"):
+                raise MemoryError(last)
+            raise RuntimeError(last)
+        data = np.load(Path(tmp) / "data.npy", allow_pickle=False)
+        axes = json.loads((Path(tmp) / "axes.json").read_text(encoding="utf-8"))
+    return data, axes
+
+
 def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Dispatch to the reader for ``reader`` (a value of SUPPORTED_EXTENSIONS)."""
     if reader == "npy":
         return _read_npy(path)
     if reader == "image":
         return _read_plain_image(path)
+    if reader in ISOLATED_READERS:
+        return _read_in_subprocess(path, reader, READ_TIMEOUT_S)
     return _read_with_rsciio(path, reader)
 
 
@@ -524,8 +625,11 @@ def read_micrograph(
 
     try:
         raw, axes = _read_raw(p, reader)
-    except MemoryError:
-        raise
+    except MemoryError:  # a damaged header can declare exabytes; a huge file may not fit
+        raise MicrographError(
+            source, f"not enough memory to read it as a {fmt} file ({_format_size(p.stat().st_size)} on disk); "
+            "its header may declare a wrong size (damaged) or the image is too large for this machine"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise MicrographError(

@@ -151,6 +151,31 @@ NESTED_REQUIRED = {
 }
 
 
+#: Largest normalisation window and atom spacing, in model pixels (``window_A`` and
+#: ``min_distance_A`` over ``sampling_A``; shipped models use 120 and 10): the filter
+#: kernels, their padding, memory and time grow with them, so a damaged card with a
+#: window of 1e300 Å would overflow or exhaust the memory.
+MAX_WINDOW_PX = 500
+MAX_MIN_DISTANCE_PX = 100
+#: Largest ``calibration.radius_px`` (the shipped calibration uses about 4).
+MAX_RADIUS_PX = 100
+
+
+def _pixel_bounds_problem(d: dict) -> str | None:
+    """Lengths of the card that are too many model pixels (see :data:`MAX_WINDOW_PX`), or None."""
+    sampling = d["sampling_A"]
+    bounds = (("normalization", "window_A", MAX_WINDOW_PX), ("detection", "min_distance_A", MAX_MIN_DISTANCE_PX))
+    for parent, name, limit in bounds:
+        value = (d.get(parent) or {}).get(name)
+        if value is not None and value / sampling > limit:
+            return (f"field '{parent}.{name}' must be at most {limit} model pixels ({limit * sampling:.4g} Å at "
+                    f"sampling_A {sampling:g}), got {_short(value)}")
+    radius = (d.get("calibration") or {}).get("radius_px")
+    if radius is not None and radius > MAX_RADIUS_PX:
+        return f"field 'calibration.radius_px' must be at most {MAX_RADIUS_PX}, got {_short(radius)}"
+    return None
+
+
 def check_card_dict(d: Any, source: str = "model card") -> None:
     """Check a parsed card against the schema (:data:`CARD_FIELDS`, :data:`NESTED_FIELDS`).
 
@@ -164,8 +189,9 @@ def check_card_dict(d: Any, source: str = "model card") -> None:
     Raises
     ------
     ModelCardError
-        One line naming the first field that is missing or of the wrong type, or a
-        ``format_version`` newer than :data:`CARD_FORMAT_VERSION`.
+        One line naming the first field that is missing, of the wrong type or
+        out of bounds (:data:`MAX_WINDOW_PX`), or a ``format_version`` newer than
+        :data:`CARD_FORMAT_VERSION`.
     """
     if not isinstance(d, dict):
         raise ModelCardError(source, f"must hold a JSON object, not {type(d).__name__}")
@@ -193,6 +219,9 @@ def check_card_dict(d: Any, source: str = "model card") -> None:
         for name, (test, what) in checks.items():
             if name in obj and not test(obj[name]):
                 raise ModelCardError(source, f"field '{parent}.{name}' must be {what}, got {_short(obj[name])}")
+    problem = _pixel_bounds_problem(d)
+    if problem:
+        raise ModelCardError(source, problem)
 
 
 def _short(value: Any, limit: int = 60) -> str:
