@@ -10,6 +10,7 @@ from atomfinder.detection.confidence import (
     expected_calibration_error,
     fit_calibration,
     local_noise_map,
+    neighbour_spread,
     peak_features,
     reliability_bins,
     sigma_coverage,
@@ -96,8 +97,55 @@ def test_disk_means_and_features_on_a_hand_made_map():
     noise = rng.normal(0, 1, (64, 64)).astype(np.float32)
     smooth = np.cos(2 * np.pi * np.arange(64) / 20.0)[None, :] * np.ones((64, 1), np.float32)
     f = peak_features(img, np.array([10.0]), np.array([10.0]), np.array([1.0]), smooth[:20, :20], 3.0)
-    assert f.shape == (1, 3) and f[0, 0] == 1.0 and f[0, 1] == pytest.approx(1.0)
+    assert f.shape == (1, 4) and f[0, 0] == 1.0 and f[0, 1] == pytest.approx(1.0)
     # the Laplacian measure: ~sqrt(2/pi) for unit white noise, small for a smooth fringe
     assert local_noise_map(noise)[10:-10, 10:-10].mean() == pytest.approx(np.sqrt(2 / np.pi), rel=0.05)
     assert local_noise_map(smooth).max() < 0.05
-    assert peak_features(img, np.zeros(0), np.zeros(0), np.zeros(0), smooth, 3.0).shape == (0, 3)
+    assert peak_features(img, np.zeros(0), np.zeros(0), np.zeros(0), smooth, 3.0).shape == (0, 4)
+    assert f[0, 3] == 1.0  # a lone detection has no neighbours: spread 1
+
+
+def _honeycomb(n: int, bond: float = 1.42) -> np.ndarray:
+    """Atom positions of a graphene-like honeycomb, ``n x n`` cells (Å)."""
+    a1, a2 = np.array([1.5 * bond, np.sqrt(3) / 2 * bond]), np.array([1.5 * bond, -np.sqrt(3) / 2 * bond])
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    cells = i.reshape(-1, 1) * a1 + j.reshape(-1, 1) * a2
+    return np.concatenate([cells, cells + np.array([bond, 0.0])])
+
+
+def test_neighbour_spread_is_zero_in_a_lattice_and_large_for_scattered_points():
+    xy = _honeycomb(12) / 0.1  # pixels at 0.1 Å/px: the measure is scale-free
+    spread = neighbour_spread(xy[:, 0], xy[:, 1])
+    centre = np.linalg.norm(xy - xy.mean(axis=0), axis=1) < 0.5 * np.ptp(xy[:, 0]) / 2
+    assert np.all(spread[centre] < 1e-9)  # three equal bonds inside the sheet
+    assert spread.max() > 0.2  # the sheet's edge: a bond missing
+    rng = np.random.default_rng(0)
+    scattered = rng.uniform(0, 500, (400, 2))
+    assert np.median(neighbour_spread(scattered[:, 0], scattered[:, 1])) > 0.15
+    assert np.all(neighbour_spread(np.zeros(3), np.arange(3.0)) == 1.0)  # fewer than 4 detections
+    assert neighbour_spread(np.zeros(0), np.zeros(0)).shape == (0,)
+
+
+def test_a_fourth_feature_enters_the_fit_and_old_three_feature_calibrations_still_load():
+    f, y, err, _, _ = _hand_made(8000, 4)
+    rng = np.random.default_rng(5)
+    # false detections scatter (large spread), real ones sit in a lattice (small spread)
+    spread = np.where(y, rng.uniform(0.0, 0.05, len(y)), rng.uniform(0.1, 0.6, len(y)))
+    f4 = np.column_stack([f, spread])
+    fit3 = fit_calibration(f4[:, :3], y, err, radius_px=4.0)
+    fit4 = fit_calibration(f4, y, err, radius_px=4.0)
+    assert fit3.features == ("peak", "disk_mean", "local_noise")
+    assert fit4.features == ("peak", "disk_mean", "local_noise", "neighbour_spread")
+    # the spread separates real from false: a lower Brier score than without it
+    brier3 = np.mean((fit3.confidence(f4) - y) ** 2)
+    brier4 = np.mean((fit4.confidence(f4) - y) ** 2)
+    assert brier4 < 0.5 * brier3
+    # a three-feature calibration (cards fitted before the fourth feature) reads the first three columns
+    old = Calibration.from_dict(fit3.to_dict())
+    np.testing.assert_allclose(old.confidence(f4), fit3.confidence(f4[:, :3]))
+    again = Calibration.from_dict(fit4.to_dict())
+    np.testing.assert_allclose(again.confidence(f4), fit4.confidence(f4))
+    with pytest.raises(ValueError, match="needs"):
+        fit4.confidence(f4[:, :3])
+    with pytest.raises(ValueError, match="weights"):
+        Calibration.from_dict(fit3.to_dict() | {"features": list(fit4.features)})

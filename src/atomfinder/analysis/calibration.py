@@ -26,6 +26,7 @@ from atomfinder.analysis.evaluate import (
     samples_from_store,
 )
 from atomfinder.detection.confidence import (
+    FEATURES,
     Calibration,
     expected_calibration_error,
     fit_calibration,
@@ -47,7 +48,7 @@ def calibration_data(
     Returns
     -------
     dict of ndarray
-        ``features`` (n, 3), ``is_true`` (n,), ``err_A`` (n, 2; NaN when unmatched),
+        ``features`` (n, 4; :data:`~atomfinder.detection.confidence.FEATURES`), ``is_true`` (n,), ``err_A`` (n, 2; NaN when unmatched),
         ``image`` (n,) index of the sample, ``dose_e_per_A2`` (n,).
     """
     from atomfinder.detection.pipeline import detect_array  # imports torch
@@ -73,7 +74,7 @@ def calibration_data(
             on_sample(i)
     cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
     return {
-        "features": cat(feats, (0, 3)).reshape(-1, 3),
+        "features": cat(feats, (0, len(FEATURES))).reshape(-1, len(FEATURES)),
         "is_true": cat(true, 0).astype(bool),
         "err_A": cat(err, (0, 2)).reshape(-1, 2),
         "image": cat(image, 0).astype(np.int64),

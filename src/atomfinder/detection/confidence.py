@@ -10,7 +10,14 @@ around it (:func:`peak_features`):
   position (a blob that is only partly filled, or smeared, scores lower);
 - ``local_noise``: the mean magnitude of the discrete Laplacian of the normalised
   input around the atom, divided by ``sqrt(20)``: about 1 where the input is white
-  noise at unit contrast, small where a clean lattice dominates.
+  noise at unit contrast, small where a clean lattice dominates;
+- ``neighbour_spread``: the coefficient of variation of the distances to the three
+  nearest other detections (:func:`neighbour_spread`): near 0 inside any regular
+  lattice of atoms or columns, larger at edges and for detections scattered over
+  noise, amorphous carbon or contamination.
+
+A calibration uses the first three features, or all four (cards calibrated before
+``neighbour_spread`` existed name three in ``calibration.features``).
 
 :class:`Calibration` maps them to
 
@@ -36,8 +43,14 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 from scipy.optimize import isotonic_regression, minimize
 
-#: Names of the features, in the order of the feature matrix.
-FEATURES = ("peak", "disk_mean", "local_noise")
+#: Names of the features, in the order of the columns of :func:`peak_features`.
+FEATURES = ("peak", "disk_mean", "local_noise", "neighbour_spread")
+#: The features every calibration uses (the first columns of the feature matrix).
+BASE_FEATURES = FEATURES[:3]
+#: Neighbours whose distances make up ``neighbour_spread``.
+SPREAD_NEIGHBOURS = 3
+#: Offset added to ``neighbour_spread`` before its logarithm is taken.
+SPREAD_OFFSET = 0.01
 #: Probabilities are clipped to [EPS, 1 - EPS] before their logit is taken.
 EPS = 1e-4
 #: Side (pixels) of the window over which the Laplacian magnitude is averaged.
@@ -117,6 +130,38 @@ def local_noise_map(normalised: np.ndarray, window_px: int = NOISE_WINDOW_PX) ->
     return uniform_filter(lap, size=window_px, mode="reflect")
 
 
+def neighbour_spread(x_px: np.ndarray, y_px: np.ndarray, k: int = SPREAD_NEIGHBOURS) -> np.ndarray:
+    """Coefficient of variation (std / mean) of the distances to the ``k`` nearest other detections.
+
+    Scale-free, so pixels of any grid will do. 0 where the ``k`` nearest neighbours
+    are equidistant (the three neighbours of a graphene atom, the nearest columns of
+    a projected crystal), about 0.3 at an edge with one neighbour missing, and
+    typically 0.2-0.5 for points scattered at random. With fewer than ``k + 1``
+    detections in the image it is 1 for all of them.
+
+    Parameters
+    ----------
+    x_px, y_px : ndarray, shape (n,)
+        Positions of all detections of an image (x = column, y = row).
+    k : int
+        Number of neighbours.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,), values in [0, 1]
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.column_stack([np.asarray(x_px, np.float64).reshape(-1), np.asarray(y_px, np.float64).reshape(-1)])
+    if len(xy) <= k:
+        return np.ones(len(xy))
+    d, _ = cKDTree(xy).query(xy, k=k + 1)
+    d = d[:, 1:]
+    mean = d.mean(axis=1)
+    cv = np.where(mean > 0, d.std(axis=1) / np.maximum(mean, 1e-12), 1.0)
+    return np.clip(cv, 0.0, 1.0)
+
+
 def peak_features(
     atom_map: np.ndarray,
     x_px: np.ndarray,
@@ -132,7 +177,7 @@ def peak_features(
     atom_map : ndarray, shape (H, W)
         Atom probability ``1 - p(background)``.
     x_px, y_px : ndarray, shape (n,)
-        Refined positions on the model grid (pixels).
+        Refined positions on the model grid (pixels) of all detections of the image.
     peak : ndarray, shape (n,)
         Atom probability at each peak pixel.
     normalised : ndarray, shape (H, W) or (C, H, W)
@@ -142,8 +187,8 @@ def peak_features(
 
     Returns
     -------
-    ndarray of float64, shape (n, 3)
-        Columns ``peak, disk_mean, local_noise``.
+    ndarray of float64, shape (n, 4)
+        Columns ``peak, disk_mean, local_noise, neighbour_spread``.
     """
     x = np.asarray(x_px, dtype=np.float64).reshape(-1)
     y = np.asarray(y_px, dtype=np.float64).reshape(-1)
@@ -156,19 +201,42 @@ def peak_features(
         np.asarray(peak, dtype=np.float64).reshape(-1),
         disk_means(atom_map, x, y, radius_px),
         noise[iy, ix].astype(np.float64),
+        neighbour_spread(x, y),
     ])
 
 
-def design_matrix(features: np.ndarray) -> np.ndarray:
-    """``[1, logit(peak), logit(disk_mean), log(local_noise)]`` per detection."""
-    f = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
+def _check_feature_names(names: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    if names[: len(BASE_FEATURES)] != BASE_FEATURES or len(set(names)) != len(names) or not set(names) <= set(FEATURES):
+        raise ValueError(f"calibration features {list(names)} must be {list(BASE_FEATURES)} followed by any of "
+                         f"{list(FEATURES[len(BASE_FEATURES):])}")
+    return names
+
+
+def design_matrix(features: np.ndarray, names: Sequence[str] = BASE_FEATURES) -> np.ndarray:
+    """The regressors of a calibration, one row per detection.
+
+    ``[1, logit(peak), logit(disk_mean), log(local_noise)]``, followed by
+    ``log(neighbour_spread + 0.01)`` when ``names`` includes it.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n, m)
+        Columns in the order of :data:`FEATURES` (the first ``m`` of them).
+    names : sequence of str
+        The features the calibration uses: :data:`BASE_FEATURES`, optionally followed
+        by ``"neighbour_spread"``.
+    """
+    names = _check_feature_names(names)
+    f = np.asarray(features, dtype=np.float64)
+    f = f.reshape(-1, f.shape[-1] if f.ndim > 1 else len(BASE_FEATURES))
+    if f.shape[1] < max(FEATURES.index(n) for n in names) + 1:
+        raise ValueError(f"feature matrix has {f.shape[1]} columns; the calibration needs {list(names)}")
     disk = np.where(np.isfinite(f[:, 1]), f[:, 1], f[:, 0])
-    return np.column_stack([
-        np.ones(len(f)),
-        _logit(f[:, 0]),
-        _logit(disk),
-        np.log(np.maximum(f[:, 2], 1e-3)),
-    ])
+    columns = [np.ones(len(f)), _logit(f[:, 0]), _logit(disk), np.log(np.maximum(f[:, 2], 1e-3))]
+    if "neighbour_spread" in names:
+        columns.append(np.log(np.clip(f[:, FEATURES.index("neighbour_spread")], 0.0, 1.0) + SPREAD_OFFSET))
+    return np.column_stack(columns)
 
 
 @dataclass(frozen=True)
@@ -193,6 +261,9 @@ class Calibration:
         Matching radius that defined "real atom" in the fit (Å).
     n_detections, n_matched : int
         Detections and matched detections the fit used.
+    features : tuple of str
+        The features of :func:`design_matrix` (:data:`BASE_FEATURES`, optionally
+        followed by ``"neighbour_spread"``).
     """
 
     logistic: tuple[float, ...]
@@ -204,25 +275,26 @@ class Calibration:
     match_radius_A: float = 0.5
     n_detections: int = 0
     n_matched: int = 0
+    features: tuple[str, ...] = BASE_FEATURES
 
     def confidence(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probability that each detection is a real atom of its class."""
         if len(features) == 0:
             return np.zeros(0)
-        score = design_matrix(features) @ np.asarray(self.logistic)
+        score = design_matrix(features, self.features) @ np.asarray(self.logistic)
         return np.clip(np.interp(score, self.isotonic_score, self.isotonic_value), 0.0, 1.0)
 
     def sigma_A(self, features: np.ndarray) -> np.ndarray:
         """1-σ positional error of each coordinate in Å."""
         if len(features) == 0:
             return np.zeros(0)
-        log_s = design_matrix(features) @ np.asarray(self.sigma_log)
+        log_s = design_matrix(features, self.features) @ np.asarray(self.sigma_log)
         return self.sigma_scale * np.exp(np.clip(log_s, -20.0, 5.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": "logistic score of the peak features + isotonic regression; log-linear Gaussian sigma",
-            "features": list(FEATURES),
+            "features": list(self.features),
             "logistic": list(self.logistic),
             "isotonic_score": list(self.isotonic_score),
             "isotonic_value": list(self.isotonic_value),
@@ -236,8 +308,9 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
-        if list(d.get("features", FEATURES)) != list(FEATURES):
-            raise ValueError(f"calibration features {d.get('features')} differ from {list(FEATURES)}")
+        names = _check_feature_names(d.get("features", BASE_FEATURES))
+        if len(d["logistic"]) != len(names) + 1 or len(d["sigma_log"]) != len(names) + 1:
+            raise ValueError(f"calibration weights do not fit its features {list(names)}")
         return cls(
             logistic=tuple(float(v) for v in d["logistic"]),
             isotonic_score=tuple(float(v) for v in d["isotonic_score"]),
@@ -248,6 +321,7 @@ class Calibration:
             match_radius_A=float(d.get("match_radius_A", 0.5)),
             n_detections=int(d.get("n_detections", 0)),
             n_matched=int(d.get("n_matched", 0)),
+            features=names,
         )
 
 
@@ -303,13 +377,15 @@ def fit_calibration(
     err_A: np.ndarray,
     radius_px: float,
     match_radius_A: float = 0.5,
+    names: Sequence[str] | None = None,
 ) -> Calibration:
     """Fit :class:`Calibration` on detections in held-out simulations.
 
     Parameters
     ----------
-    features : ndarray, shape (n, 3)
-        :func:`peak_features` of every scored detection.
+    features : ndarray, shape (n, m)
+        :func:`peak_features` of every scored detection (the first ``m`` of
+        :data:`FEATURES`, ``m >= 3``).
     is_true : ndarray of bool, shape (n,)
         The detection matched a real site of its class (within ``match_radius_A``).
     err_A : ndarray, shape (n, 2)
@@ -319,13 +395,17 @@ def fit_calibration(
         The ``disk_mean`` radius the features were computed with.
     match_radius_A : float
         The matching radius behind ``is_true`` (Å).
+    names : sequence of str, optional
+        The features to use (default: all columns of ``features``).
 
     Raises
     ------
     ValueError
         Fewer than 20 detections, or no true or no false one.
     """
-    f = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
+    f = np.asarray(features, dtype=np.float64)
+    f = f.reshape(-1, f.shape[-1] if f.ndim > 1 else len(BASE_FEATURES))
+    names = _check_feature_names(FEATURES[: f.shape[1]] if names is None else names)
     y = np.asarray(is_true, dtype=bool).reshape(-1)
     err = np.asarray(err_A, dtype=np.float64).reshape(-1, 2)
     if len(f) != len(y) or len(err) != len(y):
@@ -333,14 +413,14 @@ def fit_calibration(
     if len(y) < 20 or y.all() or not y.any():
         raise ValueError(f"calibration needs >= 20 detections with both true and false ones, got "
                          f"{int(y.sum())} true of {len(y)}")
-    X = design_matrix(f)
+    X = design_matrix(f, names)
     w = _fit_logistic(X, y.astype(np.float64))
     knot_s, knot_v = _fit_isotonic(X @ w, y)
     w_sigma, scale = _fit_sigma(X[y], err[y])
     return Calibration(
         logistic=tuple(w.tolist()), isotonic_score=tuple(knot_s.tolist()), isotonic_value=tuple(knot_v.tolist()),
         sigma_log=tuple(w_sigma.tolist()), sigma_scale=scale, radius_px=float(radius_px),
-        match_radius_A=float(match_radius_A), n_detections=len(y), n_matched=int(y.sum()),
+        match_radius_A=float(match_radius_A), n_detections=len(y), n_matched=int(y.sum()), features=names,
     )
 
 
@@ -387,6 +467,6 @@ def sigma_coverage(err_A: np.ndarray, sigma_A: np.ndarray, multiples: Sequence[f
 
 
 __all__ = [
-    "FEATURES", "Calibration", "design_matrix", "disk_means", "expected_calibration_error", "fit_calibration",
-    "local_noise_map", "peak_features", "reliability_bins", "sigma_coverage",
+    "BASE_FEATURES", "FEATURES", "Calibration", "design_matrix", "disk_means", "expected_calibration_error", "fit_calibration",
+    "local_noise_map", "neighbour_spread", "peak_features", "reliability_bins", "sigma_coverage",
 ]
