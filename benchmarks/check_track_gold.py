@@ -19,24 +19,38 @@ are written as one calibrated TIFF stack
 (:func:`atomfinder.detection.io.write_tiff_calibrated`), read back and cleaned as
 ``atomfinder track`` does (:func:`atomfinder.detection.run.load_sample`), and tracked
 with :func:`atomfinder.analysis.timeseries.track` using the same per-frame detector as
-the CLI (``detect_array(net, card, frame, sampling).to_frame()``), or with the
-conventional detector (``--model conventional``).
+the CLI (the atom table of ``detect_array`` and its atom map ``1 - p(background)``)
+and the same decision: presence per site from the map's value over the series (a
+two-state hidden Markov model, threshold = the card's peak threshold unless
+``--threshold``, switching cost from the noise unless ``--switch-cost``). With
+``--model conventional`` the conventional detector is used instead, its map being
+the sign-corrected band-pass relative to its 99.9th percentile (its own peak score),
+decided at its peak threshold 0.2.
 
 The tracker's CSV outputs are then compared with the truth: each scheduled column is
 matched one-to-one to a tracked site (in the first frame's pixel grid, within the
 tracking tolerance), and its presence timeline is recovered *exactly* when it equals
 the schedule in every frame. Events at any other site are *spurious*. It also reports
-the registration error against the applied drift and how many of the unchanged Au
-columns were tracked as present in every frame.
+the registration error against the applied drift, how many of the unchanged Au
+columns were tracked as present in every frame, and the confidence (``events.csv``)
+of the recovered and of the spurious events.
+
+Static-particle check (``--static-doses``, default 1e4 and 1e3 e/Å²; ``none`` skips
+it): the same particle with every column present, fresh shot noise and the same
+kind of drift in every frame (one exit wave, reused), tracked the same way; every
+event is false. Reported per dose: events per 100 site-frames over all tracked
+sites and over the Au-column sites only.
 
 It is a measurement, not a test: the exit code is 0 whether or not recovery is exact
 (non-zero only on errors). The last line printed is one JSON object, e.g.
 
-    {"model": "gold", "dose_e_per_A2": 30000.0, "frames": 12, "scheduled_columns": 4, "exact": 4, ...}
+    {"model": "gold", "dose_e_per_A2": 30000.0, "frames": 12, "scheduled_columns": 4, "exact": 4, ...,
+     "static": [{"dose_e_per_A2": 10000.0, "events": 0, "events_per_100_site_frames": 0.0, ...}, ...]}
 
 Example::
 
     python benchmarks/check_track_gold.py --model runs/gold/model --frames 12 --out /tmp/track-gold
+    python benchmarks/check_track_gold.py --dose 2e3 --static-doses 1e4 1e3 --threshold 0.7
 """
 
 from __future__ import annotations
@@ -57,7 +71,13 @@ import pandas as pd
 from scipy.spatial import ConvexHull, cKDTree
 
 from atomfinder.analysis.matching import match_positions
-from atomfinder.analysis.timeseries import presence_matrix, track
+from atomfinder.analysis.timeseries import (
+    FrameDetection,
+    presence_matrix,
+    probability_matrix,
+    switch_cost_from_noise,
+    track,
+)
 from atomfinder.detection.io import write_tiff_calibrated
 from atomfinder.detection.run import load_sample
 from atomfinder.imaging.hrtem import resample_spectrum, simulate_draw
@@ -100,6 +120,10 @@ MIN_SEPARATION_A = 4.0
 NEAR_PARTICLE_A = 3.0
 #: Name that selects the conventional detector instead of a network.
 CONVENTIONAL = "conventional"
+#: Peak threshold of the conventional detector (``conventional_atoms``' ``threshold_rel``), also its decision threshold.
+CONVENTIONAL_THRESHOLD = 0.2
+#: Doses (e/Å²) of the static-particle check by default.
+STATIC_DOSES = (1e4, 1e3)
 #: Schedules as (initially present, frames at which the state toggles as fractions of N).
 SCHEDULE_KINDS: dict[str, tuple[bool, tuple[float, ...]]] = {
     "disappears": (True, (0.4,)),
@@ -299,11 +323,16 @@ def simulate_series(
     scope: Microscope,
     seed: int,
     log: Callable[[str], None] = print,
+    *,
+    noise_stream: int = 2,
+    waves: dict[tuple[int, ...], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Record every frame: scheduled columns removed where absent, drift as a specimen shift.
 
-    One exit wave per distinct set of present columns (frames with the same
-    structure share it; only the noise and the drift differ).
+    One exit wave per distinct set of removed columns (frames with the same
+    structure share it; only the noise and the drift differ). ``waves`` (keyed by
+    the sorted removed columns) carries them over between calls; the shot noise is
+    drawn from ``default_rng([seed, noise_stream])``.
 
     Returns
     -------
@@ -317,13 +346,13 @@ def simulate_series(
     image_px = BOX_PX - 2 * CROP_MARGIN_PX
     origin = (CROP_MARGIN_PX, CROP_MARGIN_PX)
     gpts = (BOX_PX * WAVE_OVERSAMPLING,) * 2
-    rng = np.random.default_rng([seed, 2])
-    cache: dict[bytes, np.ndarray] = {}
+    rng = np.random.default_rng([seed, noise_stream])
+    cache = {} if waves is None else waves
     frames = []
     for i, state in enumerate(schedule.present):
-        key = state.tobytes()
+        gone = np.sort(schedule.columns[~state])
+        key = tuple(gone.tolist())
         if key not in cache:
-            gone = schedule.columns[~state]
             keep = ~np.isin(particle.column_of_atom, gone)
             t0 = time.perf_counter()
             waves = exit_waves(atoms[np.flatnonzero(keep)], scope.energy_eV, gpts=gpts,
@@ -339,35 +368,78 @@ def simulate_series(
 # --------------------------------------------------------------------------- tracking
 
 
-def make_detector(model: str, sampling_A: float) -> tuple[Callable[[np.ndarray], Any], str]:
+def conventional_map(frame: np.ndarray, sampling_A: float) -> np.ndarray:
+    """The conventional detector's score over the whole frame (its "atom map", frame grid).
+
+    The band-pass of :func:`atomfinder.detection.baseline.conventional_atoms`
+    (default atom radius), sign-corrected, over its 99.9th percentile and clipped to
+    [0, 1]: at a peak it is the table's ``probability``.
+    """
+    from atomfinder.detection.baseline import bandpass, choose_polarity
+
+    f = bandpass(frame, sampling_A)
+    f = choose_polarity(f) * f
+    ref = float(np.percentile(f, 99.9))
+    return np.clip(f / ref, 0.0, 1.0) if ref > 0 else np.zeros_like(f)
+
+
+def make_detector(model: str, sampling_A: float) -> tuple[Callable[[np.ndarray], FrameDetection], str, float]:
     """Per-frame detector as in ``atomfinder track``, or the conventional one.
 
     Returns
     -------
-    (detect, name)
-        ``detect(frame) -> DataFrame`` with ``x, y, label, probability`` (pixels), and
-        the detector's name (the model card's name, or ``"conventional"``).
+    (detect, name, threshold)
+        ``detect(frame) -> FrameDetection`` (table with ``x, y, label, probability``
+        in pixels, and the atom map), the detector's name (the model card's name, or
+        ``"conventional"``) and its peak threshold (the default decision threshold).
     """
     if model == CONVENTIONAL:
         from atomfinder.detection.baseline import conventional_atoms
 
-        return (lambda frame: conventional_atoms(frame, sampling_A)), CONVENTIONAL
-    from atomfinder.detection.pipeline import detect_array
+        def detect_conventional(frame: np.ndarray) -> FrameDetection:
+            table = conventional_atoms(frame, sampling_A, threshold_rel=CONVENTIONAL_THRESHOLD)
+            return FrameDetection(table, conventional_map(frame, sampling_A))
+
+        return detect_conventional, CONVENTIONAL, CONVENTIONAL_THRESHOLD
+    from atomfinder.detection.pipeline import detect_array, detection_settings
     from atomfinder.nn.card import load_model, resolve_model
 
     net, card = load_model(resolve_model(model))
     if card.in_channels != 1:
         raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; track needs a single-image model")
-    return (lambda frame: detect_array(net, card, frame, sampling_A).to_frame()), card.name
+
+    def detect_network(frame: np.ndarray) -> FrameDetection:
+        result = detect_array(net, card, frame, sampling_A)
+        return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
+
+    return detect_network, card.name, detection_settings(card)[0]
 
 
-def run_tracker(stack_path: Path, model: str, out_dir: Path) -> tuple[str, float]:
-    """Read the stack like the CLI and run :func:`track` on it; returns (detector name, Å/px)."""
+def run_tracker(
+    stack_path: Path, model: str, out_dir: Path, threshold: float | None = None, switch_cost: float | None = None
+) -> dict[str, Any]:
+    """Read the stack like the CLI and run :func:`track` on it with the CLI's decision.
+
+    Returns
+    -------
+    dict
+        ``detector`` (name), ``sampling_A`` (Å/px), ``threshold`` (the decision
+        threshold used: the given one, else the detector's peak threshold) and
+        ``switch_cost`` (nats: the given one, else the noise-derived value
+        :func:`switch_cost_from_noise` of this series, as ``track`` used it).
+    """
     sample = load_sample(str(stack_path))
     frames = sample.data if sample.data.ndim == 3 else sample.data[None]
-    detect, name = make_detector(model, sample.sampling_A)
-    track(frames, detect, sample.sampling_A, out_dir, tolerance_A=TOLERANCE_A)
-    return name, float(sample.sampling_A)
+    detect, name, peak_threshold = make_detector(model, sample.sampling_A)
+    decide_at = peak_threshold if threshold is None else threshold
+    track(frames, detect, sample.sampling_A, out_dir, tolerance_A=TOLERANCE_A, threshold=decide_at,
+          switch_cost=switch_cost)
+    if switch_cost is None:
+        pres = pd.read_csv(out_dir / "presence.csv")
+        n_sites = len(pd.read_csv(out_dir / "sites.csv"))
+        switch_cost = switch_cost_from_noise(probability_matrix(pres, n_sites, len(frames)), decide_at)
+    return {"detector": name, "sampling_A": float(sample.sampling_A), "threshold": float(decide_at),
+            "switch_cost": round(float(switch_cost), 3)}
 
 
 # --------------------------------------------------------------------------- comparison
@@ -431,8 +503,12 @@ def compare(
                 for t in range(1, n_frames) if c["truth"][t] != c["truth"][t - 1]}
     n_expected = sum(c["truth"][t] != c["truth"][t - 1] for c in columns for t in range(1, n_frames))
     found = {(int(r.frame), int(r.site), str(r.event)) for r in events.itertuples()}
+    confidence = {(int(r.frame), int(r.site), str(r.event)): float(r.confidence) for r in events.itertuples()}
     at_scheduled = {e for e in found if e[1] in scheduled_sites}
     elsewhere = events[~events["site"].isin(scheduled_sites)]
+    false = (at_scheduled - expected) | {e for e in found if e[1] not in scheduled_sites}
+    recovered_conf = [confidence[e] for e in expected & at_scheduled]
+    false_conf = [confidence[e] for e in false]
     au_sites = set(s_idx.tolist()) - scheduled_sites
     dist_A = cKDTree(truth_xy_px).query(site_xy)[0] * sampling_A if len(site_xy) else np.zeros(0)
     near_sites = set(np.flatnonzero(dist_A <= NEAR_PARTICLE_A).tolist()) - scheduled_sites
@@ -448,6 +524,8 @@ def compare(
         "spurious_events_au_columns": int(elsewhere["site"].isin(au_sites).sum()),
         "spurious_events_near_particle": int(elsewhere["site"].isin(near_sites).sum()),
         "spurious_sites": int(elsewhere["site"].nunique()),
+        "confidence_recovered_min": round(min(recovered_conf), 3) if recovered_conf else None,
+        "confidence_false_max": round(max(false_conf), 3) if false_conf else None,
         "sites": len(sites),
         "unchanged_columns": len(unchanged),
         "unchanged_tracked": len(unchanged_sites),
@@ -473,6 +551,78 @@ def print_summary(result: dict[str, Any], n_frames: int) -> None:
     print(f"unchanged Au columns: {result['unchanged_columns']}, tracked {result['unchanged_tracked']}, "
           f"present in every frame {result['unchanged_always_present']}; "
           f"max registration error {result['drift_error_px_max']} px")
+    print(f"event confidence: recovered events from {result['confidence_recovered_min']}, "
+          f"false events up to {result['confidence_false_max']}")
+
+
+# --------------------------------------------------------------------------- static particle
+
+
+def static_events(out_dir: Path, truth_xy_px: np.ndarray, n_frames: int, sampling_A: float) -> dict[str, Any]:
+    """False events of a tracked static series (every event is false).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The tracker's output folder (``sites.csv``, ``events.csv``).
+    truth_xy_px : ndarray, shape (n_columns, 2)
+        Every Au column's position in the first frame's pixel grid.
+    n_frames : int
+    sampling_A : float
+        Pixel size (Å/px).
+
+    Returns
+    -------
+    dict
+        ``sites``, ``site_frames`` (sites x frames), ``events`` and
+        ``events_per_100_site_frames`` over all tracked sites; the same over the sites
+        matched to an Au column (``au_*``); the largest event confidence.
+    """
+    sites = pd.read_csv(out_dir / "sites.csv")
+    events = pd.read_csv(out_dir / "events.csv")
+    site_xy = sites[["x", "y"]].to_numpy(dtype=np.float64).reshape(-1, 2)
+    _, au = match_positions(truth_xy_px, site_xy, TOLERANCE_A / sampling_A)
+    au_events = int(events["site"].isin(au).sum())
+    per_100 = lambda n_events, n_sites: round(100.0 * n_events / (n_sites * n_frames), 3) if n_sites else None  # noqa: E731
+    return {
+        "sites": len(sites),
+        "site_frames": len(sites) * n_frames,
+        "events": len(events),
+        "events_per_100_site_frames": per_100(len(events), len(sites)),
+        "au_sites": len(au),
+        "au_events": au_events,
+        "au_events_per_100_site_frames": per_100(au_events, len(au)),
+        "events_sites": int(events["site"].nunique()),
+        "confidence_max": round(float(events["confidence"].max()), 3) if len(events) else None,
+    }
+
+
+def run_static(
+    particle: Particle,
+    truth_xy_px: np.ndarray,
+    args: argparse.Namespace,
+    dose_e_per_A2: float,
+    index: int,
+    out: Path,
+    waves: dict[tuple[int, ...], np.ndarray],
+) -> dict[str, Any]:
+    """Simulate, track and score one static series at ``dose_e_per_A2`` (see the module docstring)."""
+    n = args.frames
+    still = Schedule(columns=np.zeros(0, dtype=np.int64), kinds=(), present=np.ones((n, 0), dtype=bool))
+    drift = drift_px(n, np.random.default_rng([args.seed, 5, index]))
+    t0 = time.perf_counter()
+    frames, _ = simulate_series(particle, still, drift, microscope(dose_e_per_A2), args.seed,
+                                noise_stream=10 + index, waves=waves)
+    stack = write_tiff_calibrated(out / f"static-{dose_e_per_A2:g}.tif", frames, SAMPLING_A)
+    used = run_tracker(stack, args.model, out / f"static-{dose_e_per_A2:g}", args.threshold, args.switch_cost)
+    result = static_events(out / f"static-{dose_e_per_A2:g}", truth_xy_px, n, used["sampling_A"])
+    result = {"dose_e_per_A2": dose_e_per_A2, "frames": n, **result, "threshold": used["threshold"],
+              "switch_cost": used["switch_cost"], "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"static particle at {dose_e_per_A2:g} e/Å²: {result['events']} events in {result['site_frames']} "
+          f"site-frames ({result['events_per_100_site_frames']} per 100; Au columns "
+          f"{result['au_events']} in {result['au_sites'] * n}, {result['au_events_per_100_site_frames']} per 100); "
+          f"switching cost {result['switch_cost']} nats")
+    return result
 
 
 # --------------------------------------------------------------------------- main
@@ -486,6 +636,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=12, help="number of frames (>= 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the particle, column choice, drift and noise")
     parser.add_argument("--zone", default="110", choices=("100", "110", "111"), help="zone axis of the particle")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="map value separating present from absent in the presence decision "
+                             "(default: the model card's peak threshold, as `atomfinder track`)")
+    parser.add_argument("--switch-cost", type=float, default=None,
+                        help="nats a change of presence must overcome (default: from the noise of the map values)")
+    parser.add_argument("--static-doses", nargs="+", default=[f"{d:g}" for d in STATIC_DOSES],
+                        help="doses (e/Å²) of the static-particle check; 'none' skips it")
     parser.add_argument("--out", type=Path, default=None, help="folder for frames and tracker outputs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (with --out it is always kept)")
     args = parser.parse_args(argv)
@@ -493,6 +650,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--frames must be at least 5")
     if not args.dose > 0:
         parser.error("--dose must be positive")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold must be in [0, 1]")
+    if args.switch_cost is not None and not args.switch_cost >= 0:
+        parser.error("--switch-cost must be >= 0")
+    try:
+        args.static_doses = [] if [d.lower() for d in args.static_doses] == ["none"] else [
+            float(d) for d in args.static_doses]
+    except ValueError:
+        parser.error(f"--static-doses: give doses in e/Å² or 'none', got {args.static_doses}")
+    if any(not d > 0 for d in args.static_doses):
+        parser.error("--static-doses must be positive")
     return args
 
 
@@ -519,7 +687,8 @@ def main(argv: list[str] | None = None) -> None:
               f"dose {args.dose:g} e/Å²")
 
         t0 = time.perf_counter()
-        frames, origin = simulate_series(particle, schedule, true_drift, scope, args.seed)
+        waves: dict[tuple[int, ...], np.ndarray] = {}
+        frames, origin = simulate_series(particle, schedule, true_drift, scope, args.seed, waves=waves)
         simulate_s = time.perf_counter() - t0
         stack_path = write_tiff_calibrated(out / "frames.tif", frames, SAMPLING_A)
         truth_xy = particle.structure.sites.positions_A / SAMPLING_A - np.asarray(origin, dtype=float)
@@ -538,12 +707,15 @@ def main(argv: list[str] | None = None) -> None:
 
         t0 = time.perf_counter()
         track_dir = out / "track"
-        name, sampling = run_tracker(stack_path, args.model, track_dir)
+        used = run_tracker(stack_path, args.model, track_dir, args.threshold, args.switch_cost)
+        name, sampling = used["detector"], used["sampling_A"]
         track_s = time.perf_counter() - t0
-        print(f"tracked with {name} in {track_s:.1f} s -> {track_dir}")
+        print(f"tracked with {name} in {track_s:.1f} s -> {track_dir} (presence decided at map value "
+              f"{used['threshold']:g}, switching cost {used['switch_cost']} nats)")
 
         result = compare(track_dir, truth_xy, schedule, true_drift, sampling)
         print_summary(result, args.frames)
+        static = [run_static(particle, truth_xy, args, dose, k, out, waves) for k, dose in enumerate(args.static_doses)]
         seconds = time.perf_counter() - t_start
         kept = args.out is not None or args.keep
         print(f"frames and tracker outputs in {out}" + ("" if kept else " (deleted at exit; use --keep)"))
@@ -564,6 +736,10 @@ def main(argv: list[str] | None = None) -> None:
             "spurious_events_au_columns": result["spurious_events_au_columns"],
             "spurious_events_near_particle": result["spurious_events_near_particle"],
             "spurious_sites": result["spurious_sites"],
+            "threshold": used["threshold"],
+            "switch_cost": used["switch_cost"],
+            "confidence_recovered_min": result["confidence_recovered_min"],
+            "confidence_false_max": result["confidence_false_max"],
             "sites": result["sites"],
             "unchanged_always_present": result["unchanged_always_present"],
             "unchanged_columns": result["unchanged_columns"],
@@ -572,6 +748,7 @@ def main(argv: list[str] | None = None) -> None:
             "track_seconds": round(track_s, 1),
             "seconds": round(seconds, 1),
             "columns": [{k: c[k] for k in ("column", "kind", "truth", "tracked", "exact")} for c in result["columns"]],
+            "static": static,
         }))
     finally:
         if args.out is None and not args.keep:

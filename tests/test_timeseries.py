@@ -1,7 +1,8 @@
-"""Time series: registration, site linking, presence, events, outputs (synthetic, seeded)."""
+"""Time series: registration, site linking, presence decoding, events, outputs (synthetic, seeded)."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -9,20 +10,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.timeseries import (
+    MIN_SWITCH_COST,
+    FrameDetection,
     Sites,
+    change_posteriors,
     events,
     link_sites,
     presence,
+    presence_evidence,
     presence_matrix,
     refine_drift,
     register_frames,
+    site_probabilities,
     sites_in_view,
     smooth_states,
     summary,
+    switch_cost_from_noise,
     track,
+    viterbi_states,
 )
 from atomfinder.detection.baseline import conventional_atoms
 
@@ -35,7 +44,7 @@ ABSENT = {
     0: [(4, 8)],  # top-left corner: gone in frames 4-7
     5: [(0, 6)],  # top-right corner: arrives at frame 6
     30: [(9, None)],  # bottom-left corner: leaves at frame 9 for good
-    35: [(6, 7)],  # bottom-right corner: single-frame flicker at frame 6
+    35: [(6, 7)],  # bottom-right corner: gone in frame 6 only (the map leaves no doubt)
 }
 EXPECTED_EVENTS = {
     (4, 0, "disappear"), (8, 0, "appear"), (6, 5, "appear"),
@@ -67,12 +76,18 @@ def render(xy: np.ndarray, shape=SHAPE, sigma_px: float = 1.5) -> np.ndarray:
     return img
 
 
-def detector(image: np.ndarray) -> pd.DataFrame:
-    """Bright-peak detector (conventional baseline), DESIGN.md atom table with label Au."""
+def atom_map(image: np.ndarray) -> np.ndarray:
+    """A network-like atom map on the frame's grid: smooth, in (0, 1), about 0.99 on a column, 0.01 off."""
+    level = gaussian_filter(image - 0.2, 1.0) / 0.69  # a column's smoothed peak is 1.5^2 / (1.5^2 + 1) = 0.69
+    return 1.0 / (1.0 + np.exp(-10.0 * (level - 0.5)))
+
+
+def detector(image: np.ndarray) -> FrameDetection:
+    """Bright-peak detector (conventional baseline), DESIGN.md atom table with label Au, and its map."""
     atoms = conventional_atoms(
         image, SAMPLING_A, atom_radius_A=0.3, min_distance_A=1.0, threshold_rel=0.5, polarity="bright"
     )
-    return atoms.to_frame(["Au"], SAMPLING_A)
+    return FrameDetection(atoms.to_frame(["Au"], SAMPLING_A), atom_map(image))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +175,7 @@ def test_track_outputs(series, tracked):
     read = {k: pd.read_csv(v) for k, v in paths.items() if k.endswith(".csv")}
     assert list(read["sites.csv"].columns) == ["site", "x", "y", "x_angstrom", "y_angstrom", "label"]
     assert list(read["presence.csv"].columns) == ["frame", "site", "present", "probability"]
-    assert list(read["events.csv"].columns) == ["frame", "site", "event", "x", "y"]
+    assert list(read["events.csv"].columns) == ["frame", "site", "event", "x", "y", "confidence"]
     assert list(read["drift.csv"].columns) == ["frame", "dx", "dy"]
     assert list(read["occupancy.csv"].columns) == ["frame", "occupancy", "events", "event_rate"]
     assert np.abs(read["drift.csv"][["dx", "dy"]].to_numpy() - drift).max() < 0.2
@@ -184,10 +199,10 @@ def test_track_sites_presence_events(series, tracked):
     m = presence_matrix(pres, len(sites))
     order = [mapping[s] for s in range(len(sites))]
     np.testing.assert_array_equal(m, sched[:, order])
-    assert ((pres["probability"] > 0) == (pres["present"] == 1)).all()
     ev = pd.read_csv(paths["events.csv"])
     got = {(int(f), mapping[int(s)], e) for f, s, e in ev[["frame", "site", "event"]].itertuples(index=False)}
     assert got == EXPECTED_EVENTS
+    assert ev["confidence"].between(0.5, 1.0).all()  # every change in this clean series is sharp
     occ = pd.read_csv(paths["occupancy.csv"])
     np.testing.assert_allclose(occ["occupancy"], sched.mean(axis=1))
     n_events = np.bincount([f for f, _, _ in EXPECTED_EVENTS], minlength=N_FRAMES)
@@ -195,20 +210,57 @@ def test_track_sites_presence_events(series, tracked):
     np.testing.assert_allclose(occ["event_rate"], n_events / len(cols) / 0.5)  # per site per second
 
 
+def test_probability_is_the_map_value_in_every_frame(series, tracked):
+    """presence.csv holds the detector's map read at the site (drift applied) in every frame,
+    absent frames included, whatever was decided."""
+    frames, *_ = series
+    paths, _ = tracked
+    sites = pd.read_csv(paths["sites.csv"])
+    used_drift = pd.read_csv(paths["drift.csv"])[["dx", "dy"]].to_numpy()
+    pres = pd.read_csv(paths["presence.csv"]).sort_values(["frame", "site"])
+    got = pres["probability"].to_numpy().reshape(N_FRAMES, len(sites))
+    x, y = sites["x"].to_numpy(), sites["y"].to_numpy()
+    for f in range(N_FRAMES):
+        expected = map_coordinates(atom_map(frames[f]), [y + used_drift[f, 1], x + used_drift[f, 0]], order=1)
+        np.testing.assert_allclose(got[f], expected, rtol=1e-9, atol=1e-12)
+    absent = pres["present"].to_numpy() == 0
+    assert absent.sum() == (schedule() == 0).sum()
+    assert (pres.loc[absent, "probability"] > 0).all() and (pres.loc[absent, "probability"] < 0.5).all()
+
+
+def test_site_probabilities_read_maps_through_drift_and_sampling():
+    """Linear maps (exact under bilinear reading) on a grid 2x finer than the frames, drifting."""
+    sites = Sites([10.0, 20.5, 33.2], [12.0, 7.25, 30.0], ["Au"] * 3, [2, 2, 2])
+    drift = np.array([[0.0, 0.0], [1.5, -2.25], [-3.1, 4.4]])
+    yy, xx = np.mgrid[0:100, 0:100].astype(float)  # map pixels, 0.1 Å; frames are 0.2 Å/px
+    slopes = [(0.003, 0.001), (0.002, -0.001), (-0.001, 0.004)]
+    found = [FrameDetection(pd.DataFrame({"x": [], "y": []}), 0.3 + a * xx + b * yy, 0.1) for a, b in slopes]
+    prob = site_probabilities(found, drift, sites, 0.2, 3.0)
+    for f, (a, b) in enumerate(slopes):
+        mx, my = 2 * (sites.x + drift[f, 0]), 2 * (sites.y + drift[f, 1])
+        np.testing.assert_allclose(prob[f], 0.3 + a * mx + b * my)
+    # a frame without a map: the matched detection's probability, 0 elsewhere
+    table = pd.DataFrame({"x": [20.5 + 1.5 + 0.4], "y": [7.25 - 2.25], "probability": [0.87]})
+    fallback = site_probabilities([found[0], FrameDetection(table)], drift[:2], sites, 0.2, 1.0)
+    np.testing.assert_allclose(fallback[1], [0.0, 0.87, 0.0])
+
+
 def test_min_run_suppresses_flicker(series):
     frames, drift, cols, sched = series
-    tables = [detector(f) for f in frames]
-    sites = link_sites(tables, drift, 3.5)
-    pres = presence(tables, drift, sites, 3.5)
+    found = [detector(f) for f in frames]
+    sites = link_sites([d.table for d in found], drift, 3.5)
+    prob = site_probabilities(found, drift, sites, SAMPLING_A, 3.5)
     mapping = site_to_column(sites.xy, cols)
-    ev = events(pres, sites, min_run=2)
+    pres = presence(prob, 0.5, min_run=2)
+    ev = events(pres, sites, threshold=0.5)
     got = {(int(f), mapping[int(s)], e) for f, s, e in ev[["frame", "site", "event"]].itertuples(index=False)}
     assert got == EXPECTED_EVENTS - {(6, 35, "disappear"), (7, 35, "appear")}
+    np.testing.assert_array_equal(np.abs(np.diff(presence_matrix(pres, len(sites)), axis=0)).sum(), len(got))
 
 
 def test_refine_drift_keeps_accuracy(series):
     frames, drift, *_ = series
-    tables = [detector(f) for f in frames]
+    tables = [detector(f).table for f in frames]
     d0 = register_frames(frames)
     refined = refine_drift(tables, d0, link_sites(tables, d0, 3.5), 3.5)
     np.testing.assert_allclose(refined[0], 0.0)
@@ -231,16 +283,28 @@ def test_single_frame(series, tmp_path):
 
 
 def test_empty_detection_frame(series):
-    """No detections in frame 5: every site present in 4 disappears, and reappears in 6."""
+    """No detections in frame 5. With the maps nothing changes. A detector without maps
+    (bare tables: matched probability, 0 elsewhere) gives every site value 0 in frame 5:
+    its noisy peak scores set a switching cost above what one such frame can pay, so
+    the dropout is bridged (it only joins an absent run next to it); at the minimum
+    cost, every site present in 4 disappears in 5 and reappears in 6."""
     frames, drift, cols, sched = series
-    tables = [detector(f) for f in frames]
-    tables[5] = tables[5].iloc[0:0]
+    found = [detector(f) for f in frames]
+    found[5] = FrameDetection(found[5].table.iloc[0:0], found[5].atom_map)
+    tables = [d.table for d in found]
     sites = link_sites(tables, drift, 3.5)
     assert len(sites) == len(cols)
-    pres = presence(tables, drift, sites, 3.5)
+    mapping = site_to_column(sites.xy, cols)
+    with_maps = presence_matrix(presence(site_probabilities(found, drift, sites, SAMPLING_A, 3.5), 0.5), len(sites))
+    np.testing.assert_array_equal(with_maps, sched[:, [mapping[s] for s in range(len(sites))]])
+    bare = site_probabilities([FrameDetection(t) for t in tables], drift, sites, SAMPLING_A, 3.5)
+    assert (bare[5] == 0).all()
+    assert switch_cost_from_noise(bare, 0.5) > -0.5 * presence_evidence(0.0, 0.5)
+    np.testing.assert_array_equal(presence_matrix(presence(bare, 0.5), len(sites))[5], with_maps[4] & with_maps[6])
+    pres = presence(bare, 0.5, MIN_SWITCH_COST)
     m = presence_matrix(pres, len(sites))
     assert m[5].sum() == 0
-    ev = events(pres, sites)
+    ev = events(pres, sites, threshold=0.5, switch_cost=MIN_SWITCH_COST)
     at5, at6 = ev[ev["frame"] == 5], ev[ev["frame"] == 6]
     assert set(at5["event"]) == {"disappear"} and set(at5["site"]) == set(np.flatnonzero(m[4]))
     assert set(at6["event"]) == {"appear"} and set(at6["site"]) == set(np.flatnonzero(m[6]))
@@ -289,6 +353,148 @@ def test_smooth_states():
     np.testing.assert_array_equal(smooth_states(s, 1), s)
     np.testing.assert_array_equal(smooth_states(s, 2), [1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(smooth_states(s, 4), np.ones(10))
+
+
+# --------------------------------------------------------------------------- presence decoding
+
+
+def noisy_probabilities(truth: np.ndarray, sd: float, seed: int, on: float = 0.9, off: float = 0.1) -> np.ndarray:
+    """Map values around ``on`` where ``truth`` is 1 and ``off`` where 0, Gaussian noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.where(truth == 1, on, off) + rng.normal(0.0, sd, truth.shape), 0.0, 1.0)
+
+
+def n_changes(states: np.ndarray) -> int:
+    return int(np.abs(np.diff(states, axis=0)).sum())
+
+
+def test_static_noisy_sites_give_no_events():
+    """50 static sites x 40 frames whose map values scatter around 0.8 (sd 0.2, clipped): a
+    threshold in each frame flickers hundreds of times, the decoder not once."""
+    truth = np.ones((40, 50), dtype=np.int64)
+    prob = noisy_probabilities(truth, 0.2, seed=3, on=0.8)
+    assert n_changes((prob >= 0.5).astype(int)) > 100
+    cost = switch_cost_from_noise(prob, 0.5)
+    assert cost > MIN_SWITCH_COST
+    pres = presence(prob, 0.5)
+    assert (pres["present"] == 1).all()
+    sites = Sites(np.arange(50.0), np.zeros(50), ["Au"] * 50, np.full(50, 40))
+    assert len(events(pres, sites, threshold=0.5)) == 0
+
+
+def test_known_pattern_recovered_exactly():
+    truth = np.ones((30, 6), dtype=np.int64)
+    truth[10:, 0] = 0  # disappears
+    truth[:12, 1] = 0  # appears
+    truth[8:14, 2] = 0  # away and back
+    truth[:5, 3] = truth[20:, 3] = 0  # appears, then goes
+    truth[27:, 4] = 0  # goes 3 frames before the end
+    prob = noisy_probabilities(truth, 0.12, seed=5)  # site 5 is static
+    pres = presence(prob, 0.5)
+    np.testing.assert_array_equal(presence_matrix(pres, 6), truth)
+    np.testing.assert_array_equal(pres["probability"].to_numpy().reshape(truth.shape), prob)  # never overwritten
+    sites = Sites(np.arange(6.0), np.zeros(6), ["Au"] * 6, np.full(6, 30))
+    ev = events(pres, sites, threshold=0.5)
+    f, k = np.nonzero(np.diff(truth, axis=0))
+    expected = {(int(t) + 1, int(s), "appear" if truth[t + 1, s] else "disappear") for t, s in zip(f, k)}
+    assert set(zip(ev["frame"], ev["site"], ev["event"])) == expected and len(ev) == len(expected)
+
+
+def test_single_noisy_frame_does_not_flicker():
+    """A site at 0.9 +- 0.03 that dips to 0.3 in one frame mid-series and to 0.35 in the last
+    frame stays present; a site at 0.1 that jumps to 0.7 in one frame stays absent."""
+    n = 20
+    prob = noisy_probabilities(np.column_stack([np.ones(n), np.zeros(n)]).astype(int), 0.03, seed=2)
+    prob[7, 0], prob[-1, 0], prob[12, 1] = 0.3, 0.35, 0.7
+    assert n_changes((prob >= 0.5).astype(int)) == 5  # 2 + 2 mid-series, 1 at the end
+    np.testing.assert_array_equal(presence_matrix(presence(prob, 0.5), 2), np.column_stack([np.ones(n), np.zeros(n)]))
+
+
+def test_event_confidence_in_unit_interval_and_lower_when_ambiguous():
+    """Same disappearance (0.95 -> 0.05, threshold 0.5) with and without a frame at the threshold
+    in between, and a faint one (0.6 -> 0.4): the sharp change is the surest."""
+    sharp = np.r_[np.full(10, 0.95), np.full(10, 0.05)]
+    blurred = np.r_[np.full(10, 0.95), 0.5, np.full(9, 0.05)]
+    faint = np.r_[np.full(10, 0.6), np.full(10, 0.4)]
+    prob = np.column_stack([sharp, blurred, faint])
+    sites = Sites(np.arange(3.0), np.zeros(3), ["Au"] * 3, np.full(3, 20))
+    ev = events(presence(prob, 0.5, 2.0), sites, threshold=0.5, switch_cost=2.0).set_index("site")
+    assert list(ev["event"]) == ["disappear"] * 3
+    assert ev["confidence"].between(0.0, 1.0).all()
+    assert ev.loc[0, "confidence"] > 0.8
+    assert ev.loc[1, "confidence"] < ev.loc[0, "confidence"] and ev.loc[2, "confidence"] < ev.loc[0, "confidence"]
+    _, disappear = change_posteriors(presence_evidence(prob, 0.5), 2.0)
+    np.testing.assert_allclose(disappear.sum(axis=0)[:2], 1.0, atol=0.02)  # one change, somewhere
+
+
+def test_decoder_matches_enumeration():
+    """Viterbi path and forward-backward change posteriors equal brute force over all 2^7 paths of
+    the model: log weight = sum_t (s_t - 1/2) e_t - cost * changes, s_t in {0, 1}."""
+    rng = np.random.default_rng(11)
+    ev = rng.normal(0.0, 2.0, (7, 4))
+    cost = 1.3
+    paths = np.array(list(itertools.product([0, 1], repeat=7)))  # (128, 7)
+    changes = np.abs(np.diff(paths, axis=1))
+    best = viterbi_states(ev, cost)
+    appear, disappear = change_posteriors(ev, cost)
+    for k in range(ev.shape[1]):
+        logw = ((paths - 0.5) * ev[:, k]).sum(axis=1) - cost * changes.sum(axis=1)
+        np.testing.assert_array_equal(best[:, k], paths[np.argmax(logw)])
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        up = (paths[:, :-1] == 0) & (paths[:, 1:] == 1)
+        down = (paths[:, :-1] == 1) & (paths[:, 1:] == 0)
+        np.testing.assert_allclose(appear[:, k], w @ up, atol=1e-12)
+        np.testing.assert_allclose(disappear[:, k], w @ down, atol=1e-12)
+
+
+def test_switch_cost_grows_with_noise():
+    truth = np.ones((40, 30), dtype=np.int64)
+    costs = [switch_cost_from_noise(noisy_probabilities(truth, sd, seed=1, on=0.8), 0.5) for sd in (0.02, 0.2, 0.3)]
+    assert costs[0] == MIN_SWITCH_COST  # clean maps: the floor
+    assert MIN_SWITCH_COST < costs[1] < costs[2]
+
+
+def test_cli_track_threshold_reaches_decoder(tmp_path):
+    """`atomfinder track --threshold`: below every map value all sites are present, above every
+    value all absent; the map values themselves do not change; the default is the card's
+    peak threshold (0 for this tiny untrained model: everything present)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+    from atomfinder.nn.card import ModelCard, save_model
+    from atomfinder.nn.unet import UNetConfig, build_model
+
+    torch.set_num_threads(1)
+    cfg = UNetConfig(in_channels=1, n_classes=2, depth=2, width=4)
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tiny", version="0", architecture=cfg.to_dict(), in_channels=1, class_names=("Au",),
+        sampling_A=SAMPLING_A, normalization={"kind": "local", "window_A": 6.0}, defocus_offsets_A=(),
+        detection={"threshold": 0.0, "min_distance_A": 1.0},
+    )
+    save_model(build_model(cfg).eval(), card, tmp_path / "tiny")
+    cols = lattice() * 0.6  # 36 columns inside 64 x 64 px
+    frames = np.stack([100 + 50 * render(cols, (64, 64)) + np.random.default_rng(i).normal(0, 2, (64, 64))
+                       for i in range(3)]).astype(np.float32)
+    src = write_tiff_calibrated(tmp_path / "series.tif", frames, SAMPLING_A)
+
+    def run(*args: str) -> pd.DataFrame:
+        out = tmp_path / ("out" + "_".join(args))
+        result = CliRunner().invoke(app, ["track", str(src), "--model", str(tmp_path / "tiny"), "--out", str(out), *args])
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(out / "presence.csv")
+
+    default = run()
+    assert len(default) > 0 and (default["present"] == 1).all()
+    low, high = default["probability"].min(), default["probability"].max()
+    assert 0.0 < low <= high < 1.0
+    below = run("--threshold", f"{low - 0.5 * low:.6f}")
+    above = run("--threshold", f"{high + 0.5 * (1 - high):.6f}")
+    assert (below["present"] == 1).all() and (above["present"] == 0).all()
+    np.testing.assert_allclose(above["probability"], default["probability"])
 
 
 def test_sites_in_view():

@@ -580,13 +580,22 @@ def track(
     sampling: Optional[float] = typer.Option(None, "--sampling", help="Pixel size in Å/px (overrides the files')."),
     tolerance: float = typer.Option(0.7, "--tolerance", min=0.0, help="Linking distance between frames (Å)."),
     frame_interval: Optional[float] = typer.Option(None, "--frame-interval", help="Seconds between frames (rates per second)."),
-    min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a change must last to count as an event."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0,
+        help="Atom-map value that separates present from absent when presence is decided over the series "
+             "(default: the model card's peak threshold; the sites are still found with the card's)."),
+    switch_cost: Optional[float] = typer.Option(
+        None, "--switch-cost", min=0.0,
+        help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
+    min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
 ) -> None:
-    """Time series: align frames, find columns per frame, link them into sites, report presence and events."""
+    """Time series: align frames, find columns per frame, link them into sites, decide presence over the series
+    (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
+        from atomfinder.analysis.timeseries import FrameDetection
         from atomfinder.analysis.timeseries import track as run_track
-        from atomfinder.detection.pipeline import detect_array
+        from atomfinder.detection.pipeline import detect_array, detection_settings
         from atomfinder.detection.run import load_sample
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -600,12 +609,16 @@ def track(
             raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
 
         def detect_frame(image):
-            return detect_array(net, card, image, sample.sampling_A).to_frame()
+            result = detect_array(net, card, image, sample.sampling_A)
+            return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
+
+        decide_at = detection_settings(card)[0] if threshold is None else threshold
 
         with _progress(f"track {len(frames)} frames") as bar:
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
-                                frame_interval_s=frame_interval, min_run=min_run,
+                                frame_interval_s=frame_interval, threshold=decide_at, switch_cost=switch_cost,
+                                min_run=min_run,
                                 progress=lambda done, total: bar.update(task, completed=done))
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
 

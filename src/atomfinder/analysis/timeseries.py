@@ -5,8 +5,10 @@ The chain (:func:`track` runs all of it)::
     frames ──► register_frames ──► drift (dx, dy) per frame
        │                               │
        └──► detect (per raw frame) ──► link_sites ──► Sites (first-frame grid)
-                                       │
-                       presence ──► events ──► summary ──► CSV + plots + GIF
+            (detections + atom map)    │
+                 site_probabilities (map value at every site, every frame)
+                       │
+                       presence (two-state HMM per site) ──► events ──► summary ──► CSV + plots + GIF
 
 Conventions (DESIGN.md, "Time series output")
 ---------------------------------------------
@@ -29,10 +31,19 @@ Linking (:func:`link_sites`) is frame-by-frame one-to-one assignment
 the running mean positions of the sites found so far, within ``tolerance_px``;
 unmatched detections open new sites. A final pass merges sites closer than the
 tolerance that are never detected in the same frame (a column whose first detections
-were split by noise). Presence (:func:`presence`) is then recomputed from the final
-site positions alone, with the same one-to-one matching, so it is a pure function of
-detections, drift, sites and tolerance (sites may also come from elsewhere, e.g. a
-lattice model).
+were split by noise). The detections only make the sites (sites may also come from
+elsewhere, e.g. a lattice model).
+
+Presence is decided per site from its atom-map values over the whole series, not by
+a threshold in each frame: the map is read at the site in *every* frame
+(:func:`site_probabilities`, detected there or not), each value becomes a
+log-likelihood ratio ``logit(p) - logit(threshold)`` (:func:`presence_evidence`),
+and a two-state hidden Markov model (present/absent) with a cost in nats per change
+of state is decoded by Viterbi (:func:`viterbi_states`). The default cost comes from
+the frame-to-frame noise of the map values of mostly present sites
+(:func:`switch_cost_from_noise`), so a noisier (lower-dose) series needs more
+evidence for a change. Each event's confidence is the posterior probability of
+that change from forward-backward (:func:`change_posteriors`).
 
 This module never imports the simulation stack (imaging, structures, datasets,
 abTEM, ase); it needs NumPy, SciPy, scikit-image, pandas, matplotlib and Pillow.
@@ -48,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter, map_coordinates, uniform_filter
 from scipy.ndimage import shift as nd_shift
 from scipy.spatial import cKDTree
 from skimage.registration import phase_cross_correlation
@@ -60,7 +71,7 @@ from atomfinder.analysis.plots import CLASS_COLOURS, plt, save_figure
 #: Column order of the output tables (DESIGN.md).
 SITES_COLUMNS = ("site", "x", "y", "x_angstrom", "y_angstrom", "label")
 PRESENCE_COLUMNS = ("frame", "site", "present", "probability")
-EVENTS_COLUMNS = ("frame", "site", "event", "x", "y")
+EVENTS_COLUMNS = ("frame", "site", "event", "x", "y", "confidence")
 DRIFT_COLUMNS = ("frame", "dx", "dy")
 OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
 #: Registration modes of :func:`register_frames`.
@@ -68,6 +79,13 @@ REGISTRATION_MODES = ("first", "previous")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
 GIF_MAX_SIDE = 400
+#: Map values are clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] before they
+#: become evidence (:func:`presence_evidence`): no frame is surer than 99 : 1.
+PROBABILITY_FLOOR = 0.01
+#: Smallest default switching cost, nats per change of state (:func:`switch_cost_from_noise`).
+MIN_SWITCH_COST = 2.0
+#: A one-frame excursion this many noise-sigmas deep does not flip a site (:func:`switch_cost_from_noise`).
+SWITCH_NOISE_SIGMAS = 4.0
 
 
 # --------------------------------------------------------------------------- registration
@@ -354,6 +372,36 @@ def as_detections(table: Any) -> pd.DataFrame:
     return pd.DataFrame({"x": x, "y": y, "label": label, "probability": prob})
 
 
+@dataclass(frozen=True)
+class FrameDetection:
+    """What the per-frame detector of :func:`track` returns: detections and the map they came from.
+
+    Attributes
+    ----------
+    table : DataFrame or AtomTable
+        Detections with ``x, y`` in the frame's pixels (see :func:`as_detections`).
+    atom_map : ndarray of float, shape (h, w), optional
+        Atom probability (0-1, e.g. ``1 - p(background)``) over the whole frame. The
+        presence of every site is read from it in every frame
+        (:func:`site_probabilities`); without it, a site's value is its matched
+        detection's probability, 0 where nothing was detected
+        (:func:`matched_probability`).
+    map_sampling_A : float, optional
+        Pixel size of ``atom_map`` in Å/pixel (e.g. the model's); ``None`` when the
+        map is on the frame's own pixel grid. Both grids share the origin (centre of
+        the top-left pixel).
+    """
+
+    table: Any
+    atom_map: np.ndarray | None = None
+    map_sampling_A: float | None = None
+
+
+def as_frame_detection(result: Any) -> FrameDetection:
+    """A detector's result as a :class:`FrameDetection` (a bare table has no map)."""
+    return result if isinstance(result, FrameDetection) else FrameDetection(result)
+
+
 def _check_drift(drift_px: np.ndarray, n: int) -> np.ndarray:
     d = np.asarray(drift_px, dtype=np.float64).reshape(-1, 2) if np.size(drift_px) else np.zeros((0, 2))
     if d.shape != (n, 2):
@@ -607,40 +655,347 @@ def sites_in_view(
 # --------------------------------------------------------------------------- presence and events
 
 
-def presence(tables: Sequence[Any], drift_px: np.ndarray, sites: Sites, tolerance_px: float) -> pd.DataFrame:
-    """Which sites are occupied in each frame.
+def sample_map(atom_map: np.ndarray, xy_px: np.ndarray) -> np.ndarray:
+    """Bilinear value of a map at positions ``(x, y)`` in its own pixels.
 
-    A site is present in frame ``i`` when one of that frame's registered detections
-    is matched to it one-to-one (:func:`atomfinder.analysis.matching.match_positions`
-    against the site positions, within ``tolerance_px`` pixels).
+    Positions outside the map are moved onto its nearest edge (a site kept by
+    :func:`sites_in_view` lies inside the frame; the map, resampled to the model's
+    pixel size, can be a fraction of a pixel smaller).
+
+    Parameters
+    ----------
+    atom_map : ndarray, shape (H, W)
+        E.g. the atom probability ``1 - p(background)``.
+    xy_px : ndarray, shape (n, 2)
+        ``(x, y)`` = (column, row) in the map's pixels, pixel centres at integers.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    m = np.asarray(atom_map)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"expected a non-empty [H, W] map, got shape {m.shape}")
+    xy = np.asarray(xy_px, dtype=np.float64).reshape(-1, 2)
+    h, w = m.shape
+    rows, cols = np.clip(xy[:, 1], 0, h - 1), np.clip(xy[:, 0], 0, w - 1)
+    return map_coordinates(m.astype(np.float64, copy=False), [rows, cols], order=1, mode="nearest")
+
+
+def matched_probability(table: Any, drift: np.ndarray, sites: Sites, tolerance_px: float) -> np.ndarray:
+    """Stand-in for the map's value at each site, for a detector that gives no map.
+
+    The frame's registered detections are matched one-to-one to the sites
+    (:func:`atomfinder.analysis.matching.match_positions`, within ``tolerance_px``); a
+    matched site gets its detection's ``probability``, every other site 0.
+
+    Returns
+    -------
+    ndarray of float64, shape (S,)
+    """
+    out = np.zeros(len(sites))
+    det = as_detections(table)
+    if len(det) and len(sites):
+        d, s = match_positions(registered_xy(det, drift), sites.xy, tolerance_px)
+        out[s] = det["probability"].to_numpy()[d]
+    return out
+
+
+def site_probabilities(
+    detections: Sequence[FrameDetection], drift_px: np.ndarray, sites: Sites, sampling_A: float, tolerance_px: float
+) -> np.ndarray:
+    """The atom map's value at every site in every frame, detected there or not.
+
+    Site ``(x, y)`` (first-frame pixels) is at ``(x + dx_i, y + dy_i)`` in frame ``i``,
+    i.e. at that times ``sampling_A / map_sampling_A`` in the pixels of the frame's
+    map, where the map is read by bilinear interpolation (:func:`sample_map`). A frame
+    whose detector gave no map falls back to :func:`matched_probability`.
+
+    Parameters
+    ----------
+    detections : sequence of FrameDetection
+        One per frame (:func:`as_frame_detection`).
+    drift_px : ndarray, shape (N, 2)
+        ``(dx, dy)`` per frame from :func:`register_frames`.
+    sites : Sites
+    sampling_A : float
+        Pixel size of the frames (Å/pixel).
+    tolerance_px : float
+        Matching distance of the fallback, in frame pixels.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, S)
+    """
+    drift = _check_drift(drift_px, len(detections))
+    prob = np.zeros((len(detections), len(sites)))
+    for f, det in enumerate(detections):
+        if len(sites) == 0:
+            break
+        if det.atom_map is None:
+            prob[f] = matched_probability(det.table, drift[f], sites, tolerance_px)
+        else:
+            scale = 1.0 if det.map_sampling_A is None else sampling_A / det.map_sampling_A
+            prob[f] = sample_map(det.atom_map, (sites.xy + drift[f]) * scale)
+    return prob
+
+
+def presence_evidence(
+    probability: np.ndarray, threshold: float = 0.5, floor: float = PROBABILITY_FLOOR
+) -> np.ndarray:
+    """Log-likelihood ratio (nats) of *present* over *absent* given each map value.
+
+    ``logit(p) - logit(threshold)``, with ``p`` and ``threshold`` clipped to
+    ``[floor, 1 - floor]``. This reads the map value ``p`` as the network's posterior
+    probability of a column and divides out prior odds ``threshold / (1 - threshold)``
+    (a "scaled likelihood"): a frame whose map value equals the threshold says
+    nothing, every factor *e* in the odds away from the threshold's is one nat for
+    or against, and the clip keeps a single frame from being surer than
+    ``(1 - floor) : floor`` (with 0.01 and a threshold of 0.8: at most 6.0 nats
+    against and 3.2 for). NaN (no value) is no evidence (0).
+
+    Parameters
+    ----------
+    probability : ndarray
+        Map values in [0, 1], any shape.
+    threshold : float
+        Map value that separates present from absent, in [0, 1].
+    floor : float
+        Clip of the map values and the threshold, in (0, 0.5).
+
+    Returns
+    -------
+    ndarray of float64, same shape
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if not 0.0 < floor < 0.5:
+        raise ValueError(f"floor must be in (0, 0.5), got {floor}")
+    p = np.clip(np.asarray(probability, dtype=np.float64), floor, 1.0 - floor)
+    t = min(max(float(threshold), floor), 1.0 - floor)
+    ev = np.log(p / (1.0 - p)) - np.log(t / (1.0 - t))
+    return np.where(np.isnan(ev), 0.0, ev)
+
+
+def switch_cost_from_noise(
+    probability: np.ndarray,
+    threshold: float = 0.5,
+    *,
+    sigmas: float = SWITCH_NOISE_SIGMAS,
+    minimum: float = MIN_SWITCH_COST,
+    floor: float = PROBABILITY_FLOOR,
+) -> float:
+    """Default switching cost (nats per change of state), from the noise of the map values.
+
+    The frame-to-frame noise ``sigma`` of the evidence (:func:`presence_evidence`) is
+    measured on the sites that are mostly present (median map value at least the
+    threshold) as ``median |e_t - e_(t-1)| / (0.6745 sqrt 2)``, the noise of a
+    piecewise-constant signal (a real change or a slow trend moves one difference,
+    not the median). A one-frame excursion costs two changes, so with
+    ``cost = sigmas * sigma / 2`` it takes a frame ``sigmas`` noise-sigmas beyond
+    the site's evidence level to flip, even for a site sitting at the threshold.
+    Low dose (noisy maps) raises the cost; clean maps saturate the clipped evidence
+    (sigma near 0), where ``minimum`` holds: a present site then needs one frame with
+    a map value below about 0.07 at a threshold of 0.8 (evidence below -4 nats) to
+    be marked absent in that frame, or two below about 0.35.
+
+    Parameters
+    ----------
+    probability : ndarray, shape (N, S)
+        Map value of each site in each frame (:func:`site_probabilities`).
+    threshold : float
+        As in :func:`presence_evidence`.
+    sigmas : float
+        Size in noise-sigmas of a one-frame excursion that still does not flip.
+    minimum : float
+        Smallest cost returned (nats).
+    floor : float
+        As in :func:`presence_evidence`.
+
+    Returns
+    -------
+    float
+        ``max(minimum, sigmas * sigma / 2)``; ``minimum`` when fewer than 2 frames or
+        no mostly present site.
+    """
+    p = np.asarray(probability, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] < 2 or p.shape[1] == 0:
+        return float(minimum)
+    with np.errstate(all="ignore"):
+        mostly = np.nanmedian(p, axis=0) >= threshold
+    steps = np.abs(np.diff(presence_evidence(p[:, mostly], threshold, floor), axis=0))
+    if steps.size == 0:
+        return float(minimum)
+    sigma = float(np.median(steps)) / (0.6745 * np.sqrt(2.0))
+    return float(max(minimum, 0.5 * sigmas * sigma))
+
+
+def _check_switch_cost(switch_cost: float) -> float:
+    if not (np.isfinite(switch_cost) and switch_cost >= 0):
+        raise ValueError(f"switch_cost must be a finite number of nats >= 0, got {switch_cost}")
+    return float(switch_cost)
+
+
+def _as_columns(evidence: np.ndarray) -> np.ndarray:
+    ev = np.asarray(evidence, dtype=np.float64)
+    if ev.ndim not in (1, 2):
+        raise ValueError(f"expected evidence of shape (N,) or (N, S), got {ev.shape}")
+    return ev.reshape(len(ev), -1)
+
+
+def viterbi_states(evidence: np.ndarray, switch_cost: float) -> np.ndarray:
+    """Most probable present/absent sequence of each site (two-state HMM, Viterbi).
+
+    Maximises ``sum_t s_t e_t - switch_cost * (number of changes)`` over state
+    sequences ``s`` with ``s_t = +1/2`` (present) or ``-1/2`` (absent): the log
+    posterior of the sequence for emissions whose log-likelihood ratio is ``e_t``, a
+    uniform first state and a probability of change between consecutive frames of
+    ``1 / (1 + exp(switch_cost))``. So a state change needs at least ``switch_cost``
+    nats of evidence behind it, a run between two changes ``2 * switch_cost``. Ties
+    keep the state (and end absent).
+
+    Parameters
+    ----------
+    evidence : ndarray, shape (N,) or (N, S)
+        Log-likelihood ratio per frame (and site), :func:`presence_evidence`.
+    switch_cost : float
+        Nats per change of state (>= 0; 0 gives the per-frame sign of the evidence).
+
+    Returns
+    -------
+    ndarray of int64, shape (N, S)
+        1 = present, 0 = absent.
+    """
+    cost = _check_switch_cost(switch_cost)
+    ev = _as_columns(evidence)
+    n, s = ev.shape
+    if n == 0:
+        return np.zeros((0, s), dtype=np.int64)
+    emit = 0.5 * np.stack([-ev, ev], axis=-1)  # (N, S, 2): absent, present
+    score = emit[0].copy()
+    came_from_other = np.zeros((n, s, 2), dtype=bool)
+    for t in range(1, n):
+        switch = score[:, ::-1] - cost
+        came_from_other[t] = switch > score
+        score = np.maximum(score, switch) + emit[t]
+    states = np.zeros((n, s), dtype=np.int64)
+    states[-1] = score[:, 1] > score[:, 0]
+    cols = np.arange(s)
+    for t in range(n - 1, 0, -1):
+        states[t - 1] = np.where(came_from_other[t, cols, states[t]], 1 - states[t], states[t])
+    return states
+
+
+def change_posteriors(evidence: np.ndarray, switch_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior probability of an appearance and of a disappearance at each frame.
+
+    Forward-backward on the model of :func:`viterbi_states` (in log space):
+    ``appear[t - 1, k] = P(absent in t - 1, present in t | all frames)`` for site
+    ``k``, ``disappear`` likewise. A sharp change scores near 1; a change whose frame
+    is uncertain (a frame at the threshold in between) shares its probability
+    between the candidate frames, and a change backed by little evidence scores low.
+
+    Parameters
+    ----------
+    evidence : ndarray, shape (N,) or (N, S)
+    switch_cost : float
+
+    Returns
+    -------
+    (appear, disappear) : ndarrays of float64, shape (N - 1, S), values in [0, 1]
+    """
+    cost = _check_switch_cost(switch_cost)
+    ev = _as_columns(evidence)
+    n, s = ev.shape
+    if n < 2:
+        return np.zeros((0, s)), np.zeros((0, s))
+    emit = 0.5 * np.stack([-ev, ev], axis=-1)
+    trans = np.array([[0.0, -cost], [-cost, 0.0]])  # [from, to]; the common normalisation cancels
+
+    def step(v: np.ndarray, axis: int) -> np.ndarray:  # logsumexp over one axis of (S, 2, 2)
+        return np.logaddexp(np.take(v, 0, axis=axis), np.take(v, 1, axis=axis))
+
+    alpha = np.empty((n, s, 2))
+    alpha[0] = emit[0]
+    for t in range(1, n):
+        alpha[t] = emit[t] + step(alpha[t - 1][:, :, None] + trans, axis=1)
+    beta = np.zeros((n, s, 2))
+    for t in range(n - 2, -1, -1):
+        beta[t] = step(trans + (emit[t + 1] + beta[t + 1])[:, None, :], axis=2)
+    log_z = np.logaddexp(alpha[-1, :, 0], alpha[-1, :, 1])
+    # xi[t-1, k, a, b] = log P(state a in t-1, state b in t)
+    xi = alpha[:-1, :, :, None] + trans + (emit[1:] + beta[1:])[:, :, None, :] - log_z[None, :, None, None]
+    post = np.clip(np.exp(xi), 0.0, 1.0)
+    return post[:, :, 0, 1], post[:, :, 1, 0]
+
+
+def presence(
+    probability: np.ndarray,
+    threshold: float = 0.5,
+    switch_cost: float | None = None,
+    min_run: int = 1,
+) -> pd.DataFrame:
+    """Decide which sites are occupied in each frame from their map values over the series.
+
+    Each site is a two-state hidden Markov model (present/absent) whose evidence in
+    frame ``t`` is :func:`presence_evidence` of its map value, decoded by
+    :func:`viterbi_states` with ``switch_cost`` nats per change (default
+    :func:`switch_cost_from_noise`). So a frame in which the map dips below the
+    threshold within its noise does not flip a site, a lasting change does, and a
+    one-frame change counts only when the map leaves no doubt. With ``min_run > 1``
+    the decoded states are then smoothed by :func:`smooth_states` (a change must also
+    last ``min_run`` frames).
+
+    Parameters
+    ----------
+    probability : ndarray, shape (N, S)
+        Atom-map value of each site in each frame (:func:`site_probabilities`).
+    threshold : float
+        Map value that separates present from absent (e.g. the model card's peak
+        threshold).
+    switch_cost : float, optional
+        Nats per change of state; default :func:`switch_cost_from_noise`.
+    min_run : int
+        Frames a change must last (1: no extra smoothing).
 
     Returns
     -------
     DataFrame
         ``frame, site, present, probability``, one row per (frame, site), sorted by
-        frame then site; ``present`` is 0/1, ``probability`` the matched detection's
-        probability, 0 when absent.
+        frame then site: ``present`` the decided 0/1 state, ``probability`` the map
+        value as given (never overwritten).
     """
-    drift = _check_drift(drift_px, len(tables))
-    n_sites = len(sites)
-    present = np.zeros((len(tables), n_sites), dtype=np.int64)
-    prob = np.zeros((len(tables), n_sites))
-    for f, table in enumerate(tables):
-        det = as_detections(table)
-        if len(det) == 0 or n_sites == 0:
-            continue
-        d, s = match_positions(registered_xy(det, drift[f]), sites.xy, tolerance_px)
-        present[f, s] = 1
-        prob[f, s] = det["probability"].to_numpy()[d]
+    prob = np.asarray(probability, dtype=np.float64)
+    if prob.ndim != 2:
+        raise ValueError(f"expected map values of shape (N, S), got {prob.shape}")
+    n_frames, n_sites = prob.shape
+    cost = switch_cost_from_noise(prob, threshold) if switch_cost is None else switch_cost
+    states = smooth_states(viterbi_states(presence_evidence(prob, threshold), cost), min_run)
     return pd.DataFrame(
         {
-            "frame": np.repeat(np.arange(len(tables), dtype=np.int64), n_sites),
-            "site": np.tile(np.arange(n_sites, dtype=np.int64), len(tables)),
-            "present": present.reshape(-1),
+            "frame": np.repeat(np.arange(n_frames, dtype=np.int64), n_sites),
+            "site": np.tile(np.arange(n_sites, dtype=np.int64), n_frames),
+            "present": states.reshape(-1),
             "probability": prob.reshape(-1),
         },
         columns=list(PRESENCE_COLUMNS),
     )
+
+
+def _table_matrix(
+    presence_df: pd.DataFrame, column: str, n_sites: int | None, n_frames: int | None, fill: float, dtype: type
+) -> np.ndarray:
+    """One column of a presence table as a (n_frames, n_sites) array; missing rows hold ``fill``."""
+    empty = len(presence_df) == 0
+    if n_frames is None:
+        n_frames = 0 if empty else int(presence_df["frame"].max()) + 1
+    if n_sites is None:
+        n_sites = 0 if empty else int(presence_df["site"].max()) + 1
+    m = np.full((n_frames, n_sites), fill, dtype=dtype)
+    if not empty:
+        rows, cols = presence_df["frame"].to_numpy(int), presence_df["site"].to_numpy(int)
+        m[rows, cols] = presence_df[column].to_numpy(dtype)
+    return m
 
 
 def presence_matrix(
@@ -650,17 +1005,14 @@ def presence_matrix(
 
     Sizes default to the largest frame and site numbers in the table plus one.
     """
-    empty = len(presence_df) == 0
-    if n_frames is None:
-        n_frames = 0 if empty else int(presence_df["frame"].max()) + 1
-    if n_sites is None:
-        n_sites = 0 if empty else int(presence_df["site"].max()) + 1
-    if empty:
-        return np.zeros((n_frames, n_sites), dtype=np.int64)
-    m = np.zeros((n_frames, n_sites), dtype=np.int64)
-    rows, cols = presence_df["frame"].to_numpy(int), presence_df["site"].to_numpy(int)
-    m[rows, cols] = presence_df["present"].to_numpy(int)
-    return m
+    return _table_matrix(presence_df, "present", n_sites, n_frames, 0, np.int64)
+
+
+def probability_matrix(
+    presence_df: pd.DataFrame, n_sites: int | None = None, n_frames: int | None = None
+) -> np.ndarray:
+    """``probability`` (the map values) as a float array of shape (n_frames, n_sites); missing rows are NaN."""
+    return _table_matrix(presence_df, "probability", n_sites, n_frames, np.nan, np.float64)
 
 
 def smooth_states(states: np.ndarray, min_run: int = 1) -> np.ndarray:
@@ -700,36 +1052,49 @@ def smooth_states(states: np.ndarray, min_run: int = 1) -> np.ndarray:
 
 
 def events(
-    presence_df: pd.DataFrame, sites: Sites, min_run: int = 1, n_frames: int | None = None
+    presence_df: pd.DataFrame,
+    sites: Sites,
+    n_frames: int | None = None,
+    *,
+    threshold: float = 0.5,
+    switch_cost: float | None = None,
 ) -> pd.DataFrame:
-    """Appearances and disappearances of sites.
+    """Appearances and disappearances of sites, each with its confidence.
 
-    An event is written for frame ``t`` and site ``s`` when the site's state in ``t``
-    differs from its state in ``t - 1`` (DESIGN.md); frame 0 has no events. With
-    ``min_run > 1`` the states are first smoothed by :func:`smooth_states` (a change
-    must last ``min_run`` frames), which removes single-frame flicker from missed or
-    spurious detections; ``presence.csv`` keeps the raw states. ``n_frames`` is
-    needed only when ``presence_df`` is empty (no sites).
+    An event is written for frame ``t`` and site ``s`` when the site's decided state
+    (``present``) in ``t`` differs from its state in ``t - 1`` (DESIGN.md); frame 0
+    has no events. Its ``confidence`` is the posterior probability of that change at
+    that frame given all of the site's map values (``probability``),
+    :func:`change_posteriors` with the same ``threshold`` and ``switch_cost`` as
+    :func:`presence` (default :func:`switch_cost_from_noise` of the ``probability``
+    column, as there). ``n_frames`` is needed only when ``presence_df`` is empty (no
+    sites).
 
     Returns
     -------
     DataFrame
-        ``frame, site, event, x, y`` (event ``"appear"`` or ``"disappear"``; ``x, y``
-        the site position in reference-frame pixels), sorted by frame then site.
+        ``frame, site, event, x, y, confidence`` (event ``"appear"`` or
+        ``"disappear"``; ``x, y`` the site position in reference-frame pixels;
+        ``confidence`` in [0, 1]), sorted by frame then site.
     """
-    m = smooth_states(presence_matrix(presence_df, len(sites), n_frames), min_run)
+    m = presence_matrix(presence_df, len(sites), n_frames)
     if len(m) < 2 or m.shape[1] == 0:
-        dtypes = (np.int64, np.int64, object, np.float64, np.float64)
+        dtypes = (np.int64, np.int64, object, np.float64, np.float64, np.float64)
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(EVENTS_COLUMNS, dtypes)})
+    prob = probability_matrix(presence_df, len(sites), len(m))
+    cost = switch_cost_from_noise(prob, threshold) if switch_cost is None else switch_cost
+    appear, disappear = change_posteriors(presence_evidence(prob, threshold), cost)
     change = np.diff(m, axis=0)
     f, s = np.nonzero(change)
+    up = change[f, s] > 0
     return pd.DataFrame(
         {
             "frame": (f + 1).astype(np.int64),
             "site": s.astype(np.int64),
-            "event": np.where(change[f, s] > 0, "appear", "disappear").astype(object),
+            "event": np.where(up, "appear", "disappear").astype(object),
             "x": sites.x[s],
             "y": sites.y[s],
+            "confidence": np.where(up, appear[f, s], disappear[f, s]),
         },
         columns=list(EVENTS_COLUMNS),
     )
@@ -951,6 +1316,8 @@ def track(
     frame_interval_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     *,
+    threshold: float = 0.5,
+    switch_cost: float | None = None,
     min_run: int = 1,
     border_A: float = 1.0,
     mode: str = "first",
@@ -963,17 +1330,25 @@ def track(
 
     Steps: :func:`register_frames` → ``detect`` on each raw frame →
     :func:`link_sites` → (:func:`refine_drift` → :func:`link_sites` again) → drop
-    sites not in every frame's view (:func:`sites_in_view`) → :func:`presence` →
-    :func:`events` → :func:`summary`.
+    sites not in every frame's view (:func:`sites_in_view`) → the map's value at
+    every site in every frame (:func:`site_probabilities`) → decided presence
+    (:func:`presence`: a two-state hidden Markov model per site) → :func:`events`
+    → :func:`summary`.
 
     Parameters
     ----------
     frames_images : ndarray, shape (N, H, W)
         The series, in time order.
     detect : callable
-        ``detect(frame) -> table`` with ``x, y`` (pixels of that frame), ``label``,
-        ``probability`` (DataFrame or AtomTable), e.g. a closure over
-        :func:`atomfinder.detection.pipeline.detect_array`.
+        ``detect(frame) -> FrameDetection``: the frame's detections (``x, y`` in
+        pixels of that frame, ``label``, ``probability``; DataFrame or AtomTable) and
+        its atom-probability map, e.g. a closure over
+        :func:`atomfinder.detection.pipeline.detect_array` returning
+        ``FrameDetection(result.to_frame(), 1 - result.probabilities[0],
+        result.model_sampling_A)``. A bare table is accepted too (no map: see
+        :class:`FrameDetection`). The detections make the sites; the maps decide
+        their presence. All maps are held until the sites are known (about as much
+        memory as the frames at the map's pixel size).
     sampling_A : float
         Pixel size in Å/pixel.
     out_dir : path
@@ -984,8 +1359,14 @@ def track(
         Time between frames in seconds (rates per second and a time axis).
     progress : callable, optional
         ``progress(done, total)`` after each frame is detected.
+    threshold : float
+        Map value that separates present from absent in the presence decoder
+        (:func:`presence_evidence`), e.g. the model card's peak threshold.
+    switch_cost : float, optional
+        Nats of evidence a change of state must overcome (:func:`viterbi_states`);
+        default :func:`switch_cost_from_noise` of this series' map values.
     min_run : int
-        Frames a change must last to count as an event (:func:`smooth_states`).
+        Frames a decided change must also last (:func:`smooth_states`; 1 = off).
     border_A : float
         Sites closer than this (Å) to the edge of any frame's field are dropped.
     mode : {"first", "previous"}
@@ -1017,23 +1398,32 @@ def track(
         raise ValueError(f"expected frames of shape (N, H, W) with N >= 1, got {np.shape(frames_images)}")
     if not (np.isfinite(sampling_A) and sampling_A > 0):
         raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {sampling_A}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if switch_cost is not None:
+        _check_switch_cost(switch_cost)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
     drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
-    tables = []
+    found = []
     for i in range(n):
-        tables.append(as_detections(detect(stack[i])))
+        det = as_frame_detection(detect(stack[i]))
+        found.append(FrameDetection(as_detections(det.table), det.atom_map, det.map_sampling_A))
         if progress is not None:
             progress(i + 1, n)
+    tables = [det.table for det in found]
     sites = link_sites(tables, drift, tol_px, min_frames=min_frames)
     if refine:
         drift = refine_drift(tables, drift, sites, tol_px)
         sites = link_sites(tables, drift, tol_px, min_frames=min_frames)
     sites = sites.subset(sites_in_view(sites, drift, stack.shape[1:], border_A / sampling_A))
-    pres = presence(tables, drift, sites, tol_px)
-    ev = events(pres, sites, min_run=min_run, n_frames=n)
+    prob = site_probabilities(found, drift, sites, sampling_A, tol_px)
+    del found
+    cost = switch_cost_from_noise(prob, threshold) if switch_cost is None else switch_cost
+    pres = presence(prob, threshold, cost, min_run)
+    ev = events(pres, sites, n, threshold=threshold, switch_cost=cost)
     summ = summary(pres, ev, frame_interval_s, n_frames=n, n_sites=len(sites))
     paths = {
         "sites.csv": write_csv(sites.to_frame(sampling_A), out / "sites.csv"),
@@ -1051,10 +1441,13 @@ def track(
 
 
 __all__ = [
+    "FrameDetection",
     "Sites",
     "as_detections",
+    "as_frame_detection",
     "bandpass",
     "bin_image",
+    "change_posteriors",
     "coarse_bin",
     "coarse_shift",
     "drift_table",
@@ -1063,21 +1456,28 @@ __all__ = [
     "gif_frame_indices",
     "hann_window",
     "link_sites",
+    "matched_probability",
     "overlay_frames",
     "pair_shift",
     "plot_occupancy",
     "plot_presence",
     "presence",
+    "presence_evidence",
     "presence_matrix",
+    "probability_matrix",
     "refine_drift",
     "register_frames",
     "register_images",
     "registered_xy",
+    "sample_map",
+    "site_probabilities",
     "sites_in_view",
     "smooth",
     "smooth_states",
     "summary",
+    "switch_cost_from_noise",
     "track",
+    "viterbi_states",
     "write_csv",
     "write_gif",
 ]
