@@ -149,3 +149,56 @@ def test_a_fourth_feature_enters_the_fit_and_old_three_feature_calibrations_stil
         fit4.confidence(f4[:, :3])
     with pytest.raises(ValueError, match="weights"):
         Calibration.from_dict(fit3.to_dict() | {"features": list(fit4.features)})
+
+
+def test_confidence_floor_scan_on_a_hand_made_case():
+    from atomfinder.analysis.calibration import confidence_floor_scan
+
+    conf = np.array([0.9, 0.8, 0.1, 0.05])
+    true = np.array([True, True, False, True])
+    rows = {r["threshold"]: r for r in confidence_floor_scan(conf, true, n_sites=4, floors=(0.0, 0.1, 0.15, 0.95))}
+    assert (rows[0.0]["kept"], rows[0.0]["precision"], rows[0.0]["recall"]) == (4, 0.75, 0.75)
+    assert (rows[0.1]["kept"], rows[0.1]["precision"], rows[0.1]["recall"]) == (3, pytest.approx(2 / 3), 0.5)
+    assert (rows[0.15]["kept"], rows[0.15]["precision"], rows[0.15]["recall"]) == (2, 1.0, 0.5)
+    assert rows[0.15]["f1"] == pytest.approx(2 / 3)
+    assert (rows[0.95]["kept"], rows[0.95]["recall"], rows[0.95]["f1"]) == (0, 0.0, 0.0)
+
+
+def test_detect_array_drops_detections_below_the_confidence_floor():
+    import dataclasses
+    from pathlib import Path
+
+    import tifffile
+
+    from atomfinder.detection.pipeline import confidence_floor, detect_array
+    from atomfinder.nn.card import load_model, resolve_model
+
+    net, card = load_model(resolve_model("gold"))  # a calibrated card
+    image = tifffile.imread(Path(__file__).resolve().parents[1] / "examples" / "graphene_defect_hrtem.tif")[:256, :256]
+    everything = detect_array(net, card, image.astype(np.float32), 0.108, min_confidence=0.0)
+    c = everything.atoms.confidence
+    floor = float(np.median(c))
+    assert 0 < np.count_nonzero(c < floor) < len(c)
+    kept = detect_array(net, card, image.astype(np.float32), 0.108, min_confidence=floor)
+    assert len(kept.atoms) == np.count_nonzero(c >= floor)
+    np.testing.assert_allclose(kept.atoms.xy, everything.atoms.xy[c >= floor])
+    assert kept.features.shape == (len(kept.atoms), 4)
+    # the card's floor is the default; a card without calibration has none
+    with_floor = dataclasses.replace(card, detection=dict(card.detection) | {"min_confidence": floor})
+    assert confidence_floor(with_floor) == floor
+    assert len(detect_array(net, with_floor, image.astype(np.float32), 0.108).atoms) == len(kept.atoms)
+    assert confidence_floor(dataclasses.replace(with_floor, calibration={})) == 0.0
+    with pytest.raises(ValueError, match="min_confidence"):
+        confidence_floor(card, 1.5)
+
+
+def test_calibrate_refuses_a_bad_confidence_floor_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    result = CliRunner().invoke(app, ["calibrate", "--model", "gold", "--data", str(tmp_path / "none.zarr"),
+                                      "--min-confidence", "often"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--min-confidence" in lines[0], result.output

@@ -11,7 +11,7 @@ neither training nor the test sets used (the command refuses the training store)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from atomfinder.analysis.evaluate import (
     detection_outcomes,
     samples_from_store,
 )
+from atomfinder.analysis.metrics import detection_rates
 from atomfinder.detection.confidence import (
     FEATURES,
     Calibration,
@@ -49,15 +50,18 @@ def calibration_data(
     -------
     dict of ndarray
         ``features`` (n, 4; :data:`~atomfinder.detection.confidence.FEATURES`), ``is_true`` (n,), ``err_A`` (n, 2; NaN when unmatched),
-        ``image`` (n,) index of the sample, ``dose_e_per_A2`` (n,).
+        ``image`` (n,) index of the sample, ``dose_e_per_A2`` (n,); and ``n_sites``
+        (int), the number of scored sites of all images. Every peak above the
+        threshold counts, whatever its confidence (no ``min_confidence``).
     """
     from atomfinder.detection.pipeline import detect_array  # imports torch
 
     n_classes = len(card.class_names)
     feats, true, err, image, dose = [], [], [], [], []
+    n_sites = 0
     for i, s in enumerate(samples):
         frames = s.image if card.in_channels > 1 else s.image[:1]
-        res = detect_array(model, card, frames, s.sampling_A)
+        res = detect_array(model, card, frames, s.sampling_A, min_confidence=0.0)
         atoms = res.atoms
         pred = _Prediction(xy_A=atoms.xy * s.sampling_A, label=atoms.label, height=atoms.height, seconds=0.0)
         rec = _Record(shape=s.shape, sampling_A=s.sampling_A, dose_e_per_A2=s.dose_e_per_A2,
@@ -65,6 +69,7 @@ def calibration_data(
                       true_height=s.heights, predictions={})
         scores = _score_image(rec, pred, radius_A, border_A, n_classes)
         index, is_true, e = detection_outcomes(pred.xy_A, pred.label, s.positions_A, s.labels, scores)
+        n_sites += int(np.count_nonzero(scores["true_interior"]))
         feats.append(res.features[index])
         true.append(is_true)
         err.append(e)
@@ -79,6 +84,7 @@ def calibration_data(
         "err_A": cat(err, (0, 2)).reshape(-1, 2),
         "image": cat(image, 0).astype(np.int64),
         "dose_e_per_A2": cat(dose, 0),
+        "n_sites": n_sites,
     }
 
 
@@ -136,7 +142,49 @@ def calibrate_model(
         "ece_in_sample": expected_calibration_error(conf, t),
         **{f"{k}_in_sample": v for k, v in sigma_coverage(data["err_A"][t], fit.sigma_A(data["features"][t])).items()},
     }
+    summary["min_confidence_scan"] = confidence_floor_scan(conf, t, data["n_sites"])
     return fit, summary
 
 
-__all__ = ["calibrate_model", "calibration_data"]
+#: Confidence floors scanned by :func:`confidence_floor_scan`.
+CONFIDENCE_FLOORS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
+def confidence_floor_scan(
+    confidence: np.ndarray, is_true: np.ndarray, n_sites: int, floors: Sequence[float] = CONFIDENCE_FLOORS
+) -> list[dict[str, float]]:
+    """Pooled precision, recall and F1 when detections below each confidence floor are dropped.
+
+    Dropping a detection removes it from the matching; the sites it matched become
+    misses (no other detection is re-matched to them, as a fresh evaluation might).
+
+    Parameters
+    ----------
+    confidence : ndarray, shape (n,)
+        Calibrated confidence of every scored detection.
+    is_true : ndarray of bool, shape (n,)
+        The detection matched a site of its class.
+    n_sites : int
+        Scored sites of all images.
+    floors : sequence of float
+        Confidence floors to score.
+
+    Returns
+    -------
+    list of dict
+        ``{"threshold", "kept", "precision", "recall", "f1"}`` per floor (``threshold``
+        the floor, so that :func:`atomfinder.analysis.evaluate.best_threshold` picks one).
+    """
+    c = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    t = np.asarray(is_true, dtype=bool).reshape(-1)
+    rows = []
+    for floor in floors:
+        keep = c >= floor
+        tp = int(np.count_nonzero(keep & t))
+        fp = int(np.count_nonzero(keep & ~t))
+        rows.append({"threshold": float(floor), "kept": int(keep.sum()),
+                     **detection_rates(tp, fp, int(n_sites) - tp)})
+    return rows
+
+
+__all__ = ["CONFIDENCE_FLOORS", "calibrate_model", "calibration_data", "confidence_floor_scan"]

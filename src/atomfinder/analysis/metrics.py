@@ -29,19 +29,20 @@ COUNT_KEYS = (
 )
 
 
-def _derive(counts: dict[str, Any]) -> dict[str, Any]:
-    """Add precision, recall, f1, rmse and accuracies to a dict of counts."""
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+def detection_rates(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """``precision``, ``recall`` and ``f1`` from counts (1 for a rate with nothing to count)."""
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def _derive(counts: dict[str, Any]) -> dict[str, Any]:
+    """Add precision, recall, f1, rmse and accuracies to a dict of counts."""
+    tp = counts["tp"]
     out = dict(counts)
-    out.update(
-        precision=float(precision),
-        recall=float(recall),
-        f1=float(f1),
-        rmse=float(np.sqrt(counts["sq_err_sum"] / tp)) if tp else float("nan"),
-    )
+    out.update(detection_rates(tp, counts["fp"], counts["fn"]))
+    out["rmse"] = float(np.sqrt(counts["sq_err_sum"] / tp)) if tp else float("nan")
     conf = counts.get("confusion")
     if conf is not None and conf.sum():
         out["label_accuracy"] = float(np.trace(conf) / conf.sum())

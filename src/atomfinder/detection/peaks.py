@@ -7,7 +7,7 @@ NumPy, SciPy, scikit-image and pandas.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -76,6 +76,10 @@ class AtomTable:
     def empty(cls) -> "AtomTable":
         """A table with no atoms."""
         return cls(np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), np.zeros(0, int))
+
+    def subset(self, keep: np.ndarray) -> "AtomTable":
+        """The rows where ``keep`` (a boolean mask or an index array) selects."""
+        return AtomTable(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
     @property
     def xy(self) -> np.ndarray:

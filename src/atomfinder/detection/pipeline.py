@@ -422,6 +422,20 @@ def detection_settings(
     return float(threshold), float(min_distance_A)
 
 
+def confidence_floor(card: ModelCard, min_confidence: float | None = None) -> float:
+    """Smallest calibrated confidence a detection needs to be kept.
+
+    The given value, else the card's ``detection["min_confidence"]``, else 0; always
+    0 for a card without a confidence calibration (there is no confidence to test).
+    """
+    if not card.calibration:
+        return 0.0
+    value = float(card.detection.get("min_confidence", 0.0)) if min_confidence is None else float(min_confidence)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {value}")
+    return value
+
+
 def detect_array(
     model: torch.nn.Module,
     card: ModelCard,
@@ -430,6 +444,7 @@ def detect_array(
     *,
     threshold: float | None = None,
     min_distance_A: float | None = None,
+    min_confidence: float | None = None,
     device: str | torch.device | None = None,
     tile: int = 576,
     precision: str = "auto",
@@ -454,6 +469,10 @@ def detect_array(
     min_distance_A : float, optional
         Smallest distance between two atoms in Å (default
         ``card.detection["min_distance_A"]`` or 1.0).
+    min_confidence : float, optional
+        Peaks whose calibrated confidence is lower are dropped (default
+        :func:`confidence_floor`: the card's ``detection["min_confidence"]``, 0 when
+        the card has none or no calibration).
     device : str or torch.device, optional
         Inference device (default CUDA when available, else CPU).
     tile : int
@@ -501,6 +520,10 @@ def detect_array(
     if card.calibration:
         calibration = Calibration.from_dict(card.calibration)
         confidence, sigma_A = calibration.confidence(features), calibration.sigma_A(features)
+        floor = confidence_floor(card, min_confidence)
+        if floor > 0:
+            keep = confidence >= floor
+            found, features, confidence, sigma_A = found.subset(keep), features[keep], confidence[keep], sigma_A[keep]
     xy = rescale_positions(found.xy, card.sampling_A, sampling_A)
     atoms = AtomTable(
         x=xy[:, 0], y=xy[:, 1], label=found.label, probability=found.probability, height=found.height,
@@ -523,6 +546,7 @@ __all__ = [
     "antialias_sigma_px",
     "available_memory_bytes",
     "check_size",
+    "confidence_floor",
     "detect_array",
     "detection_memory_bytes",
     "detection_settings",

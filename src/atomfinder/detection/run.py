@@ -609,11 +609,12 @@ def provenance(
         ``input``, ``input_files``, ``frames``, ``focal_series``, ``sampling_A``,
         ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
-        ``"argument"``), ``min_distance_A``, ``precision`` (the arithmetic used),
+        ``"argument"``), ``min_distance_A``, ``min_confidence`` (the card's confidence
+        floor, 0 for none), ``precision`` (the arithmetic used),
         ``precision_requested`` and ``atomfinder_version``.
     """
     from atomfinder import __version__
-    from atomfinder.detection.pipeline import detection_settings
+    from atomfinder.detection.pipeline import confidence_floor, detection_settings
 
     used_threshold, min_distance_A = detection_settings(card, threshold)
     return {
@@ -628,6 +629,7 @@ def provenance(
         "threshold": used_threshold,
         "threshold_source": "card" if threshold is None else "argument",
         "min_distance_A": min_distance_A,
+        "min_confidence": confidence_floor(card),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,
