@@ -41,8 +41,10 @@ def _run(action: Callable[[], Any], resume_hint: str | None = None) -> Any:
     except (ValueError, OSError, KeyError) as exc:
         if _state["debug"]:
             raise
+        from rich.markup import escape
+
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -161,18 +163,6 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
     return preview_grid(imgs, xys, labs, store.class_names, png, titles=titles, columns=columns)
 
 
-def _validation(samples: list, radius_A: float):
-    """A ``validate(model, card)`` callable: detection scores on held-out images."""
-    from atomfinder.analysis.evaluate import evaluate, network_detector, radius_key
-
-    def validate(model, card) -> dict[str, float]:
-        report = evaluate(samples, network_detector(model, card), radii_A=(radius_A,), class_names=card.class_names)
-        overall = report["overall"][radius_key(radius_A)]
-        return {k: float(overall[k]) for k in ("f1", "precision", "recall", "rmse_pm") if k in overall}
-
-    return validate
-
-
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", help="Training recipe (TOML with a [train] table), e.g. configs/graphene.toml."),
@@ -183,7 +173,7 @@ def train(
     """Train a model on a simulated store; keeps the best model by validation F1."""
 
     def action() -> None:
-        from atomfinder.analysis.evaluate import samples_from_store
+        from atomfinder.analysis.evaluate import samples_from_store, validation_scorer
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.train import TrainConfig, load_training_data, validation_split
         from atomfinder.nn.train import train as run_training
@@ -195,7 +185,7 @@ def train(
         train_idx, val_idx = validation_split(store, cfg)
         console.print(f"{len(train_idx)} training and {len(val_idx)} validation images from {data}")
         training_data = load_training_data(store, train_idx, cfg.normalization)
-        validate = _validation(list(samples_from_store(store, val_idx)), cfg.match_radius_A) if len(val_idx) else None
+        validate = validation_scorer(list(samples_from_store(store, val_idx)), cfg.match_radius_A) if len(val_idx) else None
         sim = store.meta["config"]
         offsets = ()
         if store.meta["frames"] > 1:
@@ -287,17 +277,9 @@ def _write_card(stem: Path, card) -> None:
 def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
     import dataclasses
 
-    from atomfinder.analysis.evaluate import to_jsonable
+    from atomfinder.analysis.evaluate import card_evaluation
 
-    net = result["detectors"]["network"]
-    evaluation = to_jsonable({
-        "data": result["data"],
-        "overall": net["overall"],
-        "by_dose": net["by_dose"],
-        "baseline_overall": result["detectors"].get("baseline", {}).get("overall"),
-        "baseline_by_dose": result["detectors"].get("baseline", {}).get("by_dose"),
-    })
-    _write_card(stem, dataclasses.replace(card, evaluation=evaluation))
+    _write_card(stem, dataclasses.replace(card, evaluation=card_evaluation(result, "network")))
 
 
 @app.command("tune-threshold")
@@ -310,11 +292,9 @@ def tune_threshold_command(
     """Choose the peak threshold on the validation images of the model's training store (never the test set)."""
 
     def action() -> None:
-        import dataclasses
-
         from rich.table import Table
 
-        from atomfinder.analysis.evaluate import best_threshold, validation_threshold_scan
+        from atomfinder.analysis.evaluate import best_threshold, card_with_threshold, validation_threshold_scan
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -338,11 +318,7 @@ def tune_threshold_command(
         Console().print(table)
         console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
         if write_card:
-            training = dict(card.training) | {"threshold_scan": {
-                "store": str(data), "validation_images": n_val, "radius_A": radius,
-                "previous_threshold": card.detection.get("threshold"), "rows": rows, "chosen": best}}
-            _write_card(stem, dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
-                                                  training=training))
+            _write_card(stem, card_with_threshold(card, rows, n_val, radius, data))
             console.print(f"card: {Path(stem).with_suffix('.json')}")
 
     _run(action)
@@ -353,17 +329,30 @@ def calibrate_command(
     model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
     data: Path = typer.Option(..., "--data", help="Held-out simulations (a seed used neither in training nor in the test sets)."),
     write_card: bool = typer.Option(False, "--write-card", help="Store the calibration in the model's card."),
+    min_confidence: str = typer.Option(
+        "keep", "--min-confidence",
+        help="Confidence floor to store with --write-card (detections below it are dropped): 'keep' the card's, "
+             "'best' (highest F1 of the scan on these images) or a number in [0, 1]."),
 ) -> None:
     """Fit the per-atom confidence and positional error bar on held-out simulations."""
 
     def action() -> None:
         import dataclasses
 
+        from rich.table import Table
+
         from atomfinder.analysis.calibration import calibrate_model
-        from atomfinder.analysis.evaluate import to_jsonable
+        from atomfinder.analysis.evaluate import best_threshold, to_jsonable
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
+        if min_confidence not in ("keep", "best"):
+            try:
+                floor = float(min_confidence)
+            except ValueError:
+                floor = -1.0
+            if not 0.0 <= floor <= 1.0:
+                raise ValueError(f"--min-confidence {min_confidence!r}: give 'keep', 'best' or a number in [0, 1]")
         stem = resolve_model(model)
         net, card = load_model(stem)
         store = DatasetStore(data)
@@ -377,9 +366,23 @@ def calibrate_command(
             f"{summary['n_detections']} detections on {summary['n_images']} images, "
             f"{100 * summary['fraction_true']:.1f} % real; in-sample ECE {summary['ece_in_sample']:.4f}, "
             f"{100 * summary['within_1_sigma_in_sample']:.1f} % of coordinate errors within 1 sigma", highlight=False)
+        rows = summary["min_confidence_scan"]
+        best = best_threshold(rows)
+        table = Table(title="confidence floor (detections below it dropped), pooled over these images")
+        for col in ("min confidence", "kept", "precision", "recall", "F1"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(f"{r['threshold']:g}{' *' if r['threshold'] == best else ''}", str(r["kept"]),
+                          f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
+        Console().print(table)
         if write_card:
             calibration = to_jsonable(fit.to_dict() | {"fit": summary})
-            _write_card(stem, dataclasses.replace(card, calibration=calibration))
+            detection = dict(card.detection)
+            if min_confidence == "best":
+                detection["min_confidence"] = best
+            elif min_confidence != "keep":
+                detection["min_confidence"] = float(min_confidence)
+            _write_card(stem, dataclasses.replace(card, calibration=calibration, detection=detection))
             console.print(f"card: {Path(stem).with_suffix('.json')}")
 
     _run(action)
@@ -509,7 +512,8 @@ def models_command(
             f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}"
             + (f" (defocus offsets {', '.join(f'{d:g}' for d in card.defocus_offsets_A)} Å)" if card.defocus_offsets_A else ""),
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
-            f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å",
+            f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
+            + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
             "validity range:",
             *card_validity_lines(card_reference(card)),
             "training:",
@@ -623,6 +627,43 @@ def track(
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
 
     _run(action)
+
+
+@app.command("finetune")
+def finetune_command(
+    model: str = typer.Option(..., "--model", help="Shipped model name (gold, graphene) or a model path whose card records its training simulation."),
+    microscope: Path = typer.Option(..., "--microscope", help="TOML with a [microscope] table of your microscope's ranges (configs/microscope-example.toml; defocus positive = underfocus)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: stores, checkpoint, model.safetensors + model.json, comparison.md/.json, report/."),
+    minutes: float = typer.Option(30.0, "--minutes", help="Wall-clock budget of the fine-tuning (simulation and evaluation come on top)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Training simulations (default: gold 1200, graphene 2400)."),
+    n_test: int = typer.Option(128, "--n-test", min=1, help="Test simulations (and calibration simulations for a calibrated model)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training store; the test store uses seed + 1, the calibration store seed + 2."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Simulation processes and training threads (default: all CPUs; 0: simulate in this process, train on one thread)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same model, microscope, sizes and seed)."),
+) -> None:
+    """Specialise a model to your microscope: simulate its ranges, fine-tune, compare with the general model."""
+
+    def action() -> None:
+        from rich.markup import escape
+
+        from atomfinder.finetune import finetune
+
+        with _progress("finetune") as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int | None) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total, description=stage)
+
+            result = finetune(model, microscope, out, minutes=minutes, n_train=n_train, n_test=n_test, seed=seed,
+                              workers=workers, resume=resume, progress=progress,
+                              say=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+        Console(highlight=False, soft_wrap=True).print(escape(result.markdown))
+        console.print(escape(f"model: {result.model} (use --model {result.model}); written: "
+                             + ", ".join(str(p) for p in result.files)), highlight=False, soft_wrap=True)
+
+    _run(action, resume_hint="continue with the same command and --resume")
 
 
 if __name__ == "__main__":  # pragma: no cover

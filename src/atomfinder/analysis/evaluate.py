@@ -57,6 +57,8 @@ RADII_A = (0.3, 0.5, 1.0)
 DOSE_EDGES = (1e2, 1e3, 1e4, 1e5)
 #: Default defocus bin edges (Å, positive = underfocus).
 DEFOCUS_EDGES_A = (-200.0, -100.0, 0.0, 100.0, 200.0, 400.0, 800.0)
+#: Atom-probability thresholds a validation scan tries (``tune-threshold``, ``finetune``).
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Label of the bin of infinite dose (no shot noise).
 NO_NOISE_BIN = "no noise"
 #: Label of the bin of unknown (NaN) values.
@@ -844,6 +846,88 @@ def best_threshold(rows: Sequence[Mapping[str, float]]) -> float:
     return float(max(scored, key=lambda r: (r["f1"], -r["threshold"]))["threshold"])
 
 
+def card_with_threshold(
+    card: Any, rows: Sequence[Mapping[str, float]], n_images: int, radius_A: float, store: Path | str
+) -> Any:
+    """A copy of ``card`` whose peak threshold is the best of a validation scan.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The model's card.
+    rows, n_images, radius_A
+        The output of :func:`validation_threshold_scan`.
+    store : path
+        The store whose validation images were scanned.
+
+    Returns
+    -------
+    ModelCard
+        ``detection["threshold"]`` set to :func:`best_threshold` of ``rows``; the
+        scan, its images and the previous threshold in ``training["threshold_scan"]``.
+    """
+    import dataclasses
+
+    best = best_threshold(rows)
+    scan = {"store": str(store), "validation_images": int(n_images), "radius_A": float(radius_A),
+            "previous_threshold": card.detection.get("threshold"), "rows": list(rows), "chosen": best}
+    return dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
+                               training=dict(card.training) | {"threshold_scan": scan})
+
+
+def validation_scorer(samples: Sequence[EvalSample], radius_A: float) -> Callable[[Any, Any], dict[str, float]]:
+    """A ``validate(model, card)`` callable for training: detection scores on held-out images.
+
+    Parameters
+    ----------
+    samples : sequence of EvalSample
+        The validation images (kept in memory, scored after every epoch).
+    radius_A : float
+        Matching radius (Å).
+
+    Returns
+    -------
+    callable
+        ``validate(model, card) -> {"f1", "precision", "recall", "rmse_pm"}`` at
+        that radius, as :func:`atomfinder.nn.train.train` expects.
+    """
+
+    def validate(model: Any, card: Any) -> dict[str, float]:
+        report = evaluate(samples, network_detector(model, card), radii_A=(radius_A,), class_names=card.class_names)
+        overall = report["overall"][radius_key(radius_A)]
+        return {k: float(overall[k]) for k in ("f1", "precision", "recall", "rmse_pm") if k in overall}
+
+    return validate
+
+
+def card_evaluation(result: Mapping[str, Any], detector: str = "network") -> dict[str, Any]:
+    """The ``evaluation`` entry of a model card from a :func:`compare` result.
+
+    Parameters
+    ----------
+    result : dict
+        :func:`compare` output with a ``data`` entry describing the test store.
+    detector : str
+        The detector that is the card's model; a ``baseline`` detector, when
+        present, is recorded beside it.
+
+    Returns
+    -------
+    dict
+        JSON-safe ``data``, ``overall``, ``by_dose``, ``baseline_overall`` and
+        ``baseline_by_dose``.
+    """
+    net = result["detectors"][detector]
+    baseline = result["detectors"].get("baseline", {})
+    return to_jsonable({
+        "data": result.get("data", {}),
+        "overall": net["overall"],
+        "by_dose": net["by_dose"],
+        "baseline_overall": baseline.get("overall"),
+        "baseline_by_dose": baseline.get("by_dose"),
+    })
+
+
 def to_jsonable(obj: Any) -> Any:
     """A JSON-safe copy: NaN -> None, +-inf -> ``"inf"``/``"-inf"``, arrays -> lists."""
     if isinstance(obj, Mapping):
@@ -1116,8 +1200,12 @@ __all__ = [
     "Detector",
     "EvalSample",
     "RADII_A",
+    "THRESHOLDS",
     "baseline_detector",
+    "best_threshold",
     "bin_labels",
+    "card_evaluation",
+    "card_with_threshold",
     "compare",
     "evaluate",
     "interior_mask",
@@ -1127,5 +1215,7 @@ __all__ = [
     "samples_from_store",
     "scored_predictions",
     "to_jsonable",
+    "validation_scorer",
+    "validation_threshold_scan",
     "write_report",
 ]

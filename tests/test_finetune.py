@@ -1,0 +1,200 @@
+"""``atomfinder finetune``: the microscope file, and the whole workflow at tiny scale (simulate, fine-tune,
+choose the threshold, re-fit the calibration, compare with the general model, resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from atomfinder.cli import app
+from atomfinder.finetune import FINE_TUNED, GENERAL, absolute_defocus_A, finetune, read_microscope, shipped_recipe
+from atomfinder.nn.card import load_card, load_model, resolve_model
+
+pytest.importorskip("abtem")
+
+EXAMPLE = Path(__file__).parents[1] / "configs" / "microscope-example.toml"
+MICROSCOPE = """\
+[microscope]
+energies_eV = [80000]
+Cs_corrected_A = [-150000.0, -100000.0]   # -15 ... -10 µm
+defocus_around_scherzer_A = [-20.0, 20.0]
+dose_e_per_A2 = [10000.0, 100000.0]
+focal_spread_A = [20.0, 30.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def source_model(tiny_graphene_store, tmp_path_factory):
+    """A tiny general model trained on the tiny graphene recipe, with a (borrowed) confidence calibration."""
+    from atomfinder.datasets.store import DatasetStore
+    from atomfinder.nn.card import save_model
+    from atomfinder.nn.train import TrainConfig, load_training_data, train
+
+    from conftest import tiny_config
+
+    cfg = TrainConfig(name="tiny", depth=2, width=4, crop_px=32, batch_size=4, epochs=5, warmup_steps=2,
+                      checkpoint_every=3, validation_fraction=0.25, num_threads=1)
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    recipe = {"store": str(tiny_graphene_store), "n": 8, "seed": 0, "simulation": tiny_config().to_dict()}
+    stem = train(cfg, data, tmp_path_factory.mktemp("source") / "run", recipe=recipe)
+    model, card = load_model(stem)
+    # the shipped gold model's calibration: finetune must re-fit it or drop it, never keep it
+    card = dataclasses.replace(card, calibration=load_card(resolve_model("gold")).calibration)
+    save_model(model, card, stem)
+    return stem
+
+
+def _microscope(tmp_path: Path, text: str = MICROSCOPE) -> Path:
+    path = tmp_path / "my.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_file_is_read_for_both_shipped_models():
+    for name in ("gold", "graphene"):
+        recipe = shipped_recipe(load_card(resolve_model(name)))
+        ranges, given = read_microscope(EXAMPLE, recipe.microscope)
+        assert ranges.energies_eV == (300e3,) and ranges.Cs_corrected_A == (-25e4, -15e4)
+        assert ranges.dose_e_per_A2 == (300.0, 20000.0) and "dose_e_per_A2" in given
+        assert ranges.mtf_c1 == recipe.microscope.mtf_c1  # fields left out keep the model's ranges
+    # the absolute defocus a microscopist checks: Scherzer (overfocus for Cs < 0) + the relative range
+    (row,) = absolute_defocus_A(ranges)
+    assert row["lens"] == "corrected" and row["defocus_A"] == pytest.approx([-115.9, -36.6], abs=0.1)
+
+
+def test_graphene_recipe_is_the_one_it_was_trained_on():
+    # graphene 0.2 was trained before empty fields and contamination were added to the recipe
+    recipe = shipped_recipe(load_card(resolve_model("graphene")))
+    assert recipe.p_empty_field == 0 and recipe.p_contamination == 0 and recipe.structure == {}
+    assert recipe.microscope.astigmatism_A == (0.0, 10.0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[microscope\nenergies_eV = [3e5]\n", "not valid TOML"),
+    ("energies_eV = [3e5]\n", "needs a [microscope] table"),
+    (MICROSCOPE.replace("dose_e_per_A2 = [10000.0, 100000.0]\n", ""), "dose_e_per_A2 (e/Å²) is missing"),
+    (MICROSCOPE + "voltage_kV = 300\n", "unknown microscope range(s): voltage_kV"),
+    (MICROSCOPE.replace("[20.0, 30.0]", "25.0"), "focal_spread_A (Å) must be [low, high]"),
+    (MICROSCOPE.replace("[-20.0, 20.0]", "[20.0, -20.0]"), "low <= high"),
+    (MICROSCOPE.replace("[80000]", '["80 kV"]'), "energies_eV (eV) must be a list of numbers"),
+    (MICROSCOPE + "p_corrected = 1.5\n", "must be a probability"),
+    (MICROSCOPE + "sampling_A = 0.05\n", "too far from the model's"),
+    (MICROSCOPE + "[simulation]\nimage_px = 64\n", "reads only the [microscope] table"),
+])
+def test_bad_microscope_file_is_a_one_line_error(tmp_path, text, message):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", "--model", "graphene", "--microscope",
+                                      str(_microscope(tmp_path, text)), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()  # nothing is made for bad input
+
+
+def test_unknown_model_and_missing_file_are_one_line_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["finetune", "--model", "platinum", "--microscope", str(_microscope(tmp_path)),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "unknown model 'platinum'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["finetune", "--model", "graphene", "--microscope", str(tmp_path / "none.toml"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "none.toml" in result.output and "Traceback" not in result.output
+
+
+def test_finetune_end_to_end_with_resume(source_model, tmp_path):
+    microscope, out = _microscope(tmp_path), tmp_path / "my-tiny"
+    args = dict(minutes=1.0, n_train=8, n_test=4, seed=5, workers=0)
+    stages = []
+
+    def interrupt(stage, done, total):
+        stages.append(stage)
+        if stage == "train" and done == 5:  # one step after the checkpoint at the end of epoch 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(source_model), microscope, out, progress=interrupt, **args)
+    assert stages[0] == "simulate training images" and "simulate calibration images" in stages
+    checkpoint = torch.load(out / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 4
+    store_files = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*") if p.is_file()}
+
+    cli = ["finetune", "--model", str(source_model), "--microscope", str(microscope), "--out", str(out),
+           "--minutes", "1", "--n-train", "8", "--n-test", "4", "--seed", "5", "--workers", "0"]
+    runner = CliRunner()
+    result = runner.invoke(app, cli)  # without --resume: refused, the run is kept
+    assert result.exit_code == 2 and "--resume" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, cli[:-8] + ["--n-train", "16", "--n-test", "4", "--seed", "5", "--resume"])
+    assert result.exit_code == 2 and "another n_train" in result.output
+
+    result = runner.invoke(app, cli + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in store_files} == store_files  # the stores were not made again
+    assert "specialised vs general" in result.output and "F1 fine-tuned" in result.output
+
+    # a normal model, usable with --model <out>/model, whose card records the user's ranges
+    model, card = load_model(out / "model")
+    general = load_card(source_model)
+    assert card.name == "tiny" and card.version == f"{general.version}+my-tiny"
+    assert card.validity["energies_kV"] == [80.0] and card.validity["Cs_corrected_um"] == [-15.0, -10.0]
+    assert card.validity["dose_e_per_A2"] == [1e4, 1e5] and card.validity["defocus_around_scherzer_A"] == [-20.0, 20.0]
+    assert card.training["data"]["simulation"]["microscope"]["focal_spread_A"] == [20.0, 30.0]
+    assert card.training["finetune"]["microscope"]["energies_eV"] == [80000.0]
+    assert card.training["init_from"] == str(source_model)
+    assert card.training["steps"] == 10  # continued from the checkpoint to the recipe's 5 epochs
+    assert card.training["time_s"] >= general.training["time_s"]  # the general model's time included
+    assert card.detection["threshold"] == card.training["threshold_scan"]["chosen"]
+    # the general model's calibration is never carried over: re-fitted on held-out images, or dropped and said so
+    note = card.training["finetune"]["calibration"]
+    assert card.calibration != general.calibration
+    if card.calibration:
+        assert note.startswith("refitted") and card.calibration["fit"]["seed"] == 7
+    else:
+        assert note.startswith("not refitted")
+    assert card.evaluation["data"]["seed"] == 6 and card.evaluation["general_model"]["version"] == general.version
+
+    # both models' figures, computed on the same test images
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["test_store"]["seed"] == 6 and summary["test_store"]["n"] == 4
+    for name in (FINE_TUNED, GENERAL):
+        m = summary["overall"][name]
+        assert m["n_images"] == 4 and all(k in m for k in ("f1", "precision", "recall", "rmse_pm"))
+        assert sum(r["n_images"] for r in summary["by_dose"]) == 4 and all(name in r for r in summary["by_dose"])
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["n_images"] == 4 and set(report["detectors"]) == {FINE_TUNED, GENERAL, "baseline"}
+    for name in (FINE_TUNED, GENERAL):  # the summary's figures are the report's
+        assert report["detectors"][name]["overall"]["0.5"]["f1"] == summary["overall"][name]["f1"]
+    markdown = (out / "comparison.md").read_text()
+    assert "| fine-tuned (tiny" in markdown and "| shipped (tiny" in markdown and "By dose" in markdown
+
+    # the card reads like any other, and the model detects
+    result = runner.invoke(app, ["models", str(out / "model")])
+    assert result.exit_code == 0 and "80 kV" in result.output and "-15…-10 µm" in result.output
+    assert sum(p.numel() for p in model.parameters()) == card.training["parameters"]
+
+
+@pytest.mark.slow
+def test_finetune_shipped_graphene_from_the_command_line(tmp_path):
+    """The user's command with the shipped model and recipe (256-px images), at the smallest sizes (~1 min)."""
+    out = tmp_path / "my-graphene"
+    result = CliRunner().invoke(app, ["finetune", "--model", "graphene", "--microscope", str(_microscope(tmp_path)),
+                                      "--out", str(out), "--n-train", "16", "--n-test", "8", "--minutes", "0.05",
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    _, card = load_model(out / "model")
+    general = load_card(resolve_model("graphene"))
+    assert card.version == f"{general.version}+my-graphene" and card.training["init_from"] == "graphene"
+    assert card.validity["energies_kV"] == [80.0] and card.architecture == general.architecture
+    assert card.training["time_s"] > general.training["time_s"]
+    if not general.calibration:
+        assert "not refitted" in card.training["finetune"]["calibration"] and not card.calibration
+    else:  # re-fitted on the held-out images, or dropped
+        assert card.calibration != general.calibration
+    summary = json.loads((out / "comparison.json").read_text())
+    assert {summary["overall"][n]["n_images"] for n in (FINE_TUNED, GENERAL)} == {8}
