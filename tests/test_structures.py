@@ -277,8 +277,10 @@ def test_gold_is_deterministic():
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("supported", [False, True])
-def test_gold_contract(shape, supported):
-    s = build_gold(rng(11), BOX, gold_config(shape, p_support=float(supported), diameter_A=(15.0, 25.0)))
+@pytest.mark.parametrize("rule", ["separation", "density_peaks"])
+def test_gold_contract(shape, supported, rule):
+    s = build_gold(rng(11), BOX, gold_config(shape, p_support=float(supported), diameter_A=(15.0, 25.0),
+                                            column_rule=rule))
     check_common(s)
     assert s.class_names == ("Au",)
     au = au_positions(s)

@@ -208,7 +208,11 @@ def default_config(system: str) -> SimulationConfig:
       contamination blobs, and holes are larger (3-15 Å) and more frequent.
     - gold: 0.1 Å/px, 200–300 kV, negative-Cs imaging (Cs -40..-10 µm, defocus
       within 60 Å of the Scherzer overfocus), Au waves at 0.05 Å, crops around the
-      particle, amorphous carbon under half of the particles.
+      particle, amorphous carbon under half of the particles; the columns labelled
+      are the peaks of the blurred projected density (``column_rule =
+      "density_peaks"``; the default of
+      :class:`atomfinder.structures.gold.GoldConfig` keeps the rule of configs
+      written before it, gold 0.1-0.3).
     - mos2: 0.1 Å/px, focal series of 3 frames 100 ± 10 Å apart, 60–300 kV.
     """
     if system == "graphene":
@@ -247,6 +251,9 @@ def default_config(system: str) -> SimulationConfig:
             p_amorphous_carbon=0.5,
             carbon_thickness_A=(5.0, 30.0),
             label_radius_A=0.45,
+            # label the columns the image resolves: peaks of the projected density blurred
+            # at the resolution scale (structures.gold; gold 0.1-0.3 used "separation")
+            structure={"column_rule": "density_peaks"},
             # Negative-Cs imaging in aberration-corrected 200-300 kV microscopes, as
             # used for Au nanoparticles (the seed's ETEM series; Madsen et al. drew
             # Cs -28..-32 um, defocus 80-100 A). Inside a particle the columns and

@@ -17,22 +17,34 @@ The particle is rotated so that a zone axis lies along the beam (``z``): [100],
 [110] or [111] for single crystals, a <110> axis inside the twin plane for
 twinned particles, the 5-fold or a 2-fold axis for decahedra and icosahedra. Its
 surface is modified (random surface atoms removed, a few adatoms added on lattice
-sites next to the surface), its atoms are grouped into columns in that exact
-orientation, and only then is it mistilted by up to a few degrees: each column's
-site is the mean projected position of its atoms after the tilt and its height is
-its number of atoms. CeO2 support atoms are background and never labelled.
+sites next to the surface), and it is mistilted by up to a few degrees. CeO2
+support atoms are background and never labelled.
 
-Only resolvable columns are labelled. Where a part of the particle is not in a
-low-index zone axis, or twinned segments overlap along the beam (most of an
-icosahedron; a decahedron seen along a 2-fold axis, where the beam crosses a
-[100] segment and two <112> segments), its atoms still project into "columns"
-of the tolerance, but these lie 0.4-1 Å apart (fcc along [113] or [210]:
-0.87-0.91 Å; up to [112]: >= 1.44 Å). No image resolves them and no peak finder with a 1 Å minimum
-distance can return them, so two columns closer than ``min_column_separation_A``
-are not labelled, nor is a column within twice that distance of such a crowded
-pair (it sits in the same blurred contrast); a single atom (an adatom off the
-lattice) that close to a column is not labelled, and the column is. Their atoms
-stay in the potential and count as background, like the support.
+Which columns are labelled is chosen by ``GoldConfig.column_rule``:
+
+- ``"density_peaks"`` (the gold recipe, :func:`atomfinder.datasets.generate.default_config`):
+  the columns the image resolves
+  (:func:`atomfinder.structures.columns.density_columns`). The Au atoms of the
+  mistilted particle are projected along the beam, each blurred by a Gaussian of
+  ``column_blur_A`` (the resolution scale); every peak of that density that
+  stands at least ``column_min_dip`` above its saddles and ``column_min_peak_atoms``
+  high is a column, holding the atoms of its watershed basin (its height), at
+  the density-weighted centre of those atoms. Columns closer than about
+  ``2 * column_blur_A`` merge into one peak: where twinned segments overlap
+  along the beam (most of an icosahedron; a decahedron seen along a 2-fold axis,
+  whose sub-columns lie 0.4-1 Å apart) the merged peak is one column holding all
+  its atoms, not background; a lone adatom is a column of height 1.
+- ``"separation"`` (the field's default, so that configs written before the field
+  existed keep their labels: gold 0.1-0.3, their stores and model cards): atoms whose projections agree
+  within ``column_tolerance_A`` in the exact zone axis form a column (its site
+  the mean projected position of its atoms after the tilt, its height its number
+  of atoms); two columns closer than ``min_column_separation_A`` are not
+  labelled, nor is a column within twice that distance of such a crowded pair
+  (:func:`resolved_columns`); a single atom (an adatom off the lattice) that
+  close to a column is not labelled, and the column is. Their atoms stay in the
+  potential and count as background, like the support. This left most of the
+  visible columns of some particles unlabelled (all those of overlapping
+  segments, and the ones next to them).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from scipy.spatial import cKDTree
 
 from atomfinder._config import ConfigMixin
 from atomfinder.structures.base import Sites, Structure
+from atomfinder.structures.columns import density_columns
 from atomfinder.structures.support import (
     CEO2_ORIENTATIONS,
     ceria_slab,
@@ -62,6 +75,8 @@ from atomfinder.structures.support import (
 
 CLASS_NAMES = ("Au",)
 SHAPES = ("wulff", "truncated_octahedron", "decahedron", "icosahedron", "twinned")
+#: How columns are labelled (module docstring): the image's peaks, or the gold 0.1-0.3 rule.
+COLUMN_RULES = ("density_peaks", "separation")
 FCC_ZONES = {"100": (0, 0, 1), "110": (1, 1, 0), "111": (1, 1, 1)}
 _NN_CUTOFF = 3.3  # Å, Au nearest neighbours (2.88 Å) but not second neighbours (4.08 Å)
 _MIN_DIAMETER_A = 8.0
@@ -110,13 +125,42 @@ class GoldConfig(ConfigMixin):
         in-plane rotation is random.
     edge_margin_A : float
         Smallest vacuum between a particle and a lateral box edge in Å.
+    column_rule : {"density_peaks", "separation"}
+        How columns are labelled (module docstring): ``"density_peaks"``, the
+        peaks of the blurred projected density, which the gold recipe selects
+        (``default_config("gold").structure``); ``"separation"``, the rule of gold
+        0.1-0.3, the default so that every structure config written before this
+        field (configs/gold-0.1..0.3-simulation.toml, the configs recorded in their
+        stores and model cards) keeps its labels. A recipe with its own
+        ``[simulation.structure]`` table replaces the recipe's and must set
+        ``column_rule = "density_peaks"`` itself.
+    column_blur_A : float
+        ``"density_peaks"``: the resolution scale, the standard deviation (Å) of the
+        Gaussian each projected atom is blurred with. Two equal columns closer than
+        about twice this merge into one. The default 0.45 Å keeps every column of
+        the [100], [110], [111] and [112] projections (>= 1.44 Å apart) and merges
+        the sub-columns of overlapping segments that lie 0.4-0.9 Å apart; on
+        noise-free multislice images at Scherzer focus over the gold recipe's
+        microscopes (200-300 kV, Cs -40..-10 µm, focal spread 10-60 Å) it balanced
+        image peaks left unlabelled against labels without a peak best among
+        0.4-0.7 Å (0.6 Å left a third of the peaks of 2-fold decahedra and
+        icosahedra unlabelled).
+    column_min_dip : float
+        ``"density_peaks"``: smallest relative depth ``1 - saddle / peak`` (0-1) of
+        the density between a peak and a higher one for the peak to be a column of
+        its own; shallower peaks are shoulders of the higher one.
+    column_min_peak_atoms : float
+        ``"density_peaks"``: smallest peak of the blurred density for a column, in
+        atoms (an isolated atom peaks at 1, so a lone adatom is a column; below 1).
     column_tolerance_A : float
-        Atoms whose projections (in the exact zone axis) agree within this (Å) form one column.
+        ``"separation"``: atoms whose projections (in the exact zone axis) agree
+        within this (Å) form one column.
     min_column_separation_A : float
-        Columns closer than this (Å, in the exact zone axis) are not resolvable
-        and not labelled (:func:`resolved_columns`, module docstring); 0 labels all. The default 1.2 Å keeps
-        every column of the [100], [110], [111] and [112] projections (>= 1.44 Å)
-        and drops the sub-resolution columns of off-axis segments (<= 0.91 Å).
+        ``"separation"``: columns closer than this (Å, in the exact zone axis) are
+        not resolvable and not labelled (:func:`resolved_columns`, module
+        docstring); 0 labels all. 1.2 Å keeps every column of the [100], [110],
+        [111] and [112] projections (>= 1.44 Å) and drops the sub-resolution
+        columns of off-axis segments (<= 0.91 Å).
     vacuum_A : float
         Vacuum above and below the structure along z in Å.
     """
@@ -137,6 +181,10 @@ class GoldConfig(ConfigMixin):
     support_gap_A: float = 2.5
     p_facet_down: float = 0.7
     edge_margin_A: float = 5.0
+    column_rule: str = "separation"
+    column_blur_A: float = 0.45
+    column_min_dip: float = 0.05
+    column_min_peak_atoms: float = 0.5
     column_tolerance_A: float = 0.3
     min_column_separation_A: float = 1.2
     vacuum_A: float = 3.0
@@ -159,6 +207,14 @@ class GoldConfig(ConfigMixin):
             raise ValueError(f"support_orientations must be a non-empty subset of {tuple(CEO2_ORIENTATIONS)}")
         if not 0 <= self.max_mistilt_deg <= 15:
             raise ValueError("max_mistilt_deg must be in [0, 15]")
+        if self.column_rule not in COLUMN_RULES:
+            raise ValueError(f"unknown column_rule {self.column_rule!r}: use one of {COLUMN_RULES}")
+        if not 0.1 <= self.column_blur_A <= 2.0:
+            raise ValueError("column_blur_A must be in [0.1, 2] Å")
+        if not 0 < self.column_min_dip < 1:
+            raise ValueError("column_min_dip must be in (0, 1)")
+        if not 0 < self.column_min_peak_atoms < 1:
+            raise ValueError("column_min_peak_atoms must be in (0, 1): a lone atom (peak 1) must stay a column")
         if not 0 < self.column_tolerance_A < 1.0:
             raise ValueError("column_tolerance_A must be in (0, 1) Å")
         if not 0 <= self.min_column_separation_A < 3.0:
@@ -488,9 +544,10 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
     -------
     Structure
         Atoms (Au, plus Ce and O for a supported particle) in an orthogonal cell
-        ``(Lx, Ly, Lz)``; one site per Au column (class ``"Au"``, height = atoms
-        in the column); ``info`` with shape, size, zone axis, tilt, surface
-        changes and support.
+        ``(Lx, Ly, Lz)``; one site per Au column labelled by ``column_rule``
+        (class ``"Au"``, height = atoms in the column); ``info`` with shape, size,
+        zone axis, tilt, surface changes, support, the column rule and the number
+        of Au atoms in no labelled column.
 
     Raises
     ------
@@ -534,9 +591,10 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
     adatoms = add_adatoms(rng, pos, int(rng.integers(cfg.n_adatoms[0], cfg.n_adatoms[1] + 1)))
     pos = np.concatenate([pos, adatoms])
 
-    # columns in the exact zone axis, then the mistilt about the particle centre
-    n_col, column = group_columns(pos[:, :2], cfg.column_tolerance_A)
-    resolved = resolved_columns(pos[:, :2], column, n_col, cfg.min_column_separation_A)
+    # "separation" groups columns in the exact zone axis; then the mistilt about the particle centre
+    if cfg.column_rule == "separation":
+        n_col, column = group_columns(pos[:, :2], cfg.column_tolerance_A)
+        resolved = resolved_columns(pos[:, :2], column, n_col, cfg.min_column_separation_A)
     axis = np.array([np.cos(np.deg2rad(tilt_axis_deg)), np.sin(np.deg2rad(tilt_axis_deg)), 0.0])
     centre = pos.mean(axis=0)
     pos = (pos - centre) @ rotation_about_axis(axis, tilt_deg).T + centre
@@ -573,16 +631,22 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
         support_atoms.set_cell([box[0], box[1], lz])
         atoms += support_atoms
 
-    counts = np.bincount(column, minlength=n_col)
-    xy = np.stack([np.bincount(column, pos[:, c], n_col) for c in range(2)], axis=1) / counts[:, None]
-    xy, counts = xy[resolved], counts[resolved]
+    column_info = {}
+    if cfg.column_rule == "separation":
+        counts = np.bincount(column, minlength=n_col)
+        xy = np.stack([np.bincount(column, pos[:, c], n_col) for c in range(2)], axis=1) / counts[:, None]
+        xy, counts = xy[resolved], counts[resolved]
+        column_info["n_unresolved_columns"] = int(n_col - resolved.sum())
+    else:  # the peaks the image shows, from the particle as imaged (mistilted)
+        xy, counts, _ = density_columns(pos[:, :2], cfg.column_blur_A, cfg.column_min_dip, cfg.column_min_peak_atoms)
     sites = Sites(xy, np.ones(len(xy), dtype=np.int64), counts.astype(np.int64))
     info = {
         "system": "gold",
         "shape": shape,
         "n_au": int(len(pos)),
-        "n_columns": int(resolved.sum()),
-        "n_unresolved_columns": int(n_col - resolved.sum()),
+        "column_rule": cfg.column_rule,
+        "n_columns": int(len(xy)),
+        **column_info,
         "n_au_unlabelled": int(len(pos) - counts.sum()),
         "diameter_A": equivalent_diameter(len(pos), a),
         "drawn_diameter_A": float(drawn_diameter),
