@@ -97,11 +97,11 @@ def test_disk_means_and_features_on_a_hand_made_map():
     noise = rng.normal(0, 1, (64, 64)).astype(np.float32)
     smooth = np.cos(2 * np.pi * np.arange(64) / 20.0)[None, :] * np.ones((64, 1), np.float32)
     f = peak_features(img, np.array([10.0]), np.array([10.0]), np.array([1.0]), smooth[:20, :20], 3.0)
-    assert f.shape == (1, 4) and f[0, 0] == 1.0 and f[0, 1] == pytest.approx(1.0)
+    assert f.shape == (1, 5) and f[0, 0] == 1.0 and f[0, 1] == pytest.approx(1.0)
     # the Laplacian measure: ~sqrt(2/pi) for unit white noise, small for a smooth fringe
     assert local_noise_map(noise)[10:-10, 10:-10].mean() == pytest.approx(np.sqrt(2 / np.pi), rel=0.05)
     assert local_noise_map(smooth).max() < 0.05
-    assert peak_features(img, np.zeros(0), np.zeros(0), np.zeros(0), smooth, 3.0).shape == (0, 4)
+    assert peak_features(img, np.zeros(0), np.zeros(0), np.zeros(0), smooth, 3.0).shape == (0, 5)
     assert f[0, 3] == 1.0  # a lone detection has no neighbours: spread 1
 
 
@@ -182,7 +182,7 @@ def test_detect_array_drops_detections_below_the_confidence_floor():
     kept = detect_array(net, card, image.astype(np.float32), 0.108, min_confidence=floor)
     assert len(kept.atoms) == np.count_nonzero(c >= floor)
     np.testing.assert_allclose(kept.atoms.xy, everything.atoms.xy[c >= floor])
-    assert kept.features.shape == (len(kept.atoms), 4)
+    assert kept.features.shape == (len(kept.atoms), 5)
     # the card's floor is the default; a card without calibration has none
     with_floor = dataclasses.replace(card, detection=dict(card.detection) | {"min_confidence": floor})
     assert confidence_floor(with_floor) == floor
@@ -202,3 +202,30 @@ def test_calibrate_refuses_a_bad_confidence_floor_in_one_line(tmp_path):
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--min-confidence" in lines[0], result.output
+
+
+def test_map_background_is_low_on_a_crisp_map_and_high_in_a_haze():
+    from atomfinder.detection.confidence import map_background
+
+    xy = _honeycomb(10) / 0.1  # pixels at 0.1 Å/px
+    xy = xy - xy.min(axis=0) + 20
+    h = w = int(xy.max()) + 21
+    yy, xx = np.mgrid[:h, :w]
+    crisp = np.zeros((h, w), np.float32)
+    for x, y in xy:
+        crisp[(yy - y) ** 2 + (xx - x) ** 2 <= 16] = 1.0  # disks of 0.4 Å
+    rng = np.random.default_rng(1)
+    haze = np.clip(crisp * 0.8 + rng.uniform(0.0, 0.6, crisp.shape), 0, 1).astype(np.float32)
+    inner = np.all((xy > 50) & (xy < h - 50), axis=1)
+    clean = map_background(crisp, xy[:, 0], xy[:, 1], 4.0)
+    hazy = map_background(haze, xy[:, 0], xy[:, 1], 4.0)
+    assert np.all(clean[inner] < 0.02)
+    assert np.all(hazy[inner] > 0.2)
+    assert map_background(crisp, np.zeros(0), np.zeros(0), 4.0).shape == (0,)
+    # the feature order is fixed: a calibration may skip one but not reorder them
+    f, y, err, _, _ = _hand_made(400, 6)
+    f5 = np.column_stack([f, rng.uniform(0, 0.5, (len(f), 2))])
+    fit = fit_calibration(f5, y, err, 4.0, names=("peak", "disk_mean", "local_noise", "map_background"))
+    assert fit.features[-1] == "map_background" and len(fit.logistic) == 5
+    with pytest.raises(ValueError, match="features"):
+        fit_calibration(f5, y, err, 4.0, names=("peak", "disk_mean", "local_noise", "map_background", "neighbour_spread"))

@@ -46,7 +46,7 @@ SAMPLING = 0.2  # Å/px of the tiny model
 
 # (input, extra CLI args, words of the error)
 OVERSIZE = {
-    "ser_62.8": (SER, [], ["pixel size 62.8 Å/px is far too coarse", "the model works at 0.1 Å/px"]),
+    "ser_62.8": (SER, [], ["pixel size 62.8 Å/px is far too coarse", "the model works at", "at most 4x coarser"]),
     "dm_tif_1687": (DM_TIF, [], ["pixel size 1687 Å/px is far too coarse"]),
     "demo_sampling_2": (DEMO, ["--sampling", "2.0"], ["pixel size 2 Å/px is far too coarse"]),
 }

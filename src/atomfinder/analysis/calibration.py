@@ -49,7 +49,7 @@ def calibration_data(
     Returns
     -------
     dict of ndarray
-        ``features`` (n, 4; :data:`~atomfinder.detection.confidence.FEATURES`), ``is_true`` (n,), ``err_A`` (n, 2; NaN when unmatched),
+        ``features`` (n, 5; :data:`~atomfinder.detection.confidence.FEATURES`), ``is_true`` (n,), ``err_A`` (n, 2; NaN when unmatched),
         ``image`` (n,) index of the sample, ``dose_e_per_A2`` (n,); and ``n_sites``
         (int), the number of scored sites of all images. Every peak above the
         threshold counts, whatever its confidence (no ``min_confidence``).

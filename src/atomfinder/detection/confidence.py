@@ -14,10 +14,16 @@ around it (:func:`peak_features`):
 - ``neighbour_spread``: the coefficient of variation of the distances to the three
   nearest other detections (:func:`neighbour_spread`): near 0 inside any regular
   lattice of atoms or columns, larger at edges and for detections scattered over
-  noise, amorphous carbon or contamination.
+  noise, amorphous carbon or contamination;
+- ``map_background``: the mean atom probability around the detection, over a
+  window of ``BACKGROUND_WINDOW_RADII`` disk radii, outside the disks of all
+  detections (:func:`map_background`): near 0 where the network sees a clean
+  lattice (atoms and crisp background), 0.2-0.35 where it paints a haze of partial
+  atoms over vacuum, amorphous carbon or noise.
 
-A calibration uses the first three features, or all four (cards calibrated before
-``neighbour_spread`` existed name three in ``calibration.features``).
+A calibration uses the first three features, optionally followed by any of the
+others (cards calibrated before those existed name three in
+``calibration.features``).
 
 :class:`Calibration` maps them to
 
@@ -44,13 +50,17 @@ from scipy.ndimage import uniform_filter
 from scipy.optimize import isotonic_regression, minimize
 
 #: Names of the features, in the order of the columns of :func:`peak_features`.
-FEATURES = ("peak", "disk_mean", "local_noise", "neighbour_spread")
+FEATURES = ("peak", "disk_mean", "local_noise", "neighbour_spread", "map_background")
 #: The features every calibration uses (the first columns of the feature matrix).
 BASE_FEATURES = FEATURES[:3]
 #: Neighbours whose distances make up ``neighbour_spread``.
 SPREAD_NEIGHBOURS = 3
-#: Offset added to ``neighbour_spread`` before its logarithm is taken.
+#: Offset added to ``neighbour_spread`` and ``map_background`` before their logarithm is taken.
 SPREAD_OFFSET = 0.01
+#: Side of the ``map_background`` window, in units of the disk radius (0.4 Å: a 4 Å window).
+BACKGROUND_WINDOW_RADII = 10.0
+#: Disks of this many disk radii around each detection are left out of ``map_background``.
+BACKGROUND_DISK_RADII = 1.25
 #: Probabilities are clipped to [EPS, 1 - EPS] before their logit is taken.
 EPS = 1e-4
 #: Side (pixels) of the window over which the Laplacian magnitude is averaged.
@@ -162,6 +172,50 @@ def neighbour_spread(x_px: np.ndarray, y_px: np.ndarray, k: int = SPREAD_NEIGHBO
     return np.clip(cv, 0.0, 1.0)
 
 
+def map_background(atom_map: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, radius_px: float) -> np.ndarray:
+    """Mean atom probability around each detection, outside the disks of all detections.
+
+    The window is a square of ``BACKGROUND_WINDOW_RADII * radius_px`` pixels centred
+    on the detection; the disks of ``BACKGROUND_DISK_RADII * radius_px`` around every
+    detection are left out. A window with nothing left gives 0.
+
+    Parameters
+    ----------
+    atom_map : ndarray, shape (H, W)
+        Atom probability ``1 - p(background)``.
+    x_px, y_px : ndarray, shape (n,)
+        Positions of all detections of the image (pixels of ``atom_map``).
+    radius_px : float
+        Disk radius in pixels (about the label radius).
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    amap = np.asarray(atom_map, dtype=np.float32)
+    x = np.asarray(x_px, dtype=np.float64).reshape(-1)
+    y = np.asarray(y_px, dtype=np.float64).reshape(-1)
+    if len(x) == 0:
+        return np.zeros(0)
+    h, w = amap.shape
+    r = max(BACKGROUND_DISK_RADII * float(radius_px), 0.5)
+    reach = int(np.ceil(r))
+    offs = np.arange(-reach, reach + 1)
+    oy, ox = (g.ravel() for g in np.meshgrid(offs, offs, indexing="ij"))
+    inside = oy**2 + ox**2 <= r * r
+    oy, ox = oy[inside], ox[inside]
+    iy, ix = np.rint(y).astype(np.int64), np.rint(x).astype(np.int64)
+    py, px = (iy[:, None] + oy[None]).ravel(), (ix[:, None] + ox[None]).ravel()
+    ok = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    outside = np.ones((h, w), np.float32)
+    outside[py[ok], px[ok]] = 0.0
+    size = max(3, int(round(BACKGROUND_WINDOW_RADII * float(radius_px))) | 1)
+    total = uniform_filter(amap * outside, size=size, mode="constant")
+    count = uniform_filter(outside, size=size, mode="constant")
+    cy, cx = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
+    return np.where(count[cy, cx] > 1e-3, total[cy, cx] / np.maximum(count[cy, cx], 1e-3), 0.0).astype(np.float64)
+
+
 def peak_features(
     atom_map: np.ndarray,
     x_px: np.ndarray,
@@ -187,8 +241,8 @@ def peak_features(
 
     Returns
     -------
-    ndarray of float64, shape (n, 4)
-        Columns ``peak, disk_mean, local_noise, neighbour_spread``.
+    ndarray of float64, shape (n, 5)
+        Columns ``peak, disk_mean, local_noise, neighbour_spread, map_background``.
     """
     x = np.asarray(x_px, dtype=np.float64).reshape(-1)
     y = np.asarray(y_px, dtype=np.float64).reshape(-1)
@@ -202,12 +256,15 @@ def peak_features(
         disk_means(atom_map, x, y, radius_px),
         noise[iy, ix].astype(np.float64),
         neighbour_spread(x, y),
+        map_background(atom_map, x, y, radius_px),
     ])
 
 
 def _check_feature_names(names: Sequence[str]) -> tuple[str, ...]:
     names = tuple(names)
-    if names[: len(BASE_FEATURES)] != BASE_FEATURES or len(set(names)) != len(names) or not set(names) <= set(FEATURES):
+    known = all(n in FEATURES for n in names)
+    ordered = known and [FEATURES.index(n) for n in names] == sorted(FEATURES.index(n) for n in names)
+    if names[: len(BASE_FEATURES)] != BASE_FEATURES or len(set(names)) != len(names) or not ordered:
         raise ValueError(f"calibration features {list(names)} must be {list(BASE_FEATURES)} followed by any of "
                          f"{list(FEATURES[len(BASE_FEATURES):])}")
     return names
@@ -217,7 +274,8 @@ def design_matrix(features: np.ndarray, names: Sequence[str] = BASE_FEATURES) ->
     """The regressors of a calibration, one row per detection.
 
     ``[1, logit(peak), logit(disk_mean), log(local_noise)]``, followed by
-    ``log(neighbour_spread + 0.01)`` when ``names`` includes it.
+    ``log(neighbour_spread + 0.01)`` and ``log(map_background + 0.01)`` when
+    ``names`` includes them (in that order).
 
     Parameters
     ----------
@@ -225,7 +283,7 @@ def design_matrix(features: np.ndarray, names: Sequence[str] = BASE_FEATURES) ->
         Columns in the order of :data:`FEATURES` (the first ``m`` of them).
     names : sequence of str
         The features the calibration uses: :data:`BASE_FEATURES`, optionally followed
-        by ``"neighbour_spread"``.
+        by any of the others in the order of :data:`FEATURES`.
     """
     names = _check_feature_names(names)
     f = np.asarray(features, dtype=np.float64)
@@ -234,8 +292,8 @@ def design_matrix(features: np.ndarray, names: Sequence[str] = BASE_FEATURES) ->
         raise ValueError(f"feature matrix has {f.shape[1]} columns; the calibration needs {list(names)}")
     disk = np.where(np.isfinite(f[:, 1]), f[:, 1], f[:, 0])
     columns = [np.ones(len(f)), _logit(f[:, 0]), _logit(disk), np.log(np.maximum(f[:, 2], 1e-3))]
-    if "neighbour_spread" in names:
-        columns.append(np.log(np.clip(f[:, FEATURES.index("neighbour_spread")], 0.0, 1.0) + SPREAD_OFFSET))
+    for name in names[len(BASE_FEATURES):]:
+        columns.append(np.log(np.clip(f[:, FEATURES.index(name)], 0.0, 1.0) + SPREAD_OFFSET))
     return np.column_stack(columns)
 
 
@@ -263,7 +321,7 @@ class Calibration:
         Detections and matched detections the fit used.
     features : tuple of str
         The features of :func:`design_matrix` (:data:`BASE_FEATURES`, optionally
-        followed by ``"neighbour_spread"``).
+        followed by others of :data:`FEATURES`, in its order).
     """
 
     logistic: tuple[float, ...]
@@ -468,5 +526,5 @@ def sigma_coverage(err_A: np.ndarray, sigma_A: np.ndarray, multiples: Sequence[f
 
 __all__ = [
     "BASE_FEATURES", "FEATURES", "Calibration", "design_matrix", "disk_means", "expected_calibration_error", "fit_calibration",
-    "local_noise_map", "neighbour_spread", "peak_features", "reliability_bins", "sigma_coverage",
+    "local_noise_map", "map_background", "neighbour_spread", "peak_features", "reliability_bins", "sigma_coverage",
 ]

@@ -366,7 +366,7 @@ class DetectionResult:
         Pixel size of the input image (Å/pixel).
     class_names : tuple of str
         Names of classes ``1..k-1`` (from the model card).
-    features : ndarray of float64, shape (n, 4)
+    features : ndarray of float64, shape (n, 5)
         :func:`atomfinder.detection.confidence.peak_features` of each atom, the
         input of its confidence and error bar.
     contrast_to_noise : float
