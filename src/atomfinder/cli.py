@@ -282,23 +282,35 @@ def _write_evaluation_to_card(stem: Path, card, result: dict) -> None:
     _write_card(stem, dataclasses.replace(card, evaluation=card_evaluation(result, "network")))
 
 
+def _print_scan(title: str, name: str, rows: list, best: float, kept: bool = False) -> None:
+    """A threshold scan (``threshold``, optional ``kept``, precision, recall, F1) as a table, the best marked."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in (name, *(["kept"] if kept else []), "precision", "recall", "F1"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(f"{r['threshold']:g}{' *' if r['threshold'] == best else ''}",
+                      *([str(r["kept"])] if kept else []), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
+    Console().print(table)
+
+
 @app.command("tune-threshold")
 def tune_threshold_command(
     model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
     data: Path = typer.Option(..., "--data", help="The model's own training store: its validation images are scored."),
-    thresholds: str = typer.Option("0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--thresholds", help="Comma-separated atom-probability thresholds."),
+    thresholds: Optional[str] = typer.Option(
+        None, "--thresholds", help="Comma-separated atom-probability thresholds (default 0.3,0.4,...,0.9)."),
     write_card: bool = typer.Option(False, "--write-card", help="Store the best threshold and the scan in the model's card."),
 ) -> None:
     """Choose the peak threshold on the validation images of the model's training store (never the test set)."""
 
     def action() -> None:
-        from rich.table import Table
-
-        from atomfinder.analysis.evaluate import best_threshold, card_with_threshold, validation_threshold_scan
+        from atomfinder.analysis.evaluate import THRESHOLDS, best_threshold, card_with_threshold, validation_threshold_scan
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
-        levels = [float(v) for v in thresholds.split(",") if v.strip()]
+        levels = list(THRESHOLDS) if thresholds is None else [float(v) for v in thresholds.split(",") if v.strip()]
         if not levels or not all(0.0 <= v < 1.0 for v in levels):
             raise ValueError(f"--thresholds {thresholds!r}: give comma-separated values in [0, 1)")
         stem = resolve_model(model)
@@ -309,13 +321,7 @@ def tune_threshold_command(
             rows, n_val, radius = validation_threshold_scan(
                 net, card, store, levels, on_sample=lambda i, n: bar.update(task, completed=i + 1, total=n))
         best = best_threshold(rows)
-        table = Table(title=f"{card.name} {card.version}: {n_val} validation images, radius {radius:g} Å")
-        for col in ("threshold", "precision", "recall", "F1"):
-            table.add_column(col)
-        for r in rows:
-            mark = " *" if r["threshold"] == best else ""
-            table.add_row(f"{r['threshold']:g}{mark}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
-        Console().print(table)
+        _print_scan(f"{card.name} {card.version}: {n_val} validation images, radius {radius:g} Å", "threshold", rows, best)
         console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
         if write_card:
             _write_card(stem, card_with_threshold(card, rows, n_val, radius, data))
@@ -338,8 +344,6 @@ def calibrate_command(
 
     def action() -> None:
         import dataclasses
-
-        from rich.table import Table
 
         from atomfinder.analysis.calibration import calibrate_model
         from atomfinder.analysis.evaluate import best_threshold, to_jsonable
@@ -368,13 +372,8 @@ def calibrate_command(
             f"{100 * summary['within_1_sigma_in_sample']:.1f} % of coordinate errors within 1 sigma", highlight=False)
         rows = summary["min_confidence_scan"]
         best = best_threshold(rows)
-        table = Table(title="confidence floor (detections below it dropped), pooled over these images")
-        for col in ("min confidence", "kept", "precision", "recall", "F1"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(f"{r['threshold']:g}{' *' if r['threshold'] == best else ''}", str(r["kept"]),
-                          f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
-        Console().print(table)
+        _print_scan("confidence floor (detections below it dropped), pooled over these images", "min confidence",
+                    rows, best, kept=True)
         if write_card:
             calibration = to_jsonable(fit.to_dict() | {"fit": summary})
             detection = dict(card.detection)

@@ -56,7 +56,7 @@ BASE_FEATURES = FEATURES[:3]
 #: Neighbours whose distances make up ``neighbour_spread``.
 SPREAD_NEIGHBOURS = 3
 #: Offset added to ``neighbour_spread`` and ``map_background`` before their logarithm is taken.
-SPREAD_OFFSET = 0.01
+LOG_OFFSET = 0.01
 #: Side of the ``map_background`` window, in units of the disk radius (0.4 Å: a 4 Å window).
 BACKGROUND_WINDOW_RADII = 10.0
 #: Disks of this many disk radii around each detection are left out of ``map_background``.
@@ -293,7 +293,7 @@ def design_matrix(features: np.ndarray, names: Sequence[str] = BASE_FEATURES) ->
     disk = np.where(np.isfinite(f[:, 1]), f[:, 1], f[:, 0])
     columns = [np.ones(len(f)), _logit(f[:, 0]), _logit(disk), np.log(np.maximum(f[:, 2], 1e-3))]
     for name in names[len(BASE_FEATURES):]:
-        columns.append(np.log(np.clip(f[:, FEATURES.index(name)], 0.0, 1.0) + SPREAD_OFFSET))
+        columns.append(np.log(np.clip(f[:, FEATURES.index(name)], 0.0, 1.0) + LOG_OFFSET))
     return np.column_stack(columns)
 
 
