@@ -165,6 +165,27 @@ def test_microscope_round_trip_and_sampler():
         MicroscopeRanges.from_dict({"voltage": 1})
 
 
+def test_corrected_defocus_range_is_absolute_and_uncorrected_stays_near_scherzer():
+    """The gold recipe: corrected lenses at any focus in -150..+150 Å, uncorrected 300 kV near Scherzer."""
+    r = MicroscopeRanges(energies_eV=(200e3, 300e3), p_corrected=0.8, uncorrected_min_energy_eV=300e3,
+                         Cs_corrected_A=(-40e4, 40e4), corrected_defocus_A=(-150.0, 150.0),
+                         defocus_around_scherzer_A=(-60.0, 60.0))
+    assert MicroscopeRanges.from_dict(r.to_dict()) == r
+    draws = [r.sample(np.random.default_rng(i)) for i in range(400)]
+    corrected = [d for d in draws if abs(d.Cs_A) <= 40e4]
+    uncorrected = [d for d in draws if abs(d.Cs_A) >= 0.5e7]
+    assert len(corrected) + len(uncorrected) == len(draws) and uncorrected
+    df = np.array([d.defocus_A for d in corrected])
+    assert df.min() >= -150 and df.max() <= 150 and df.min() < -120 and df.max() > 120
+    cs = np.array([d.Cs_A for d in corrected])
+    assert (cs < 0).any() and (cs > 0).any()  # both contrast signs
+    assert {d.energy_eV for d in uncorrected} == {300e3}
+    off = np.array([d.defocus_A - scherzer_defocus_A(d.Cs_A, d.energy_eV) for d in uncorrected])
+    assert np.abs(off).max() <= 60
+    with pytest.raises(ValueError, match="corrected_defocus_A"):
+        MicroscopeRanges(corrected_defocus_A=(1.0,))
+
+
 def test_varying_defocus_inverts_contrast_across_the_field(sheet):
     """A defocus gradient from overfocus to underfocus turns bright atoms (left) into dark ones (right)."""
     s = sheet["exit"].sampling_A

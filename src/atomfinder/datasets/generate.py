@@ -206,13 +206,18 @@ def default_config(system: str) -> SimulationConfig:
       amorphous carbon under 20 % of the sheets; as negatives, 12 % of the fields
       hold no sheet (amorphous carbon or vacuum), a quarter of the sheets carry
       contamination blobs, and holes are larger (3-15 Å) and more frequent.
-    - gold: 0.1 Å/px, 200–300 kV, negative-Cs imaging (Cs -40..-10 µm, defocus
-      within 60 Å of the Scherzer overfocus), Au waves at 0.05 Å, crops around the
-      particle, amorphous carbon under half of the particles; the columns labelled
+    - gold: 0.1 Å/px, 200–300 kV; 80 % aberration-corrected with Cs -40..+40 µm
+      and any defocus in -150..+150 Å (both contrast signs, through the
+      reversals), 20 % uncorrected 300 kV (Cs 0.5-1.2 mm) within 60 Å of Scherzer
+      focus; doses 1e2-1e5 e/Å²; Au waves at 0.05 Å; crops around the particle,
+      a quarter anywhere in the box (support and vacuum views as negatives), 5 % of
+      the fields without a particle; amorphous carbon (5-30 Å) under half of the
+      particles, CeO2 in profile ([110], [100]) under half; the columns labelled
       are the peaks of the blurred projected density (``column_rule =
       "density_peaks"``; the default of
       :class:`atomfinder.structures.gold.GoldConfig` keeps the rule of configs
-      written before it, gold 0.1-0.3).
+      written before it, gold 0.1-0.3). Gold 0.1-0.3 were trained on negative-Cs
+      imaging only (their configs pin that microscope range).
     - mos2: 0.1 Å/px, focal series of 3 frames 100 ± 10 Å apart, 60–300 kV.
     """
     if system == "graphene":
@@ -254,19 +259,23 @@ def default_config(system: str) -> SimulationConfig:
             # label the columns the image resolves: peaks of the projected density blurred
             # at the resolution scale (structures.gold; gold 0.1-0.3 used "separation")
             structure={"column_rule": "density_peaks"},
-            # Negative-Cs imaging in aberration-corrected 200-300 kV microscopes, as
-            # used for Au nanoparticles (the seed's ETEM series; Madsen et al. drew
-            # Cs -28..-32 um, defocus 80-100 A). Inside a particle the columns and
-            # the gaps between them form the same lattice, so only a known contrast
-            # sign tells them apart: over a range that crosses contrast reversals a
-            # model trained on 80-300 kV, +-250 A, both Cs signs (val F1 ~0.5,
-            # columns and gaps both marked) could not learn which is which.
+            p_uniform_crop=0.25,
+            p_empty_field=0.05,
+            p_empty_carbon=0.5,
+            # Any focus a user may choose (gold 0.4). Inside a particle the columns and
+            # the gaps between them form the same lattice, so only the particle edge,
+            # the thickness trend and the support tell the contrast sign; a narrow
+            # negative-Cs range (gold 0.1-0.3) failed silently on the other sign.
             microscope=MicroscopeRanges(
                 sampling_A=0.1,
                 energies_eV=(200e3, 300e3),
-                p_corrected=1.0,
-                Cs_corrected_A=(-40e4, -10e4),
+                p_corrected=0.8,
+                uncorrected_min_energy_eV=300e3,
+                Cs_corrected_A=(-40e4, 40e4),
+                Cs_uncorrected_A=(0.5e7, 1.2e7),
+                corrected_defocus_A=(-150.0, 150.0),
                 defocus_around_scherzer_A=(-60.0, 60.0),
+                dose_e_per_A2=(1e2, 1e5),
             ),
         )
     if system == "mos2":

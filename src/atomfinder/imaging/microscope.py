@@ -188,6 +188,11 @@ class MicroscopeRanges(ConfigMixin):
         Defocus (Å, positive = underfocus) relative to the Scherzer defocus of
         the drawn Cs and energy; the default ±250 Å passes through the contrast
         reversals of the lattice fringes.
+    corrected_defocus_A : (float, float) or ()
+        If given, the defocus of aberration-corrected microscopes (Å, positive =
+        underfocus) is drawn from this absolute range instead of around Scherzer
+        (a corrected Cs of a few µm leaves the user free to choose any focus);
+        uncorrected microscopes still use ``defocus_around_scherzer_A``.
     focal_spread_A, angular_spread_mrad : (float, float)
         Coherence ranges.
     p_objective_aperture : float
@@ -230,6 +235,7 @@ class MicroscopeRanges(ConfigMixin):
     Cs_uncorrected_A: tuple[float, float] = (0.5e7, 1.2e7)
     C5_A: tuple[float, float] = (0.0, 5e6)
     defocus_around_scherzer_A: tuple[float, float] = (-250.0, 250.0)
+    corrected_defocus_A: tuple[float, ...] = ()
     focal_spread_A: tuple[float, float] = (10.0, 60.0)
     angular_spread_mrad: tuple[float, float] = (0.05, 0.5)
     p_objective_aperture: float = 0.3
@@ -246,6 +252,10 @@ class MicroscopeRanges(ConfigMixin):
     dose_e_per_A2: tuple[float, float] = (1e2, 1e5)
     gain: tuple[float, float] = (0.5, 20.0)
     offset: tuple[float, float] = (-0.2, 0.5)
+
+    def __post_init__(self) -> None:
+        if len(self.corrected_defocus_A) not in (0, 2):
+            raise ValueError(f"corrected_defocus_A must be empty or (low, high) in Å, got {self.corrected_defocus_A}")
 
     def sample(
         self,
@@ -272,7 +282,10 @@ class MicroscopeRanges(ConfigMixin):
         corrected = rng.random() < self.p_corrected or energy_eV < self.uncorrected_min_energy_eV
         Cs = _uniform(rng, self.Cs_corrected_A if corrected else self.Cs_uncorrected_A)
         C5 = _uniform(rng, self.C5_A) if corrected else 0.0
-        defocus = scherzer_defocus_A(Cs, energy_eV) + _uniform(rng, self.defocus_around_scherzer_A)
+        if corrected and self.corrected_defocus_A:
+            defocus = _uniform(rng, self.corrected_defocus_A)
+        else:
+            defocus = scherzer_defocus_A(Cs, energy_eV) + _uniform(rng, self.defocus_around_scherzer_A)
         gradient = (0.0, 0.0)
         curvature = 0.0
         if rng.random() < self.p_defocus_variation:
