@@ -6,9 +6,10 @@ it was made and scored (training recipe with seed, evaluation table). Weights ar
 stored with :mod:`safetensors` only; loading never unpickles anything.
 
 Loading is defensive: it opens ``<stem>.json`` and ``<stem>.safetensors`` and nothing
-else (a pickle, ``.pt`` or ``.pkl`` beside them is never read, and a path to one is
-refused); the card is checked against a schema (:func:`check_card_dict`: required
-fields, types, a format version this atomfinder can read) with a one-line
+else (a pickle, ``.pt`` or ``.pkl`` beside them is never read, and a path to one, or
+to a directory, is refused); the card is checked against a schema
+(:func:`check_card_dict`: required fields, types, a format version this atomfinder
+can read, at most :data:`MAX_CARD_BYTES`) with a one-line
 :class:`ModelCardError` naming the field; and the weights must have the SHA-256
 recorded in the card (``weights_sha256``, written by :func:`save_model`). A card
 without a hash (written before it was recorded) loads with an
@@ -42,7 +43,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from atomfinder._files import atomic_write
-from atomfinder.nn.unet import UNet, UNetConfig, build_model
+from atomfinder.nn.unet import NORMS, UNet, UNetConfig, build_model
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
@@ -50,6 +51,9 @@ CARD_SUFFIX = ".json"
 CARD_FORMAT_VERSION = 1
 #: Suffixes of pickle-based model files (PyTorch, pickle, joblib), which are never loaded.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
+#: Largest card file read (shipped cards are about 30 kB): a bigger ``.json`` is refused
+#: before it is read, so a wrong or hostile path cannot exhaust the memory.
+MAX_CARD_BYTES = 16 * 2**20
 
 
 class ModelCardError(ValueError):
@@ -122,7 +126,7 @@ NESTED_FIELDS: dict[str, dict[str, _Check]] = {
         "n_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
         "depth": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
         "width": (_is_positive_int, "a positive integer"),
-        "norm": (lambda v: isinstance(v, str), "a string"),
+        "norm": (lambda v: isinstance(v, str) and v in NORMS, "one of " + ", ".join(map(repr, NORMS))),
         "height_head": (lambda v: isinstance(v, bool), "true or false"),
         "max_height": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     },
@@ -146,6 +150,7 @@ NESTED_FIELDS: dict[str, dict[str, _Check]] = {
 }
 #: Nested fields that must be present when their object is (calibration: when not empty).
 NESTED_REQUIRED = {
+    "architecture": ("in_channels", "n_classes", "depth", "width", "norm"),
     "normalization": ("kind",),
     "calibration": ("logistic", "isotonic_score", "isotonic_value", "sigma_log", "sigma_scale", "radius_px"),
 }
@@ -200,7 +205,7 @@ def check_card_dict(d: Any, source: str = "model card") -> None:
         raise ModelCardError(source, f"field 'format_version' must be a positive integer, got {version!r}")
     if version > CARD_FORMAT_VERSION:
         raise ModelCardError(
-            source, f"card format_version {version} is newer than this atomfinder reads "
+            source, f"card format_version {version} is newer than this atomfinder supports "
             f"(up to {CARD_FORMAT_VERSION}); upgrade atomfinder"
         )
     for name in REQUIRED_FIELDS:
@@ -219,6 +224,9 @@ def check_card_dict(d: Any, source: str = "model card") -> None:
         for name, (test, what) in checks.items():
             if name in obj and not test(obj[name]):
                 raise ModelCardError(source, f"field '{parent}.{name}' must be {what}, got {_short(obj[name])}")
+    unknown = sorted(set(d["architecture"]) - set(NESTED_FIELDS["architecture"]))
+    if unknown:
+        raise ModelCardError(source, f"field 'architecture' has unknown UNetConfig keys {_short(unknown)}")
     problem = _pixel_bounds_problem(d)
     if problem:
         raise ModelCardError(source, problem)
@@ -306,17 +314,20 @@ class ModelCard:
         cfg = self.config  # validates the architecture
         if cfg.in_channels != self.in_channels:
             raise ValueError(
-                f"card in_channels={self.in_channels} but architecture has {cfg.in_channels}"
+                f"field 'in_channels' is {self.in_channels} but 'architecture.in_channels' is {cfg.in_channels}"
             )
         if cfg.n_classes != len(self.class_names) + 1:
             raise ValueError(
-                f"architecture has {cfg.n_classes} classes but class_names lists "
-                f"{len(self.class_names)} (+ background)"
+                f"field 'class_names' lists {len(self.class_names)} classes (+ background) but "
+                f"'architecture.n_classes' is {cfg.n_classes}"
             )
         if self.defocus_offsets_A and len(self.defocus_offsets_A) != self.in_channels:
-            raise ValueError("defocus_offsets_A must be empty or have one entry per input channel")
+            raise ValueError(
+                f"field 'defocus_offsets_A' must be empty or have one entry per input channel "
+                f"({self.in_channels}), got {len(self.defocus_offsets_A)}"
+            )
         if not self.sampling_A > 0:
-            raise ValueError(f"sampling_A must be positive, got {self.sampling_A}")
+            raise ValueError(f"field 'sampling_A' must be a positive number, got {self.sampling_A}")
 
     @property
     def config(self) -> UNetConfig:
@@ -400,6 +411,25 @@ def _stem(path: str | os.PathLike[str]) -> Path:
 def _paths(stem: Path) -> tuple[Path, Path]:
     """``(<stem>.safetensors, <stem>.json)``."""
     return stem.with_name(stem.name + WEIGHTS_SUFFIX), stem.with_name(stem.name + CARD_SUFFIX)
+
+
+def _directory_problem(path: Path) -> str:
+    """Why a directory is no model path, naming the models (and pickles) in it."""
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError:
+        names = []
+    models = [n for n in names if n.endswith(CARD_SUFFIX)
+              and n[: -len(CARD_SUFFIX)] + WEIGHTS_SUFFIX in names]
+    pickles = [n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES]
+    hint = (f"models in it: {', '.join(m[: -len(CARD_SUFFIX)] + WEIGHTS_SUFFIX for m in models[:5])}"
+            if models else f"it holds no <stem>{CARD_SUFFIX} with its <stem>{WEIGHTS_SUFFIX}")
+    problem = (f"is a directory, not a model; give a model's <stem>{WEIGHTS_SUFFIX} or <stem>{CARD_SUFFIX} "
+               f"path ({hint})")
+    if pickles:
+        problem += (f"; its pickle-based files ({', '.join(pickles[:5])}{', ...' if len(pickles) > 5 else ''}) "
+                    "are never loaded")
+    return problem
 
 
 def sha256_hex(data: bytes) -> str:
@@ -499,13 +529,20 @@ def load_card(stem_or_path: str | os.PathLike[str]) -> ModelCard:
     Raises
     ------
     ModelCardError
-        A card that is not UTF-8 JSON or fails the schema (:func:`check_card_dict`).
+        A card that is not UTF-8 JSON, is larger than :data:`MAX_CARD_BYTES` or fails
+        the schema (:func:`check_card_dict`); a pickle-based path or a directory.
     OSError
         A missing or unreadable card.
     """
-    card_path = _paths(_stem(stem_or_path))[1]
+    stem = _stem(stem_or_path)
+    card_path = _paths(stem)[1]
+    if stem.is_dir() and not card_path.is_file():
+        raise ModelCardError(stem, _directory_problem(stem))
     source = f"model card {card_path}"
-    raw = card_path.read_bytes()
+    with open(card_path, "rb") as f:
+        raw = f.read(MAX_CARD_BYTES + 1)
+    if len(raw) > MAX_CARD_BYTES:
+        raise ModelCardError(source, f"is larger than {MAX_CARD_BYTES} bytes; not a model card")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -629,7 +666,9 @@ def resolve_model(name_or_path: str | Path) -> Path:
     ------
     ValueError
         If it is neither an existing model path nor a shipped model's name (the
-        message lists the shipped models), or a pickle-based file (``.pt``, ``.pkl``).
+        message lists the shipped models); a :class:`ModelCardError` (a ValueError) for
+        a pickle-based file (``.pt``, ``.pkl``) or a directory (the message names the
+        models and pickles in it; nothing in it is opened but its listing).
     """
     stem = _stem(name_or_path)
     weights, card_path = _paths(stem)
@@ -638,6 +677,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
     available = list_models()
     if str(name_or_path) in available:
         return _models_dir() / str(name_or_path)
+    if stem.is_dir():
+        raise ModelCardError(stem, _directory_problem(stem))
     listed = ", ".join(available) if available else "(none shipped)"
     raise ValueError(
         f"unknown model {str(name_or_path)!r}: not a model file and not a shipped model; "
