@@ -69,6 +69,39 @@ def test_example_file_is_read_for_both_shipped_models():
     assert row["lens"] == "corrected" and row["defocus_A"] == pytest.approx([-115.9, -36.6], abs=0.1)
 
 
+def test_defocus_relative_or_absolute_for_a_recipe_with_absolute_corrected_defocus():
+    from atomfinder.datasets.generate import default_config
+
+    recipe = default_config("gold").microscope  # corrected lenses at any defocus in -150..+150 Å
+    assert recipe.corrected_defocus_A == (-150.0, 150.0)
+    # the file's range relative to Scherzer replaces the recipe's absolute one
+    ranges, _ = read_microscope(EXAMPLE, recipe)
+    assert ranges.corrected_defocus_A == ()
+    (row,) = absolute_defocus_A(ranges)
+    assert row["defocus_A"] == pytest.approx([-115.9, -36.6], abs=0.1)
+    # or the file gives the absolute range for its corrected lens (no relative range needed)
+    text = MICROSCOPE.replace("defocus_around_scherzer_A = [-20.0, 20.0]",
+                              "corrected_defocus_A = [-90.0, -40.0]\np_corrected = 1.0")
+    ranges, given = read_microscope(_microscope_text(text), recipe)
+    assert ranges.corrected_defocus_A == (-90.0, -40.0) and "defocus_around_scherzer_A" not in given
+    (row,) = absolute_defocus_A(ranges)
+    assert row["defocus_A"] == [-90.0, -40.0]
+    draws = [ranges.sample(np.random.default_rng(i)) for i in range(50)]
+    assert all(-90.0 <= d.defocus_A <= -40.0 for d in draws)
+    # neither range: a one-line error naming the relative one
+    text = MICROSCOPE.replace("defocus_around_scherzer_A = [-20.0, 20.0]\n", "p_corrected = 1.0\n")
+    with pytest.raises(ValueError, match="defocus_around_scherzer_A .* is missing"):
+        read_microscope(_microscope_text(text), recipe)
+
+
+def _microscope_text(text: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "my.toml"
+    path.write_text(text)
+    return path
+
+
 def test_graphene_recipe_is_the_one_it_was_trained_on():
     # the card's recorded recipe, not today's default: settings it does not record are off
     card = load_card(resolve_model("graphene"))

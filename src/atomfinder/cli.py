@@ -213,11 +213,19 @@ def evaluate(
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Score the conventional pipeline on the same images."),
     write_card: bool = typer.Option(False, "--write-card", help="Store the overall and per-dose figures in the model's card."),
     border: float = typer.Option(1.0, "--border", help="Width (Å) of the band along the image edge where sites and detections are ignored; 0 scores everything."),
+    structures: bool = typer.Option(True, "--structures/--no-structures", help="Rebuild each job's structure (no imaging; stores with one structure per job, e.g. gold) for the tables by particle shape and support."),
 ) -> None:
-    """Score a model (and the conventional baseline) against the exact ground truth."""
+    """Score a model (and the conventional baseline) against the exact ground truth.
+
+    The report breaks the scores down by dose, defocus and spherical aberration and,
+    where the structures can be rebuilt, by particle shape and support.
+    """
 
     def action() -> None:
-        from atomfinder.analysis.evaluate import baseline_detector, compare, network_detector, samples_from_store, write_report
+        from atomfinder.analysis.evaluate import (
+            baseline_detector, compare, network_detector, recipe_defocus_edges, samples_from_store,
+            store_structure_info, write_report,
+        )
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -232,9 +240,18 @@ def evaluate(
         if baseline:
             radius = float(store.meta["config"].get("label_radius_A", 0.4))
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
+        info = store_structure_info(store) if structures else None
+        if structures and info is None:
+            console.print(f"{data}: structures cannot be rebuilt (not one per job, or an unreadable config); "
+                          "no tables by shape or support")
+        elif info is not None and any(v is None for v in info.values()):
+            missing = sum(v is None for v in info.values())
+            console.print(f"{data}: {missing} of {len(info)} images have no rebuilt structure matching their "
+                          "ground truth; their shape and support are unknown")
         with _progress(f"evaluate {card.name}") as bar:
             task = bar.add_task(f"evaluate {card.name}", total=len(store))
-            result = compare(samples_from_store(store), detectors, class_names=card.class_names, border_A=border,
+            result = compare(samples_from_store(store, structures=info), detectors, class_names=card.class_names,
+                             border_A=border, defocus_edges_A=recipe_defocus_edges(store.meta.get("config")),
                              on_sample=lambda i: bar.update(task, completed=i + 1))
         result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}
         result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": store.meta["n"]}

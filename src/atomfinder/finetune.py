@@ -55,8 +55,9 @@ DEFAULT_N_TRAIN = {"gold": 1200, "graphene": 2400}
 DEFAULT_N_TRAIN_OTHER = 1200
 #: Default test (and calibration) images.
 DEFAULT_N_TEST = 128
-#: Microscope fields a file must give (besides the Cs range of its kind of lens).
-REQUIRED_FIELDS = ("energies_eV", "defocus_around_scherzer_A", "dose_e_per_A2")
+#: Microscope fields a file must give (besides the Cs range of its kind of lens and a
+#: defocus range: ``defocus_around_scherzer_A``, or ``corrected_defocus_A`` for corrected lenses).
+REQUIRED_FIELDS = ("energies_eV", "dose_e_per_A2")
 #: How far ``sampling_A`` may move from the model's pixel size (relative): the weights are scale-specific.
 MAX_SAMPLING_CHANGE = 0.25
 #: Names of the two models in the comparison.
@@ -136,8 +137,11 @@ def read_microscope(path: Path | str, recipe: Any) -> tuple[Any, dict[str, Any]]
     if others:
         raise ValueError(f"{path}: finetune reads only the [microscope] table; remove {', '.join(sorted(others))}")
     given = {k: _as_float(v) for k, v in table.items()}
+    merged = recipe.to_dict() | given
+    if "defocus_around_scherzer_A" in given and "corrected_defocus_A" not in given:
+        merged["corrected_defocus_A"] = ()  # the file's relative range holds for every lens
     try:
-        ranges = MicroscopeRanges.from_dict(recipe.to_dict() | given)
+        ranges = MicroscopeRanges.from_dict(merged)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None
     check_microscope(ranges, given, path)
@@ -174,6 +178,8 @@ def check_microscope(ranges: Any, given: Mapping[str, Any], source: Path | str =
         if isinstance(default, tuple) and f.name == "energies_eV":
             if not (isinstance(value, tuple) and value and all(_is_number(v) for v in value)):
                 raise bad(f.name, f"must be a list of numbers, e.g. [300000.0]; got {value!r}")
+        elif f.name == "corrected_defocus_A" and value == ():
+            continue  # not given: defocus relative to Scherzer for every lens
         elif isinstance(default, tuple):
             if not (isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)):
                 raise bad(f.name, f"must be [low, high] (equal bounds fix it); got {value!r}")
@@ -203,6 +209,9 @@ def check_microscope(ranges: Any, given: Mapping[str, Any], source: Path | str =
             raise bad("p_corrected", f"< 1 asks for uncorrected lenses, which are drawn only at >= "
                                      f"uncorrected_min_energy_eV = {ranges.uncorrected_min_energy_eV:g} eV; "
                                      f"all energies_eV are below")
+    uncorrected = ranges.p_corrected < 1 and max(ranges.energies_eV) >= ranges.uncorrected_min_energy_eV
+    if "corrected_defocus_A" not in given or uncorrected:
+        required.append("defocus_around_scherzer_A")
     for name in required:
         if name not in given:
             raise bad(name, "is missing: give your microscope's range")
@@ -212,7 +221,8 @@ def absolute_defocus_A(ranges: Any) -> list[dict[str, Any]]:
     """The absolute defocus range the microscope ranges draw, per energy and kind of lens.
 
     The ranges give defocus relative to the Scherzer defocus of the drawn Cs and
-    energy; a microscopist reads absolute values (C1) off the corrector screen.
+    energy (or, for corrected lenses, absolute when ``corrected_defocus_A`` is
+    set); a microscopist reads absolute values (C1) off the corrector screen.
 
     Returns
     -------
@@ -231,8 +241,11 @@ def absolute_defocus_A(ranges: Any) -> list[dict[str, Any]]:
         if ranges.p_corrected < 1 and uncorrected_here:
             lenses.append(("uncorrected", ranges.Cs_uncorrected_A))
         for lens, (cs_lo, cs_hi) in lenses:
-            lo = scherzer_defocus_A(cs_lo, energy) + ranges.defocus_around_scherzer_A[0]
-            hi = scherzer_defocus_A(cs_hi, energy) + ranges.defocus_around_scherzer_A[1]
+            if lens == "corrected" and ranges.corrected_defocus_A:
+                lo, hi = ranges.corrected_defocus_A
+            else:
+                lo = scherzer_defocus_A(cs_lo, energy) + ranges.defocus_around_scherzer_A[0]
+                hi = scherzer_defocus_A(cs_hi, energy) + ranges.defocus_around_scherzer_A[1]
             rows.append({"energy_kV": energy / 1e3, "lens": lens, "Cs_um": [cs_lo / 1e4, cs_hi / 1e4],
                          "defocus_A": [round(lo, 1), round(hi, 1)]})
     return rows

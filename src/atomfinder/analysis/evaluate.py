@@ -18,8 +18,10 @@ Scoring, per image and per matching radius (Å):
   matched to a site in the band is dropped wherever it lies, and a prediction in the
   band matched to a scored site is kept (it is a hit). Unmatched predictions count
   as false positives only outside the band.
-* Counts are pooled (not averaged per image) overall, by dose bin and by defocus bin
-  with :func:`atomfinder.analysis.metrics.aggregate`: precision, recall, F1, RMSE
+* Counts are pooled (not averaged per image) overall, by dose bin and by defocus bin,
+  and, where the samples carry them, by spherical aberration (``by_cs_sign``), particle
+  shape (``by_shape``) and support (``by_support``), with
+  :func:`atomfinder.analysis.metrics.aggregate`: precision, recall, F1, RMSE
   (pm), label confusion matrix ``[n_classes, n_classes]`` (rows true, columns
   predicted) and column-height accuracy (exact and within ±1, over matched pairs
   whose predicted and true heights are both known).
@@ -29,9 +31,15 @@ the first edge and one at or above the last. Infinite dose (a noise-free
 simulation) gets its own bin, and unknown (NaN) values an ``unknown`` bin. Defocus
 is in Å, positive = underfocus (frame 0 of a focal series).
 
+The categorical breakdowns (see :func:`cs_label`, :func:`shape_label` and
+:func:`support_label`) list only the labels present; a sample without the value
+goes to the ``unknown`` bin, and a breakdown no sample has a value for is an empty
+list. Shape and support come from the structure a store's job imaged, rebuilt
+without imaging (:func:`store_structure_info`).
+
 This module never imports the simulation stack; torch is only imported by
 :func:`network_detector` and :func:`validation_threshold_scan`, matplotlib only by
-:func:`write_report`.
+:func:`write_report`, the structure builders only by :func:`store_structure_info`.
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ RADII_A = (0.3, 0.5, 1.0)
 DOSE_EDGES = (1e2, 1e3, 1e4, 1e5)
 #: Default defocus bin edges (Å, positive = underfocus).
 DEFOCUS_EDGES_A = (-200.0, -100.0, 0.0, 100.0, 200.0, 400.0, 800.0)
+#: Largest |Cs| (Å) of an aberration-corrected microscope: 0.1 mm.
+CS_CORRECTED_MAX_A = 1e6
+#: Labels of the Cs bins, in report order.
+CS_BINS = ("Cs < 0", "Cs = 0", "Cs > 0", "uncorrected")
+#: Shape label of a field without a specimen (a negative).
+EMPTY_FIELD = "empty field"
 #: Atom-probability thresholds a validation scan tries (``tune-threshold``, ``finetune``).
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Label of the bin of infinite dose (no shot noise).
@@ -92,6 +106,12 @@ class EvalSample:
         Defocus of frame 0 in Å (positive = underfocus); NaN = unknown.
     extra : dict
         Other microscope parameters (free-form; not used for scoring).
+    Cs_A : float, optional
+        Spherical aberration of frame 0 in Å (1 mm = 1e7 Å); None (or NaN) = unknown.
+    particle_shape : str, optional
+        Shape of the imaged particle (:func:`shape_label`); None = unknown.
+    support : str, optional
+        What the specimen lies on (:func:`support_label`); None = unknown.
     """
 
     image: np.ndarray
@@ -102,6 +122,9 @@ class EvalSample:
     dose_e_per_A2: float = math.nan
     defocus_A: float = math.nan
     extra: dict = field(default_factory=dict)
+    Cs_A: float | None = None
+    particle_shape: str | None = None
+    support: str | None = None
 
     def __post_init__(self) -> None:
         img = np.asarray(self.image, dtype=np.float32)
@@ -127,6 +150,8 @@ class EvalSample:
         object.__setattr__(self, "dose_e_per_A2", float(self.dose_e_per_A2))
         object.__setattr__(self, "defocus_A", float(self.defocus_A))
         object.__setattr__(self, "extra", dict(self.extra))
+        if self.Cs_A is not None:
+            object.__setattr__(self, "Cs_A", float(self.Cs_A))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -206,7 +231,13 @@ def baseline_detector(
     return detect
 
 
-def samples_from_store(store: Any, indices: Iterable[int] | None = None, *, block: int = 16) -> Iterator[EvalSample]:
+def samples_from_store(
+    store: Any,
+    indices: Iterable[int] | None = None,
+    *,
+    block: int = 16,
+    structures: Mapping[int, Mapping[str, Any] | None] | None = None,
+) -> Iterator[EvalSample]:
     """Yield :class:`EvalSample` objects from a dataset store.
 
     ``store`` is a :class:`atomfinder.datasets.store.DatasetStore` (used through its
@@ -221,6 +252,9 @@ def samples_from_store(store: Any, indices: Iterable[int] | None = None, *, bloc
         Visible sample indices (default: all).
     block : int
         Samples read per zarr access.
+    structures : mapping, optional
+        Structure ``info`` by store index (:func:`store_structure_info`); gives
+        each sample's ``particle_shape`` and ``support`` (None where missing).
     """
     idx = list(range(len(store))) if indices is None else [int(i) for i in indices]
     for start in range(0, len(idx), block):
@@ -235,6 +269,7 @@ def samples_from_store(store: Any, indices: Iterable[int] | None = None, *, bloc
             extra = {**first, "store_index": int(store.indices[i])}
             if len(frames) > 1:
                 extra["frame_defocus_A"] = [f.get("defocus_A", math.nan) for f in frames]
+            info = (structures or {}).get(int(store.indices[i]))
             yield EvalSample(
                 image=images[k],
                 sampling_A=gt["sampling_A"],
@@ -244,7 +279,142 @@ def samples_from_store(store: Any, indices: Iterable[int] | None = None, *, bloc
                 dose_e_per_A2=dose,
                 defocus_A=defocus,
                 extra=extra,
+                Cs_A=first.get("Cs_A"),
+                particle_shape=shape_label(info),
+                support=support_label(info),
             )
+
+
+def cs_label(Cs_A: float | None) -> str | None:
+    """Bin of a spherical aberration (Å): one of :data:`CS_BINS`, None when unknown.
+
+    Aberration-corrected microscopes (``|Cs| <`` :data:`CS_CORRECTED_MAX_A`, 0.1 mm)
+    are split by the sign of Cs; larger values are ``uncorrected`` (0.5-1.2 mm).
+    """
+    if Cs_A is None or not math.isfinite(Cs_A):
+        return None
+    if abs(Cs_A) >= CS_CORRECTED_MAX_A:
+        return CS_BINS[3]
+    return CS_BINS[0] if Cs_A < 0 else CS_BINS[1] if Cs_A == 0 else CS_BINS[2]
+
+
+def shape_label(info: Mapping[str, Any] | None) -> str | None:
+    """Particle shape from a structure's ``info`` (the builder's ``shape``).
+
+    :data:`EMPTY_FIELD` for a field without a specimen; None when unknown or when
+    the structure has no shape (graphene, MoS2).
+    """
+    if not info:
+        return None
+    if info.get("empty_field"):
+        return EMPTY_FIELD
+    shape = info.get("shape")
+    return None if shape is None else str(shape)
+
+
+def support_label(info: Mapping[str, Any] | None) -> str | None:
+    """What a structure lies on, from its ``info``; None when unknown.
+
+    ``"free"``, ``"carbon"`` (an amorphous carbon film, ``amorphous_carbon_A``),
+    ``"CeO2 110"`` (a crystalline ``support`` with its zone axis) or both, e.g.
+    ``"CeO2 110 + carbon"``.
+    """
+    if not info:
+        return None
+    parts = []
+    crystal = info.get("support")
+    if isinstance(crystal, Mapping):
+        zone = str(crystal.get("orientation", "")).split("/")[0]
+        parts.append(" ".join(p for p in (str(crystal.get("material", "support")), zone) if p))
+    if info.get("amorphous_carbon_A"):
+        parts.append("carbon")
+    return " + ".join(parts) if parts else "free"
+
+
+def store_structure_info(store: Any, *, tolerance_A: float = 0.01) -> dict[int, dict[str, Any] | None] | None:
+    """Structure ``info`` of each visible sample, from its job's structure rebuilt without imaging.
+
+    Possible for stores with one structure per job (``draws_per_wave >=
+    samples_per_job``, as the gold recipe): the structure is rebuilt from the
+    store's own config and seed (:func:`atomfinder.datasets.generate.job_structure`).
+    A rebuilt structure whose sites do not hold the ground truth of the job's image
+    with the most sites (after one shift, within ``tolerance_A``) was not the
+    imaged one (a store made with other builder code): its samples get None.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        An open store.
+    tolerance_A : float
+        Largest distance (Å) between a ground-truth site and a shifted rebuilt site.
+
+    Returns
+    -------
+    dict or None
+        ``{store index: info or None}``; None when the store's structures cannot be rebuilt.
+    """
+    from atomfinder.datasets.generate import SimulationConfig, job_structure  # imports the builders
+
+    try:
+        config = SimulationConfig.from_dict(dict(store.meta["config"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if config.draws_per_wave < config.samples_per_job:
+        return None
+    jobs: dict[int, list[int]] = {}
+    for i, j in enumerate(np.asarray(store.indices)):
+        jobs.setdefault(int(j) // config.samples_per_job, []).append(i)
+    out: dict[int, dict[str, Any] | None] = {}
+    for job, visible in jobs.items():
+        try:
+            structure = job_structure(config, int(store.meta["seed"]), job)
+        except Exception:  # noqa: BLE001 - a recipe the builders no longer take: unknown, not a failed evaluation
+            structure = None
+        truths = [store.ground_truth(i)["positions_A"] for i in visible]
+        ok = structure is not None and _holds_ground_truth(structure.sites.positions_A, truths, tolerance_A)
+        for i in visible:
+            out[int(store.indices[i])] = dict(structure.info) if ok else None
+    return out
+
+
+def _holds_ground_truth(sites_A: np.ndarray, truths: Sequence[np.ndarray], tolerance_A: float) -> bool:
+    """Whether one shift maps the ground truth of the image with the most sites onto ``sites_A``.
+
+    A structure without sites must come with empty ground truth; images without
+    sites say nothing against a structure with sites.
+    """
+    sites = np.asarray(sites_A, dtype=np.float64).reshape(-1, 2)
+    truth = max((np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in truths), key=len, default=np.zeros((0, 2)))
+    if len(truth) == 0:
+        return True
+    if len(sites) == 0:
+        return False
+    tree = cKDTree(sites)
+    probe = truth[: min(len(truth), 8)]
+    shifts = sites - truth[0]
+    d, _ = tree.query((probe[None] + shifts[:, None]).reshape(-1, 2))
+    for shift in shifts[np.all(d.reshape(len(shifts), -1) <= tolerance_A, axis=1)]:
+        if np.all(tree.query(truth + shift)[0] <= tolerance_A):
+            return True
+    return False
+
+
+def recipe_defocus_edges(config: Mapping[str, Any] | None) -> tuple[float, ...]:
+    """Defocus bin edges (Å) for a store's generating config.
+
+    A recipe with an absolute defocus range for aberration-corrected microscopes
+    (``microscope.corrected_defocus_A``, e.g. gold: -150..150 Å) gets edges at a
+    round step (10-500 Å, at most 8 bins) across that range; defoci above it
+    (uncorrected microscopes near Scherzer focus, +300..+600 Å at 0.5-1.2 mm)
+    fall in the open last bin. Other recipes get :data:`DEFOCUS_EDGES_A`.
+    """
+    span = ((config or {}).get("microscope") or {}).get("corrected_defocus_A") or ()
+    if len(span) != 2 or not span[1] > span[0]:
+        return DEFOCUS_EDGES_A
+    lo, hi = float(span[0]), float(span[1])
+    step = next((s for s in (10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 250.0) if (hi - lo) / s <= 8), 500.0)
+    first, last = math.floor(lo / step), math.ceil(hi / step)
+    return tuple(float(k * step) for k in range(first, last + 1))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -272,6 +442,9 @@ class _Record:
     true_label: np.ndarray
     true_height: np.ndarray
     predictions: dict[str, _Prediction]
+    Cs_A: float | None = None
+    particle_shape: str | None = None
+    support: str | None = None
 
 
 def interior_mask(xy_A: np.ndarray, shape: tuple[int, int], sampling_A: float, border_A: float) -> np.ndarray:
@@ -458,6 +631,48 @@ def _binned(
     return out
 
 
+def _categorical(
+    labels: Sequence[str | None],
+    per_image: list[dict[str, dict[str, Any]]],
+    order: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Aggregate per-image scores by a categorical label (None = :data:`UNKNOWN_BIN`).
+
+    Bins are the labels present: those in ``order`` first (in that order), the
+    others alphabetically, :data:`UNKNOWN_BIN` last. An empty list when no image
+    has a label (the breakdown does not apply).
+
+    Parameters
+    ----------
+    labels : sequence of str or None
+        Label of each image.
+    per_image : list of dict
+        Per-image scores, ``per_image[i][radius_key]``.
+    order : sequence of str
+        Labels to list first, in this order.
+
+    Returns
+    -------
+    list of dict
+        One bin per label with ``bin``, ``n_images`` and per-radius ``metrics``.
+    """
+    if all(b is None for b in labels):
+        return []
+    groups: dict[str, list[int]] = {}
+    for i, b in enumerate(labels):
+        groups.setdefault(UNKNOWN_BIN if b is None else str(b), []).append(i)
+    rank = {b: k for k, b in enumerate(order)}
+
+    def key(b: str) -> tuple[int, int, str]:
+        return (2 if b == UNKNOWN_BIN else 0 if b in rank else 1, rank.get(b, 0), b)
+
+    return [{
+        "bin": b,
+        "n_images": len(groups[b]),
+        "metrics": {rk: _metrics(aggregate(per_image[i][rk] for i in groups[b])) for rk in per_image[groups[b][0]]},
+    } for b in sorted(groups, key=key)]
+
+
 def _collect(
     samples: Iterable[EvalSample],
     detectors: Mapping[str, Detector],
@@ -482,7 +697,8 @@ def _collect(
         records.append(_Record(
             shape=s.shape, sampling_A=s.sampling_A, dose_e_per_A2=s.dose_e_per_A2,
             defocus_A=s.defocus_A, true_xy_A=s.positions_A, true_label=s.labels,
-            true_height=s.heights, predictions=preds,
+            true_height=s.heights, predictions=preds, Cs_A=s.Cs_A, particle_shape=s.particle_shape,
+            support=s.support,
         ))
         if on_sample is not None:
             on_sample(i)
@@ -520,6 +736,9 @@ def _detector_report(
                 "radius_A": float(r),
                 "dose_e_per_A2": rec.dose_e_per_A2,
                 "defocus_A": rec.defocus_A,
+                "Cs_A": rec.Cs_A,
+                "particle_shape": rec.particle_shape,
+                "support": rec.support,
                 "sampling_A": rec.sampling_A,
                 "n_true": s["tp"] + s["fn"],
                 "n_pred": s["tp"] + s["fp"],
@@ -533,6 +752,9 @@ def _detector_report(
                 "seconds": pred.seconds,
             })
         per_image.append(scores)
+    shapes = [r.particle_shape for r in records]
+    if all(s in (None, EMPTY_FIELD) for s in shapes):  # no particles (graphene's empty fields)
+        shapes = [None] * len(records)
     doses = np.array([r.dose_e_per_A2 for r in records], dtype=np.float64)
     defoci = np.array([r.defocus_A for r in records], dtype=np.float64)
     seconds = [r.predictions[name].seconds for r in records]
@@ -552,6 +774,9 @@ def _detector_report(
         "trust": _trust(records, name, per_image, primary, doses),
         "by_dose": _binned(doses, dose_edges, _fmt_dose, per_image) if records else [],
         "by_defocus": _binned(defoci, defocus_edges_A, _fmt_plain, per_image) if records else [],
+        "by_cs_sign": _categorical([cs_label(r.Cs_A) for r in records], per_image, CS_BINS),
+        "by_shape": _categorical(shapes, per_image, (EMPTY_FIELD,)),
+        "by_support": _categorical([r.support for r in records], per_image, ("free", "carbon")),
         "images": rows,
     }
 
@@ -680,10 +905,12 @@ def compare(
         ``{"settings": {...}, "n_images": int, "detectors": {name: report}}`` where
         each report (see :func:`evaluate`) holds ``overall`` (per radius key, e.g.
         ``"0.5"``), ``by_dose`` and ``by_defocus`` (lists of bins with ``bin``,
-        ``low``, ``high``, ``median``, ``n_images`` and per-radius ``metrics``) and
-        the per-image rows ``images``. Metrics: ``n_images, tp, fp, fn, precision,
-        recall, f1, rmse_pm, label_accuracy, confusion, n_height, height_exact,
-        height_within1``.
+        ``low``, ``high``, ``median``, ``n_images`` and per-radius ``metrics``),
+        ``by_cs_sign``, ``by_shape`` and ``by_support`` (lists of bins with
+        ``bin``, ``n_images`` and ``metrics``; empty when no sample carries the
+        value) and the per-image rows ``images``. Metrics: ``n_images, tp, fp,
+        fn, precision, recall, f1, rmse_pm, label_accuracy, confusion, n_height,
+        height_exact, height_within1``.
     """
     if not detectors:
         raise ValueError("no detectors given")
@@ -731,7 +958,8 @@ def evaluate(samples: Iterable[EvalSample], detect: Detector, **kwargs: Any) -> 
     -------
     dict
         ``settings``, ``n_images``, ``seconds_per_image``, ``overall``, ``by_dose``,
-        ``by_defocus`` and ``images`` (see :func:`compare`).
+        ``by_defocus``, ``by_cs_sign``, ``by_shape``, ``by_support`` and ``images``
+        (see :func:`compare`).
     """
     out = compare(samples, {"detector": detect}, **kwargs)
     return {"settings": out["settings"], **out["detectors"]["detector"]}
@@ -1052,6 +1280,7 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     lines += _trust_markdown(dets)
     lines += [f"## By dose (e/Å², radius {rk} Å)", ""] + _binned_table(dets, "by_dose", rk)
     lines += [f"## By defocus (Å, radius {rk} Å)", ""] + _binned_table(dets, "by_defocus", rk)
+    lines += _categorical_sections(dets, rk)
     lines += [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", ""]
     for n, d in dets.items():
         conf = d["overall"][rk]["confusion"]
@@ -1071,6 +1300,30 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     else:
         lines += ["No heights (no detector predicted heights, or the data has none).", ""]
     return "\n".join(lines)
+
+
+#: The categorical breakdowns of the report: key, section title, note under the title.
+CATEGORICAL_SECTIONS = (
+    ("by_cs_sign", "By spherical aberration",
+     f"Aberration-corrected microscopes (|Cs| < {CS_CORRECTED_MAX_A / 1e7:g} mm) by the sign of Cs; "
+     "uncorrected: larger |Cs|."),
+    ("by_shape", "By particle shape",
+     "The shape the structure builder drew for the particle in the image's box (an image cropped "
+     "away from the particle counts too)."),
+    ("by_support", "By support",
+     "free: no support; carbon: on amorphous carbon; CeO2 110, CeO2 100: on ceria seen along that "
+     "zone axis; both: on ceria and carbon."),
+)
+
+
+def _categorical_sections(dets: Mapping[str, Any], rk: str) -> list[str]:
+    """The Markdown sections of the categorical breakdowns that apply (non-empty)."""
+    first = next(iter(dets.values()))
+    lines: list[str] = []
+    for key, title, note in CATEGORICAL_SECTIONS:
+        if first.get(key):
+            lines += [f"## {title} (radius {rk} Å)", "", note, ""] + _binned_table(dets, key, rk)
+    return lines
 
 
 def _trust_markdown(dets: Mapping[str, Any]) -> list[str]:
@@ -1195,9 +1448,12 @@ def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, 
 
 
 __all__ = [
+    "CS_BINS",
+    "CS_CORRECTED_MAX_A",
     "DEFOCUS_EDGES_A",
     "DOSE_EDGES",
     "Detector",
+    "EMPTY_FIELD",
     "EvalSample",
     "RADII_A",
     "THRESHOLDS",
@@ -1207,13 +1463,18 @@ __all__ = [
     "card_evaluation",
     "card_with_threshold",
     "compare",
+    "cs_label",
     "evaluate",
     "interior_mask",
     "network_detector",
     "radius_key",
+    "recipe_defocus_edges",
     "report_markdown",
     "samples_from_store",
     "scored_predictions",
+    "shape_label",
+    "store_structure_info",
+    "support_label",
     "to_jsonable",
     "validation_scorer",
     "validation_threshold_scan",
