@@ -424,7 +424,10 @@ def card_validity_lines(validity: dict) -> list[str]:
         f"  energies: {', '.join(f'{e:g}' for e in v['energies_kV'])} kV",
         f"  Cs: corrected {_span(v.get('Cs_corrected_um'), 'µm')}; uncorrected {_span(v.get('Cs_uncorrected_um'), 'µm')}"
         + (f" (at >= {v['uncorrected_min_energy_kV']:g} kV)" if v.get("uncorrected_min_energy_kV") else ""),
-        f"  defocus: Scherzer {_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (positive = underfocus)",
+        (f"  defocus: {_span(v['corrected_defocus_A'], 'Å', signed=True)} (corrected lenses), Scherzer "
+         f"{_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (uncorrected; positive = underfocus)"
+         if v.get("corrected_defocus_A") else
+         f"  defocus: Scherzer {_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (positive = underfocus)"),
         f"  dose: {v['dose_e_per_A2'][0]:.0e}–{v['dose_e_per_A2'][1]:.0e} e/Å²".replace("e+0", "e"),
         f"  pixel size: {v['sampling_A']:g} Å/px ±{v['sampling_jitter']:.0%} ({_span(v['sampling_range_A'], 'Å/px')}; "
         "inputs are resampled, their calibration must be right to that)",

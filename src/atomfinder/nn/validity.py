@@ -108,9 +108,15 @@ def _materials(sim: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     if p_carbon > 0:
         lo, hi = sim.get("carbon_thickness_A", (0.0, 0.0))
         supports.append(f"amorphous carbon {lo:g}-{hi:g} Å ({p_carbon:.0%} of images)")
-    p_support = float(structure.get("p_support", 0.0)) if system == "gold" else 0.0
+    p_support = 0.0
+    if system == "gold":
+        from atomfinder.structures.gold import GoldConfig  # its defaults fill what the recipe leaves out
+
+        gold = GoldConfig.from_dict(structure)
+        p_support = gold.p_support
+        zones = sorted({o.split("/")[0] for o in gold.support_orientations})
     if p_support > 0:
-        supports.append(f"CeO2 ({p_support:.0%} of particles)")
+        supports.append(f"CeO2 in profile ({', '.join(f'[{z}]' for z in zones)}; {p_support:.0%} of particles)")
     if float(sim.get("p_empty_field", 0.0)) > 0:
         supports.append(f"empty fields of vacuum or carbon ({float(sim['p_empty_field']):.0%} of images)")
     return materials, supports
@@ -133,7 +139,9 @@ def validity_range(simulation: Mapping[str, Any]) -> dict[str, Any]:
         ``energies_kV``, ``p_corrected``, ``Cs_corrected_um`` (``[low, high]`` or
         None when no corrected microscope is drawn), ``Cs_uncorrected_um`` and
         ``uncorrected_min_energy_kV`` (None when every microscope is corrected),
-        ``defocus_around_scherzer_A`` (positive = underfocus), ``dose_e_per_A2``,
+        ``defocus_around_scherzer_A`` (positive = underfocus),
+        ``corrected_defocus_A`` (absolute defocus of corrected lenses, or None when
+        it is relative to Scherzer like every lens's), ``dose_e_per_A2``,
         ``sampling_A`` (nominal Å/px), ``sampling_jitter`` (relative),
         ``sampling_range_A`` (``nominal * (1 ± jitter)``), ``astigmatism_A``,
         ``coma_A``, ``focal_spread_A``, ``frames`` and ``focal_step_A`` (None for
@@ -168,6 +176,8 @@ def validity_range(simulation: Mapping[str, Any]) -> dict[str, Any]:
         "Cs_uncorrected_um": _pair(mic["Cs_uncorrected_A"], 1e-4) if any_uncorrected else None,
         "uncorrected_min_energy_kV": uncorrected_min_kV if any_uncorrected else None,
         "defocus_around_scherzer_A": _pair(mic["defocus_around_scherzer_A"]),
+        "corrected_defocus_A": (_pair(mic["corrected_defocus_A"])
+                                if any_corrected and mic.get("corrected_defocus_A") else None),
         "dose_e_per_A2": _pair(mic["dose_e_per_A2"]),
         "sampling_A": nominal,
         "sampling_jitter": jitter,
@@ -274,7 +284,13 @@ def validity_summary(validity: Mapping[str, Any]) -> str:
     if validity.get("Cs_uncorrected_um") is not None:
         parts.append("uncorrected Cs " + _span(validity["Cs_uncorrected_um"], "µm"))
     lo, hi = validity["defocus_around_scherzer_A"]
-    parts.append(f"defocus Scherzer {lo:+g}…{hi:+g} Å")
+    if validity.get("corrected_defocus_A") is not None:
+        clo, chi = validity["corrected_defocus_A"]
+        parts.append(f"defocus {clo:+g}…{chi:+g} Å (corrected)")
+        if validity.get("Cs_uncorrected_um") is not None:
+            parts.append(f"uncorrected at Scherzer {lo:+g}…{hi:+g} Å")
+    else:
+        parts.append(f"defocus Scherzer {lo:+g}…{hi:+g} Å")
     dlo, dhi = validity["dose_e_per_A2"]
     parts.append(f"dose {dlo:.0e}–{dhi:.0e} e/Å²".replace("e+0", "e"))
     parts.append(f"{validity['sampling_A']:g} Å/px ±{validity['sampling_jitter']:.0%}")
