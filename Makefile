@@ -20,7 +20,7 @@ venv: $(STAMP)
 # The main job: find the atoms in the bundled real micrograph with the bundled model.
 # The example carries no pixel size; 0.108 Å/px was measured from its lattice (examples/README.md).
 demo: $(STAMP)
-	$(VENV)/bin/atomfinder detect examples/graphene_defect_hrtem.tif --model graphene --sampling 0.108 --out demo-output --probabilities
+	$(VENV)/bin/atomfinder detect examples/graphene_defect_hrtem.tif --model graphene --sampling 0.108 --out demo-output --probabilities --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
@@ -40,6 +40,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_detect.py
+
+# The user guide (mkdocs.yml, docs/guide): regenerate the command-line reference from the
+# typer app, then build the site into site/; --strict turns broken links into errors
+# (tests/test_docs.py checks both in `make test`).
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) docs/gen_cli_reference.py docs/guide/cli.md
+	$(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) demo-output

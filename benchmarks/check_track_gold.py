@@ -295,13 +295,14 @@ def drift_px(n_frames: int, rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- imaging
 
 
-def microscope(dose_e_per_A2: float) -> Microscope:
-    """One fixed negative-Cs state inside the gold training ranges (300 kV, Cs = -25 µm, Scherzer)."""
-    energy_eV, cs_A = 300e3, -25e4
+def microscope(dose_e_per_A2: float, cs_um: float = -25.0, defocus_A: float | None = None) -> Microscope:
+    """One fixed state at 300 kV: by default Cs = -25 µm at Scherzer defocus (inside every gold
+    model's range); ``cs_um`` and ``defocus_A`` (Å, positive = underfocus) choose another."""
+    energy_eV, cs_A = 300e3, cs_um * 1e4
     return Microscope(
         energy_eV=energy_eV,
         sampling_A=SAMPLING_A,
-        defocus_A=scherzer_defocus_A(cs_A, energy_eV),
+        defocus_A=scherzer_defocus_A(cs_A, energy_eV) if defocus_A is None else float(defocus_A),
         Cs_A=cs_A,
         focal_spread_A=30.0,
         angular_spread_mrad=0.2,
@@ -611,7 +612,8 @@ def run_static(
     still = Schedule(columns=np.zeros(0, dtype=np.int64), kinds=(), present=np.ones((n, 0), dtype=bool))
     drift = drift_px(n, np.random.default_rng([args.seed, 5, index]))
     t0 = time.perf_counter()
-    frames, _ = simulate_series(particle, still, drift, microscope(dose_e_per_A2), args.seed,
+    scope = microscope(dose_e_per_A2, args.cs_um, args.defocus)
+    frames, _ = simulate_series(particle, still, drift, scope, args.seed,
                                 noise_stream=10 + index, waves=waves)
     stack = write_tiff_calibrated(out / f"static-{dose_e_per_A2:g}.tif", frames, SAMPLING_A)
     used = run_tracker(stack, args.model, out / f"static-{dose_e_per_A2:g}", args.threshold, args.switch_cost)
@@ -636,6 +638,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=12, help="number of frames (>= 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the particle, column choice, drift and noise")
     parser.add_argument("--zone", default="110", choices=("100", "110", "111"), help="zone axis of the particle")
+    parser.add_argument("--cs-um", type=float, default=-25.0, help="spherical aberration (µm) at 300 kV")
+    parser.add_argument("--defocus", type=float, default=None,
+                        help="defocus (Å, positive = underfocus; default: Scherzer for --cs-um)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="map value separating present from absent in the presence decision "
                              "(default: the model card's peak threshold, as `atomfinder track`)")
@@ -680,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         columns = choose_surface_columns(particle, len(SCHEDULE_KINDS), np.random.default_rng([args.seed, 3]))
         schedule = make_schedule(columns, args.frames)
         true_drift = drift_px(args.frames, np.random.default_rng([args.seed, 4]))
-        scope = microscope(args.dose)
+        scope = microscope(args.dose, args.cs_um, args.defocus)
         print(f"particle: {info['shape']} [{info['zone_axis']}], {info['n_au']} Au atoms in {n_cols} columns, "
               f"{info['diameter_A']:.1f} Å, on CeO2 {info['support']['orientation']}; "
               f"{scope.energy_eV / 1e3:.0f} kV, Cs {scope.Cs_A / 1e4:.0f} µm, defocus {scope.defocus_A:.1f} Å, "

@@ -162,3 +162,18 @@ def test_shipped_recipes_parse():
 
     for path in set(configs) - set(recipes):
         assert load_config(path).system in ("graphene", "gold", "mos2")
+
+
+def test_column_heights_above_the_head_are_learned_as_its_last_class():
+    from atomfinder.nn.train import TrainingData, cap_heights
+
+    heights = np.full((1, 4, 4), -1, dtype=np.int16)
+    heights[0, 1, 1], heights[0, 2, 2], heights[0, 3, 3] = 5, 32, 37
+    data = TrainingData(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 2, 4, 4), np.float16), heights,
+                        np.array([0.1]), ("Au",))
+    capped, n = cap_heights(data, 32)
+    assert n == 1 and capped.heights[0, 3, 3] == 32 and capped.heights[0, 1, 1] == 5
+    assert capped.heights[0, 0, 0] == -1 and capped.heights.dtype == np.int16
+    assert data.heights[0, 3, 3] == 37  # the input is not changed
+    same, n = cap_heights(capped, 32)
+    assert n == 0 and same is capped

@@ -1,7 +1,8 @@
 """The ``atomfinder`` command line: parses arguments and calls the API.
 
 Errors in the input are reported as one line (``error: ...``) with a non-zero
-exit code; ``--debug`` shows the traceback instead.
+exit code; ``--debug`` (before or after the command's name) shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -10,23 +11,71 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Find atoms and atomic columns in HRTEM images with networks trained on multislice simulations.",
-)
 console = Console(stderr=True)
 _state = {"debug": False}
 
 
+def _without_flag_types(params: list) -> list:
+    """Flags take no value: show none in --help (typer writes ``<bool>`` beside them)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """The ``atomfinder`` group; its flags show no value type in --help."""
+
+    def get_params(self, ctx: Any) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    """A subcommand that also takes ``--debug`` after its name (as the group does before it),
+    and whose flags show no value type in --help."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            _state["debug"] = True
+            args = [a for a in args[:end] if a != "--debug"] + args[end:]
+        return super().parse_args(ctx, args)
+
+    def get_params(self, ctx: Any) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find atoms and atomic columns in HRTEM images with networks trained on multislice simulations.",
+)
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: print ``atomfinder <version>`` and stop."""
+    if value:
+        from atomfinder import __version__
+
+        typer.echo(f"atomfinder {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also after the command's name)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+) -> None:
     _state["debug"] = debug
 
 
@@ -101,13 +150,13 @@ def _progress(description: str):
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def simulate(
     system: str = typer.Option(..., "--system", help="graphene, gold or mos2."),
     n: int = typer.Option(..., "--n", min=1, help="Number of samples."),
     out: Path = typer.Option(..., "--out", help="Output zarr store (DIR.zarr); an unfinished one is resumed."),
     seed: int = typer.Option(0, "--seed", help="Master seed: same config and seed, identical arrays."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/JSON simulation config ([simulation] table)."),
+    config: Optional[Path] = typer.Option(None, "--config", help=f"TOML/JSON simulation config ({escape('[simulation]')} table)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Local worker processes (default: all CPUs; 0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG grid of images with their labels."),
@@ -145,7 +194,7 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
     # spread the picks over the store, so that several structures are shown
     picks = np.unique(np.linspace(0, len(store) - 1, min(count, len(store))).round().astype(int))
     images = store.array("images", store.indices[picks])
-    imgs, xys, labs, titles = [], [], [], []
+    imgs, xys, labs, titles, samplings = [], [], [], [], []
     for row, i in enumerate(picks):
         gt = store.ground_truth(int(i))
         frames = store.microscope(int(i))
@@ -154,18 +203,19 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
             imgs.append(frame)
             xys.append(gt["positions_px"])
             labs.append(gt["labels"])
+            samplings.append(float(gt["sampling_A"]))
             titles.append(
                 f"#{i}{f'.{f}' if len(images[row]) > 1 else ''}: {m['energy_eV'] / 1e3:.0f} kV, "
                 f"df {frames[f]['defocus_A']:.0f} Å, Cs {m['Cs_A'] / 1e4:.0f} µm, "
                 f"{m['dose_e_per_A2']:.0e} e/Å²"
             )
     columns = images.shape[1] if images.shape[1] > 1 else 4
-    return preview_grid(imgs, xys, labs, store.class_names, png, titles=titles, columns=columns)
+    return preview_grid(imgs, xys, labs, store.class_names, png, titles=titles, columns=columns, sampling_A=samplings)
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
-    config: Path = typer.Option(..., "--config", help="Training recipe (TOML with a [train] table), e.g. configs/graphene.toml."),
+    config: Path = typer.Option(..., "--config", help=f"Training recipe (TOML with a {escape('[train]')} table), e.g. configs/graphene.toml."),
     data: Path = typer.Option(..., "--data", help="Training store made by `atomfinder simulate`."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint, learning curves, best model."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
@@ -205,7 +255,7 @@ def train(
     _run(action, resume_hint="continue with the same command and --resume")
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
     data: Path = typer.Option(..., "--data", help="Test store made by `atomfinder simulate` (a seed never used in training)."),
@@ -312,7 +362,7 @@ def _print_scan(title: str, name: str, rows: list, best: float, kept: bool = Fal
     Console().print(table)
 
 
-@app.command("tune-threshold")
+@app.command("tune-threshold", cls=_Command)
 def tune_threshold_command(
     model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
     data: Path = typer.Option(..., "--data", help="The model's own training store: its validation images are scored."),
@@ -347,7 +397,7 @@ def tune_threshold_command(
     _run(action)
 
 
-@app.command("calibrate")
+@app.command("calibrate", cls=_Command)
 def calibrate_command(
     model: str = typer.Option(..., "--model", help="Model name or path (without suffix)."),
     data: Path = typer.Option(..., "--data", help="Held-out simulations (a seed used neither in training nor in the test sets)."),
@@ -415,6 +465,8 @@ def _span(values, unit: str, signed: bool = False) -> str:
 
 def card_validity_lines(validity: dict) -> list[str]:
     """The validity range of a card as indented lines of text."""
+    from atomfinder.nn.validity import focal_order
+
     if not validity or "energies_kV" not in validity:
         return ["  not recorded in the card"]
     v = validity
@@ -435,7 +487,9 @@ def card_validity_lines(validity: dict) -> list[str]:
         f"focal spread {_span(v.get('focal_spread_A'), 'Å')}",
     ]
     if v.get("frames"):
-        lines.append(f"  focal series: {v['frames']} frames, step {_span(v.get('focal_step_A'), 'Å')}")
+        order = v.get("focal_order") or focal_order(v["focal_step_A"])
+        lines.append(f"  focal series: {v['frames']} frames in {order} (defocus positive = underfocus), focal step "
+                     f"{_span(v.get('focal_step_A'), 'Å')} between frames; a step outside it warns")
     if v.get("neighbour_distances_A"):
         lines.append("  projected nearest-neighbour distances: "
                      + ", ".join(f"{k} {d:.2f} Å" for k, d in v["neighbour_distances_A"].items()))
@@ -466,6 +520,16 @@ def _training_lines(card) -> list[str]:
                      f"{cfg.get('epochs', '?')} epochs of batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, "
                      f"normalisation {cfg.get('normalization', card.normalization)}")
     return lines
+
+
+def _calibration_line(card) -> str:
+    """Whether the card holds a calibration of the per-atom confidence and error bar, and on what."""
+    cal = card.calibration
+    if not cal:
+        return "  calibration: none (no per-atom confidence or error bar)"
+    fit = cal.get("fit", {})
+    return (f"  calibration: per-atom confidence and error bar, fitted on {cal.get('n_detections', '?')} detections "
+            f"in {fit.get('n_images', '?')} images of {fit.get('store', '?')}")
 
 
 def _evaluation_table(card):
@@ -504,7 +568,7 @@ def _evaluation_table(card):
     return table
 
 
-@app.command("models")
+@app.command("models", cls=_Command)
 def models_command(
     name: Optional[str] = typer.Argument(None, help="A model's name (or path): print its card."),
 ) -> None:
@@ -533,6 +597,7 @@ def models_command(
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
             f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
             + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
+            _calibration_line(card),
             "validity range:",
             *card_validity_lines(card_reference(card)),
             "training:",
@@ -549,14 +614,67 @@ def models_command(
     _run(listing if name is None else show)
 
 
-@app.command()
+def _describe_file(path: Path) -> str:
+    """One line on how a file is read: format, shape, frames, pixel size and where it came from."""
+    from atomfinder.detection.io import MIN_SIZE, read_micrograph
+
+    m = read_micrograph(path, min_size=1)
+    meta = m.metadata
+    h, w = m.data.shape[-2:]
+    frames = f"{m.n_frames} frames" if m.n_frames > 1 else "1 image"
+    parts = [f"{path}: {meta.get('format_name', meta['format'])}, {meta['dtype']} {tuple(meta['shape'])} in the file; "
+             f"{frames} of {h}x{w} px"]
+    if m.sampling_A is not None:
+        scale = 1.0 if meta["scale"] is None else meta["scale"]  # rsciio's default scale
+        parts.append(f"pixel size {m.sampling_A:.4g} Å/px ({scale:g} {meta['unit']} per pixel in the "
+                     f"{meta['calibration_source']})")
+    else:
+        note = meta.get("calibration_note")
+        parts.append(f"no pixel size{f' ({note})' if note else ''}: give --sampling to detect")
+    if meta.get("colour") == "rgb":
+        parts.append("colour (RGB) image: detect refuses it")
+    elif meta.get("colour") == "grey-rgb":
+        parts.append("grey image stored as RGB (equal channels), read as grey")
+    if min(h, w) < MIN_SIZE:
+        parts.append(f"too small to hold atoms (detect needs at least {MIN_SIZE}x{MIN_SIZE} px)")
+    return "; ".join(parts)
+
+
+@app.command("info", cls=_Command)
+def info_command(
+    files: list[Path] = typer.Argument(..., help="Micrographs (dm3/dm4/emd/ser/mrc/tif/png/npy)."),
+) -> None:
+    """Show how files are read: format, shape, frames, pixel size and where it came from.
+
+    One line per file, with the pixel size and unit as written in the file; an unreadable
+    file gets its one-line error and the others are still shown (exit code 2).
+    """
+    out = Console(highlight=False, soft_wrap=True)
+    failed = 0
+    for path in files:
+        try:
+            _run(lambda: out.print(escape(_describe_file(path))))
+        except typer.Exit as exc:
+            if exc.exit_code != 2:
+                raise
+            failed += 1
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command(cls=_Command)
 def detect(
     inputs: list[Path] = typer.Argument(..., help="Micrographs (dm3/dm4/emd/ser/mrc/tif/png/npy); with --focal-series several single images in defocus order form one sample."),
     model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
     sampling: Optional[float] = typer.Option(None, "--sampling", help="Pixel size in Å per pixel; overrides the files' calibration."),
-    focal_series: bool = typer.Option(False, "--focal-series", help="Frames form a focal series (in the model's defocus order; defocus positive = underfocus); they are registered before inference."),
+    focal_series: bool = typer.Option(False, "--focal-series", help="Frames form a focal series (in the model's defocus order; defocus positive = underfocus); they are registered before inference and the positions are in the first frame's pixels."),
+    focal_step: Optional[float] = typer.Option(None, "--focal-step", help="With --focal-series: the defocus step between consecutive frames in Å (positive = each frame more underfocused); a step outside the model's trained range warns."),
     out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.json (provenance, validity checks), <stem>.png (and <stem>_probabilities.tif)."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (float32 TIFF at the model sampling)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (calibrated float32 TIFF, on the model's pixel grid unless --probabilities-grid input)."),
+    probabilities_grid: Optional[Literal["model", "input"]] = typer.Option(
+        None, "--probabilities-grid",
+        help="Grid of the probability maps (implies --probabilities): model (the model's pixel size, as inferred) or input (resampled onto the input image's pixels)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
     precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bfloat16 on CPUs with native support, float16 on CUDA, else float32), float32, bfloat16 or float16."),
@@ -569,9 +687,13 @@ def detect(
 
         from rich.markup import escape
 
-        from atomfinder.detection.run import detect_files
+        from atomfinder.detection.run import detect_files, existing_outputs
         from atomfinder.detection.validity import ValidityWarning
 
+        grid = probabilities_grid or "model"
+        maps = probabilities or probabilities_grid is not None
+        if not overwrite:
+            _refuse_existing(out, existing_outputs(inputs, out, focal_series=focal_series, probabilities=maps))
         n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
         lines: list[str] = []
         with _progress("detect") as bar:
@@ -579,6 +701,8 @@ def detect(
 
             def progress(done: int, total: int, report) -> None:
                 frames = f" in {report.n_frames} frames" if report.n_frames > 1 and not focal_series else ""
+                lines.append(escape(_pixel_size_line(report.source, report.sampling_A, report.sampling_source)))
+                lines.extend(f"[cyan]note:[/cyan] {escape(n)}" for n in report.notes)
                 lines.append(escape(f"{report.source}: {report.n_atoms} atoms{frames} -> {out / (report.stem + '.csv')}"))
                 lines.extend(f"[yellow]warning:[/yellow] {escape(w)}" for w in report.warnings)
                 bar.update(task, completed=done, total=total)
@@ -586,8 +710,9 @@ def detect(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ValidityWarning)  # printed from the reports, one line each
                 detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
-                             probabilities=probabilities, threshold=threshold, progress=progress, scheduler=scheduler,
-                             precision=precision, sampling_label="--sampling")
+                             probabilities=maps, threshold=threshold, progress=progress, scheduler=scheduler,
+                             precision=precision, sampling_label="--sampling", probabilities_grid=grid,
+                             focal_step_A=focal_step)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         console.print(escape(f"results in {out}/"), highlight=False, soft_wrap=True)
@@ -595,7 +720,39 @@ def detect(
     _run(action)
 
 
-@app.command()
+#: How each ``Sample.sampling_source`` is said in the pixel-size line of an input.
+_SAMPLING_SOURCES = {"file": "from the file's metadata", "signal": "from the signal's axes",
+                     "argument": "given as an argument"}
+
+#: The files ``atomfinder track`` writes into --out (atomfinder.analysis.timeseries.track).
+TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
+                 "occupancy.png", "overlay.gif")
+
+
+def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
+    """``<source>: pixel size 0.107 Å/px (from the file's metadata)`` (or ``given with --sampling``, ...)."""
+    how = _SAMPLING_SOURCES.get(origin, f"given with {origin}")
+    size = "unknown" if sampling_A is None else f"{sampling_A:.4g} Å/px"
+    return f"{source}: pixel size {size} ({how})"
+
+
+def _refuse_existing(out: Path, existing: list[Path], shown: int = 4) -> None:
+    """Refuse to replace files of an earlier run in ``out`` without --overwrite (one line naming them).
+
+    Raises
+    ------
+    ValueError
+        When ``existing`` is not empty.
+    """
+    if not existing:
+        return
+    names = ", ".join(p.name for p in existing[:shown])
+    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
+    raise ValueError(f"{out}: already holds {names}{more} from an earlier run; give --overwrite to replace them, "
+                     "or another --out")
+
+
+@app.command(cls=_Command)
 def track(
     inputs: list[Path] = typer.Argument(..., help="Frames in time order: one multi-frame file or several image files."),
     model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
@@ -611,6 +768,7 @@ def track(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
     min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
 ) -> None:
     """Time series: align frames, find columns per frame, link them into sites, decide presence over the series
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
@@ -622,14 +780,21 @@ def track(
         from atomfinder.detection.run import load_sample
         from atomfinder.nn.card import load_model, resolve_model
 
+        if not overwrite:
+            _refuse_existing(out, [out / name for name in TRACK_OUTPUTS if (out / name).exists()])
         stem = resolve_model(model)
         net, card = load_model(stem)
         if card.in_channels != 1:
             raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; track needs a single-image model")
-        sample = load_sample([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), sampling)
+        sample = load_sample([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), sampling,
+                             sampling_label="--sampling", series="time series")
         frames = sample.data if sample.data.ndim == 3 else sample.data[None]
         if len(frames) < 2:
             raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
+        console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
+                      highlight=False, soft_wrap=True)
+        for note in sample.notes:
+            console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False, soft_wrap=True)
 
         def detect_frame(image):
             result = detect_array(net, card, image, sample.sampling_A)
@@ -648,10 +813,10 @@ def track(
     _run(action)
 
 
-@app.command("finetune")
+@app.command("finetune", cls=_Command)
 def finetune_command(
     model: str = typer.Option(..., "--model", help="Shipped model name (gold, graphene) or a model path whose card records its training simulation."),
-    microscope: Path = typer.Option(..., "--microscope", help="TOML with a [microscope] table of your microscope's ranges (configs/microscope-example.toml; defocus positive = underfocus)."),
+    microscope: Path = typer.Option(..., "--microscope", help=f"TOML with a {escape('[microscope]')} table of your microscope's ranges (configs/microscope-example.toml; defocus positive = underfocus)."),
     out: Path = typer.Option(..., "--out", help="Run directory: stores, checkpoint, model.safetensors + model.json, comparison.md/.json, report/."),
     minutes: float = typer.Option(30.0, "--minutes", help="Wall-clock budget of the fine-tuning (simulation and evaluation come on top)."),
     n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Training simulations (default: gold 1200, graphene 2400)."),

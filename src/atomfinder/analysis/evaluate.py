@@ -23,8 +23,12 @@ Scoring, per image and per matching radius (Å):
   shape (``by_shape``) and support (``by_support``), with
   :func:`atomfinder.analysis.metrics.aggregate`: precision, recall, F1, RMSE
   (pm), label confusion matrix ``[n_classes, n_classes]`` (rows true, columns
-  predicted) and column-height accuracy (exact and within ±1, over matched pairs
-  whose predicted and true heights are both known).
+  predicted) with the unmatched sites by true class (``missed``) and the unmatched
+  detections by predicted class (``extra``), each class's precision and recall
+  (``per_class``: a detection counts for its class only when matched to a site of
+  that class), and column-height accuracy (exact and within ±1, over matched pairs
+  whose predicted and true heights are both known), also by true column height
+  (``height_by_thickness``, bins of :data:`atomfinder.analysis.metrics.HEIGHT_BINS`).
 
 Bins are half-open ``[low, high)`` between the given edges, plus an open bin below
 the first edge and one at or above the last. Infinite dose (a noise-free
@@ -56,7 +60,7 @@ from scipy.spatial import cKDTree
 
 from atomfinder._files import atomic_write
 from atomfinder.analysis.matching import match_positions
-from atomfinder.analysis.metrics import aggregate, detection_scores
+from atomfinder.analysis.metrics import HEIGHT_BINS, aggregate, detection_scores
 from atomfinder.detection.peaks import AtomTable
 
 #: Default matching radii (Å).
@@ -80,7 +84,8 @@ UNKNOWN_BIN = "unknown"
 #: Metrics kept from :func:`atomfinder.analysis.metrics.aggregate` (RMSE converted to pm).
 METRIC_KEYS = (
     "n_images", "tp", "fp", "fn", "precision", "recall", "f1", "rmse_pm", "label_accuracy",
-    "confusion", "n_height", "height_exact", "height_within1",
+    "confusion", "missed", "extra", "per_class", "n_height", "height_exact", "height_within1",
+    "height_by_thickness",
 )
 
 
@@ -547,13 +552,26 @@ def detection_outcomes(
     return index, is_true, err
 
 
+def _height_bins(counts: np.ndarray | None) -> list[dict[str, Any]] | None:
+    """``height_by_thickness`` counts as report rows (bins without pairs left out; None: no heights)."""
+    if counts is None or not np.asarray(counts)[:, 0].any():
+        return None
+    rows = []
+    for (label, _), (n, exact, within1) in zip(HEIGHT_BINS, np.asarray(counts).tolist()):
+        if n:
+            rows.append({"bin": label, "n_height": int(n), "height_exact": exact / n, "height_within1": within1 / n})
+    return rows
+
+
 def _metrics(agg: Mapping[str, Any]) -> dict[str, Any]:
-    """The reported subset of an aggregate, RMSE in pm, confusion as nested lists."""
-    out = {k: agg[k] for k in METRIC_KEYS if k in agg}
+    """The reported subset of an aggregate, RMSE in pm, confusion, missed and extra as lists,
+    per-class rates and heights by true column height."""
+    out = {k: agg.get(k) for k in METRIC_KEYS}
     out["rmse_pm"] = 100.0 * float(agg["rmse"])
-    conf = agg.get("confusion")
-    out["confusion"] = None if conf is None else np.asarray(conf).tolist()
-    return {k: out[k] for k in METRIC_KEYS}
+    for k in ("confusion", "missed", "extra"):
+        out[k] = None if agg.get(k) is None else np.asarray(agg[k]).tolist()
+    out["height_by_thickness"] = _height_bins(agg.get("height_by_thickness"))
+    return out
 
 
 def radius_key(radius_A: float) -> str:
@@ -790,7 +808,7 @@ FAR_A = 1.0
 
 
 def _far_detections(rec: _Record, name: str, far_A: float, border_A: float) -> int:
-    """Detections inside the border band farther than ``far_A`` from every site."""
+    """Detections farther than ``far_A`` from every site, outside the ignored border band."""
     pred = rec.predictions[name]
     inside = interior_mask(pred.xy_A, rec.shape, rec.sampling_A, border_A)
     xy = pred.xy_A[inside]
@@ -909,8 +927,12 @@ def compare(
         ``by_cs_sign``, ``by_shape`` and ``by_support`` (lists of bins with
         ``bin``, ``n_images`` and ``metrics``; empty when no sample carries the
         value) and the per-image rows ``images``. Metrics: ``n_images, tp, fp,
-        fn, precision, recall, f1, rmse_pm, label_accuracy, confusion, n_height,
-        height_exact, height_within1``.
+        fn, precision, recall, f1, rmse_pm, label_accuracy, confusion, missed,
+        extra, per_class, n_height, height_exact, height_within1,
+        height_by_thickness`` (``per_class``: one dict per class with ``n_true,
+        n_pred, tp, precision, recall, f1``; ``height_by_thickness``: rows with
+        ``bin, n_height, height_exact, height_within1`` by true column height, None
+        without heights).
     """
     if not detectors:
         raise ValueError("no detectors given")
@@ -1281,14 +1303,8 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     lines += [f"## By dose (e/Å², radius {rk} Å)", ""] + _binned_table(dets, "by_dose", rk)
     lines += [f"## By defocus (Å, radius {rk} Å)", ""] + _binned_table(dets, "by_defocus", rk)
     lines += _categorical_sections(dets, rk)
-    lines += [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", ""]
-    for n, d in dets.items():
-        conf = d["overall"][rk]["confusion"]
-        lines += [f"### {n}", ""]
-        if conf is None:
-            lines += ["(no labels)", ""]
-            continue
-        lines += _table(["true \\ predicted"] + list(names), ([names[i]] + [str(v) for v in row] for i, row in enumerate(conf)))
+    lines += _confusion_markdown(dets, names, rk)
+    lines += _per_class_markdown(dets, names, rk)
     lines += ["## Column heights (matched pairs with known heights)", ""]
     rows = [
         [n, radius_key(r), str(d["overall"][radius_key(r)]["n_height"]),
@@ -1297,9 +1313,54 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     ]
     if any(row[2] != "0" for row in rows):
         lines += _table(["detector", "radius (Å)", "pairs", "exact", "±1"], rows)
+        lines += _thickness_markdown(dets, rk)
     else:
         lines += ["No heights (no detector predicted heights, or the data has none).", ""]
     return "\n".join(lines)
+
+
+def _confusion_markdown(dets: Mapping[str, Any], names: Sequence[str], rk: str) -> list[str]:
+    """The class confusion of each detector, with a ``missed`` column and an ``extra`` row."""
+    lines = [f"## Class confusion (radius {rk} Å; rows true, columns predicted)", "",
+             "`missed`: sites no detection matched; `extra`: detections that matched no site.", ""]
+    for n, d in dets.items():
+        m = d["overall"][rk]
+        conf, missed, extra = m["confusion"], m.get("missed"), m.get("extra")
+        lines += [f"### {n}", ""]
+        if conf is None:
+            lines += ["(no labels)", ""]
+            continue
+        rows = [[names[i]] + [str(v) for v in row] + ([str(missed[i])] if missed is not None else [])
+                for i, row in enumerate(conf)]
+        if extra is not None:
+            rows.append(["extra"] + [str(v) for v in extra] + (["–"] if missed is not None else []))
+        lines += _table(["true \\ predicted"] + list(names) + (["missed"] if missed is not None else []), rows)
+    return lines
+
+
+def _per_class_markdown(dets: Mapping[str, Any], names: Sequence[str], rk: str) -> list[str]:
+    """Precision and recall of each class (a detection counts only with the right class)."""
+    if not any(d["overall"][rk].get("per_class") for d in dets.values()):
+        return []
+    lines = [f"## Per class (radius {rk} Å)", "",
+             "A detection is right for its class only when it matches a site of that class: precision = right / "
+             "detections of the class, recall = right / sites of the class.", ""]
+    rows = []
+    for n, d in dets.items():
+        for i, c in enumerate(d["overall"][rk].get("per_class") or []):
+            rows.append([n, names[i], str(c["n_true"]), str(c["n_pred"]), str(c["tp"]), _f(c["precision"]),
+                         _f(c["recall"]), _f(c["f1"])])
+    return lines + _table(["detector", "class", "sites", "detections", "right", "precision", "recall", "F1"], rows)
+
+
+def _thickness_markdown(dets: Mapping[str, Any], rk: str) -> list[str]:
+    """Height accuracy by true column height (atoms per column)."""
+    rows = [[n, b["bin"], str(b["n_height"]), _f(b["height_exact"]), _f(b["height_within1"])]
+            for n, d in dets.items() for b in d["overall"][rk].get("height_by_thickness") or []]
+    if not rows:
+        return []
+    return [f"### By column thickness (true atoms per column, radius {rk} Å)", ""] + _table(
+        ["detector", "true height", "pairs", "exact", "±1"], rows)
 
 
 #: The categorical breakdowns of the report: key, section title, note under the title.

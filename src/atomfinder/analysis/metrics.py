@@ -5,6 +5,12 @@ summed squared position errors, label confusion, height hits) and the rates deri
 from them. :func:`aggregate` sums the counts of many images and re-derives the rates,
 so a report binned by dose or defocus pools atoms, not per-image averages.
 
+With labels, the counts also hold the confusion matrix of the matched pairs, the
+unmatched sites by true class (``missed``) and the unmatched detections by predicted
+class (``extra``), from which :func:`per_class_rates` derives each class's precision
+and recall. With heights, the height hits are also counted by the true column
+height (:data:`HEIGHT_BINS`).
+
 Conventions for empty cases: precision is 1 when nothing was predicted (no false
 claims), recall is 1 when there was nothing to find, F1 is 0 when precision + recall
 is 0, and RMSE and accuracies are NaN when there are no matched pairs to average.
@@ -27,6 +33,11 @@ COUNT_KEYS = (
     "height_exact_count",
     "height_within1_count",
 )
+#: Count arrays, summed by :func:`aggregate` when present (None otherwise).
+ARRAY_KEYS = ("confusion", "missed", "extra", "height_by_thickness")
+#: Bins of the true column height (atoms per column) of the height scores: label and
+#: upper end (inclusive; a true height of 0, a vacancy, counts in the first bin).
+HEIGHT_BINS = (("1–5", 5), ("6–10", 10), ("11–20", 20), ("21+", np.inf))
 
 
 def detection_rates(tp: int, fp: int, fn: int) -> dict[str, float]:
@@ -35,6 +46,68 @@ def detection_rates(tp: int, fp: int, fn: int) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def height_bin_index(true_heights: np.ndarray) -> np.ndarray:
+    """Index into :data:`HEIGHT_BINS` of each true column height."""
+    uppers = np.array([hi for _, hi in HEIGHT_BINS[:-1]], dtype=np.float64)
+    return np.searchsorted(uppers, np.asarray(true_heights, dtype=np.float64), side="left")
+
+
+def height_counts_by_thickness(pred_heights: np.ndarray, true_heights: np.ndarray) -> np.ndarray:
+    """Height hits by true column height.
+
+    Parameters
+    ----------
+    pred_heights, true_heights : ndarray of int, shape (n,)
+        Heights of matched pairs, both known (>= 0).
+
+    Returns
+    -------
+    ndarray of int64, shape (len(HEIGHT_BINS), 3)
+        Per bin: pairs, exact heights, heights within ±1.
+    """
+    ph = np.asarray(pred_heights, dtype=np.int64).reshape(-1)
+    th = np.asarray(true_heights, dtype=np.int64).reshape(-1)
+    diff = np.abs(ph - th)
+    out = np.zeros((len(HEIGHT_BINS), 3), dtype=np.int64)
+    b = height_bin_index(th)
+    np.add.at(out, (b, 0), 1)
+    np.add.at(out, (b, 1), (diff == 0).astype(np.int64))
+    np.add.at(out, (b, 2), (diff <= 1).astype(np.int64))
+    return out
+
+
+def per_class_rates(confusion: np.ndarray, missed: np.ndarray, extra: np.ndarray) -> list[dict[str, Any]]:
+    """Precision and recall of each class, counting a detection right only with the right class.
+
+    For class ``c``: ``tp = confusion[c, c]``; its sites are row ``c`` of the confusion
+    matrix plus ``missed[c]``; its detections are column ``c`` plus ``extra[c]``.
+
+    Parameters
+    ----------
+    confusion : ndarray of int, shape (k, k)
+        Matched pairs, rows true class, columns predicted (0-based = label - 1).
+    missed : ndarray of int, shape (k,)
+        Unmatched sites by true class.
+    extra : ndarray of int, shape (k,)
+        Unmatched detections by predicted class.
+
+    Returns
+    -------
+    list of dict
+        One per class: ``n_true``, ``n_pred``, ``tp``, ``precision``, ``recall``,
+        ``f1`` (the conventions of :func:`detection_rates` for empty counts).
+    """
+    conf = np.asarray(confusion, dtype=np.int64)
+    rows = []
+    for c in range(conf.shape[0]):
+        tp = int(conf[c, c])
+        n_true = int(conf[c].sum() + missed[c])
+        n_pred = int(conf[:, c].sum() + extra[c])
+        rows.append({"n_true": n_true, "n_pred": n_pred, "tp": tp}
+                    | detection_rates(tp, n_pred - tp, n_true - tp))
+    return rows
 
 
 def _derive(counts: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +124,9 @@ def _derive(counts: dict[str, Any]) -> dict[str, Any]:
     nh = counts["n_height"]
     out["height_exact"] = counts["height_exact_count"] / nh if nh else float("nan")
     out["height_within1"] = counts["height_within1_count"] / nh if nh else float("nan")
+    missed, extra = counts.get("missed"), counts.get("extra")
+    have = conf is not None and missed is not None and extra is not None
+    out["per_class"] = per_class_rates(conf, missed, extra) if have else None
     return out
 
 
@@ -85,11 +161,15 @@ def detection_scores(
     dict
         Counts: ``tp``, ``fp``, ``fn``, ``sq_err_sum`` (summed squared distance of
         matched pairs, unit²), ``confusion`` (``[n_classes, n_classes]`` int array,
-        rows = true label, columns = predicted, or None), ``n_height``,
-        ``height_exact_count``, ``height_within1_count``. Rates: ``precision``,
-        ``recall``, ``f1``, ``rmse`` (same unit as the input), ``label_accuracy``,
-        ``height_exact``, ``height_within1`` (fractions of matched pairs with known
-        heights). Also ``pred_idx`` and ``true_idx`` of the matched pairs.
+        rows = true label, columns = predicted, or None), ``missed`` and ``extra``
+        (``[n_classes]``: unmatched sites by true label, unmatched predictions by
+        predicted label; None without labels), ``n_height``,
+        ``height_exact_count``, ``height_within1_count``, ``height_by_thickness``
+        (:func:`height_counts_by_thickness`, None without heights). Rates:
+        ``precision``, ``recall``, ``f1``, ``rmse`` (same unit as the input),
+        ``label_accuracy``, ``per_class`` (:func:`per_class_rates`, None without
+        labels), ``height_exact``, ``height_within1`` (fractions of matched pairs with
+        known heights). Also ``pred_idx`` and ``true_idx`` of the matched pairs.
     """
     pred_xy = np.asarray(pred_xy, dtype=np.float64).reshape(-1, 2)
     true_xy = np.asarray(true_xy, dtype=np.float64).reshape(-1, 2)
@@ -101,9 +181,12 @@ def detection_scores(
         "fn": len(true_xy) - tp,
         "sq_err_sum": float(((pred_xy[pi] - true_xy[ti]) ** 2).sum()),
         "confusion": None,
+        "missed": None,
+        "extra": None,
         "n_height": 0,
         "height_exact_count": 0,
         "height_within1_count": 0,
+        "height_by_thickness": None,
     }
     if pred_labels is not None and true_labels is not None:
         pl = np.asarray(pred_labels, dtype=np.int64).reshape(-1)
@@ -118,6 +201,8 @@ def detection_scores(
         conf = np.zeros((n_classes, n_classes), dtype=np.int64)
         np.add.at(conf, (tl[ti] - 1, pl[pi] - 1), 1)
         counts["confusion"] = conf
+        counts["missed"] = np.bincount(np.delete(tl, ti) - 1, minlength=n_classes).astype(np.int64)
+        counts["extra"] = np.bincount(np.delete(pl, pi) - 1, minlength=n_classes).astype(np.int64)
     if pred_heights is not None and true_heights is not None:
         ph = np.asarray(pred_heights, dtype=np.int64).reshape(-1)[pi]
         th = np.asarray(true_heights, dtype=np.int64).reshape(-1)[ti]
@@ -126,6 +211,7 @@ def detection_scores(
         counts["n_height"] = int(known.sum())
         counts["height_exact_count"] = int((diff == 0).sum())
         counts["height_within1_count"] = int((diff <= 1).sum())
+        counts["height_by_thickness"] = height_counts_by_thickness(ph[known], th[known])
     out = _derive(counts)
     out["pred_idx"], out["true_idx"] = pi, ti
     return out
@@ -135,7 +221,8 @@ def aggregate(scores_list: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Pool per-image scores: sum the counts, then derive the rates again.
 
     RMSE is pooled over all matched pairs (``sqrt(sum sq_err / sum tp)``), not averaged
-    over images. Confusion matrices are summed when present (all of the same shape).
+    over images. Confusion matrices, ``missed``, ``extra`` and ``height_by_thickness``
+    are summed when present (each of one shape).
 
     Parameters
     ----------
@@ -150,15 +237,16 @@ def aggregate(scores_list: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """
     counts: dict[str, Any] = {k: 0 for k in COUNT_KEYS}
     counts["sq_err_sum"] = 0.0
-    counts["confusion"] = None
+    counts |= {k: None for k in ARRAY_KEYS}
     n = 0
     for s in scores_list:
         n += 1
         for k in COUNT_KEYS:
             counts[k] += s[k]
-        conf = s.get("confusion")
-        if conf is not None:
-            counts["confusion"] = conf.copy() if counts["confusion"] is None else counts["confusion"] + conf
+        for k in ARRAY_KEYS:
+            a = s.get(k)
+            if a is not None:
+                counts[k] = np.array(a, copy=True) if counts[k] is None else counts[k] + a
     out = _derive(counts)
     out["n_images"] = n
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomfinder._figures import CLASS_COLOURS, plt, save_figure
+from atomfinder._figures import CLASS_COLOURS, add_scale_bar, new_figure, percentile_limits, plt, save_figure
 
 __all__ = ["CLASS_COLOURS", "plt", "preview_grid", "save_figure"]
 
@@ -20,6 +20,9 @@ def preview_grid(
     path: Path | str,
     titles: Sequence[str] | None = None,
     columns: int = 4,
+    *,
+    sampling_A: float | Sequence[float] | None = None,
+    dpi: int = 150,
 ) -> Path:
     """A grid of images with their labelled sites overlaid, coloured by class.
 
@@ -34,20 +37,34 @@ def preview_grid(
     class_names : sequence of str
         Names for the legend.
     path : path
-        PNG to write.
+        File to write (the suffix picks the format: ``.png``, ``.svg``, ``.pdf``).
     titles : sequence of str, optional
         One title per image.
+    columns : int
+        Panels per row.
+    sampling_A : float or sequence of float, optional
+        Pixel size in Å/px (one for all, or one per image): each panel gets a scale
+        bar (Å or nm). None: no scale bar.
+    dpi : int
+        Resolution of a raster file.
     """
     n = len(images)
     columns = max(1, min(columns, n))
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    if sampling_A is None or np.ndim(sampling_A) == 0:
+        samplings = [sampling_A] * n
+    else:
+        samplings = [float(v) for v in sampling_A]
+        if len(samplings) != n:
+            raise ValueError(f"{len(samplings)} pixel sizes for {n} images")
+    fig = new_figure((3.2 * columns, 3.4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (img, xy, lab) in enumerate(zip(images, positions_px, labels)):
         ax = axes.flat[i]
-        lo, hi = np.percentile(img, [1, 99])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        lo, hi = percentile_limits(img)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
         for c in np.unique(lab):
             sel = lab == c
             ax.scatter(xy[sel, 0], xy[sel, 1], s=9, facecolors="none",
@@ -55,6 +72,8 @@ def preview_grid(
                        label=class_names[int(c) - 1], linewidths=0.6, alpha=0.9)
         ax.set_xlim(-0.5, img.shape[1] - 0.5)
         ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        if samplings[i] is not None:
+            add_scale_bar(ax, img.shape[:2], float(samplings[i]), fontsize=7)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     handles = {}
@@ -63,4 +82,4 @@ def preview_grid(
             handles.setdefault(l, h)
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), markerscale=3, frameon=False)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)

@@ -18,7 +18,8 @@ Conventions (DESIGN.md, "Time series output")
   reference frame (frame 0) is at ``(x + dx, y + dy)`` in frame ``i``. A detection at
   ``(x_i, y_i)`` in frame ``i`` is therefore at ``(x_i - dx, y_i - dy)`` in the first
   frame's grid, and every coordinate written by this module is in that grid.
-* Registration (:func:`register_frames`): band-pass; whole-pixel masked normalised
+* Registration (:func:`register_frames`, in :mod:`atomfinder.detection.registration`,
+  the module focal series use too): band-pass; whole-pixel masked normalised
   cross-correlation (picks the right lattice peak from non-periodic content such as
   the particle outline); then sub-pixel Hann-windowed cross-correlation of the
   band-passed frames (upsampled DFT).
@@ -59,14 +60,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter, map_coordinates, uniform_filter
-from scipy.ndimage import shift as nd_shift
+from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
-from skimage.registration import phase_cross_correlation
 
 from atomfinder._files import atomic_write
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.plots import CLASS_COLOURS, plt, save_figure
+from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
+    REGISTRATION_MODES,
+    bandpass,
+    bin_image,
+    coarse_bin,
+    coarse_shift,
+    frame_shift,
+    hann_window,
+    pair_shift,
+    register_frames,
+    register_images,
+    smooth,
+)
 
 #: Column order of the output tables (DESIGN.md).
 SITES_COLUMNS = ("site", "x", "y", "x_angstrom", "y_angstrom", "label")
@@ -74,8 +86,6 @@ PRESENCE_COLUMNS = ("frame", "site", "present", "probability")
 EVENTS_COLUMNS = ("frame", "site", "event", "x", "y", "confidence")
 DRIFT_COLUMNS = ("frame", "dx", "dy")
 OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
-#: Registration modes of :func:`register_frames`.
-REGISTRATION_MODES = ("first", "previous")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
 GIF_MAX_SIDE = 400
@@ -86,261 +96,6 @@ PROBABILITY_FLOOR = 0.01
 MIN_SWITCH_COST = 2.0
 #: A one-frame excursion this many noise-sigmas deep does not flip a site (:func:`switch_cost_from_noise`).
 SWITCH_NOISE_SIGMAS = 4.0
-
-
-# --------------------------------------------------------------------------- registration
-
-
-def hann_window(shape: tuple[int, int]) -> np.ndarray:
-    """Separable 2-D Hann window of the given ``(rows, cols)`` shape (peak 1, edges 0)."""
-    return np.outer(np.hanning(shape[0]), np.hanning(shape[1]))
-
-
-def smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur of standard deviation ``sigma_px`` pixels (mirrored edges).
-
-    Exact (:func:`scipy.ndimage.gaussian_filter`) up to 8 px; above, three passes of
-    a box filter of about the same variance (odd widths, so nothing moves; error
-    about 1-2 % of an edge's height), whose cost does not grow with ``sigma_px``.
-    """
-    x = np.asarray(image, dtype=np.float64)
-    if sigma_px <= 0:
-        return x.copy()
-    if sigma_px <= 8:
-        return gaussian_filter(x, sigma_px, mode="reflect")
-    # 3 boxes of odd width w (centred): variance 3 (w^2 - 1) / 12 = sigma^2
-    width = 2 * int(round((np.sqrt(4.0 * sigma_px**2 + 1.0) - 1.0) / 2.0)) + 1
-    for _ in range(3):
-        x = uniform_filter(x, width, mode="reflect")
-    return x
-
-
-def bandpass(image: np.ndarray, sigma_low_px: float = 1.0, sigma_high_px: float | None = None) -> np.ndarray:
-    """Difference of Gaussians ``G(sigma_low) - G(sigma_high)`` for registration.
-
-    Removes shot noise finer than ``sigma_low_px`` and background varying over more
-    than ``sigma_high_px`` (default ``min(H, W) / 8``): uneven illumination does not
-    move with the sample and would pull the shift towards zero.
-
-    Returns
-    -------
-    ndarray of float64, shape (H, W), mean 0
-    """
-    x = np.asarray(image, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"expected an [H, W] frame, got shape {x.shape}")
-    if sigma_high_px is None:
-        sigma_high_px = min(x.shape) / 8.0
-    band = smooth(x, sigma_low_px) - smooth(x, sigma_high_px)
-    return band - band.mean()
-
-
-def frame_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 10) -> np.ndarray:
-    """Sub-pixel displacement ``(dx, dy)`` of ``moving`` relative to ``reference`` (band-passed).
-
-    Both images are multiplied by a Hann window (so the frame edges do not correlate)
-    and cross-correlated (:func:`skimage.registration.phase_cross_correlation` with
-    ``normalization=None``: phase normalisation would whiten the spectrum and undo
-    the band-pass, letting noise dominate), to ``1 / upsample`` pixel. A feature at
-    ``(x, y)`` in ``reference`` is at ``(x + dx, y + dy)`` in ``moving``
-    (skimage returns the ``(row, col)`` shift that moves ``moving`` back, i.e. minus
-    the displacement). The window favours small lags: the true displacement must be
-    under about half a lattice period (see :func:`coarse_shift`).
-    """
-    w = hann_window(reference.shape)
-    s, _, _ = phase_cross_correlation(reference * w, moving * w, upsample_factor=max(1, int(upsample)),
-                                      normalization=None)
-    return np.array([-float(s[1]), -float(s[0])])
-
-
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks (rows/columns that do not fill a block are dropped)."""
-    if factor <= 1:
-        return np.asarray(image, dtype=np.float64)
-    h, w = (np.asarray(image.shape) // factor) * factor
-    x = np.asarray(image, dtype=np.float64)[:h, :w]
-    return x.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-
-
-def coarse_bin(shape: tuple[int, int]) -> int:
-    """Binning of the coarse stage: ``max(1, min(H, W) // 256)`` (about 256 px left per side)."""
-    return max(1, min(shape) // 256)
-
-
-def coarse_shift(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
-    """Whole-pixel displacement ``(dx, dy)`` of ``moving`` relative to ``reference`` (band-passed).
-
-    Masked normalised cross-correlation (:func:`phase_cross_correlation` with all-true
-    masks, Padfield 2012): each lag is scored by the correlation coefficient over the
-    overlap of the two frames only, so neither a window nor the shrinking overlap
-    favours small lags, and lattice aliases score lower than the true lag wherever
-    non-periodic content (particle outline, surface, support) is in the field. Lags
-    leaving less than half the frame overlapping are not considered.
-    """
-    mask = np.ones(reference.shape, dtype=bool)
-    out = phase_cross_correlation(reference, moving, reference_mask=mask, moving_mask=mask, overlap_ratio=0.5)
-    s = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64)
-    return np.array([-s[1], -s[0]])
-
-
-def _shift_whole(image: np.ndarray, dxy: np.ndarray) -> np.ndarray:
-    """Move content by whole pixels ``(dx, dy)`` (exact; uncovered pixels repeat the edge)."""
-    if not np.any(dxy):
-        return image
-    return nd_shift(image, (float(dxy[1]), float(dxy[0])), order=0, mode="nearest")
-
-
-def _pair_shift_bandpassed(
-    ref: np.ndarray,
-    mov: np.ndarray,
-    upsample: int,
-    coarse: bool,
-    binned: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    c = np.zeros(2)
-    if coarse:
-        k = coarse_bin(ref.shape)
-        b_ref, b_mov = binned if binned is not None else (bin_image(ref, k), bin_image(mov, k))
-        c = np.rint(coarse_shift(b_ref, b_mov) * k)
-    return c + frame_shift(ref, _shift_whole(mov, -c), upsample)
-
-
-def pair_shift(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    upsample: int = 10,
-    *,
-    sigma_low_px: float = 1.0,
-    sigma_high_px: float | None = None,
-    coarse: bool = True,
-) -> np.ndarray:
-    """Displacement ``(dx, dy)`` in pixels of raw frame ``moving`` relative to raw ``reference``.
-
-    Both frames are band-passed (:func:`bandpass`); then two stages, because a
-    crystal lattice correlates with itself at every lattice vector and the windowed
-    sub-pixel correlation favours the alias nearest zero lag:
-
-    1. *coarse* (:func:`coarse_shift`): masked normalised cross-correlation, on
-       frames binned by :func:`coarse_bin` (1 up to 511 px, 4 for 1024 px), to the
-       nearest pixel;
-    2. *fine* (:func:`frame_shift`): ``moving`` is shifted back by that whole number of
-       pixels (exactly, no interpolation) and Hann-windowed cross-correlation finds
-       the rest to ``1 / upsample`` pixel; the true peak is now the one near zero lag.
-
-    ``coarse=False`` skips stage 1 (the displacement must then be under about half a
-    lattice period). With binning, the lattice period must stay above ~2 binned
-    pixels (e.g. > 8 px for a 1024 px frame).
-
-    Returns
-    -------
-    ndarray of float64, shape (2,)
-        A feature at ``(x, y)`` in ``reference`` is at ``(x + dx, y + dy)`` in ``moving``.
-    """
-    ref = np.asarray(reference, dtype=np.float64)
-    mov = np.asarray(moving, dtype=np.float64)
-    if ref.shape != mov.shape or ref.ndim != 2:
-        raise ValueError(f"frames must be 2-D and of equal shape, got {ref.shape} and {mov.shape}")
-    band_ref = bandpass(ref, sigma_low_px, sigma_high_px)
-    band_mov = bandpass(mov, sigma_low_px, sigma_high_px)
-    return _pair_shift_bandpassed(band_ref, band_mov, upsample, coarse)
-
-
-def register_frames(
-    frames: np.ndarray,
-    reference: int = 0,
-    upsample: int = 10,
-    mode: str = "first",
-    *,
-    sigma_low_px: float = 1.0,
-    sigma_high_px: float | None = None,
-    coarse: bool = True,
-) -> np.ndarray:
-    """Drift of every frame of a series relative to the reference frame.
-
-    Each pair of frames is registered as in :func:`pair_shift` (band-pass; whole-pixel
-    masked normalised cross-correlation; sub-pixel Hann-windowed cross-correlation).
-
-    Parameters
-    ----------
-    frames : ndarray, shape (N, H, W)
-        The series (raw counts or any linear scale).
-    reference : int
-        Index of the frame whose grid everything is expressed in (its drift is
-        exactly 0). DESIGN.md uses the first frame (0).
-    upsample : int
-        Sub-pixel resolution of the correlation peak: ``1 / upsample`` pixels.
-    mode : {"first", "previous"}
-        ``"first"``: each frame is correlated with the reference frame directly
-        (errors do not accumulate; best when the field changes little).
-        ``"previous"``: each frame is correlated with the frame before it and the
-        steps are summed (follows a field that evolves a lot, at the cost of a
-        random-walk error of about ``sqrt(N)`` times the per-step error).
-    sigma_low_px, sigma_high_px : float
-        Band-pass (:func:`bandpass`), in pixels.
-    coarse : bool
-        Run the whole-pixel stage first (see :func:`pair_shift`).
-
-    Returns
-    -------
-    ndarray of float64, shape (N, 2)
-        ``(dx, dy)`` in pixels: a feature at ``(x, y)`` in the reference frame is at
-        ``(x + dx, y + dy)`` in frame ``i``.
-
-    Notes
-    -----
-    Cross-correlation finds a shift only modulo the period of a perfectly periodic
-    field. The coarse stage scores each lag by its correlation coefficient over the
-    overlap, so non-periodic content (particle outline, surface, support) picks the
-    right lattice peak; a crystal filling the whole field with no such content can
-    still be ambiguous for drifts above half a lattice period between the correlated
-    frames (``mode="previous"`` keeps that step small).
-    """
-    stack = np.asarray(frames, dtype=np.float64)
-    if stack.ndim != 3:
-        raise ValueError(f"expected frames of shape (N, H, W), got {stack.shape}")
-    n = stack.shape[0]
-    if n == 0:
-        return np.zeros((0, 2))
-    if not -n <= reference < n:
-        raise ValueError(f"reference {reference} out of range for {n} frames")
-    if mode not in REGISTRATION_MODES:
-        raise ValueError(f"mode must be one of {REGISTRATION_MODES}, got {mode!r}")
-    band = [bandpass(f, sigma_low_px, sigma_high_px) for f in stack]
-    k = coarse_bin(stack.shape[1:])
-    binned = [bin_image(b, k) for b in band] if coarse else [None] * n
-    ref = reference % n
-    drift = np.zeros((n, 2))
-
-    def step(a: int, b: int) -> np.ndarray:
-        pair = (binned[a], binned[b]) if coarse else None
-        return _pair_shift_bandpassed(band[a], band[b], upsample, coarse, pair)
-
-    if mode == "first":
-        for i in range(n):
-            if i != ref:
-                drift[i] = step(ref, i)
-        return drift
-    for i in range(1, n):
-        drift[i] = drift[i - 1] + step(i - 1, i)
-    return drift - drift[ref]
-
-
-def register_images(frames: np.ndarray, drift_px: np.ndarray, order: int = 1) -> np.ndarray:
-    """Shift each frame onto the reference grid (for display; detection uses raw frames).
-
-    Frame ``i`` is resampled at ``(x + dx_i, y + dy_i)``, so a feature at ``(x, y)``
-    in the reference frame lands at ``(x, y)``. Pixels that came from outside the
-    frame take the frame's median.
-
-    Returns
-    -------
-    ndarray of float32, shape (N, H, W)
-    """
-    stack = np.asarray(frames, dtype=np.float64)
-    out = np.empty(stack.shape, dtype=np.float32)
-    for i, (f, (dx, dy)) in enumerate(zip(stack, np.asarray(drift_px, dtype=np.float64))):
-        out[i] = nd_shift(f, (-dy, -dx), order=order, mode="constant", cval=float(np.median(f)))
-    return out
 
 
 # --------------------------------------------------------------------------- detections
@@ -1226,8 +981,13 @@ def overlay_frames(
     ring_px: float,
     max_side: int = GIF_MAX_SIDE,
     max_frames: int = GIF_MAX_FRAMES,
+    sampling_A: float | None = None,
 ) -> tuple[list[Any], np.ndarray]:
     """Render registered frames with present sites as rings and absent ones as faint crosses.
+
+    Each frame gets its own 1-99 % grey stretch (a drifting dose or focus does not
+    wash out later frames), a legend (rings: present, per class; crosses: absent) and,
+    with ``sampling_A``, a scale bar.
 
     Parameters
     ----------
@@ -1245,6 +1005,8 @@ def overlay_frames(
         down, small ones up by a whole factor of at most 4).
     max_frames : int
         Largest number of frames (evenly spaced, :func:`gif_frame_indices`).
+    sampling_A : float, optional
+        Pixel size of the frames in Å/px, for the scale bar (none without it).
 
     Returns
     -------
@@ -1252,6 +1014,8 @@ def overlay_frames(
         Pillow RGB images (each labelled with its frame number) and the frames shown.
     """
     from PIL import Image, ImageDraw, ImageFont
+
+    from atomfinder._figures import percentile_limits, pil_legend, pil_scale_bar
 
     raw = np.asarray(frames)
     n, h, w = raw.shape
@@ -1262,16 +1026,17 @@ def overlay_frames(
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     # whole-factor enlargement repeats pixels (exact, and compresses well); reduction averages
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
-    step = max(1, max(h, w) // 256)  # percentiles on a subsample
-    lo, hi = np.percentile(stack[:, ::step, ::step], [1, 99]) if stack.size else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
     m = presence_matrix(presence_df, len(sites), n)
     uniq = sorted({str(v) for v in sites.label})
     colour = {lab: _colour_rgb(CLASS_COLOURS[1 + i % (len(CLASS_COLOURS) - 1)]) for i, lab in enumerate(uniq)}
     r = max(2.0, ring_px * scale)
     font = ImageFont.load_default()
+    legend = [(f"{lab} present", colour[lab], "ring") for lab in uniq]
+    if legend:
+        legend.append(("absent", (220, 220, 220), "cross"))
     images = []
     for j, f in enumerate(idx):
+        lo, hi = percentile_limits(stack[j])  # per frame
         grey = np.clip((stack[j] - lo) / (hi - lo), 0, 1) * 255
         img = Image.fromarray(grey.astype(np.uint8), "L").resize(size, resample).convert("RGBA")
         layer = Image.new("RGBA", size, (0, 0, 0, 0))
@@ -1289,7 +1054,13 @@ def overlay_frames(
         box = draw.textbbox((3, 2), text, font=font)
         draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0, 255))
         draw.text((3, 2), text, fill=(255, 255, 255, 255), font=font)
-        images.append(Image.alpha_composite(img, layer).convert("RGB"))
+        rgb = Image.alpha_composite(img, layer).convert("RGB")
+        marks = ImageDraw.Draw(rgb)
+        if legend:
+            pil_legend(marks, legend, size)
+        if sampling_A is not None:
+            pil_scale_bar(marks, size, sampling_A / scale)
+        images.append(rgb)
     return images, idx
 
 
@@ -1435,7 +1206,7 @@ def track(
         "occupancy.png": plot_occupancy(summ, out / "occupancy.png", frame_interval_s),
     }
     if gif:
-        images, _ = overlay_frames(stack, drift, pres, sites, ring_px=max(2.0, 0.6 * tol_px))
+        images, _ = overlay_frames(stack, drift, pres, sites, ring_px=max(2.0, 0.6 * tol_px), sampling_A=sampling_A)
         paths["overlay.gif"] = write_gif(images, out / "overlay.gif")
     return paths
 

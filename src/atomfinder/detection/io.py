@@ -11,7 +11,10 @@ Policy
 ------
 * Every image becomes ``float32``: ``[H, W]`` for one image, ``[N, H, W]`` for a
   stack (time or focal series, in file order). RGB(A) is converted to grey
-  (ITU-R BT.709 luma, as ``skimage.color.rgb2gray``); complex data is refused.
+  (ITU-R BT.709 luma, as ``skimage.color.rgb2gray``) and recorded as such
+  (``metadata["colour"]``: ``"rgb"``, or ``"grey-rgb"`` when the three channels
+  are equal), so that detection can refuse a colour screenshot; complex data is
+  refused.
 * The pixel size is converted to Å (units m, cm, mm, µm/um/micron, nm, Å/A,
   pm). A scale with no or an unknown unit, a non-positive or non-finite scale
   (the MRC header of some cameras says -1 nm) and the resolution tags of a plain
@@ -20,7 +23,8 @@ Policy
   the user overrides the file.
 * :func:`read_micrograph` accepts uncalibrated files (``sampling_A is None``);
   code that needs physical units calls :func:`require_sampling`, which raises
-  the one-line error that tells the user to pass ``--sampling``. Keeping the
+  the one-line error that tells the user to pass ``--sampling`` (or the keyword
+  the caller names). Keeping the
   two apart lets previews and format checks read any image, while detection
   can never silently guess a pixel size.
 * Every failure is a :class:`MicrographError` (a ``ValueError``) with a
@@ -35,11 +39,14 @@ Policy
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
 import unicodedata
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,7 @@ __all__ = [
     "MicrographError",
     "read_micrograph",
     "require_sampling",
+    "sampling_hint",
     "unit_to_angstrom",
     "write_tiff_calibrated",
 ]
@@ -129,11 +137,15 @@ class Micrograph:
     source : str
         The path as given to :func:`read_micrograph`.
     metadata : dict
-        Small, JSON-able facts: ``format``, ``dtype`` and ``shape`` in the file,
+        Small, JSON-able facts: ``format`` (the reader) and ``format_name``,
+        ``dtype`` and ``shape`` in the file,
         ``unit`` and ``scale`` of the file's calibration as written there,
-        ``file_sampling_A``, ``sampling_from`` (``"file"``, ``"user"`` or
-        ``None``) and ``calibration_note`` (why the file's calibration was not
-        used, or ``None``).
+        ``file_sampling_A``, ``calibration_source`` (where in the file it was
+        found: ``"TIFF metadata"``, ``"ImageJ metadata"``, ...; ``None`` without
+        one), ``sampling_from`` (``"file"``, ``"user"`` or ``None``),
+        ``calibration_note`` (why the file's calibration was not used, or
+        ``None``) and ``colour`` (``None`` for a grey image, ``"rgb"`` for a
+        colour one, ``"grey-rgb"`` for grey stored as RGB with equal channels).
     """
 
     data: np.ndarray
@@ -287,6 +299,8 @@ def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
     ValueError
         When the file holds no image (only spectra, say).
     """
+    if not results:
+        raise ValueError("the file holds no image")
     for result in results:
         if _n_signal_axes(result) == 2:
             return result
@@ -334,6 +348,19 @@ def _mrc_size_problem(path: Path) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger for a read: tifffile logs ``<TiffFile ...> contains no
+    pages`` on stderr beside the one-line error of an empty TIFF."""
+    logger = logging.getLogger(name)
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
 def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Read DM3/DM4, EMD, SER/EMI, MRC or TIFF with rosettasciio."""
     import importlib
@@ -346,18 +373,18 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
     kwargs: dict[str, Any] = {}
     if reader == "emd":
         kwargs["select_type"] = "images"  # Velox: skip spectra (and the `sparse` dependency)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
         results = module.file_reader(str(path), **kwargs)
-    if isinstance(results, dict):
-        results = [results]
-    result = _pick_image(list(results))
-    data = np.array(result["data"])  # copies memmaps (MRC), releasing the file
-    axes = _rsciio_axes(result)
-    if len(axes) != data.ndim:
-        axes = [{} for _ in range(data.ndim)]
-    if reader == "tiff":
-        axes = _tiff_fill_units(path, axes)
+        if isinstance(results, dict):
+            results = [results]
+        result = _pick_image(list(results))
+        data = np.array(result["data"])  # copies memmaps (MRC), releasing the file
+        axes = _rsciio_axes(result)
+        if len(axes) != data.ndim:
+            axes = [{} for _ in range(data.ndim)]
+        if reader == "tiff":
+            axes = _tiff_fill_units(path, axes)
     return data, axes
 
 
@@ -365,22 +392,23 @@ def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, A
     """Complete rsciio's TIFF axes from ImageJ or OME metadata read by tifffile.
 
     rsciio keeps an ImageJ unit only when it is ``micron`` and ignores OME-XML;
-    when its image axes carry no unit, take scale and unit from there.
+    when its image axes carry no unit, take scale and unit from there (the x axis
+    records which, as ``calibration_source``).
     """
     if len(axes) < 2 or any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):
         return axes
     found = _tiff_extra_calibration(path)
     if found is None:
         return axes
-    (scale_y, unit_y), (scale_x, unit_x) = found
+    (scale_y, unit_y), (scale_x, unit_x), where = found
     axes = [dict(a) for a in axes]
     axes[-2].update(scale=scale_y, units=unit_y)
-    axes[-1].update(scale=scale_x, units=unit_x)
+    axes[-1].update(scale=scale_x, units=unit_x, calibration_source=where)
     return axes
 
 
-def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float, str]] | None:
-    """((scale_y, unit_y), (scale_x, unit_x)) from ImageJ or OME metadata, if any."""
+def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float, str], str] | None:
+    """((scale_y, unit_y), (scale_x, unit_x), where) from ImageJ or OME metadata, if any."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -391,9 +419,10 @@ def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float,
             yres = page.tags["YResolution"].value
             unit = _unescape(str(ij["unit"]))
             if xres[0] > 0 and yres[0] > 0:
-                return (yres[1] / yres[0], unit), (xres[1] / xres[0], unit)
+                return (yres[1] / yres[0], unit), (xres[1] / xres[0], unit), "ImageJ metadata"
         if tif.is_ome and tif.ome_metadata:
-            return _ome_calibration(tif.ome_metadata)
+            found = _ome_calibration(tif.ome_metadata)
+            return None if found is None else (*found, "OME-XML")
     return None
 
 
@@ -494,7 +523,7 @@ def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]
 
 def _to_grey(
     data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
+) -> tuple[np.ndarray, list[dict[str, Any]], str | None]:
     """Convert RGB(A) to grey with BT.709 luma; other data pass unchanged.
 
     Parameters
@@ -506,15 +535,26 @@ def _to_grey(
         Axis dictionaries, one per dimension of ``data``.
     channels_last : bool
         Whether a trailing axis of 2-4 channels may be colour.
+
+    Returns
+    -------
+    (data, axes, colour)
+        ``colour`` is None for grey input, ``"rgb"`` for colour, ``"grey-rgb"`` for
+        RGB(A) whose three colour channels are equal (grey stored as colour).
     """
     if data.dtype.names and {"R", "G", "B"} <= set(data.dtype.names):
         rgb = np.stack([data[c].astype(np.float64) for c in "RGB"], axis=-1)
-        return rgb @ _LUMA, axes
-    if channels_last and data.ndim == 3 and data.shape[-1] in (2, 3, 4) and min(data.shape[:2]) > 4:
+        axes_out = axes
+    elif channels_last and data.ndim == 3 and data.shape[-1] in (2, 3, 4) and min(data.shape[:2]) > 4:
         if data.shape[-1] == 2:  # grey + alpha
-            return data[..., 0], axes[:-1]
-        return data[..., :3].astype(np.float64) @ _LUMA, axes[:-1]
-    return data, axes
+            return data[..., 0], axes[:-1], None
+        rgb = data[..., :3].astype(np.float64)
+        axes_out = axes[:-1]
+    else:
+        return data, axes, None
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return rgb[..., 0], axes_out, "grey-rgb"
+    return rgb @ _LUMA, axes_out, "rgb"
 
 
 def _arrange(
@@ -564,11 +604,32 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- API
 
 
+def sampling_hint(name: str = "--sampling", what: str = "it") -> str:
+    """How to give a pixel size, for the end of an error message.
+
+    Parameters
+    ----------
+    name : str
+        A command-line option (``"--sampling"``) or a Python keyword (``"sampling"``,
+        ``"sampling_A"``): each caller names the one its user types.
+    what : str
+        The object of "give" (``"it"``, ``"a pixel size"``).
+
+    Returns
+    -------
+    str
+        ``"give it with --sampling (Å per pixel)"`` or ``"give it with
+        sampling=... (Å per pixel)"``.
+    """
+    return f"give {what} with {name}{'' if name.startswith('-') else '=...'} (Å per pixel)"
+
+
 def read_micrograph(
     path: str | os.PathLike[str],
     sampling_A: float | None = None,
     *,
     min_size: int = MIN_SIZE,
+    sampling_name: str = "--sampling",
 ) -> Micrograph:
     """Read a micrograph (or a stack of them) and its pixel size.
 
@@ -582,6 +643,9 @@ def read_micrograph(
     min_size : int, default MIN_SIZE (16)
         Smallest accepted height and width in pixels. Tests of the readers
         lower it to read tiny vendor sample files.
+    sampling_name : str, default ``"--sampling"``
+        How the user gives a pixel size (a command-line option or a Python
+        keyword), named in error messages (:func:`sampling_hint`).
 
     Returns
     -------
@@ -640,7 +704,7 @@ def read_micrograph(
     file_dtype = str(raw.dtype)
     if np.iscomplexobj(raw):
         raise MicrographError(source, "complex data (an exit wave or FFT?); save the intensity image instead")
-    data, axes = _to_grey(raw, axes, channels_last=reader in ("image", "npy"))
+    data, axes, colour = _to_grey(raw, axes, channels_last=reader in ("image", "npy"))
     if data.dtype.names or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise MicrographError(source, f"pixel type {file_dtype} is not a number")
     data, axes = _arrange(data, axes)
@@ -668,32 +732,40 @@ def read_micrograph(
                 source, f"pixel size in a {exc}: a diffraction pattern or FFT, not a real-space image"
             ) from None
         if sampling_A is None:
-            raise MicrographError(source, f"{exc}; resample the image or give --sampling (Å per pixel)") from None
+            raise MicrographError(
+                source, f"{exc}; resample the image or {sampling_hint(sampling_name, 'a pixel size')}"
+            ) from None
         file_sampling_A, note = None, str(exc)
 
     x_axis = axes[-1] if axes else {}
     metadata = {
         "format": reader,
+        "format_name": fmt,
         "dtype": file_dtype,
         "shape": file_shape,
         "unit": _jsonable(x_axis.get("units")),
         "scale": _jsonable(x_axis.get("scale")),
         "file_sampling_A": file_sampling_A,
+        "calibration_source": (x_axis.get("calibration_source", f"{fmt} metadata") if file_sampling_A else None),
         "sampling_from": "user" if sampling_A is not None else ("file" if file_sampling_A else None),
         "calibration_note": note,
+        "colour": colour,
     }
     data.flags.writeable = False
     final = float(sampling_A) if sampling_A is not None else file_sampling_A
     return Micrograph(data=data, sampling_A=final, source=source, metadata=metadata)
 
 
-def require_sampling(micrograph: Micrograph) -> float:
+def require_sampling(micrograph: Micrograph, sampling_name: str = "--sampling") -> float:
     """The micrograph's pixel size in Å, or an error telling the user to give one.
 
     Parameters
     ----------
     micrograph : Micrograph
         As returned by :func:`read_micrograph`.
+    sampling_name : str, default ``"--sampling"``
+        How the user gives a pixel size: the command-line option, or the keyword of
+        the Python function they called (``"sampling"`` for ``atomfinder.detect``).
 
     Returns
     -------
@@ -709,9 +781,7 @@ def require_sampling(micrograph: Micrograph) -> float:
         return micrograph.sampling_A
     note = micrograph.metadata.get("calibration_note")
     detail = f" ({note})" if note and note != "no calibration" else ""
-    raise MicrographError(
-        micrograph.source, f"no pixel size in the file{detail}; give it with --sampling (Å per pixel)"
-    )
+    raise MicrographError(micrograph.source, f"no pixel size in the file{detail}; {sampling_hint(sampling_name)}")
 
 
 def write_tiff_calibrated(

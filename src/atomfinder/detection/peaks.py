@@ -81,6 +81,33 @@ class AtomTable:
         """The rows where ``keep`` (a boolean mask or an index array) selects."""
         return AtomTable(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
+    def plot(self, image: np.ndarray, sampling_A: float, class_names: Sequence[str] | None = None,
+             **options):
+        """The atoms drawn on ``image`` as a matplotlib Figure (nothing is written).
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W)
+            The image the positions are in pixels of.
+        sampling_A : float
+            Pixel size in Å/px (scale bar).
+        class_names : sequence of str, optional
+            Names of classes ``1..k-1`` (default ``"class 1"``, ``"class 2"``...).
+        **options
+            Keywords of :func:`atomfinder.detection.overlay.overlay_plot`
+            (``colour_by``, ``marker_size``, ``title``, ``scale_bar``...).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from atomfinder.detection.overlay import overlay_plot
+
+        if class_names is None:
+            class_names = [f"class {i}" for i in range(1, int(self.label.max(initial=0)) + 1)]
+        names = tuple(str(n) for n in class_names)
+        return overlay_plot(image, self.to_frame(names, sampling_A), names, sampling_A, **options)
+
     @property
     def xy(self) -> np.ndarray:
         """Positions as an ``(n, 2)`` array of ``(x, y)`` in pixels."""

@@ -9,8 +9,10 @@ The steps, in order:
    finite pixels; dead and hot pixels (more than ``n_sigma`` robust standard
    deviations from a 3x3 median filter) become that median; a constant image is
    refused.
-3. **Register** focal-series frames to the first one (:func:`register_focal_series`,
-   sub-pixel phase correlation) and check the frame count against the model card.
+3. **Register** focal-series frames to the first one
+   (:func:`atomfinder.detection.registration.register_focal_series`, sub-pixel phase
+   correlation; the module time series use too) and check the frame count, and the
+   focal step when it is given, against the model card.
 4. **Detect** with :func:`atomfinder.detection.pipeline.detect_array` (resample to the
    model sampling, normalise, tiled inference, peaks).
 5. **Check** each image (each frame of a stack) against the model card's validity
@@ -21,8 +23,10 @@ The steps, in order:
 :func:`detect_files` validates every input (read, calibration, frame count, unique
 output names, writable output folder) before it writes anything, and then writes, per
 input, ``<stem>.csv`` (atom table), ``<stem>.json`` (provenance and validity checks),
-``<stem>.png`` (overlay) and optionally ``<stem>_probabilities.tif``; the files of one input appear together (temporary files
-renamed at the end), so an input that fails leaves nothing behind. With a
+``<stem>.png`` (overlay) and optionally ``<stem>_probabilities.tif`` (at the model's
+pixel size, or resampled back onto the input's pixels); the files of one input appear
+together (temporary files renamed at the end), so an input that fails leaves nothing
+behind. :func:`existing_outputs` lists what a run would replace. With a
 ``scheduler`` address the inputs are processed on a dask.distributed cluster.
 
 Coordinates follow DESIGN.md: ``x`` = column, ``y`` = row, in pixels of the input
@@ -50,18 +54,23 @@ from atomfinder.detection.io import (
     MicrographError,
     read_micrograph,
     require_sampling,
+    sampling_hint,
     unit_to_angstrom,
     write_tiff_calibrated,
 )
+from atomfinder.detection.registration import UPSAMPLE, register_focal_series  # noqa: F401 (re-exported)
 
 __all__ = [
     "FileReport",
     "Sample",
+    "check_focal_step_argument",
     "clean_image",
     "detect",
     "detect_files",
+    "existing_outputs",
     "fill_nonfinite",
     "load_sample",
+    "probabilities_on_input_grid",
     "provenance",
     "register_focal_series",
     "repair_outliers",
@@ -70,10 +79,10 @@ __all__ = [
 
 #: Robust standard deviations (1.4826 MAD) from the 3x3 median that mark a dead/hot pixel.
 OUTLIER_SIGMA = 8.0
-#: Sub-pixel precision of the focal-series registration: 1/UPSAMPLE pixels.
-UPSAMPLE = 10
 #: Relative difference of the pixel sizes of a focal series' files that is tolerated.
 SAMPLING_RTOL = 1e-3
+#: Grids the probability maps can be written on: the model's pixels or the input's.
+PROBABILITY_GRIDS = ("model", "input")
 
 ProgressFn = Callable[[int, int, "FileReport"], None]
 
@@ -225,66 +234,6 @@ def clean_image(
     return out[0] if img.ndim == 2 else out
 
 
-# --------------------------------------------------------------------------- registration
-
-
-def register_focal_series(
-    stack: np.ndarray, upsample_factor: int = UPSAMPLE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Align every frame of a stack to the first (drift correction).
-
-    Shifts are measured by phase correlation
-    (:func:`skimage.registration.phase_cross_correlation`, to ``1/upsample_factor``
-    pixel) on Hann-windowed, mean-free frames (a second pass on the shifted frame
-    removes the window's bias towards zero shift), and applied with a cubic spline
-    (:func:`scipy.ndimage.shift`, edges extended with the nearest pixel). Phase
-    correlation uses only the Fourier phase, so frames at different defoci (different
-    contrast) still align on their shared lattice.
-
-    Parameters
-    ----------
-    stack : ndarray, shape (N, H, W)
-        Frames; the first is the reference.
-    upsample_factor : int
-        Sub-pixel precision (1/upsample_factor px).
-
-    Returns
-    -------
-    (ndarray of float32, shape (N, H, W); ndarray of float64, shape (N, 2))
-        The registered frames, and the ``(dy, dx)`` shift in pixels applied to each
-        (the first row is 0): frame ``i`` content at ``(y, x)`` moved to
-        ``(y + dy, x + dx)``.
-    """
-    from scipy.ndimage import shift as nd_shift
-    from skimage.filters import window
-    from skimage.registration import phase_cross_correlation
-
-    frames = np.asarray(stack, dtype=np.float32)
-    if frames.ndim != 3:
-        raise ValueError(f"expected an [N, H, W] stack, got shape {frames.shape}")
-    win = window("hann", frames.shape[1:])
-
-    def prepared(frame: np.ndarray) -> np.ndarray:
-        f = frame.astype(np.float64)
-        return (f - f.mean()) * win
-
-    ref = prepared(frames[0])
-    out = frames.copy()
-    shifts = np.zeros((len(frames), 2))
-    for i in range(1, len(frames)):
-        frame = frames[i].astype(np.float64)
-        total = np.zeros(2)
-        for _ in range(2):  # the window biases a large shift towards 0; a second pass removes it
-            moved = nd_shift(frame, total, order=3, mode="nearest") if total.any() else frame
-            step, _, _ = phase_cross_correlation(
-                ref, prepared(moved), upsample_factor=upsample_factor, normalization="phase"
-            )
-            total += step
-        shifts[i] = total
-        out[i] = nd_shift(frame, total, order=3, mode="nearest")
-    return out, shifts
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -308,6 +257,12 @@ class Sample:
         (``"argument"``; ``"--sampling"`` from the command line).
     files : tuple of str
         The files read (empty for an array or signal).
+    file_sampling_A : float or None
+        The pixel size written in the (first) file, also when a given value replaced
+        it; None without one.
+    notes : tuple of str
+        One line each about how the input was read (a given pixel size that replaces
+        a different one of the file; grey stored as RGB), for the user to see.
     """
 
     data: np.ndarray
@@ -316,6 +271,8 @@ class Sample:
     stem: str
     sampling_source: str = "argument"
     files: tuple[str, ...] = ()
+    file_sampling_A: float | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -390,45 +347,75 @@ def _check_input_memory(shape: tuple[int, ...], source: str) -> None:
         raise MicrographError(source, problem)
 
 
-def _read_file(path: str | os.PathLike[str], sampling_A: float | None) -> tuple[np.ndarray, float, bool]:
-    """Pixels and Å/px of one file, and whether the Å/px came from the file (errors name the file)."""
-    micrograph = read_micrograph(path, sampling_A)
-    sampling = require_sampling(micrograph)
-    return np.asarray(micrograph.data), sampling, micrograph.metadata.get("sampling_from") == "file"
+@dataclass(frozen=True)
+class _FileRead:
+    """One file as read for detection."""
+
+    data: np.ndarray
+    sampling_A: float
+    from_file: bool
+    file_sampling_A: float | None
+    notes: tuple[str, ...]
+
+
+def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_name: str) -> _FileRead:
+    """Pixels and Å/px of one file, whether the Å/px came from the file, and notes (errors name
+    the file). A colour image is refused; grey stored as RGB is read with a note."""
+    micrograph = read_micrograph(path, sampling_A, sampling_name=sampling_name)
+    meta = micrograph.metadata
+    notes = []
+    if meta.get("colour") == "rgb":
+        raise MicrographError(
+            path, "a colour (RGB) image, not a micrograph (a screenshot or an exported figure?); "
+            "give the grey-level image the microscope recorded (dm3/dm4/emd/ser/mrc/tif)"
+        )
+    if meta.get("colour") == "grey-rgb":
+        notes.append(f"{os.fspath(path)}: grey image stored as RGB (three equal channels), read as grey")
+    sampling = require_sampling(micrograph, sampling_name)
+    file_sampling = meta.get("file_sampling_A")
+    if sampling_A is not None and file_sampling and abs(sampling - file_sampling) > SAMPLING_RTOL * file_sampling:
+        notes.append(f"{os.fspath(path)}: {sampling_name} {sampling:.4g} Å/px replaces the file's pixel size "
+                     f"{file_sampling:.4g} Å/px")
+    return _FileRead(np.asarray(micrograph.data), sampling, meta.get("sampling_from") == "file", file_sampling,
+                     tuple(notes))
 
 
 def _stack_files(
-    paths: Sequence[str | os.PathLike[str]], sampling_A: float | None
-) -> tuple[np.ndarray, float, bool]:
-    """Several single-image files (a focal series in defocus order) as one [N, H, W] stack,
-    its Å/px, and whether that came from the files."""
-    frames, samplings = [], []
-    from_file = False
+    paths: Sequence[str | os.PathLike[str]], sampling_A: float | None, sampling_name: str,
+    series: str = "focal series",
+) -> _FileRead:
+    """Several single-image files (a ``series`` in order) as one [N, H, W] stack, with the Å/px
+    and calibration of the first and the notes of all."""
+    frames, samplings, notes = [], [], []
+    reads: list[_FileRead] = []
     for p in paths:
-        data, s, from_file = _read_file(p, sampling_A)
+        read = _read_file(p, sampling_A, sampling_name)
+        data, s = read.data, read.sampling_A
         if data.ndim != 2:
             raise MicrographError(
-                p, f"holds {data.shape[0]} frames; give a focal series either as one multi-frame file "
+                p, f"holds {data.shape[0]} frames; give a {series} either as one multi-frame file "
                 "or as several single-image files"
             )
         if frames and data.shape != frames[0].shape:
             raise MicrographError(
                 p, f"image of {data.shape[0]}x{data.shape[1]} pixels, but {os.fspath(paths[0])} has "
-                f"{frames[0].shape[0]}x{frames[0].shape[1]}; focal-series frames must have the same size"
+                f"{frames[0].shape[0]}x{frames[0].shape[1]}; {series.replace(' ', '-')} frames must have the same size"
             )
         if samplings and abs(s - samplings[0]) > SAMPLING_RTOL * samplings[0]:
             raise MicrographError(
                 p, f"pixel size {s:.6g} Å differs from {samplings[0]:.6g} Å of {os.fspath(paths[0])}; "
-                "focal-series frames must have the same pixel size"
+                f"{series.replace(' ', '-')} frames must have the same pixel size"
             )
         frames.append(data)
         samplings.append(s)
-    return np.stack(frames), samplings[0], from_file
+        notes.extend(read.notes)
+        reads.append(read)
+    return dataclasses.replace(reads[0], data=np.stack(frames), notes=tuple(notes))
 
 
 def load_sample(
     image: Any, sampling_A: float | None = None, *, source: str | None = None,
-    sampling_label: str = "argument",
+    sampling_label: str = "argument", sampling_name: str | None = None, series: str = "focal series",
 ) -> Sample:
     """Read and clean one detection input.
 
@@ -448,6 +435,13 @@ def load_sample(
     sampling_label : str
         How a given ``sampling_A`` is named in :attr:`Sample.sampling_source`
         (``"argument"``; the command line passes ``"--sampling"``).
+    sampling_name : str, optional
+        How the user gives a pixel size, named in messages: the keyword of the
+        function they called (``"sampling"`` for :func:`detect`) or the command-line
+        option. Default: ``sampling_label`` when it is an option (``--...``), else
+        ``"sampling_A"``.
+    series : str
+        What several files form, for messages: ``"focal series"`` or ``"time series"``.
 
     Returns
     -------
@@ -458,35 +452,37 @@ def load_sample(
     MicrographError
         Unreadable input, not an image, no pixel size, constant or all-NaN image.
     """
+    if sampling_name is None:
+        sampling_name = sampling_label if sampling_label.startswith("--") else "sampling_A"
     if sampling_A is not None:
-        sampling_A = _check_sampling_value(sampling_A, source or "--sampling")
+        sampling_A = _check_sampling_value(sampling_A, source or sampling_name)
     files: tuple[str, ...] = ()
-    if isinstance(image, (str, os.PathLike)):
-        src = source or os.fspath(image)
-        data, s, from_file = _read_file(image, sampling_A)
-        stem = Path(os.fspath(image)).stem
-        files = (os.fspath(image),)
-    elif isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
-        if len(image) == 1:
-            return load_sample(image[0], sampling_A, source=source, sampling_label=sampling_label)
-        src = source or os.fspath(image[0])
-        data, s, from_file = _stack_files(image, sampling_A)
-        stem = Path(os.fspath(image[0])).stem
-        files = tuple(os.fspath(p) for p in image)
+    file_sampling_A: float | None = None
+    notes: tuple[str, ...] = ()
+    if isinstance(image, (str, os.PathLike)) or (
+            isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image)):
+        paths = [image] if isinstance(image, (str, os.PathLike)) else list(image)
+        src = source or os.fspath(paths[0])
+        read = (_read_file(paths[0], sampling_A, sampling_name) if len(paths) == 1
+                else _stack_files(paths, sampling_A, sampling_name, series))
+        data, s, from_file = read.data, read.sampling_A, read.from_file
+        file_sampling_A, notes = read.file_sampling_A, read.notes
+        stem = Path(os.fspath(paths[0])).stem
+        files = tuple(os.fspath(p) for p in paths)
     elif _is_signal(image):
         general = getattr(getattr(image, "metadata", None), "General", None)
         src = source or str(getattr(general, "title", "") or "<signal>")
         data = _check_array(np.asarray(image.data), src)
         s = sampling_A if sampling_A is not None else _signal_sampling_A(image, src)
         if s is None:
-            raise MicrographError(src, "no pixel size in the signal's axes (no length unit); give sampling_A (Å per pixel)")
+            raise MicrographError(src, f"no pixel size in the signal's axes (no length unit); {sampling_hint(sampling_name)}")
         stem = "signal"
         from_file = False
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         src = source or "<array>"
         data = _check_array(np.asarray(image), src)
         if sampling_A is None:
-            raise MicrographError(src, "an array has no pixel size; give sampling_A (Å per pixel)")
+            raise MicrographError(src, f"an array has no pixel size; {sampling_hint(sampling_name)}")
         s = sampling_A
         stem = "image"
         from_file = False
@@ -503,13 +499,14 @@ def load_sample(
         origin = "signal"
     _check_input_memory(np.shape(data), src)
     return Sample(data=clean_image(data, src), sampling_A=float(s), source=src, stem=stem,
-                  sampling_source=origin, files=files)
+                  sampling_source=origin, files=files, file_sampling_A=file_sampling_A, notes=notes)
 
 
 def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
     """Refuse a frame count the model cannot use.
 
-    A focal series must have exactly ``card.in_channels`` frames; a single image or a
+    A focal series needs a focal-series model (``card.in_channels`` > 1) and exactly
+    ``card.in_channels`` frames (a single frame is not a series); a single image or a
     stack of independent frames needs a single-image model.
 
     Raises
@@ -519,6 +516,16 @@ def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
     """
     need = int(card.in_channels)
     n = sample.n_frames
+    if focal_series and need == 1:
+        raise MicrographError(
+            sample.source, f"given as a focal series (--focal-series), but model {card.name!r} takes single images, "
+            "not a focal series; leave out --focal-series or use a focal-series model"
+        )
+    if focal_series and n == 1:
+        raise MicrographError(
+            sample.source, f"a single frame given as a focal series (--focal-series); model {card.name!r} needs "
+            f"a focal series of {need} frames: one multi-frame file or {need} single-image files in defocus order"
+        )
     if focal_series and n != need:
         what = f"a focal series of {need} frames" if need > 1 else "single images (not a focal series)"
         raise MicrographError(
@@ -549,6 +556,43 @@ def check_size(sample: Sample, card: Any, focal_series: bool) -> None:
         raise MicrographError(sample.source, problem)
 
 
+def check_focal_step_argument(
+    focal_step_A: float | None, focal_series: bool, names: tuple[str, str] = ("focal_step_A", "focal_series")
+) -> float | None:
+    """The focal step a user gave, checked: a finite number of Å, and only with a focal series.
+
+    Parameters
+    ----------
+    focal_step_A : float or None
+        Defocus step between consecutive frames (Å, positive = underfocus).
+    focal_series : bool
+        Whether the input is a focal series.
+    names : (str, str)
+        How the user gives the step and the focal series, for messages (the Python
+        keywords, or ``("--focal-step", "--focal-series")``).
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    ValueError
+        A step that is not a finite number, or a step without a focal series.
+    """
+    if focal_step_A is None:
+        return None
+    try:
+        step = float(focal_step_A)
+    except (TypeError, ValueError):
+        step = math.nan
+    if not math.isfinite(step):
+        raise ValueError(f"{names[0]} must be a number of Å (defocus step between frames), got {focal_step_A!r}")
+    if not focal_series:
+        raise ValueError(f"{names[0]} is the defocus step of a focal series: it needs {names[1]}")
+    return step
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -569,6 +613,7 @@ class SampleResult:
     n_frames: int
     provenance: dict = dataclasses.field(default_factory=dict)
     validity: dict = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def _effective_precision(device: Any, precision: str) -> str:
@@ -584,7 +629,7 @@ def _effective_precision(device: Any, precision: str) -> str:
 
 def provenance(
     sample: Sample, card: Any, *, focal_series: bool, threshold: float | None, device: Any = None,
-    precision: str = "auto", model_path: str | None = None,
+    precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
 ) -> dict[str, Any]:
     """What an atom table was made from and how (the ``provenance`` of DESIGN.md).
 
@@ -602,11 +647,14 @@ def provenance(
         As given to the detection.
     model_path : str, optional
         The model's stem on disk, when known.
+    focal_step_A : float, optional
+        The focal series' defocus step between frames as given (Å), when known.
 
     Returns
     -------
     dict
-        ``input``, ``input_files``, ``frames``, ``focal_series``, ``sampling_A``,
+        ``input``, ``input_files``, ``frames``, ``focal_series``, ``focal_step_A``
+        (focal series: the step given, else None), ``sampling_A``,
         ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``min_confidence`` (the card's confidence
@@ -622,6 +670,7 @@ def provenance(
         "input_files": list(sample.files),
         "frames": sample.n_frames,
         "focal_series": bool(focal_series),
+        "focal_step_A": None if focal_step_A is None else float(focal_step_A),
         "sampling_A": float(sample.sampling_A),
         "sampling_source": sample.sampling_source,
         "model": {"name": card.name, "version": card.version, "path": model_path,
@@ -637,20 +686,24 @@ def provenance(
 
 
 def _image_validity(
-    table: pd.DataFrame, cnr: float, sample: Sample, card: Any, reference: dict, frame: int | None
+    table: pd.DataFrame, cnr: float, sample: Sample, card: Any, reference: dict, frame: int | None,
+    focal_series: bool = False, focal_step_A: float | None = None,
 ) -> Any:
-    """The validity checks of one image (or frame), its detections and its contrast-to-noise ratio."""
+    """The validity checks of one image (or frame, or focal series), its detections and its
+    contrast-to-noise ratio (and a focal series' step)."""
     from atomfinder.detection import validity
 
     return validity.check_image(table, reference, contrast_to_noise_ratio=cnr, sampling_A=sample.sampling_A,
-                                model_sampling_A=float(card.sampling_A), source=sample.source, frame=frame)
+                                model_sampling_A=float(card.sampling_A), source=sample.source, frame=frame,
+                                focal_series=focal_series, focal_step_A=focal_step_A)
 
 
 def _run_sample(
     net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
-    precision: str = "auto", model_path: str | None = None,
+    precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
 ) -> SampleResult:
-    """Detect atoms in one validated sample, with its provenance and validity checks."""
+    """Detect atoms in one validated sample, with its provenance and validity checks (a focal
+    series' step, when given, is checked against the card's trained range)."""
     from atomfinder.detection.pipeline import detect_array
     from atomfinder.detection.validity import card_reference, validity_record
 
@@ -674,7 +727,7 @@ def _run_sample(
         cnrs.append(result.contrast_to_noise)
     stack = sample.data.ndim == 3 and not focal_series
     reference = card_reference(card)
-    checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None)
+    checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None, focal_series, focal_step_A)
               for i, (t, cnr) in enumerate(zip(tables, cnrs))]
     if stack:
         for i, t in enumerate(tables):
@@ -698,8 +751,9 @@ def _run_sample(
         stem=sample.stem,
         n_frames=sample.n_frames,
         provenance=provenance(sample, card, focal_series=focal_series, threshold=threshold, device=device,
-                              precision=precision, model_path=model_path),
+                              precision=precision, model_path=model_path, focal_step_A=focal_step_A),
         validity=validity_record(checks),
+        notes=sample.notes,
     )
 
 
@@ -736,6 +790,7 @@ def detect(
     threshold: float | None = None,
     device: Any = None,
     precision: str = "auto",
+    focal_step_A: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Find atoms in a micrograph.
 
@@ -752,9 +807,13 @@ def detect(
     sampling : float, optional
         Pixel size in Å/px; overrides the file's calibration.
     focal_series : bool
-        The frames are one sample at several defoci (in the model card's order):
-        they are registered to the first frame and fed to the model together. Their
-        number must equal the card's ``in_channels``.
+        The frames are one sample at several defoci (in the model card's order,
+        ``validity["focal_order"]``: increasing underfocus for the simulations of
+        ``atomfinder simulate``): they are registered to the first frame
+        (:func:`atomfinder.detection.registration.register_focal_series`) and fed to
+        the model together. Their number must equal the card's ``in_channels``; a
+        single frame, or a single-image model, is refused. **All coordinates are in
+        the first frame's pixel grid.**
     threshold : float, optional
         Smallest atom probability (default: the card's value, else 0.5).
     device : str or torch.device, optional
@@ -762,14 +821,23 @@ def detect(
     precision : {"auto", "float32", "bfloat16", "float16"}
         Network arithmetic: ``"auto"`` is bfloat16 on CPUs with native support,
         float16 on CUDA, else float32.
+    focal_step_A : float, optional
+        Focal series only: the defocus step between consecutive frames (Å, positive
+        = each frame more underfocused than the one before). A step outside the
+        range the model was trained on (``validity["focal_step_A"]`` of its card), or
+        of the wrong sign, gives a one-line validity warning (check ``focal_step``).
 
     Returns
     -------
-    (DataFrame, dict)
+    Detection (a ``(DataFrame, dict)`` tuple)
+        Unpacks as ``table, info``; it also draws itself (``.plot()`` returns a
+        matplotlib Figure, Jupyter shows a thumbnail and a summary; see
+        :class:`atomfinder.detection.overlay.Detection`).
         The atom table (columns ``x, y, x_angstrom, y_angstrom, label,
-        probability, height``; a stack of independent frames gets a leading
+        probability, height``, and ``confidence, sigma_angstrom`` when the model
+        is calibrated; a stack of independent frames gets a leading
         ``frame`` column) with positions in pixels of the input (of the first frame
-        for a focal series), and a dict with ``"probabilities"`` (float32
+        for a focal series: its first frame's pixel grid), and a dict with ``"probabilities"`` (float32
         ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h, w]``
         for a stack), ``"height"`` (float32 ``[h, w]`` / ``[N, h, w]`` or None),
         ``"sampling_A"`` (input Å/px), ``"model_sampling_A"`` (Å/px of the maps),
@@ -789,18 +857,22 @@ def detect(
     Raises
     ------
     MicrographError (a ValueError)
-        Unreadable or unusable input, no pixel size, wrong frame count.
+        Unreadable or unusable input, no pixel size, wrong frame count, a focal series
+        of one frame or given to a single-image model.
     ValueError
-        Unknown model (the message lists the shipped ones), bad threshold or precision.
+        Unknown model (the message lists the shipped ones), bad threshold or precision,
+        a focal step without ``focal_series``.
     """
     from atomfinder.detection.validity import warn
     from atomfinder.nn.infer import check_precision  # imports torch, which detection needs anyway
 
     _check_threshold(threshold)
     check_precision(precision)
-    sample = load_sample(image, sampling)
+    focal_step_A = check_focal_step_argument(focal_step_A, focal_series)
+    sample = load_sample(image, sampling, sampling_name="sampling")
     net, card, stem = _load(model, device)
-    res = _run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem)
+    res = _run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem,
+                      focal_step_A=focal_step_A)
     warn(res.validity["warnings"])
     info = {
         "probabilities": res.probabilities,
@@ -812,7 +884,10 @@ def detect(
         "provenance": res.provenance,
         "validity": res.validity,
     }
-    return _with_attrs(res.table, res), info
+    from atomfinder.detection.overlay import Detection
+
+    shown = sample.data if sample.data.ndim == 3 and not focal_series else res.overlay_image
+    return Detection(_with_attrs(res.table, res), info, image=shown)
 
 
 # --------------------------------------------------------------------------- files
@@ -836,6 +911,12 @@ class FileReport:
         Files written.
     warnings : tuple of str
         One line per failed validity check (see :mod:`atomfinder.detection.validity`).
+    sampling_A : float or None
+        Pixel size used, in Å/px.
+    sampling_source : str
+        Where it came from (:attr:`Sample.sampling_source`: ``"file"``, ``"--sampling"``, ...).
+    notes : tuple of str
+        One line each about how the input was read (:attr:`Sample.notes`).
     """
 
     source: str
@@ -844,6 +925,9 @@ class FileReport:
     n_frames: int
     outputs: tuple[Path, ...]
     warnings: tuple[str, ...] = ()
+    sampling_A: float | None = None
+    sampling_source: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def _groups(paths: Sequence[str | os.PathLike[str]], focal_series: bool) -> list[tuple[str, ...]]:
@@ -876,6 +960,73 @@ def _outputs(out_dir: Path, stem: str, probabilities: bool) -> list[Path]:
     return [out_dir / n for n in names]
 
 
+def existing_outputs(
+    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, focal_series: bool = False,
+    probabilities: bool = False,
+) -> list[Path]:
+    """The files of ``out_dir`` that :func:`detect_files` would replace (reads no input).
+
+    Parameters
+    ----------
+    paths, out_dir, focal_series, probabilities
+        As given to :func:`detect_files`.
+
+    Returns
+    -------
+    list of Path
+        Existing ``<stem>.csv``, ``.json``, ``.png`` (and ``_probabilities.tif``) of
+        the inputs, in input order; empty when nothing would be replaced.
+    """
+    out = Path(out_dir)
+    found: list[Path] = []
+    for group in _groups(paths, focal_series):
+        found.extend(p for p in _outputs(out, Path(group[0]).stem, probabilities) if p.exists())
+    return found
+
+
+def probabilities_on_input_grid(
+    probabilities: np.ndarray, model_sampling_A: float, sampling_A: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """Probability maps resampled from the model's grid onto the input image's pixels.
+
+    Input pixel ``(r, c)`` takes the maps at ``(r, c) * sampling_A / model_sampling_A``
+    model pixels (both grids start at the centre of the top-left pixel, as in
+    :func:`atomfinder.detection.pipeline.resample`), interpolated linearly after the
+    same Gaussian anti-aliasing filter when the input's pixels are larger. Both steps
+    average with positive weights, so the values stay in [0, 1] and the classes of a
+    pixel still sum to 1.
+
+    Parameters
+    ----------
+    probabilities : ndarray, shape (k, h, w) or (N, k, h, w)
+        Per-class maps at ``model_sampling_A``.
+    model_sampling_A, sampling_A : float
+        Pixel sizes of the maps and of the input, in Å/px.
+    shape : (int, int)
+        Height and width of the input image.
+
+    Returns
+    -------
+    ndarray of float32, shape (k, H, W) or (N, k, H, W)
+    """
+    from scipy.ndimage import affine_transform, gaussian_filter
+
+    from atomfinder.detection.pipeline import antialias_sigma_px
+
+    maps = np.asarray(probabilities, dtype=np.float32)
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    scale = float(sampling_A) / float(model_sampling_A)
+    sigma = antialias_sigma_px(model_sampling_A, sampling_A)
+    out = np.empty((len(flat), *shape), dtype=np.float32)
+    for i, m in enumerate(flat):
+        x = m.astype(np.float64)
+        if sigma > 0:
+            x = gaussian_filter(x, sigma, mode="reflect")
+        out[i] = affine_transform(x, np.array([scale, scale]), offset=0.0, output_shape=tuple(shape), order=1,
+                                  mode="nearest")
+    return out.reshape(*maps.shape[:-2], *shape)
+
+
 def sidecar(res: SampleResult, table_name: str) -> dict[str, Any]:
     """The JSON sidecar of an atom table: its provenance and validity checks.
 
@@ -905,12 +1056,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _validate(
-    groups: list[tuple[str, ...]], card: Any, sampling_A: float | None, focal_series: bool
+    groups: list[tuple[str, ...]], card: Any, sampling_A: float | None, focal_series: bool,
+    sampling_label: str = "argument",
 ) -> None:
     """Read every input and check it against the model before anything is written."""
     stems: dict[str, str] = {}
     for group in groups:
-        sample = load_sample(list(group), sampling_A)
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
         check_frames(sample, card, focal_series)
         check_size(sample, card, focal_series)
         if sample.stem in stems:
@@ -977,8 +1129,11 @@ def write_probabilities_tiff(path: str | os.PathLike[str], probabilities: np.nda
     return target
 
 
-def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_name: str) -> FileReport:
-    """Write the outputs of one input: all appear, or none."""
+def _write_result(
+    res: SampleResult, out_dir: Path, probabilities: bool, model_name: str, grid: str = "model"
+) -> FileReport:
+    """Write the outputs of one input: all appear, or none; the probability maps on the
+    ``grid`` of the model or of the input."""
     from atomfinder.detection.overlay import overlay_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -997,13 +1152,17 @@ def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_n
         staged.append((png_tmp, finals[2]))
         frame_note = f", frame 0 of {res.n_frames}" if res.n_frames > 1 and "frame" in res.table else ""
         table0 = res.table[res.table["frame"] == 0] if "frame" in res.table else res.table
-        title = (f"{Path(res.source).name}: {len(table0)} atoms{frame_note} "
-                 f"(model {model_name}, {res.sampling_A:.4g} Å/px)")
+        title = f"{len(table0)} atoms{frame_note} (model {model_name}, {res.sampling_A:.4g} Å/px)"
         overlay_figure(res.overlay_image, table0, res.class_names, res.sampling_A, png_tmp, title=title)
         if probabilities:
             tif_tmp = _temp_beside(finals[3])
             staged.append((tif_tmp, finals[3]))
-            write_probabilities_tiff(tif_tmp, res.probabilities, res.model_sampling_A)
+            if grid == "input":
+                maps = probabilities_on_input_grid(res.probabilities, res.model_sampling_A, res.sampling_A,
+                                                   res.overlay_image.shape[-2:])
+                write_probabilities_tiff(tif_tmp, maps, res.sampling_A)
+            else:
+                write_probabilities_tiff(tif_tmp, res.probabilities, res.model_sampling_A)
         for tmp, final in staged:
             _publish(tmp, final, mode)
     except BaseException:
@@ -1011,7 +1170,9 @@ def _write_result(res: SampleResult, out_dir: Path, probabilities: bool, model_n
             tmp.unlink(missing_ok=True)
         raise
     return FileReport(source=res.source, stem=res.stem, n_atoms=len(res.table), n_frames=res.n_frames,
-                      outputs=tuple(finals), warnings=tuple(res.validity.get("warnings", ())))
+                      outputs=tuple(finals), warnings=tuple(res.validity.get("warnings", ())),
+                      sampling_A=res.sampling_A, sampling_source=str(res.provenance.get("sampling_source", "")),
+                      notes=res.notes)
 
 
 @functools.lru_cache(maxsize=2)
@@ -1025,7 +1186,7 @@ def _cached_model(model_path: str) -> tuple[Any, Any]:
 def _remote_task(
     group: tuple[str, ...], model_path: str, sampling_A: float | None, focal_series: bool,
     threshold: float | None, keep_probabilities: bool, precision: str = "auto",
-    sampling_label: str = "argument",
+    sampling_label: str = "argument", focal_step_A: float | None = None,
 ) -> SampleResult:
     """One input on a dask worker: load the model (cached), read, detect.
 
@@ -1035,7 +1196,8 @@ def _remote_task(
     try:
         net, card = _cached_model(model_path)
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
-        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path)
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path,
+                          focal_step_A=focal_step_A)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -1047,7 +1209,7 @@ def _run_distributed(
     groups: list[tuple[str, ...]], model_path: str, scheduler: Any, out_dir: Path, *,
     sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
     model_name: str, report: Callable[[FileReport], None], precision: str = "auto",
-    sampling_label: str = "argument",
+    sampling_label: str = "argument", grid: str = "model", focal_step_A: float | None = None,
 ) -> None:
     """Send inputs to a dask.distributed cluster; write results as they complete."""
     from distributed import Client, as_completed
@@ -1064,11 +1226,11 @@ def _run_distributed(
         futures = client.map(
             _remote_task, groups, model_path=model_path, sampling_A=sampling_A, focal_series=focal_series,
             threshold=threshold, keep_probabilities=probabilities, precision=precision,
-            sampling_label=sampling_label, pure=False,
+            sampling_label=sampling_label, focal_step_A=focal_step_A, pure=False,
         )
         try:
             for future in as_completed(futures):
-                report(_write_result(future.result(), out_dir, probabilities, model_name))
+                report(_write_result(future.result(), out_dir, probabilities, model_name, grid))
         except BaseException:
             client.cancel(futures)
             raise
@@ -1089,6 +1251,8 @@ def detect_files(
     scheduler: Any = None,
     precision: str = "auto",
     sampling_label: str = "argument",
+    probabilities_grid: str = "model",
+    focal_step_A: float | None = None,
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
@@ -1098,7 +1262,10 @@ def detect_files(
     validity checks, :func:`sidecar`), ``<out_dir>/<stem>.png`` (overlay of the first
     frame) and, with ``probabilities``, ``<out_dir>/<stem>_probabilities.tif``
     (float32 ``[k, h, w]`` at the model sampling, class 0 = background; ``[N, k, h,
-    w]`` as an ImageJ hyperstack for a stack; calibrated in Å).
+    w]`` as an ImageJ hyperstack for a stack; calibrated in Å; with
+    ``probabilities_grid="input"`` resampled onto the input's pixels,
+    :func:`probabilities_on_input_grid`). Existing files are replaced (see
+    :func:`existing_outputs`).
 
     Every input is read and checked (calibration, frame count, distinct output
     names) and the output folder's writability is checked before anything is
@@ -1107,9 +1274,9 @@ def detect_files(
     Parameters
     ----------
     paths : sequence of paths
-        Micrograph files. With ``focal_series``: one multi-frame file per sample, or
-        several single-image files in defocus order forming one sample (named after
-        the first).
+        Micrograph files. With ``focal_series``: one multi-frame file, or several
+        single-image files in defocus order, which are stacked into one series
+        (named after the first; a multi-frame file among several is refused).
     model : str or path
         Shipped model name or path to ``<stem>.safetensors``/``.json``.
     out_dir : path
@@ -1118,7 +1285,8 @@ def detect_files(
         Pixel size in Å/px for all inputs; overrides the files' calibration.
     focal_series : bool
         Frames form a focal series (registered to the first frame, then fed to the
-        model together); their number must equal the card's ``in_channels``.
+        model together; coordinates are in the first frame's pixel grid); their
+        number must equal the card's ``in_channels`` (see :func:`detect`).
     probabilities : bool
         Also write the probability maps.
     threshold : float, optional
@@ -1134,7 +1302,13 @@ def detect_files(
         Network arithmetic (see :func:`detect`).
     sampling_label : str
         How a given ``sampling_A`` is named in the provenance (``"argument"``; the
-        command line passes ``"--sampling"``).
+        command line passes ``"--sampling"``) and, when it is an option, in messages.
+    probabilities_grid : {"model", "input"}
+        Grid of the written probability maps: the model's pixel size (as inferred) or
+        the input image's pixels.
+    focal_step_A : float, optional
+        Focal series only: the defocus step between frames (Å, positive =
+        underfocus), checked against the card's trained range (see :func:`detect`).
 
     Returns
     -------
@@ -1160,14 +1334,20 @@ def detect_files(
 
     _check_threshold(threshold)
     check_precision(precision)
+    if probabilities_grid not in PROBABILITY_GRIDS:
+        raise ValueError(f"probabilities grid must be one of {', '.join(PROBABILITY_GRIDS)}, got {probabilities_grid!r}")
     if sampling_A is not None:
-        sampling_A = _check_sampling_value(sampling_A, "--sampling")
+        sampling_A = _check_sampling_value(
+            sampling_A, sampling_label if sampling_label.startswith("--") else "sampling_A")
+    cli = sampling_label.startswith("--")
+    focal_step_A = check_focal_step_argument(
+        focal_step_A, focal_series, ("--focal-step", "--focal-series") if cli else ("focal_step_A", "focal_series"))
     groups = _groups(paths, focal_series)
     stem = resolve_model(model)
     net, card = load_model(stem)
     out = Path(out_dir)
     _check_out_dir(out)
-    _validate(groups, card, sampling_A, focal_series)
+    _validate(groups, card, sampling_A, focal_series, sampling_label)
 
     written: list[Path] = []
     reports: list[FileReport] = []
@@ -1183,11 +1363,12 @@ def detect_files(
         _run_distributed(
             groups, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
             probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
-            precision=precision, sampling_label=sampling_label,
+            precision=precision, sampling_label=sampling_label, grid=probabilities_grid, focal_step_A=focal_step_A,
         )
         return written
     for group in groups:
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
-        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem))
-        report(_write_result(res, out, probabilities, card.name))
+        res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem),
+                          focal_step_A=focal_step_A)
+        report(_write_result(res, out, probabilities, card.name, probabilities_grid))
     return written

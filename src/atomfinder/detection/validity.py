@@ -25,6 +25,12 @@ what the model card records (:attr:`ModelCard.validity`, see
 ``ambiguous_detections``
     At most :data:`MAX_AMBIGUOUS_SHARE` of the detections have a ``confidence``
     (else the raw ``probability``) within :data:`AMBIGUOUS_BAND`.
+``focal_step`` (focal series only)
+    The defocus step between consecutive frames, when the user gives it, lies in the
+    focal-step range the model was trained on (``focal_step_A`` of the card's
+    validity, Å, positive = each frame more underfocused than the one before); a
+    step of the wrong sign means frames in the wrong order. Without a step, or
+    without a range in the card, it is not evaluated.
 
 A check that cannot be evaluated (too few atoms for NN statistics, no reference in
 the card) has ``passed = None`` and never warns. An image cleaner than the training
@@ -75,6 +81,7 @@ __all__ = [
     "ValidityWarning",
     "ambiguous_share",
     "card_reference",
+    "check_focal_step",
     "check_image",
     "model_contrast_to_noise",
     "nearest_neighbour_distances_A",
@@ -117,7 +124,8 @@ class Check:
     ----------
     name : str
         ``atom_count``, ``lattice_order``, ``lattice_spacing``,
-        ``contrast_to_noise`` or ``ambiguous_detections``.
+        ``contrast_to_noise``, ``ambiguous_detections`` or (focal series)
+        ``focal_step``.
     value : float or None
         What was measured (None when it could not be).
     low, high : float or None
@@ -346,6 +354,44 @@ def _check_ambiguous(scores: np.ndarray, column: str) -> Check:
     return Check("ambiguous_detections", share, None, MAX_AMBIGUOUS_SHARE, ok, why)
 
 
+def check_focal_step(step_A: float | None, reference: Mapping[str, Any]) -> Check:
+    """Whether a focal series' defocus step lies in the model's trained focal-step range.
+
+    Parameters
+    ----------
+    step_A : float or None
+        The defocus step between consecutive frames (Å, positive = each frame more
+        underfocused than the one before); None when it is not known.
+    reference : mapping
+        The model's validity range (:func:`card_reference`): its ``focal_step_A``
+        (``[low, high]``, Å) and ``focal_order`` are used.
+
+    Returns
+    -------
+    Check
+        ``focal_step`` with the step as ``value`` and the trained range as ``low`` and
+        ``high``; ``passed`` is None when the step or the range is unknown.
+    """
+    trained = reference.get("focal_step_A")
+    if not trained:
+        return Check("focal_step", step_A, None, None, None)
+    lo, hi = (float(v) for v in trained)
+    if step_A is None or not math.isfinite(float(step_A)):
+        return Check("focal_step", None, lo, hi, None)
+    step = float(step_A)
+    ok = lo <= step <= hi
+    order = reference.get("focal_order") or "increasing underfocus"
+    if ok:
+        why = ""
+    elif step * (lo + hi) < 0:
+        why = (f"focal step {step:+g} Å between frames has the wrong sign: the model takes its frames in {order} "
+               f"(step {lo:+g}…{hi:+g} Å, positive = underfocus); reverse the order of the frames")
+    else:
+        why = (f"focal step {step:g} Å between frames is outside the {lo:g}–{hi:g} Å the model was trained on: "
+               "its classes may be wrong")
+    return Check("focal_step", step, lo, hi, ok, why)
+
+
 def check_image(
     table: pd.DataFrame,
     reference: Mapping[str, Any],
@@ -355,6 +401,8 @@ def check_image(
     model_sampling_A: float,
     source: str = "<array>",
     frame: int | None = None,
+    focal_series: bool = False,
+    focal_step_A: float | None = None,
 ) -> ImageValidity:
     """Run every validity check on the detections of one image.
 
@@ -378,6 +426,10 @@ def check_image(
         The input, for messages.
     frame : int, optional
         Frame index within a stack.
+    focal_series : bool
+        The image is a registered focal series: add the ``focal_step`` check.
+    focal_step_A : float, optional
+        The series' defocus step between frames (Å, positive = underfocus), when known.
 
     Returns
     -------
@@ -395,6 +447,8 @@ def check_image(
         _check_contrast(contrast_to_noise_ratio, reference.get("contrast_to_noise"), model_sampling_A),
         _check_ambiguous(scores, column),
     )
+    if focal_series:
+        checks += (check_focal_step(focal_step_A, reference),)
     return ImageValidity(source=source, frame=frame, checks=checks)
 
 

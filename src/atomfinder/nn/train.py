@@ -21,6 +21,7 @@ Uses CUDA with mixed precision when present and DistributedDataParallel under
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -364,6 +365,28 @@ def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     os.replace(tmp_png, out_dir / "learning_curves.png")
 
 
+def cap_heights(data: TrainingData, max_height: int) -> tuple[TrainingData, int]:
+    """Column heights above the head's last class learned as that class.
+
+    The height head predicts ``0..max_height`` atoms; a taller column (a thick
+    particle, or twinned segments that merge into one column) is taught as
+    ``max_height``, read as "``max_height`` or more".
+
+    Returns
+    -------
+    (TrainingData, int)
+        The data with capped heights (the same object when nothing is capped) and
+        the number of labelled pixels capped.
+    """
+    if data.heights is None:
+        return data, 0
+    over = data.heights > max_height
+    n = int(over.sum())
+    if n:
+        data = dataclasses.replace(data, heights=np.minimum(data.heights, max_height).astype(data.heights.dtype))
+    return data, n
+
+
 def training_validity(data: TrainingData, recipe: dict | None) -> dict:
     """The card's validity range: the recipe's simulation ranges and the contrast-to-noise
     range of the training images that hold atoms (:func:`atomfinder.nn.validity.card_validity`)."""
@@ -447,6 +470,12 @@ def train(
         height_head=config.height_head,
         max_height=config.max_height,
     )
+    n_capped = 0
+    if config.height_head and data.heights is not None:
+        data, n_capped = cap_heights(data, config.max_height)
+        if n_capped and rank == 0:
+            print(f"{n_capped} labelled pixels of columns taller than {config.max_height} atoms "
+                  f"are learned as {config.max_height} ('{config.max_height} or more')", flush=True)
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
     previous_time_s = 0.0

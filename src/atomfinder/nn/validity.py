@@ -32,6 +32,7 @@ __all__ = [
     "contrast_reference",
     "contrast_to_noise",
     "expected_neighbour_distances_A",
+    "focal_order",
     "validity_range",
     "validity_summary",
 ]
@@ -144,7 +145,9 @@ def validity_range(simulation: Mapping[str, Any]) -> dict[str, Any]:
         it is relative to Scherzer like every lens's), ``dose_e_per_A2``,
         ``sampling_A`` (nominal Å/px), ``sampling_jitter`` (relative),
         ``sampling_range_A`` (``nominal * (1 ± jitter)``), ``astigmatism_A``,
-        ``coma_A``, ``focal_spread_A``, ``frames`` and ``focal_step_A`` (None for
+        ``coma_A``, ``focal_spread_A``, ``frames``, ``focal_step_A`` (the range of
+        the defocus step between consecutive frames, Å) and ``focal_order``
+        (:func:`focal_order`, e.g. ``"increasing underfocus"``) (all three None for
         single images), and ``source``.
 
     Raises
@@ -187,7 +190,34 @@ def validity_range(simulation: Mapping[str, Any]) -> dict[str, Any]:
         "focal_spread_A": _pair(mic.get("focal_spread_A", (0.0, 0.0))),
         "frames": frames if frames > 1 else None,
         "focal_step_A": _pair(sim.get("focal_step_A", (0.0, 0.0))) if frames > 1 else None,
+        "focal_order": focal_order(sim.get("focal_step_A", (0.0, 0.0))) if frames > 1 else None,
     }
+
+
+#: How the frames of a focal series are ordered, by the sign of the focal step.
+FOCAL_ORDERS = {1: "increasing underfocus", -1: "increasing overfocus"}
+
+
+def focal_order(step_range_A: Sequence[float]) -> str:
+    """The frame order a focal-step range means (defocus positive = underfocus).
+
+    Parameters
+    ----------
+    step_range_A : (float, float)
+        Range of the defocus step from one frame to the next (Å).
+
+    Returns
+    -------
+    str
+        ``"increasing underfocus"`` for positive steps, ``"increasing overfocus"`` for
+        negative ones, ``"mixed"`` for a range that spans 0.
+    """
+    lo, hi = (float(v) for v in step_range_A)
+    if lo > 0 and hi > 0:
+        return FOCAL_ORDERS[1]
+    if lo < 0 and hi < 0:
+        return FOCAL_ORDERS[-1]
+    return "mixed"
 
 
 def contrast_to_noise(image: np.ndarray, sampling_A: float, window_A: float = CONTRAST_WINDOW_A) -> float:
@@ -295,7 +325,8 @@ def validity_summary(validity: Mapping[str, Any]) -> str:
     parts.append(f"dose {dlo:.0e}–{dhi:.0e} e/Å²".replace("e+0", "e"))
     parts.append(f"{validity['sampling_A']:g} Å/px ±{validity['sampling_jitter']:.0%}")
     if validity.get("frames"):
-        parts.append(f"{validity['frames']} frames, step " + _span(validity["focal_step_A"], "Å"))
+        order = validity.get("focal_order") or focal_order(validity["focal_step_A"])
+        parts.append(f"{validity['frames']} frames in {order}, step " + _span(validity["focal_step_A"], "Å"))
     return ", ".join(parts)
 
 
