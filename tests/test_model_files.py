@@ -29,7 +29,7 @@ from atomfinder.nn.card import (
     weights_sha256,
 )
 
-_DELETE = object()
+from test_card import _DELETE, _edit_card  # noqa: E402  (tests/ is on sys.path, as for conftest)
 
 
 @pytest.fixture
@@ -48,17 +48,6 @@ def _one_line(exc_info) -> str:
     exc = exc_info.value
     assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__), "chained traceback"
     return text
-
-
-def _edit_card(card_path, **changes):
-    d = json.loads(card_path.read_text())
-    for key, value in changes.items():
-        if value is _DELETE:
-            del d[key]
-        else:
-            d[key] = value
-    card_path.write_text(json.dumps(d, indent=2))
-    return d
 
 
 def _flip(path, position, mask=0xFF):

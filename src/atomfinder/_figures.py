@@ -6,6 +6,7 @@ Used by detection (overlays), analysis (previews, time series) and the CLI.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,43 @@ def percentile_limits(image: np.ndarray, percentiles: tuple[float, float] = (1.0
     return float(lo), float(hi)
 
 
+def scale_bar_length_A(field_width_A: float, fraction: float = 0.2) -> float:
+    """A round scale-bar length (1, 2 or 5 times a power of ten Å) near ``fraction`` of the field.
+
+    Parameters
+    ----------
+    field_width_A : float
+        Width of the image in Å.
+    fraction : float
+        Target length as a fraction of the width.
+
+    Returns
+    -------
+    float
+        The largest round length not above ``fraction * field_width_A`` (at least
+        the smallest round length below it).
+    """
+    target = fraction * float(field_width_A)
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"field width must be positive, got {field_width_A}")
+    power = 10.0 ** math.floor(math.log10(target))
+    for step in (5.0, 2.0, 1.0):
+        if step * power <= target * (1 + 1e-9):
+            return step * power
+    return power  # pragma: no cover - 1 * power <= target always
+
+
+def scale_bar_label(length_A: float) -> str:
+    """``"5 Å"``, ``"1 nm"``, ``"20 nm"``, ``"2 µm"``: the length in the handiest unit."""
+    if length_A >= 1e4:
+        return f"{length_A / 1e4:g} µm"
+    if length_A >= 10:
+        return f"{length_A / 10:g} nm"
+    if length_A >= 0.1:
+        return f"{length_A:g} Å"
+    return f"{length_A * 100:g} pm"
+
+
 def add_scale_bar(ax: Any, shape: tuple[int, int], sampling_A: float, *, fraction: float = 0.2,
                   fontsize: float = 10.0, colour: str = "white") -> Any:
     """Draw a round-length scale bar (Å, nm or µm label) at the bottom left of an image axes.
@@ -122,7 +160,7 @@ def add_scale_bar(ax: Any, shape: tuple[int, int], sampling_A: float, *, fractio
         Pixel size in Å/px.
     fraction : float
         Target bar length as a fraction of the width (the bar has a round length
-        at most this long, :func:`atomfinder.detection.overlay.scale_bar_length_A`).
+        at most this long, :func:`scale_bar_length_A`).
     fontsize : float
         Label size in points.
     colour : str
@@ -135,8 +173,6 @@ def add_scale_bar(ax: Any, shape: tuple[int, int], sampling_A: float, *, fractio
     """
     from matplotlib import patheffects
     from matplotlib.patches import Rectangle
-
-    from atomfinder.detection.overlay import scale_bar_label, scale_bar_length_A
 
     h, w = shape
     length_A = scale_bar_length_A(w * sampling_A, fraction)
@@ -187,8 +223,6 @@ def pil_scale_bar(draw: Any, size: tuple[int, int], sampling_A: float, *, fracti
     str
         The label drawn (``"1 nm"``...).
     """
-    from atomfinder.detection.overlay import scale_bar_label, scale_bar_length_A
-
     w, h = size
     length_A = scale_bar_length_A(w * sampling_A, fraction)
     length = max(1, round(length_A / sampling_A))

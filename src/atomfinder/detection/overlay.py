@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# the scale bar helpers live with the other figure helpers; re-exported here (public API)
+from atomfinder._figures import scale_bar_label, scale_bar_length_A
+
 __all__ = [
     "COLOUR_MODES",
     "Detection",
@@ -67,43 +70,6 @@ THUMBNAIL_DPI = 90
 THUMBNAIL_MAX_PX = 512
 #: Colours of the thumbnail's palette PNG (a quarter of the bytes of an RGBA one).
 THUMBNAIL_COLOURS = 64
-
-
-def scale_bar_length_A(field_width_A: float, fraction: float = 0.2) -> float:
-    """A round scale-bar length (1, 2 or 5 times a power of ten Å) near ``fraction`` of the field.
-
-    Parameters
-    ----------
-    field_width_A : float
-        Width of the image in Å.
-    fraction : float
-        Target length as a fraction of the width.
-
-    Returns
-    -------
-    float
-        The largest round length not above ``fraction * field_width_A`` (at least
-        the smallest round length below it).
-    """
-    target = fraction * float(field_width_A)
-    if not (math.isfinite(target) and target > 0):
-        raise ValueError(f"field width must be positive, got {field_width_A}")
-    power = 10.0 ** math.floor(math.log10(target))
-    for step in (5.0, 2.0, 1.0):
-        if step * power <= target * (1 + 1e-9):
-            return step * power
-    return power  # pragma: no cover - 1 * power <= target always
-
-
-def scale_bar_label(length_A: float) -> str:
-    """``"5 Å"``, ``"1 nm"``, ``"20 nm"``, ``"2 µm"``: the length in the handiest unit."""
-    if length_A >= 1e4:
-        return f"{length_A / 1e4:g} µm"
-    if length_A >= 10:
-        return f"{length_A / 10:g} nm"
-    if length_A >= 0.1:
-        return f"{length_A:g} Å"
-    return f"{length_A * 100:g} pm"
 
 
 #: Images wider or taller than this (pixels) are block-averaged for display: the
