@@ -46,3 +46,24 @@ try:
     settings.load_profile(os.environ.get("ATOMFINDER_HYPOTHESIS_PROFILE", "atomfinder-fast"))
 except ImportError:  # hypothesis is in the `test` extra; only test_fuzz.py needs it
     pass
+
+
+def save_untrained_model(path, sampling_A: float, *, in_channels: int = 1, class_names=("C",),
+                         focal_step_A: float = 50.0, name: str = "tiny", validity: dict | None = None):
+    """An untrained two-class U-Net (depth 2, width 4, seed 0) saved at ``path`` that keeps every peak
+    (threshold 0); a focal-series model (``in_channels`` > 1) has frames ``focal_step_A`` apart."""
+    import torch
+
+    from atomfinder.nn.card import ModelCard, save_model
+    from atomfinder.nn.unet import UNetConfig, build_model
+
+    cfg = UNetConfig(in_channels=in_channels, n_classes=2, depth=2, width=4)
+    torch.manual_seed(0)
+    card = ModelCard(
+        name=name, version="0", architecture=cfg.to_dict(), in_channels=in_channels, class_names=tuple(class_names),
+        sampling_A=sampling_A, normalization={"kind": "local", "window_A": 6.0},
+        defocus_offsets_A=tuple(focal_step_A * i for i in range(in_channels)) if in_channels > 1 else (),
+        detection={"threshold": 0.0, "min_distance_A": 1.0}, validity=dict(validity or {}),
+    )
+    save_model(build_model(cfg).eval(), card, path)
+    return path

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from atomfinder.cli import _pixel_size_line, app
 from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
 from atomfinder.detection.run import load_sample, probabilities_on_input_grid
+from conftest import save_untrained_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "io-samples"
 SAMPLING = 0.2  # Å/px of the tiny model
@@ -51,20 +52,8 @@ def tiny_model(tmp_path_factory) -> Path:
     """An untrained one-class model at 0.2 Å/px that keeps every peak."""
     import torch
 
-    from atomfinder.nn.card import ModelCard, save_model
-    from atomfinder.nn.unet import UNetConfig, build_model
-
     torch.set_num_threads(1)
-    cfg = UNetConfig(in_channels=1, n_classes=2, depth=2, width=4)
-    torch.manual_seed(0)
-    card = ModelCard(
-        name="tiny", version="0", architecture=cfg.to_dict(), in_channels=1, class_names=("C",),
-        sampling_A=SAMPLING, normalization={"kind": "local", "window_A": 6.0}, defocus_offsets_A=(),
-        detection={"threshold": 0.0, "min_distance_A": 1.0},
-    )
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    save_model(build_model(cfg).eval(), card, path)
-    return path
+    return save_untrained_model(tmp_path_factory.mktemp("models") / "tiny", SAMPLING)
 
 
 def _lattice(shape=(64, 64), spacing_px=7.0, seed=0) -> np.ndarray:

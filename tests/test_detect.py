@@ -25,8 +25,7 @@ from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff
 from atomfinder.detection.overlay import display_image, overlay_figure, scale_bar_label, scale_bar_length_A
 from atomfinder.detection.peaks import TABLE_COLUMNS
 from atomfinder.detection.run import clean_image, detect, detect_files, median3x3, register_focal_series
-from atomfinder.nn.card import ModelCard, save_model
-from atomfinder.nn.unet import UNetConfig, build_model
+from conftest import save_untrained_model
 
 torch.set_num_threads(1)
 
@@ -35,17 +34,7 @@ SAMPLING = 0.2  # Å/px of the test images and of the tiny models
 
 
 def _save_tiny(path: Path, in_channels: int = 1, name: str = "tiny") -> Path:
-    cfg = UNetConfig(in_channels=in_channels, n_classes=2, depth=2, width=4)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    card = ModelCard(
-        name=name, version="0", architecture=cfg.to_dict(), in_channels=in_channels, class_names=("C",),
-        sampling_A=SAMPLING, normalization={"kind": "local", "window_A": 6.0},
-        defocus_offsets_A=tuple(50.0 * i for i in range(in_channels)) if in_channels > 1 else (),
-        detection={"threshold": 0.0, "min_distance_A": 1.0},  # untrained: keep every peak
-    )
-    save_model(model, card, path)
-    return path
+    return save_untrained_model(path, SAMPLING, in_channels=in_channels, name=name)
 
 
 @pytest.fixture(scope="module")

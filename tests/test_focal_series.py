@@ -23,9 +23,8 @@ from atomfinder.detection.io import MicrographError
 from atomfinder.detection.peaks import AtomTable
 from atomfinder.detection.run import Sample, check_focal_step_argument, check_frames, detect
 from atomfinder.detection.validity import ValidityWarning, check_focal_step
-from atomfinder.nn.card import ModelCard, save_model
-from atomfinder.nn.unet import UNetConfig, build_model
 from atomfinder.nn.validity import focal_order, validity_range, validity_summary
+from conftest import save_untrained_model
 
 torch.set_num_threads(1)
 
@@ -50,16 +49,8 @@ def _lattice(shape=(64, 64), spacing_px=7.3, seed=0, offset=(0.0, 0.0), blob=30.
 
 
 def _save_model(path: Path, in_channels: int, validity: dict | None = None) -> Path:
-    cfg = UNetConfig(in_channels=in_channels, n_classes=2, depth=2, width=4)
-    torch.manual_seed(0)
-    card = ModelCard(
-        name=path.name, version="0", architecture=cfg.to_dict(), in_channels=in_channels, class_names=("C",),
-        sampling_A=SAMPLING, normalization={"kind": "local", "window_A": 6.0},
-        defocus_offsets_A=tuple(80.0 * i for i in range(in_channels)) if in_channels > 1 else (),
-        detection={"threshold": 0.0, "min_distance_A": 1.0}, validity=dict(validity or {}),
-    )
-    save_model(build_model(cfg).eval(), card, path)
-    return path
+    return save_untrained_model(path, SAMPLING, in_channels=in_channels, focal_step_A=80.0, name=path.name,
+                                validity=validity)
 
 
 @pytest.fixture(scope="module")

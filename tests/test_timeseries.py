@@ -34,6 +34,7 @@ from atomfinder.analysis.timeseries import (
     viterbi_states,
 )
 from atomfinder.detection.baseline import conventional_atoms
+from conftest import save_untrained_model
 
 SAMPLING_A = 0.2  # Å/px: column spacing 10.37 px = 2.07 Å, tolerance 0.7 Å = 3.5 px
 N_FRAMES = 12
@@ -464,18 +465,9 @@ def test_cli_track_threshold_reaches_decoder(tmp_path):
 
     from atomfinder.cli import app
     from atomfinder.detection.io import write_tiff_calibrated
-    from atomfinder.nn.card import ModelCard, save_model
-    from atomfinder.nn.unet import UNetConfig, build_model
 
     torch.set_num_threads(1)
-    cfg = UNetConfig(in_channels=1, n_classes=2, depth=2, width=4)
-    torch.manual_seed(0)
-    card = ModelCard(
-        name="tiny", version="0", architecture=cfg.to_dict(), in_channels=1, class_names=("Au",),
-        sampling_A=SAMPLING_A, normalization={"kind": "local", "window_A": 6.0}, defocus_offsets_A=(),
-        detection={"threshold": 0.0, "min_distance_A": 1.0},
-    )
-    save_model(build_model(cfg).eval(), card, tmp_path / "tiny")
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
     cols = lattice() * 0.6  # 36 columns inside 64 x 64 px
     frames = np.stack([100 + 50 * render(cols, (64, 64)) + np.random.default_rng(i).normal(0, 2, (64, 64))
                        for i in range(3)]).astype(np.float32)

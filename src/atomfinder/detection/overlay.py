@@ -96,20 +96,6 @@ def display_image(image: np.ndarray, max_px: int = MAX_DISPLAY_PX) -> np.ndarray
     return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
 
 
-def _stretch(image: np.ndarray) -> tuple[float, float]:
-    """Grey limits: the 1 and 99 % percentiles (widened if they coincide)."""
-    lo, hi = np.percentile(image[np.isfinite(image)], [1, 99])
-    if not hi > lo:
-        hi = lo + 1.0
-    return float(lo), float(hi)
-
-
-def _draw_scale_bar(ax, shape: tuple[int, int], sampling_A: float) -> None:
-    from atomfinder._figures import add_scale_bar
-
-    add_scale_bar(ax, shape, sampling_A)
-
-
 def _check_sampling(sampling_A: float) -> float:
     s = float(sampling_A)
     if not (math.isfinite(s) and s > 0):
