@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all fuzz venv clean bench
+.PHONY: demo test test-all fuzz venv clean bench compare
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_detect.py
+
+# atomfinder against AtomAI and Atomap on the same simulated test images, with the
+# Cramér-Rao bound (benchmarks/compare.py, docs/benchmarks.md). The peers live in their own
+# .venv-peers (torch 2.14.1 and its CUDA libraries, about 6.4 GB), never in .venv. Long: two
+# 30-minute AtomAI trainings, Atomap refinement of every test image; not part of `make test`.
+compare: $(STAMP)
+	$(PY) benchmarks/compare.py --setup-peers --budget-min 30 --out docs/benchmarks.md
 
 # The user guide (mkdocs.yml, docs/guide): regenerate the command-line reference from the
 # typer app, then build the site into site/; --strict turns broken links into errors

@@ -153,6 +153,38 @@ def test_detect_prints_pixel_size_notes_overrides_and_refuses_to_overwrite(tiny_
     np.testing.assert_allclose(maps.data.sum(axis=0), 1.0, atol=1e-5)
 
 
+def test_detect_overlay_options_give_a_paper_figure(tiny_model, tmp_path):
+    """--overlay-format svg/pdf, --dpi, --colour-by, --marker-size and --title reach the figure;
+    --overlay-format names the file that --resume and the overwrite refusal look for."""
+    src = write_tiff_calibrated(tmp_path / "lattice.tif", _lattice(), SAMPLING)
+    out = tmp_path / "results"
+    base = ["detect", str(src), "--model", str(tiny_model), "--out", str(out), "--precision", "float32"]
+    result = _invoke(*base, "--overlay-format", "svg", "--colour-by", "confidence", "--title", "Figure 2a",
+                     "--marker-size", "4")
+    assert result.exit_code == 0, result.output
+    svg = (out / "lattice.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "Figure 2a" in svg
+    assert not (out / "lattice.png").exists()
+    _one_line_error(_invoke(*base, "--overlay-format", "svg"), "lattice.svg", "--overwrite")
+    assert _invoke(*base, "--overlay-format", "svg", "--resume").exit_code == 0  # finished: skipped
+
+    result = _invoke(*base, "--overlay-format", "pdf", "--title", "", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "lattice.pdf").read_bytes().startswith(b"%PDF")
+
+    low = _invoke(*base, "--dpi", "50", "--overwrite")
+    assert low.exit_code == 0, low.output
+    high = _invoke(*base, "--dpi", "300", "--out", str(tmp_path / "high"))
+    assert high.exit_code == 0, high.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "high" / "lattice.png").width > 4 * Image.open(out / "lattice.png").width
+
+    # the tiny model has no height head
+    _one_line_error(_invoke(*base, "--colour-by", "height", "--out", str(tmp_path / "h")),
+                    "predicts no column heights")
+
+
 def test_track_refuses_to_overwrite(tmp_path):
     out = tmp_path / "series"
     out.mkdir()

@@ -282,3 +282,18 @@ def test_report_has_confusion_with_missed_extra_per_class_and_thickness():
     assert "| extra | 0 | 1 | 0 | 0 | 0 | – |" in text
     assert "## Per class (radius 0.5 Å)" in text and "| network | S1 | 1 | 2 | 1 | 0.500 | 1.000 |" in text
     assert "By column thickness" in text and "| network | 11–20 | 1 | 1.000 | 1.000 |" in text
+
+
+def test_models_trained_on_drift_take_the_frames_as_they_are():
+    """A focal-series model whose recipe drifted its frames is given them unregistered (registration
+    across defoci of a lattice was measured to miss the drift by more than the drift itself); a
+    model trained on aligned frames gets them registered."""
+    from types import SimpleNamespace
+
+    from atomfinder.detection.run import trained_on_drift
+    from atomfinder.nn.card import load_card, resolve_model
+
+    assert trained_on_drift(load_card(resolve_model("mos2-focal")))
+    aligned = SimpleNamespace(training={"data": {"simulation": {"drift_px": 0.0}}})
+    assert not trained_on_drift(aligned)
+    assert not trained_on_drift(SimpleNamespace(training={}))

@@ -504,3 +504,29 @@ def test_timeseries_does_not_import_simulation_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_time_series_checks_model_and_frames(tmp_path):
+    """The one loader of the command line and of napari: a focal-series model or a single frame is a
+    one-line error; a stack gives its frames, the card's threshold and a per-frame detector."""
+    from atomfinder.analysis.timeseries import FrameDetection, load_time_series
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(size=(3, 48, 48)).astype(np.float32)
+    single = save_untrained_model(tmp_path / "single", 0.2)
+    focal = save_untrained_model(tmp_path / "focal", 0.2, in_channels=3)
+
+    with pytest.raises(ValueError, match="3-frame focal series; a time series needs a single-image model"):
+        load_time_series(stack, str(focal), 0.2)
+    with pytest.raises(ValueError, match="a time series needs at least 2 frames, got 1"):
+        load_time_series(stack[0], str(single), 0.2)
+    with pytest.raises(ValueError, match="pixel size"):
+        load_time_series(stack, str(single), None, sampling_name="pixel size")
+
+    series = load_time_series(stack, str(single), 0.2)
+    assert series.frames.shape == (3, 48, 48)
+    assert series.threshold == 0.0  # the tiny model's card
+    assert load_time_series(stack, str(single), 0.2, threshold=0.3).threshold == 0.3
+    frame = series.detect_frame(series.frames[0])
+    assert isinstance(frame, FrameDetection) and frame.atom_map.ndim == 2
+    assert set(frame.table.columns) >= {"x", "y", "label"}

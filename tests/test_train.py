@@ -152,7 +152,7 @@ def test_shipped_recipes_parse():
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
     recipes = [p for p in configs if "train" in tomllib.loads(p.read_text())]
-    assert {p.stem for p in recipes} >= {"graphene", "gold", "mos2"}
+    assert {p.stem for p in recipes} >= {"graphene", "gold", "mos2-focal"}
     for path in recipes:
         cfg = TrainConfig.from_toml(path)
         assert path.stem in (cfg.name, f"{cfg.name}-{cfg.version}")

@@ -7,17 +7,24 @@ maps are the atoms. ``import atomfinder`` is light: it loads neither abTEM nor a
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "detect"]
+__all__ = ["__version__", "detect", "to_atomap", "to_signal"]
+
+#: Lazy top-level names -> the module that defines them.
+_LAZY = {
+    "detect": "atomfinder.detection.run",
+    "to_signal": "atomfinder.detection.signals",  # HyperSpy, imported when called
+    "to_atomap": "atomfinder.detection.signals",  # Atomap, imported when called
+}
 
 
 def __getattr__(name: str):
     """Lazy top-level API: ``atomfinder.detect`` imports torch only when first used."""
-    if name == "detect":
-        from atomfinder.detection.run import detect
+    if name in _LAZY:
+        import importlib
 
-        return detect
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'atomfinder' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"detect"})
+    return sorted(set(globals()) | set(_LAZY))

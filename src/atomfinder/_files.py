@@ -32,3 +32,46 @@ def atomic_write(path: Path | str, write: Callable[[str], Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def stale_temporaries(path: Path | str) -> list[Path]:
+    """Temporary files that writers of ``path`` left beside it when they were killed.
+
+    :func:`atomic_write` stages ``path`` as ``.<name>.<random>.tmp<suffix>`` and the
+    detection writer as ``.<name>.<random>.partial<suffix>``; a ``kill -9`` between
+    creating and renaming one leaves it behind, and so does one killed while a writer
+    stages its own temporary beside such a staged file (``..<name>.<random>.partial<suffix>.<random>.tmp<suffix>``,
+    e.g. the overlay figure). Nothing else matches.
+
+    Parameters
+    ----------
+    path : path
+        The final file.
+
+    Returns
+    -------
+    list of Path
+        The leftovers found (none when the folder does not exist).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f"{path.name}."
+    endings = (".tmp" + path.suffix, ".partial" + path.suffix)
+    return sorted(p for p in path.parent.iterdir()
+                  if p.name.startswith(".") and p.name.lstrip(".").startswith(prefix)
+                  and p.name.endswith(endings) and p.is_file())
+
+
+def remove_stale_temporaries(*paths: Path | str) -> int:
+    """Delete what :func:`stale_temporaries` finds for each path; returns how many.
+
+    Call it only where this process is the one writer of those paths (a rerun of an
+    interrupted command): a concurrent writer's temporary file would go too.
+    """
+    removed = 0
+    for path in paths:
+        for tmp in stale_temporaries(path):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

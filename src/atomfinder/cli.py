@@ -671,6 +671,7 @@ def detect(
     focal_step: Optional[float] = typer.Option(None, "--focal-step", help="With --focal-series: the defocus step between consecutive frames in Å (positive = each frame more underfocused); a step outside the model's trained range warns."),
     out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.json (provenance, validity checks), <stem>.png (and <stem>_probabilities.tif)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out: inputs whose outputs are all there are skipped, the others are done."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (calibrated float32 TIFF, on the model's pixel grid unless --probabilities-grid input)."),
     probabilities_grid: Optional[Literal["model", "input"]] = typer.Option(
         None, "--probabilities-grid",
@@ -678,6 +679,12 @@ def detect(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
     precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bfloat16 on CPUs with native support, float16 on CUDA, else float32), float32, bfloat16 or float16."),
+    overlay_format: Literal["png", "svg", "pdf"] = typer.Option("png", "--overlay-format", help="Format of the overlay <stem>.png/.svg/.pdf (SVG and PDF are vector figures for papers)."),
+    dpi: int = typer.Option(150, "--dpi", min=10, max=2400, help="Resolution of the overlay (dots per inch)."),
+    colour_by: Literal["auto", "class", "confidence", "probability", "height"] = typer.Option(
+        "auto", "--colour-by", help="Marker colour of the overlay: class, calibrated confidence, raw probability or column height (with a colour bar); auto: class, or height for a model with heights."),
+    marker_size: Optional[float] = typer.Option(None, "--marker-size", min=0.1, help="Marker diameter in points (default: from the atom spacing)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Title of the overlay (default: number of atoms, model, pixel size; '' for none)."),
 ) -> None:
     """Find atoms in micrographs: an atom table (CSV), its provenance and validity checks (JSON) and an
     overlay (PNG) per input; each failed validity check is printed as one warning line."""
@@ -687,13 +694,16 @@ def detect(
 
         from rich.markup import escape
 
+        from atomfinder.detection.overlay import OverlayStyle
         from atomfinder.detection.run import detect_files, existing_outputs
         from atomfinder.detection.validity import ValidityWarning
 
         grid = probabilities_grid or "model"
         maps = probabilities or probabilities_grid is not None
-        if not overwrite:
-            _refuse_existing(out, existing_outputs(inputs, out, focal_series=focal_series, probabilities=maps))
+        style = OverlayStyle(format=overlay_format, dpi=dpi, colour_by=colour_by, marker_size=marker_size, title=title)
+        if not overwrite and not resume:
+            _refuse_existing(out, existing_outputs(inputs, out, focal_series=focal_series, probabilities=maps,
+                                                   overlay_format=overlay_format))
         n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
         lines: list[str] = []
         with _progress("detect") as bar:
@@ -712,12 +722,12 @@ def detect(
                 detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
                              probabilities=maps, threshold=threshold, progress=progress, scheduler=scheduler,
                              precision=precision, sampling_label="--sampling", probabilities_grid=grid,
-                             focal_step_A=focal_step)
+                             focal_step_A=focal_step, resume=resume, overlay=style)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         console.print(escape(f"results in {out}/"), highlight=False, soft_wrap=True)
 
-    _run(action)
+    _run(action, resume_hint="continue with the same command and --resume")
 
 
 #: How each ``Sample.sampling_source`` is said in the pixel-size line of an input.
@@ -774,38 +784,23 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import FrameDetection
+        from atomfinder.analysis.timeseries import load_time_series
         from atomfinder.analysis.timeseries import track as run_track
-        from atomfinder.detection.pipeline import detect_array, detection_settings
-        from atomfinder.detection.run import load_sample
-        from atomfinder.nn.card import load_model, resolve_model
 
         if not overwrite:
             _refuse_existing(out, [out / name for name in TRACK_OUTPUTS if (out / name).exists()])
-        stem = resolve_model(model)
-        net, card = load_model(stem)
-        if card.in_channels != 1:
-            raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; track needs a single-image model")
-        sample = load_sample([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), sampling,
-                             sampling_label="--sampling", series="time series")
-        frames = sample.data if sample.data.ndim == 3 else sample.data[None]
-        if len(frames) < 2:
-            raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
+        series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
+                                  sampling_label="--sampling")
+        sample, frames = series.sample, series.frames
         console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
                       highlight=False, soft_wrap=True)
         for note in sample.notes:
             console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False, soft_wrap=True)
 
-        def detect_frame(image):
-            result = detect_array(net, card, image, sample.sampling_A)
-            return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
-
-        decide_at = detection_settings(card)[0] if threshold is None else threshold
-
         with _progress(f"track {len(frames)} frames") as bar:
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
-            written = run_track(frames, detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
-                                frame_interval_s=frame_interval, threshold=decide_at, switch_cost=switch_cost,
+            written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
+                                frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
                                 min_run=min_run,
                                 progress=lambda done, total: bar.update(task, completed=done))
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))

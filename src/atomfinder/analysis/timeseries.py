@@ -52,6 +52,9 @@ abTEM, ase); it needs NumPy, SciPy, scikit-image, pandas, matplotlib and Pillow.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -1078,6 +1081,85 @@ def write_gif(images: Sequence[Any], path: Path | str, duration_ms: int = 300) -
     ))
 
 
+@dataclass(frozen=True)
+class TimeSeries:
+    """A time series ready for :func:`track`: the model, the frames and how to detect one.
+
+    Made by :func:`load_time_series`; the command line (``atomfinder track``) and the
+    napari plugin both start from it.
+
+    Attributes
+    ----------
+    net, card
+        The single-image model and its card.
+    sample : Sample
+        The input as read (:func:`atomfinder.detection.run.load_sample`): source,
+        pixel size in Å/px and where it came from, notes.
+    frames : ndarray, shape (n, h, w)
+        The frames in time order (``n >= 2``).
+    threshold : float
+        Atom-map value that separates present from absent.
+    """
+
+    net: Any
+    card: Any
+    sample: Any
+    frames: np.ndarray
+    threshold: float
+
+    def detect_frame(self, frame: np.ndarray) -> FrameDetection:
+        """Detections of one frame and its atom map (``1 - p(background)``, on the model's grid)."""
+        from atomfinder.detection.pipeline import detect_array
+
+        result = detect_array(self.net, self.card, frame, self.sample.sampling_A)
+        return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
+
+
+def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
+                     threshold: float | None = None, sampling_label: str = "argument",
+                     sampling_name: str | None = None) -> TimeSeries:
+    """Read a time series and its model, checking that they fit together.
+
+    Parameters
+    ----------
+    image : path, sequence of paths, ndarray or signal
+        One multi-frame file, several single-image files in time order, or a stack
+        ``[N, H, W]`` (anything :func:`atomfinder.detection.run.load_sample` reads).
+    model : str or path
+        A single-image model's name or path.
+    sampling_A : float, optional
+        Pixel size in Å/px; overrides the files' (required for arrays).
+    threshold : float, optional
+        Present/absent threshold of the atom map (default: the card's peak threshold).
+    sampling_label, sampling_name : str
+        How a given pixel size is recorded as its source, and how the user gives one, in
+        messages (:func:`atomfinder.detection.run.load_sample`; the command line passes
+        ``"--sampling"``).
+
+    Raises
+    ------
+    ValueError
+        A focal-series model, fewer than 2 frames, or an unusable input (one line).
+    """
+    from atomfinder.detection.pipeline import detection_settings
+    from atomfinder.detection.run import load_sample
+    from atomfinder.nn.card import load_model, resolve_model
+
+    net, card = load_model(resolve_model(model))
+    if card.in_channels != 1:
+        raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; "
+                         "a time series needs a single-image model")
+    if isinstance(image, (list, tuple)) and len(image) == 1:
+        image = image[0]
+    sample = load_sample([str(p) for p in image] if isinstance(image, (list, tuple)) else image, sampling_A,
+                         sampling_label=sampling_label, sampling_name=sampling_name, series="time series")
+    frames = sample.data if sample.data.ndim == 3 else sample.data[None]
+    if len(frames) < 2:
+        raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
+    decide_at = detection_settings(card)[0] if threshold is None else float(threshold)
+    return TimeSeries(net, card, sample, frames, decide_at)
+
+
 def track(
     frames_images: np.ndarray,
     detect: Callable[[np.ndarray], Any],
@@ -1159,8 +1241,11 @@ def track(
     dict of str to Path
         Keyed by file name: ``sites.csv``, ``presence.csv``, ``events.csv``,
         ``drift.csv``, ``occupancy.csv``, ``presence.png``, ``occupancy.png`` and
-        ``overlay.gif``. All coordinates are in the first frame's pixel grid; every
-        file is written atomically.
+        ``overlay.gif``. All coordinates are in the first frame's pixel grid. The
+        files are written into a hidden staging folder in ``out_dir`` and renamed
+        into place together at the end (:func:`publish_staged`), so a run killed at
+        any point leaves no output of its own beside those of an earlier run; the
+        staging folders of killed runs are removed when the next run starts.
     """
     stack = np.asarray(frames_images)
     if stack.ndim == 2:
@@ -1175,6 +1260,7 @@ def track(
         _check_switch_cost(switch_cost)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
     drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
@@ -1196,19 +1282,65 @@ def track(
     pres = presence(prob, threshold, cost, min_run)
     ev = events(pres, sites, n, threshold=threshold, switch_cost=cost)
     summ = summary(pres, ev, frame_interval_s, n_frames=n, n_sites=len(sites))
-    paths = {
-        "sites.csv": write_csv(sites.to_frame(sampling_A), out / "sites.csv"),
-        "presence.csv": write_csv(pres, out / "presence.csv"),
-        "events.csv": write_csv(ev, out / "events.csv"),
-        "drift.csv": write_csv(drift_table(drift), out / "drift.csv"),
-        "occupancy.csv": write_csv(summ, out / "occupancy.csv"),
-        "presence.png": plot_presence(pres, sites, out / "presence.png", frame_interval_s, n_frames=n),
-        "occupancy.png": plot_occupancy(summ, out / "occupancy.png", frame_interval_s),
-    }
-    if gif:
-        images, _ = overlay_frames(stack, drift, pres, sites, ring_px=max(2.0, 0.6 * tol_px), sampling_A=sampling_A)
-        paths["overlay.gif"] = write_gif(images, out / "overlay.gif")
-    return paths
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX))
+    try:
+        paths = {
+            "sites.csv": write_csv(sites.to_frame(sampling_A), stage / "sites.csv"),
+            "presence.csv": write_csv(pres, stage / "presence.csv"),
+            "events.csv": write_csv(ev, stage / "events.csv"),
+            "drift.csv": write_csv(drift_table(drift), stage / "drift.csv"),
+            "occupancy.csv": write_csv(summ, stage / "occupancy.csv"),
+            "presence.png": plot_presence(pres, sites, stage / "presence.png", frame_interval_s, n_frames=n),
+            "occupancy.png": plot_occupancy(summ, stage / "occupancy.png", frame_interval_s),
+        }
+        if gif:
+            images, _ = overlay_frames(stack, drift, pres, sites, ring_px=max(2.0, 0.6 * tol_px),
+                                       sampling_A=sampling_A)
+            paths["overlay.gif"] = write_gif(images, stage / "overlay.gif")
+        return publish_staged(paths, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+#: Name of the hidden folder :func:`track` stages its outputs in (``<prefix><random><suffix>``).
+STAGING_PREFIX, STAGING_SUFFIX = ".track-", ".partial"
+
+
+def remove_stale_staging(out_dir: Path | str) -> int:
+    """Remove staging folders that killed :func:`track` runs left in ``out_dir``; returns how many.
+
+    Only one run should write into a folder at a time: a concurrent run's staging folder
+    would go too.
+    """
+    out = Path(out_dir)
+    stale = [p for p in out.iterdir()
+             if p.is_dir() and p.name.startswith(STAGING_PREFIX) and p.name.endswith(STAGING_SUFFIX)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
+def publish_staged(staged: dict[str, Path], out_dir: Path | str) -> dict[str, Path]:
+    """Rename staged files into ``out_dir`` (same file system: each rename is atomic).
+
+    Parameters
+    ----------
+    staged : dict of str to Path
+        File name -> the finished file in the staging folder.
+    out_dir : path
+        Where they go.
+
+    Returns
+    -------
+    dict of str to Path
+        File name -> its published path.
+    """
+    out = Path(out_dir)
+    published = {}
+    for name, path in staged.items():
+        os.replace(path, out / name)
+        published[name] = out / name
+    return published
 
 
 __all__ = [
@@ -1235,6 +1367,8 @@ __all__ = [
     "presence",
     "presence_evidence",
     "presence_matrix",
+    "publish_staged",
+    "remove_stale_staging",
     "probability_matrix",
     "refine_drift",
     "register_frames",

@@ -18,7 +18,10 @@ Samples are generated in jobs of ``samples_per_job``; every array is chunked
 by job, so a job's data lands in its own chunk files (zarr writes each file
 atomically), and its ``complete`` flag is set only afterwards. A killed run
 therefore leaves no half-written sample that counts as done, and resuming
-regenerates exactly the missing jobs.
+regenerates exactly the missing jobs. The empty store is laid out in a hidden
+folder beside ``DIR.zarr`` and renamed into place, so a run killed while creating
+it leaves no store that cannot be resumed; resuming removes the temporary chunk
+files (``*.partial``) and folders a killed run left.
 
 This module knows arrays and zarr only (no physics, no abTEM): training reads
 samples through it.
@@ -27,6 +30,9 @@ samples through it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +87,9 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
     """
     meta = json.loads(json.dumps(meta))  # normalise tuples, check serialisable
     path = Path(path)
+    if not path.exists():
+        _remove_partial_stores(path)
+        _create_beside(path, meta)
     if path.exists():
         try:
             group = zarr.open_group(str(path), mode="a")
@@ -92,7 +101,63 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
                 f"{path}: exists with a different configuration, seed or size; "
                 "choose another --out or delete it"
             )
+        _remove_partial_chunks(path)
         return group
+    raise StoreError(f"{path}: could not be created")
+
+
+def _partial_name(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_partial_stores(path: Path) -> int:
+    """Delete half-created stores (hidden ``.<name>.*.partial`` folders) that killed runs left beside ``path``."""
+    if not path.parent.is_dir():
+        return 0
+    stale = [p for p in path.parent.iterdir()
+             if p.name.startswith(_partial_name(path)) and p.name.endswith(".partial") and p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
+def _remove_partial_chunks(path: Path) -> int:
+    """Delete zarr's temporary chunk files (``*.partial``) that a killed writer left in the store ``path``.
+
+    Only the one process that writes a store may call it (a concurrent writer's
+    temporary files would go too).
+    """
+    stale = [p for p in path.rglob("*.partial") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _create_beside(path: Path, meta: dict[str, Any]) -> None:
+    """Lay out an empty store in a hidden folder beside ``path`` and rename it into place
+    (when another process made ``path`` meanwhile, that one is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_partial_name(path), suffix=".partial"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        _layout(tmp, meta)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _layout(path: Path, meta: dict[str, Any]) -> None:
+    """Create the arrays and attributes of an empty store at ``path``."""
     group = zarr.open_group(str(path), mode="w")
     spj = meta["samples_per_job"]
     for name, (shape, dtype) in _array_specs(meta).items():
@@ -102,7 +167,6 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
     group.create_array("complete", shape=(n_jobs,), chunks=(1,), dtype="bool", fill_value=False)
     group.attrs["atomfinder"] = meta
     group.attrs["store_version"] = STORE_VERSION
-    return group
 
 
 def pending_jobs(group: zarr.Group) -> list[int]:

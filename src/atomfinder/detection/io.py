@@ -46,7 +46,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,10 @@ import numpy as np
 from atomfinder._files import atomic_write
 
 __all__ = [
+    "LAZY_READERS",
     "MIN_SIZE",
     "SUPPORTED_EXTENSIONS",
+    "FrameStack",
     "Micrograph",
     "MicrographError",
     "read_micrograph",
@@ -162,6 +164,109 @@ class Micrograph:
     def n_frames(self) -> int:
         """Number of frames (1 for a single image)."""
         return self.data.shape[0] if self.data.ndim == 3 else 1
+
+
+class FrameStack:
+    """A stack of frames ``[N, H, W]`` read (and transformed) one frame at a time.
+
+    ``read_micrograph(..., lazy=True)`` returns one for a multi-frame ``.npy`` or TIFF
+    file, so that a long series is never held in memory whole: ``stack[i]`` reads
+    frame ``i`` from the file (a memory map, or one TIFF page), as float32, through
+    the optional ``transform(frame, i)`` (the detection's cleaning).
+
+    Parameters
+    ----------
+    frames : array-like, shape (N, H, W)
+        Anything whose ``frames[i]`` is one frame: a ``numpy.memmap``, a dask array,
+        or a :class:`_TiffPages` reader.
+    transform : callable, optional
+        ``transform(frame, i) -> ndarray`` applied to each frame read.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, frames: Any, transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
+        self._frames = frames
+        self._transform = transform
+        self.shape = tuple(int(n) for n in frames.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"frame {i} of a stack of {len(self)}")
+        i %= len(self)
+        frame = np.ascontiguousarray(np.asarray(self._frames[i]), dtype=np.float32)
+        return frame if self._transform is None else self._transform(frame, i)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All frames at once (what the lazy reading avoids; for callers that need an array)."""
+        out = np.stack(list(self))
+        return out if dtype is None else out.astype(dtype)
+
+    def with_transform(self, transform: Callable[[np.ndarray, int], np.ndarray]) -> "FrameStack":
+        """The same frames through ``transform(frame, i)`` (after this stack's own transform)."""
+        inner = self._transform
+        if inner is None:
+            return FrameStack(self._frames, transform)
+        return FrameStack(self._frames, lambda frame, i: transform(inner(frame, i), i))
+
+
+class _TiffPages:
+    """Frame ``i`` of a TIFF's first series, read page by page (for files that cannot be memory-mapped)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape = path, shape
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        import tifffile
+
+        with _quiet_logger("tifffile"), tifffile.TiffFile(self.path) as tif:
+            return tif.series[0].asarray(key=i) if len(tif.series[0].pages) > 1 else tif.series[0].asarray()[i]
+
+
+#: Readers that ``read_micrograph(..., lazy=True)`` reads frame by frame.
+LAZY_READERS = frozenset({"npy", "tiff"})
+
+
+def _lazy_tiff_frames(path: Path, shape: tuple[int, ...]) -> Any:
+    """The frames of a TIFF's first series without reading them: a memory map when the
+    pixels are stored uncompressed in one block, else a page-by-page reader."""
+    import tifffile
+
+    try:
+        with _quiet_logger("tifffile"):
+            mapped = tifffile.memmap(path, series=0, mode="r")
+        if tuple(mapped.shape) == tuple(shape):
+            return mapped
+    except (ValueError, OSError):
+        pass
+    return _TiffPages(path, shape)
+
+
+def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
+    """Data (memory map or lazy array, never read whole) and axes of a ``.npy`` or TIFF file."""
+    if reader == "npy":
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        return data, [{} for _ in range(data.ndim)]
+    import rsciio.tiff
+
+    with warnings.catch_warnings(), _quiet_logger("tifffile"):
+        warnings.simplefilter("ignore")
+        results = rsciio.tiff.file_reader(str(path), lazy=True)
+        result = _pick_image(list(results) if not isinstance(results, dict) else [results])
+        axes = _rsciio_axes(result)
+        data = result["data"]  # a dask array: nothing read yet
+        if len(axes) != data.ndim:
+            axes = [{} for _ in range(data.ndim)]
+        axes = _tiff_fill_units(path, axes)
+    return data, axes
 
 
 # --------------------------------------------------------------------------- units
@@ -630,6 +735,7 @@ def read_micrograph(
     *,
     min_size: int = MIN_SIZE,
     sampling_name: str = "--sampling",
+    lazy: bool = False,
 ) -> Micrograph:
     """Read a micrograph (or a stack of them) and its pixel size.
 
@@ -646,12 +752,18 @@ def read_micrograph(
     sampling_name : str, default ``"--sampling"``
         How the user gives a pixel size (a command-line option or a Python
         keyword), named in error messages (:func:`sampling_hint`).
+    lazy : bool
+        For a multi-frame ``.npy`` or TIFF file (:data:`LAZY_READERS`): ``data`` is a
+        :class:`FrameStack` that reads one frame at a time (the pixel values are
+        then checked frame by frame by whoever reads them, not here). Other files
+        and single images are read whole, as without it.
 
     Returns
     -------
     Micrograph
-        ``data`` float32 ``[H, W]`` or ``[N, H, W]``; ``sampling_A`` is None when
-        neither the file nor the caller gives a pixel size.
+        ``data`` float32 ``[H, W]`` or ``[N, H, W]`` (a :class:`FrameStack` with
+        ``lazy``); ``sampling_A`` is None when neither the file nor the caller gives
+        a pixel size.
 
     Raises
     ------
@@ -688,7 +800,7 @@ def read_micrograph(
     fmt = _FORMAT_NAMES[reader]
 
     try:
-        raw, axes = _read_raw(p, reader)
+        raw, axes = _read_lazy(p, reader) if lazy and reader in LAZY_READERS else _read_raw(p, reader)
     except MemoryError:  # a damaged header can declare exabytes; a huge file may not fit
         raise MicrographError(
             source, f"not enough memory to read it as a {fmt} file ({_format_size(p.stat().st_size)} on disk); "
@@ -719,10 +831,16 @@ def read_micrograph(
         raise MicrographError(
             source, f"image too small ({height}x{width} pixels; at least {min_size}x{min_size} needed to hold atoms)"
         )
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    problem = _check_values(data)
-    if problem:
-        raise MicrographError(source, problem)
+    if lazy and reader in LAZY_READERS and data.ndim == 3:
+        frames = data if isinstance(data, np.ndarray) or reader == "npy" else _lazy_tiff_frames(p, data.shape)
+        data = FrameStack(frames)
+    else:
+        if hasattr(data, "compute"):  # a lazily opened single image: read it here, not on a dask cluster
+            data = data.compute(scheduler="synchronous")
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        problem = _check_values(data)
+        if problem:
+            raise MicrographError(source, problem)
 
     try:
         file_sampling_A, note = _calibration(*(axes[-2:] if len(axes) >= 2 else (None, None)))
@@ -751,7 +869,8 @@ def read_micrograph(
         "calibration_note": note,
         "colour": colour,
     }
-    data.flags.writeable = False
+    if isinstance(data, np.ndarray):
+        data.flags.writeable = False
     final = float(sampling_A) if sampling_A is not None else file_sampling_A
     return Micrograph(data=data, sampling_A=final, source=source, metadata=metadata)
 

@@ -56,6 +56,56 @@ FIGURE_WIDTH_IN = 8.0
 #: What the markers' colour can show (``"auto"``: the column height when the table
 #: has heights, else the class).
 COLOUR_MODES = ("auto", "class", "confidence", "probability", "height")
+#: Formats of the overlay that ``atomfinder detect`` writes (``--overlay-format``).
+OVERLAY_FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How :func:`atomfinder.detection.run.detect_files` draws ``<stem>.<format>``.
+
+    Attributes
+    ----------
+    format : {"png", "svg", "pdf"}
+        File format (raster PNG, or vector SVG/PDF for a paper).
+    dpi : int
+        Resolution of a PNG (dots per inch of the figure; the vector formats embed
+        the image at this resolution too).
+    colour_by : {"auto", "class", "confidence", "probability", "height"}
+        What the marker colour shows (:func:`overlay_plot`); ``"auto"`` is the class,
+        or the height for a model with a height head.
+    marker_size : float, optional
+        Marker diameter in points (default: from the atom spacing).
+    title : str, optional
+        Figure title; ``None``: the number of atoms, model and pixel size; ``""``: none.
+    """
+
+    format: str = "png"
+    dpi: int = 150
+    colour_by: str = "auto"
+    marker_size: float | None = None
+    title: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}; got {self.format!r}")
+        if not (isinstance(self.dpi, int) and 10 <= self.dpi <= 2400):
+            raise ValueError(f"overlay dpi must be an integer in 10-2400; got {self.dpi!r}")
+        if self.colour_by not in COLOUR_MODES:
+            raise ValueError(f"colour_by must be one of {', '.join(COLOUR_MODES)}; got {self.colour_by!r}")
+        if self.marker_size is not None and not (math.isfinite(self.marker_size) and self.marker_size > 0):
+            raise ValueError(f"marker size must be a positive number of points; got {self.marker_size!r}")
+
+    def figure_title(self, automatic: str) -> str | None:
+        """The title to draw: the given one, ``automatic`` when none was given, nothing for ``""``."""
+        if self.title is None:
+            return automatic
+        return self.title or None
+
+    def options(self) -> dict[str, Any]:
+        """Keywords of :func:`overlay_figure` for this style."""
+        return {"dpi": self.dpi, "colour_by": self.colour_by, "marker_size": self.marker_size}
+
 #: Marker shapes by class when the colour shows a number.
 CLASS_MARKERS = ("o", "s", "^", "D", "v", "p", "h", "*")
 #: Automatic marker diameters are kept in this range (points).
@@ -801,13 +851,20 @@ class Detection(tuple):
     image : ndarray, optional
         The input image (``[H, W]``, or ``[N, H, W]``), drawn under the atoms;
         without it the atom probability map is.
+    signal_calibration : SignalCalibration, optional
+        The axes of the HyperSpy signal the atoms were found in
+        (:func:`atomfinder.detection.signals.signal_calibration`), which
+        :meth:`to_signal` gives the results back in.
     """
 
     image: np.ndarray | None
+    signal_calibration: Any
 
-    def __new__(cls, table: pd.DataFrame, info: dict[str, Any], image: np.ndarray | None = None) -> "Detection":
+    def __new__(cls, table: pd.DataFrame, info: dict[str, Any], image: np.ndarray | None = None,
+                signal_calibration: Any = None) -> "Detection":
         self = super().__new__(cls, (table, info))
         self.image = None if image is None else np.asarray(image)
+        self.signal_calibration = signal_calibration
         return self
 
     def __getnewargs__(self) -> tuple[Any, Any]:  # pickling (the image travels in __dict__)
@@ -831,6 +888,27 @@ class Detection(tuple):
         """The overlay as a matplotlib Figure (:func:`plot_detection`; ``frame="all"``: a grid)."""
         return plot_detection(self.table, self.info, self.image if image is None else image, frame=frame,
                               **options)
+
+    def to_signal(self, signal: Any = None, **options: Any) -> Any:
+        """The image as a HyperSpy ``Signal2D`` with calibrated axes and one marker set per
+        class (:func:`atomfinder.detection.signals.to_signal`; needs HyperSpy)."""
+        from atomfinder.detection.signals import to_signal
+
+        return to_signal(self, signal, **options)
+
+    def probabilities_signal(self, signal: Any = None, **options: Any) -> Any:
+        """The probability maps as a calibrated HyperSpy ``Signal2D``, or None
+        (:func:`atomfinder.detection.signals.probabilities_signal`; needs HyperSpy)."""
+        from atomfinder.detection.signals import probabilities_signal
+
+        return probabilities_signal(self, signal, **options)
+
+    def to_atomap(self, signal: Any = None, **options: Any) -> Any:
+        """An Atomap ``Sublattice`` of the atoms (:func:`atomfinder.detection.signals.to_atomap`;
+        needs Atomap); default image: the detection's own, calibrated in Å."""
+        from atomfinder.detection.signals import to_atomap
+
+        return to_atomap(self.table, self.image if signal is None else signal, **options)
 
     def thumbnail_png(self, width_in: float = THUMBNAIL_WIDTH_IN, dpi: int = THUMBNAIL_DPI) -> bytes:
         """A small PNG of the overlay (first frame), without legend: 64-colour palette, tens of kB."""

@@ -35,6 +35,7 @@ from scipy.ndimage import affine_transform, gaussian_filter
 
 from atomfinder.detection.confidence import Calibration, peak_features
 from atomfinder.detection.peaks import AtomTable, find_atoms
+from atomfinder.detection.resampling import antialias_sigma_px
 from atomfinder.detection.validity import model_contrast_to_noise
 from atomfinder.nn.card import ModelCard
 from atomfinder.nn.infer import predict
@@ -51,20 +52,6 @@ def resampled_size(n_px: int, from_sampling_A: float, to_sampling_A: float) -> i
     floating-point error (``53 * 0.15 / 0.1`` gives 80, not 79).
     """
     return max(1, int(np.floor(n_px * from_sampling_A / to_sampling_A + 0.5 + 1e-6)))
-
-
-def antialias_sigma_px(from_sampling_A: float, to_sampling_A: float) -> float:
-    """Standard deviation (input pixels) of the Gaussian pre-filter used when downsampling.
-
-    ``sigma = 0.5 * sqrt(f**2 - 1)`` with ``f = to / from`` the downsampling factor,
-    and 0 when not downsampling (``f <= 1``). This is the extra blur that, added in
-    quadrature to the ~0.5 px already implied by the input grid, gives 0.5 output
-    pixels: it damps content at the output's Nyquist frequency to about 30 % (so
-    little aliases) while leaving atom-sized features (several output pixels) nearly
-    untouched.
-    """
-    f = to_sampling_A / from_sampling_A
-    return 0.5 * float(np.sqrt(f * f - 1.0)) if f > 1.0 else 0.0
 
 
 def _check_sampling(*values: float) -> None:

@@ -25,9 +25,16 @@ output names, writable output folder) before it writes anything, and then writes
 input, ``<stem>.csv`` (atom table), ``<stem>.json`` (provenance and validity checks),
 ``<stem>.png`` (overlay) and optionally ``<stem>_probabilities.tif`` (at the model's
 pixel size, or resampled back onto the input's pixels); the files of one input appear
-together (temporary files renamed at the end), so an input that fails leaves nothing
-behind. :func:`existing_outputs` lists what a run would replace. With a
-``scheduler`` address the inputs are processed on a dask.distributed cluster.
+together (temporary files renamed at the end, the JSON sidecar last), so an input that
+fails, or a run killed at any point, leaves no file of an unfinished input behind.
+:func:`existing_outputs` lists what a run would replace; with ``resume=True`` the
+inputs whose outputs are all there (:func:`finished_inputs`) are skipped, so a rerun
+after an interruption does only what is missing. With a ``scheduler`` address the
+inputs are processed on a dask.distributed cluster (a task lost with a killed worker
+is run again by the scheduler). A stack of independent frames in a ``.npy`` or TIFF
+file is read frame by frame (:func:`atomfinder.detection.io.open_frames`), and its
+probability maps are kept only when they are written, so a long stack needs the
+memory of one frame.
 
 Coordinates follow DESIGN.md: ``x`` = column, ``y`` = row, in pixels of the input
 image (of the first frame for a registered focal series). This module never imports
@@ -49,16 +56,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from atomfinder._files import remove_stale_temporaries
 from atomfinder.detection.io import (
     MIN_SIZE,
+    FrameStack,
     MicrographError,
     read_micrograph,
     require_sampling,
     sampling_hint,
-    unit_to_angstrom,
     write_tiff_calibrated,
 )
 from atomfinder.detection.registration import UPSAMPLE, register_focal_series  # noqa: F401 (re-exported)
+from atomfinder.detection.resampling import probabilities_on_input_grid
 
 __all__ = [
     "FileReport",
@@ -69,6 +78,7 @@ __all__ = [
     "detect_files",
     "existing_outputs",
     "fill_nonfinite",
+    "finished_inputs",
     "load_sample",
     "probabilities_on_input_grid",
     "provenance",
@@ -234,6 +244,18 @@ def clean_image(
     return out[0] if img.ndim == 2 else out
 
 
+def _clean_frame(source: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``clean(frame, i)``: :func:`clean_image` of one frame of a lazily read stack (errors name the frame)."""
+
+    def clean(frame: np.ndarray, i: int) -> np.ndarray:
+        try:
+            return clean_image(frame, source)
+        except MicrographError as exc:
+            raise MicrographError(source, f"{str(exc).removeprefix(source + ': ')} (frame {i})") from None
+
+    return clean
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -243,8 +265,10 @@ class Sample:
 
     Attributes
     ----------
-    data : ndarray of float32, shape (H, W) or (N, H, W)
-        Cleaned pixel values (see :func:`clean_image`).
+    data : ndarray of float32, shape (H, W) or (N, H, W), or FrameStack
+        Cleaned pixel values (see :func:`clean_image`); a stack read lazily
+        (``load_sample(..., lazy=True)``) is a :class:`~atomfinder.detection.io.FrameStack`
+        whose frames are read and cleaned when they are taken.
     sampling_A : float
         Pixel size in Å/px.
     source : str
@@ -281,8 +305,11 @@ class Sample:
 
 
 def _is_signal(obj: Any) -> bool:
-    """Duck-typed HyperSpy signal: has ``.data`` and ``.axes_manager``."""
-    return hasattr(obj, "data") and hasattr(obj, "axes_manager")
+    """A HyperSpy signal, or any object with ``.data`` and ``.axes_manager``
+    (:func:`atomfinder.detection.signals.is_signal`)."""
+    from atomfinder.detection.signals import is_signal
+
+    return is_signal(obj)
 
 
 def _check_sampling_value(value: Any, source: str) -> float:
@@ -293,28 +320,6 @@ def _check_sampling_value(value: Any, source: str) -> float:
     if not (math.isfinite(s) and s > 0):
         raise MicrographError(source, f"sampling must be a positive number of Å per pixel, got {value!r}")
     return s
-
-
-def _signal_sampling_A(signal: Any, source: str) -> float | None:
-    """Pixel size in Å of a HyperSpy-like signal, or None when it has no length unit."""
-    axes = list(signal.axes_manager.signal_axes)
-    if not axes:
-        raise MicrographError(source, "the signal has no signal axes; expected a 2-D image signal")
-    samplings = []
-    for axis in axes[:2]:
-        try:
-            factor = unit_to_angstrom(getattr(axis, "units", None))
-        except ValueError as exc:
-            raise MicrographError(source, f"pixel size in a {exc}: a diffraction pattern or FFT") from None
-        scale = float(getattr(axis, "scale", float("nan")))
-        if factor is None or not (math.isfinite(scale) and scale > 0):
-            return None
-        samplings.append(scale * factor)
-    if len(samplings) == 2 and abs(samplings[0] - samplings[1]) > 1e-3 * max(samplings):
-        raise MicrographError(
-            source, f"non-square pixels ({samplings[0]:.6g} Å wide, {samplings[1]:.6g} Å high)"
-        )
-    return samplings[0]
 
 
 def _check_array(data: np.ndarray, source: str) -> np.ndarray:
@@ -358,10 +363,12 @@ class _FileRead:
     notes: tuple[str, ...]
 
 
-def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_name: str) -> _FileRead:
+def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_name: str,
+               lazy: bool = False) -> _FileRead:
     """Pixels and Å/px of one file, whether the Å/px came from the file, and notes (errors name
-    the file). A colour image is refused; grey stored as RGB is read with a note."""
-    micrograph = read_micrograph(path, sampling_A, sampling_name=sampling_name)
+    the file). A colour image is refused; grey stored as RGB is read with a note. With ``lazy``
+    a multi-frame ``.npy`` or TIFF file stays on disk (a FrameStack)."""
+    micrograph = read_micrograph(path, sampling_A, sampling_name=sampling_name, lazy=lazy)
     meta = micrograph.metadata
     notes = []
     if meta.get("colour") == "rgb":
@@ -376,8 +383,8 @@ def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_
     if sampling_A is not None and file_sampling and abs(sampling - file_sampling) > SAMPLING_RTOL * file_sampling:
         notes.append(f"{os.fspath(path)}: {sampling_name} {sampling:.4g} Å/px replaces the file's pixel size "
                      f"{file_sampling:.4g} Å/px")
-    return _FileRead(np.asarray(micrograph.data), sampling, meta.get("sampling_from") == "file", file_sampling,
-                     tuple(notes))
+    data = micrograph.data if isinstance(micrograph.data, FrameStack) else np.asarray(micrograph.data)
+    return _FileRead(data, sampling, meta.get("sampling_from") == "file", file_sampling, tuple(notes))
 
 
 def _stack_files(
@@ -416,6 +423,7 @@ def _stack_files(
 def load_sample(
     image: Any, sampling_A: float | None = None, *, source: str | None = None,
     sampling_label: str = "argument", sampling_name: str | None = None, series: str = "focal series",
+    lazy: bool = False,
 ) -> Sample:
     """Read and clean one detection input.
 
@@ -442,6 +450,10 @@ def load_sample(
         ``"sampling_A"``.
     series : str
         What several files form, for messages: ``"focal series"`` or ``"time series"``.
+    lazy : bool
+        A single multi-frame ``.npy`` or TIFF file is read and cleaned one frame at a
+        time, when the frame is taken (``Sample.data`` is a FrameStack): a bad frame is
+        then reported when it is reached, not here.
 
     Returns
     -------
@@ -463,19 +475,21 @@ def load_sample(
             isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image)):
         paths = [image] if isinstance(image, (str, os.PathLike)) else list(image)
         src = source or os.fspath(paths[0])
-        read = (_read_file(paths[0], sampling_A, sampling_name) if len(paths) == 1
+        read = (_read_file(paths[0], sampling_A, sampling_name, lazy) if len(paths) == 1
                 else _stack_files(paths, sampling_A, sampling_name, series))
         data, s, from_file = read.data, read.sampling_A, read.from_file
         file_sampling_A, notes = read.file_sampling_A, read.notes
         stem = Path(os.fspath(paths[0])).stem
         files = tuple(os.fspath(p) for p in paths)
     elif _is_signal(image):
-        general = getattr(getattr(image, "metadata", None), "General", None)
-        src = source or str(getattr(general, "title", "") or "<signal>")
-        data = _check_array(np.asarray(image.data), src)
-        s = sampling_A if sampling_A is not None else _signal_sampling_A(image, src)
+        from atomfinder.detection.signals import signal_image, signal_sampling_A, signal_title
+
+        title = signal_title(image)
+        src = source or title or "<signal>"
+        data = _check_array(signal_image(image, src), src)
+        s, why = (sampling_A, None) if sampling_A is not None else signal_sampling_A(image, src)
         if s is None:
-            raise MicrographError(src, f"no pixel size in the signal's axes (no length unit); {sampling_hint(sampling_name)}")
+            raise MicrographError(src, f"no pixel size in the signal's axes ({why}); {sampling_hint(sampling_name)}")
         stem = "signal"
         from_file = False
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
@@ -497,8 +511,13 @@ def load_sample(
         origin = "file"
     else:
         origin = "signal"
-    _check_input_memory(np.shape(data), src)
-    return Sample(data=clean_image(data, src), sampling_A=float(s), source=src, stem=stem,
+    if isinstance(data, FrameStack):
+        _check_input_memory(data.shape[1:], src)  # one frame at a time
+        cleaned = data.with_transform(_clean_frame(src))
+    else:
+        _check_input_memory(np.shape(data), src)
+        cleaned = clean_image(data, src)
+    return Sample(data=cleaned, sampling_A=float(s), source=src, stem=stem,
                   sampling_source=origin, files=files, file_sampling_A=file_sampling_A, notes=notes)
 
 
@@ -698,34 +717,60 @@ def _image_validity(
                                 focal_series=focal_series, focal_step_A=focal_step_A)
 
 
+def trained_on_drift(card: Any) -> bool:
+    """Whether a focal-series model learned drifting frames (its recipe's ``drift_px`` > 0).
+
+    Such a model takes the frames as they are: registering them first was measured to
+    do harm. On the MoS2 test series at 1e4 e/Å² (drift up to 4 px) phase correlation
+    between frames of different defocus missed the true drift by a median 2-9 px
+    (global or windowed peak, with or without smoothing): on a periodic lattice whose
+    contrast changes with defocus, lattice vectors and the Mo-to-S shift correlate as
+    well as the drift. A model trained on aligned frames gets them registered.
+    """
+    sim = (card.training or {}).get("data", {}).get("simulation", {})
+    return float(sim.get("drift_px", 0.0) or 0.0) > 0.0
+
+
 def _run_sample(
     net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
     precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
+    keep_maps: bool = True,
 ) -> SampleResult:
     """Detect atoms in one validated sample, with its provenance and validity checks (a focal
-    series' step, when given, is checked against the card's trained range)."""
+    series' step, when given, is checked against the card's trained range). Frames of a stack
+    are taken one at a time; without ``keep_maps`` a stack's probability and height maps are
+    not kept (``None``), so that its memory is that of one frame."""
     from atomfinder.detection.pipeline import detect_array
     from atomfinder.detection.validity import card_reference, validity_record
 
     check_frames(sample, card, focal_series)
     check_size(sample, card, focal_series)
     shifts = None
+    stack = sample.data.ndim == 3 and not focal_series
     if focal_series and sample.n_frames > 1:
-        data, shifts = register_focal_series(sample.data)
-        images = [data]
-    elif sample.data.ndim == 3:
-        images = list(sample.data)
+        if trained_on_drift(card):
+            data, shifts = np.asarray(sample.data, dtype=np.float32), np.zeros((sample.n_frames, 2))
+        else:
+            data, shifts = register_focal_series(np.asarray(sample.data))
+        images: Any = [data]
+    elif stack:
+        images = sample.data  # an array or a FrameStack: frames are taken one at a time
     else:
         images = [sample.data]
+    keep = keep_maps or not stack
     tables, probs, heights, cnrs = [], [], [], []
+    first = None
     for image in images:
+        if first is None:
+            first = np.asarray(image[0] if image.ndim == 3 else image, dtype=np.float32)
         result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device,
                               precision=precision)
         tables.append(result.to_frame())
-        probs.append(result.probabilities.astype(np.float32, copy=False))
-        heights.append(result.height)
+        if keep:
+            probs.append(result.probabilities.astype(np.float32, copy=False))
+            heights.append(result.height)
         cnrs.append(result.contrast_to_noise)
-    stack = sample.data.ndim == 3 and not focal_series
+        del result
     reference = card_reference(card)
     checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None, focal_series, focal_step_A)
               for i, (t, cnr) in enumerate(zip(tables, cnrs))]
@@ -733,16 +778,15 @@ def _run_sample(
         for i, t in enumerate(tables):
             t.insert(0, "frame", i)
         table = pd.concat(tables, ignore_index=True)
-        probabilities = np.stack(probs)
-        height = None if heights[0] is None else np.stack(heights).astype(np.float32)
+        probabilities = np.stack(probs) if keep else None
+        height = None if not keep or heights[0] is None else np.stack(heights).astype(np.float32)
     else:
         table, probabilities, height = tables[0], probs[0], heights[0]
-    first = images[0][0] if images[0].ndim == 3 else images[0]
     return SampleResult(
         table=table,
         probabilities=probabilities,
         height=height,
-        overlay_image=np.asarray(first, dtype=np.float32),
+        overlay_image=first,
         sampling_A=sample.sampling_A,
         model_sampling_A=float(card.sampling_A),
         class_names=tuple(card.class_names),
@@ -887,7 +931,12 @@ def detect(
     from atomfinder.detection.overlay import Detection
 
     shown = sample.data if sample.data.ndim == 3 and not focal_series else res.overlay_image
-    return Detection(_with_attrs(res.table, res), info, image=shown)
+    calibration = None
+    if _is_signal(image):
+        from atomfinder.detection.signals import signal_calibration
+
+        calibration = signal_calibration(image)
+    return Detection(_with_attrs(res.table, res), info, image=shown, signal_calibration=calibration)
 
 
 # --------------------------------------------------------------------------- files
@@ -954,15 +1003,16 @@ def _check_out_dir(out_dir: Path) -> None:
         raise ValueError(f"{out_dir}: {what} is not writable")
 
 
-def _outputs(out_dir: Path, stem: str, probabilities: bool) -> list[Path]:
-    """``<stem>.csv``, ``<stem>.json``, ``<stem>.png`` and optionally ``<stem>_probabilities.tif``."""
-    names = [f"{stem}.csv", f"{stem}.json", f"{stem}.png"] + ([f"{stem}_probabilities.tif"] if probabilities else [])
+def _outputs(out_dir: Path, stem: str, probabilities: bool, overlay_format: str = "png") -> list[Path]:
+    """``<stem>.csv``, ``<stem>.json``, ``<stem>.<overlay_format>`` and optionally ``<stem>_probabilities.tif``."""
+    names = [f"{stem}.csv", f"{stem}.json", f"{stem}.{overlay_format}"] + (
+        [f"{stem}_probabilities.tif"] if probabilities else [])
     return [out_dir / n for n in names]
 
 
 def existing_outputs(
     paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, focal_series: bool = False,
-    probabilities: bool = False,
+    probabilities: bool = False, overlay_format: str = "png",
 ) -> list[Path]:
     """The files of ``out_dir`` that :func:`detect_files` would replace (reads no input).
 
@@ -970,6 +1020,8 @@ def existing_outputs(
     ----------
     paths, out_dir, focal_series, probabilities
         As given to :func:`detect_files`.
+    overlay_format : str
+        Suffix of the overlay (``OverlayStyle.format``).
 
     Returns
     -------
@@ -980,51 +1032,35 @@ def existing_outputs(
     out = Path(out_dir)
     found: list[Path] = []
     for group in _groups(paths, focal_series):
-        found.extend(p for p in _outputs(out, Path(group[0]).stem, probabilities) if p.exists())
+        found.extend(p for p in _outputs(out, Path(group[0]).stem, probabilities, overlay_format) if p.exists())
     return found
 
 
-def probabilities_on_input_grid(
-    probabilities: np.ndarray, model_sampling_A: float, sampling_A: float, shape: tuple[int, int]
-) -> np.ndarray:
-    """Probability maps resampled from the model's grid onto the input image's pixels.
+def finished_inputs(
+    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, focal_series: bool = False,
+    probabilities: bool = False, overlay_format: str = "png",
+) -> list[tuple[str, ...]]:
+    """The inputs whose outputs are all in ``out_dir`` (what ``resume=True`` skips; reads no input).
 
-    Input pixel ``(r, c)`` takes the maps at ``(r, c) * sampling_A / model_sampling_A``
-    model pixels (both grids start at the centre of the top-left pixel, as in
-    :func:`atomfinder.detection.pipeline.resample`), interpolated linearly after the
-    same Gaussian anti-aliasing filter when the input's pixels are larger. Both steps
-    average with positive weights, so the values stay in [0, 1] and the classes of a
-    pixel still sum to 1.
+    The files of one input are published together with the JSON sidecar last, so an
+    input with every output present was finished; one with only some of them was
+    interrupted while they were renamed into place and is done again.
 
     Parameters
     ----------
-    probabilities : ndarray, shape (k, h, w) or (N, k, h, w)
-        Per-class maps at ``model_sampling_A``.
-    model_sampling_A, sampling_A : float
-        Pixel sizes of the maps and of the input, in Å/px.
-    shape : (int, int)
-        Height and width of the input image.
+    paths, out_dir, focal_series, probabilities
+        As given to :func:`detect_files`.
+    overlay_format : str
+        Suffix of the overlay (``OverlayStyle.format``).
 
     Returns
     -------
-    ndarray of float32, shape (k, H, W) or (N, k, H, W)
+    list of tuple of str
+        The finished inputs (groups of files for a focal series), in input order.
     """
-    from scipy.ndimage import affine_transform, gaussian_filter
-
-    from atomfinder.detection.pipeline import antialias_sigma_px
-
-    maps = np.asarray(probabilities, dtype=np.float32)
-    flat = maps.reshape(-1, *maps.shape[-2:])
-    scale = float(sampling_A) / float(model_sampling_A)
-    sigma = antialias_sigma_px(model_sampling_A, sampling_A)
-    out = np.empty((len(flat), *shape), dtype=np.float32)
-    for i, m in enumerate(flat):
-        x = m.astype(np.float64)
-        if sigma > 0:
-            x = gaussian_filter(x, sigma, mode="reflect")
-        out[i] = affine_transform(x, np.array([scale, scale]), offset=0.0, output_shape=tuple(shape), order=1,
-                                  mode="nearest")
-    return out.reshape(*maps.shape[:-2], *shape)
+    out = Path(out_dir)
+    return [group for group in _groups(paths, focal_series)
+            if all(p.exists() for p in _outputs(out, Path(group[0]).stem, probabilities, overlay_format))]
 
 
 def sidecar(res: SampleResult, table_name: str) -> dict[str, Any]:
@@ -1062,7 +1098,7 @@ def _validate(
     """Read every input and check it against the model before anything is written."""
     stems: dict[str, str] = {}
     for group in groups:
-        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
         check_frames(sample, card, focal_series)
         check_size(sample, card, focal_series)
         if sample.stem in stems:
@@ -1070,6 +1106,17 @@ def _validate(
                 group[0], f"has the same name as {stems[sample.stem]}; their outputs {sample.stem}.* would collide"
             )
         stems[sample.stem] = group[0]
+
+
+def _check_distinct_stems(groups: list[tuple[str, ...]]) -> None:
+    """Refuse inputs whose outputs would have the same names (reads no input)."""
+    stems: dict[str, str] = {}
+    for group in groups:
+        stem = Path(group[0]).stem
+        if stem in stems:
+            raise MicrographError(
+                group[0], f"has the same name as {stems[stem]}; their outputs {stem}.* would collide")
+        stems[stem] = group[0]
 
 
 def _temp_beside(final: Path) -> Path:
@@ -1130,14 +1177,16 @@ def write_probabilities_tiff(path: str | os.PathLike[str], probabilities: np.nda
 
 
 def _write_result(
-    res: SampleResult, out_dir: Path, probabilities: bool, model_name: str, grid: str = "model"
+    res: SampleResult, out_dir: Path, probabilities: bool, model_name: str, grid: str = "model",
+    overlay: Any = None,
 ) -> FileReport:
     """Write the outputs of one input: all appear, or none; the probability maps on the
-    ``grid`` of the model or of the input."""
-    from atomfinder.detection.overlay import overlay_figure
+    ``grid`` of the model or of the input, the overlay in the :class:`OverlayStyle` ``overlay``."""
+    from atomfinder.detection.overlay import OverlayStyle, overlay_figure
 
+    overlay = overlay or OverlayStyle()
     out_dir.mkdir(parents=True, exist_ok=True)
-    finals = _outputs(out_dir, res.stem, probabilities)
+    finals = _outputs(out_dir, res.stem, probabilities, overlay.format)
     staged: list[tuple[Path, Path]] = []
     mode = 0o644
     try:
@@ -1153,7 +1202,8 @@ def _write_result(
         frame_note = f", frame 0 of {res.n_frames}" if res.n_frames > 1 and "frame" in res.table else ""
         table0 = res.table[res.table["frame"] == 0] if "frame" in res.table else res.table
         title = f"{len(table0)} atoms{frame_note} (model {model_name}, {res.sampling_A:.4g} Å/px)"
-        overlay_figure(res.overlay_image, table0, res.class_names, res.sampling_A, png_tmp, title=title)
+        overlay_figure(res.overlay_image, table0, res.class_names, res.sampling_A, png_tmp,
+                       title=overlay.figure_title(title), **overlay.options())
         if probabilities:
             tif_tmp = _temp_beside(finals[3])
             staged.append((tif_tmp, finals[3]))
@@ -1163,7 +1213,7 @@ def _write_result(
                 write_probabilities_tiff(tif_tmp, maps, res.sampling_A)
             else:
                 write_probabilities_tiff(tif_tmp, res.probabilities, res.model_sampling_A)
-        for tmp, final in staged:
+        for tmp, final in sorted(staged, key=lambda pair: pair[1] == finals[1]):  # the sidecar last
             _publish(tmp, final, mode)
     except BaseException:
         for tmp, _ in staged:
@@ -1195,9 +1245,9 @@ def _remote_task(
     """
     try:
         net, card = _cached_model(model_path)
-        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
         res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path,
-                          focal_step_A=focal_step_A)
+                          focal_step_A=focal_step_A, keep_maps=keep_probabilities)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -1208,7 +1258,7 @@ def _remote_task(
 def _run_distributed(
     groups: list[tuple[str, ...]], model_path: str, scheduler: Any, out_dir: Path, *,
     sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
-    model_name: str, report: Callable[[FileReport], None], precision: str = "auto",
+    model_name: str, report: Callable[[FileReport], None], precision: str = "auto", overlay: Any = None,
     sampling_label: str = "argument", grid: str = "model", focal_step_A: float | None = None,
 ) -> None:
     """Send inputs to a dask.distributed cluster; write results as they complete."""
@@ -1230,7 +1280,7 @@ def _run_distributed(
         )
         try:
             for future in as_completed(futures):
-                report(_write_result(future.result(), out_dir, probabilities, model_name, grid))
+                report(_write_result(future.result(), out_dir, probabilities, model_name, grid, overlay))
         except BaseException:
             client.cancel(futures)
             raise
@@ -1253,6 +1303,8 @@ def detect_files(
     sampling_label: str = "argument",
     probabilities_grid: str = "model",
     focal_step_A: float | None = None,
+    resume: bool = False,
+    overlay: Any = None,
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
@@ -1265,11 +1317,16 @@ def detect_files(
     w]`` as an ImageJ hyperstack for a stack; calibrated in Å; with
     ``probabilities_grid="input"`` resampled onto the input's pixels,
     :func:`probabilities_on_input_grid`). Existing files are replaced (see
-    :func:`existing_outputs`).
+    :func:`existing_outputs`), unless ``resume`` skips their input.
 
     Every input is read and checked (calibration, frame count, distinct output
     names) and the output folder's writability is checked before anything is
-    written; the files of one input are renamed into place together.
+    written; the files of one input are renamed into place together, the JSON
+    sidecar last, so that a run killed at any point leaves every input either with
+    all its outputs or with none that a rerun with ``resume`` would keep. A stack of
+    independent frames in one ``.npy`` or TIFF file is read and detected frame by
+    frame (:func:`load_sample` with ``lazy=True``); its frames are checked when they
+    are reached.
 
     Parameters
     ----------
@@ -1309,11 +1366,21 @@ def detect_files(
     focal_step_A : float, optional
         Focal series only: the defocus step between frames (Å, positive =
         underfocus), checked against the card's trained range (see :func:`detect`).
+    resume : bool
+        Continue an interrupted run: inputs whose outputs are all in ``out_dir``
+        (:func:`finished_inputs`) are skipped (neither read nor written), the others
+        are done (again), and temporary files a killed run left beside their outputs
+        are removed. ``progress`` counts the skipped inputs as done.
+    overlay : OverlayStyle, optional
+        Format (PNG, SVG, PDF), dpi, colouring, marker size and title of the overlay
+        (:class:`atomfinder.detection.overlay.OverlayStyle`; default: a 150-dpi PNG
+        coloured by class, or by height for a model with a height head).
 
     Returns
     -------
     list of Path
-        The files written, input by input (in completion order with a scheduler).
+        The files written, input by input (in completion order with a scheduler);
+        not those of skipped inputs.
 
     Warns
     -----
@@ -1343,11 +1410,26 @@ def detect_files(
     focal_step_A = check_focal_step_argument(
         focal_step_A, focal_series, ("--focal-step", "--focal-series") if cli else ("focal_step_A", "focal_series"))
     groups = _groups(paths, focal_series)
+    from atomfinder.detection.overlay import OverlayStyle
+
+    overlay = overlay or OverlayStyle()
     stem = resolve_model(model)
     net, card = load_model(stem)
+    if overlay.colour_by == "height" and not card.architecture.get("height_head"):
+        raise ValueError(f"model {card.name} predicts no column heights: the overlay cannot be coloured by height")
     out = Path(out_dir)
     _check_out_dir(out)
-    _validate(groups, card, sampling_A, focal_series, sampling_label)
+    todo = groups
+    if resume:
+        _check_distinct_stems(groups)
+        done = set(finished_inputs(paths, out, focal_series=focal_series, probabilities=probabilities,
+                                   overlay_format=overlay.format))
+        todo = [g for g in groups if g not in done]
+    _validate(todo, card, sampling_A, focal_series, sampling_label)
+    if resume:
+        remove_stale_temporaries(*(f for g in todo for f in _outputs(out, Path(g[0]).stem, probabilities,
+                                                                      overlay.format)))
+    skipped = len(groups) - len(todo)
 
     written: list[Path] = []
     reports: list[FileReport] = []
@@ -1357,18 +1439,20 @@ def detect_files(
         reports.append(rep)
         warn(rep.warnings, stacklevel=4)
         if progress is not None:
-            progress(len(reports), len(groups), rep)
+            progress(skipped + len(reports), len(groups), rep)
 
     if scheduler is not None:
         _run_distributed(
-            groups, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
+            todo, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
             probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
             precision=precision, sampling_label=sampling_label, grid=probabilities_grid, focal_step_A=focal_step_A,
+            overlay=overlay,
         )
         return written
-    for group in groups:
-        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label)
+    for group in todo:
+        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
         res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem),
-                          focal_step_A=focal_step_A)
-        report(_write_result(res, out, probabilities, card.name, probabilities_grid))
+                          focal_step_A=focal_step_A, keep_maps=probabilities)
+        del sample
+        report(_write_result(res, out, probabilities, card.name, probabilities_grid, overlay))
     return written

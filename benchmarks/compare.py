@@ -1,0 +1,835 @@
+"""atomfinder against its peers on the same simulated test images, scored by atomfinder's evaluator.
+
+Rows, per system and fixed dose (the stores ``DATA/<system>-test-<dose>.zarr``,
+doses inside the shipped model's validity range):
+
+* ``atomfinder``: the shipped model (``atomfinder evaluate``'s detector);
+* ``AtomAI``: ``atomai.models.Segmentor("Unet")`` trained on the shipped model's
+  own training store for ``--budget-min`` CPU minutes, located with AtomAI's own
+  coordinate finder (threshold, centre of mass);
+* ``Atomap (conventional seeds)``: Atomap's 2-D Gaussian refinement of the
+  conventional peak finder's positions;
+* ``Atomap (atomfinder seeds)``: the same refinement of atomfinder's detections
+  (does Gaussian refinement improve on atomfinder's sub-pixel positions?);
+* ``conventional``: atomfinder's band-pass + local-maxima baseline.
+
+All are matched one-to-one to the ground truth at 0.5 Å with the evaluator's
+border band (:func:`atomfinder.analysis.evaluate.compare`). The Cramér-Rao bound
+of every site's position is computed for the first ``--crlb-images`` images of
+each store from the re-simulated noise-free image
+(:func:`atomfinder.imaging.crlb.image_position_crlb_A`), so localisation errors
+are also given as RMSE / CRLB (per coordinate).
+
+Speed and memory: one lattice image of each ``--timing-sizes`` side to an atom
+table per tool, each in a fresh process (median after one warm-up, peak RSS);
+printed as ratios to atomfinder.
+
+The peers live in their own environment ``.venv-peers`` (``--setup-peers``
+creates it) and run through ``benchmarks/peers_worker.py``: atomfinder never
+imports them. Writes ``--out`` (Markdown) with PNG plots beside it in
+``<out stem>/`` and ends with one JSON line.
+
+    python benchmarks/compare.py --setup-peers --budget-min 30
+    python benchmarks/compare.py --skip-peers --systems graphene --doses 1e4 --n-images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().with_name("peers_worker.py")
+#: The peers' environment: never atomfinder's own ``.venv``.
+PEER_VENV = ROOT / ".venv-peers"
+#: What goes into the peers' environment, in order (pip arguments per step).
+PEER_INSTALL: tuple[tuple[str, ...], ...] = (
+    ("--upgrade", "pip"),
+    ("torch==2.14.1", "torchvision==0.29.1"),
+    ("--no-deps", "atomai==0.8.1"),
+    ("numpy", "scipy", "scikit-image", "scikit-learn", "matplotlib", "networkx", "pandas",
+     "opencv-python-headless", "six", "progressbar2", "gpytorch", "mendeleev<=0.6.1", "tifffile", "atomap==0.4.2"),
+)
+#: Matching radius (Å) of every score here.
+RADIUS_A = 0.5
+#: Band along the image edge that is not scored (Å), as ``atomfinder evaluate``.
+BORDER_A = 1.0
+#: Method names, in table order.
+ATOMFINDER = "atomfinder"
+ATOMAI = "AtomAI"
+ATOMAP_CONV = "Atomap (conventional seeds)"
+ATOMAP_AF = "Atomap (atomfinder seeds)"
+CONVENTIONAL = "conventional"
+METHODS = (ATOMFINDER, ATOMAI, ATOMAP_CONV, ATOMAP_AF, CONVENTIONAL)
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout ends with the JSON line)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- peers' environment
+
+
+def peer_python(venv: Path = PEER_VENV) -> Path:
+    """The peers' interpreter."""
+    return venv / "bin" / "python"
+
+
+def setup_peers(venv: Path = PEER_VENV, python: str = "python3.11") -> None:
+    """Create the peers' environment at ``venv`` with AtomAI 0.8.1 and Atomap 0.4.2, unless it exists.
+
+    AtomAI imports torchvision, gpytorch, cv2, six, progressbar and mendeleev at
+    import time; they are installed explicitly (``--no-deps`` for AtomAI itself).
+    """
+    if venv.resolve() == (ROOT / ".venv").resolve():
+        raise ValueError("the peers never go into atomfinder's own .venv")
+    if peer_python(venv).exists():
+        log(f"peers: {venv} exists")
+        return
+    log(f"peers: creating {venv} (torch, AtomAI, Atomap: several GB, minutes)")
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    for step in PEER_INSTALL:
+        log("peers: pip install " + " ".join(step))
+        subprocess.run([str(peer_python(venv)), "-m", "pip", "install", "-q", *step], check=True)
+
+
+def run_worker(args: Sequence[str], *, venv: Path = PEER_VENV, threads: int = 2) -> dict:
+    """Run ``peers_worker.py`` in the peers' environment; its last stdout line (JSON) parsed."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg")
+    proc = subprocess.run([str(peer_python(venv)), str(WORKER), *args, "--threads", str(threads)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peers_worker {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- test data
+
+
+def dose_tag(dose: float) -> str:
+    """``2e2``, ``1e3``, ... : the dose as test stores are named."""
+    exponent = int(math.floor(math.log10(dose)))
+    mantissa = dose / 10**exponent
+    m = f"{mantissa:.3g}".rstrip("0").rstrip(".")
+    return f"{m}e{exponent}"
+
+
+def test_store(data_dir: Path, system: str, dose: float) -> Path:
+    """Path of the test store of ``system`` at ``dose``."""
+    return data_dir / f"{system}-test-{dose_tag(dose)}.zarr"
+
+
+#: Overrides of the test stores per system (``configs/``), and their size and seed: what
+#: the models' reports use (reports/<model>/README.md).
+TEST_CONFIGS = {"graphene": "configs/test-dose-{tag}.toml", "gold": "configs/test-gold-dose-{tag}.toml",
+                "mos2": "configs/test-dose-{tag}.toml"}
+TEST_N, TEST_SEED = 128, 1001
+
+
+def simulate_store(system: str, out: Path, n: int, seed: int, config: Path | None) -> Path:
+    """Make a dataset store with ``atomfinder simulate`` (same recipe and seed: the same images)."""
+    cmd = [sys.executable, "-m", "atomfinder.cli", "simulate", "--system", system, "--n", str(n),
+           "--seed", str(seed), "--out", str(out)] + (["--config", str(config)] if config else [])
+    log(f"  simulating {out.name}: {' '.join(cmd[3:])}")
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+def ensure_test_store(data_dir: Path, system: str, dose: float, card_system: str) -> Path | None:
+    """The test store of ``system`` at ``dose``, simulated first when missing (None: no recipe for it)."""
+    path = test_store(data_dir, system, dose)
+    template = TEST_CONFIGS.get(card_system)
+    if path.exists() or template is None:
+        return path if path.exists() else None
+    config = ROOT / template.format(tag=dose_tag(dose))
+    if not config.exists():
+        return None
+    return simulate_store(card_system, path, TEST_N, TEST_SEED, config)
+
+
+def ensure_training_store(card: Any, n: int, work: Path) -> Path:
+    """The model's training store, or (when absent, e.g. in a fresh clone) its first ``n`` images
+    simulated again from the card's recipe and seed into ``work``."""
+    data = card.training["data"]
+    path = Path(data["store"])
+    path = path if path.is_absolute() else ROOT / path
+    if path.exists():
+        return path
+    config = work / "training-simulation.json"
+    config.write_text(json.dumps({"simulation": data["simulation"]}))
+    return simulate_store(data["simulation"]["system"], work / path.name, n, int(data["seed"]), config)
+
+
+def dose_covered(card: Any, dose: float) -> bool:
+    """Whether ``dose`` lies in the model card's validity range (no range: covered)."""
+    span = (card.validity or {}).get("dose_e_per_A2")
+    return not span or float(span[0]) <= dose <= float(span[1])
+
+
+def load_samples(store: Any, n: int) -> list[Any]:
+    """The first ``n`` samples of a store as :class:`EvalSample` objects."""
+    from atomfinder.analysis.evaluate import samples_from_store
+
+    return list(samples_from_store(store, range(min(n, len(store)))))
+
+
+# --------------------------------------------------------------------------- detections
+
+
+@dataclass
+class Detections:
+    """Positions ``(x, y)`` in pixels per sample (by order) and seconds per sample of one method."""
+
+    xy: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def run_local(detect: Callable[[Any], Any], samples: Sequence[Any]) -> Detections:
+    """Run an in-process detector (``sample -> AtomTable``) on every sample, timed."""
+    out = Detections()
+    for s in samples:
+        t = time.perf_counter()
+        table = detect(s)
+        out.seconds.append(time.perf_counter() - t)
+        out.xy.append(np.asarray(table.xy, dtype=np.float64).reshape(-1, 2))
+    return out
+
+
+def precomputed_detector(samples: Sequence[Any], det: Detections) -> Callable[[Any], Any]:
+    """A detector for :func:`atomfinder.analysis.evaluate.compare` that returns ``det``'s positions."""
+    from atomfinder.detection.peaks import AtomTable
+
+    index = {id(s): i for i, s in enumerate(samples)}
+
+    def detect(sample: Any) -> AtomTable:
+        xy = det.xy[index[id(sample)]]
+        n = len(xy)
+        return AtomTable(x=xy[:, 0], y=xy[:, 1], label=np.ones(n, np.int64), probability=np.ones(n),
+                         height=np.full(n, -1, np.int64))
+
+    return detect
+
+
+def atom_sign(image: np.ndarray, xy: np.ndarray, sampling_A: float, atom_radius_A: float) -> float:
+    """+1 when atoms at ``xy`` are brighter than the band-passed image around them, else -1.
+
+    Falls back to the conventional rule (skewness of the band-passed image) when
+    there are no positions.
+    """
+    from atomfinder.detection.baseline import bandpass, choose_polarity
+
+    f = bandpass(image, sampling_A, atom_radius_A)
+    if len(xy) == 0:
+        return float(choose_polarity(f))
+    r = np.clip(np.rint(xy[:, 1]).astype(int), 0, f.shape[0] - 1)
+    c = np.clip(np.rint(xy[:, 0]).astype(int), 0, f.shape[1] - 1)
+    return 1.0 if float(np.mean(f[r, c])) >= 0 else -1.0
+
+
+def save_seeds(path: Path, samples: Sequence[Any], det: Detections, atom_radius_A: float) -> None:
+    """Seeds for Atomap: ``img<i>`` positions and ``sign<i>`` atom contrast per sample."""
+    arrays = {}
+    for i, (s, xy) in enumerate(zip(samples, det.xy)):
+        arrays[f"img{i}"] = xy
+        arrays[f"sign{i}"] = np.float64(atom_sign(s.image[0], xy, s.sampling_A, atom_radius_A))
+    np.savez(path, **arrays)
+
+
+def load_peer(path: Path, n: int, seconds: Sequence[float]) -> Detections:
+    """Positions written by the worker (``img<i>``) as :class:`Detections`."""
+    data = np.load(path)
+    return Detections([np.asarray(data[f"img{i}"], dtype=np.float64).reshape(-1, 2) for i in range(n)],
+                      list(seconds))
+
+
+# --------------------------------------------------------------------------- AtomAI training
+
+
+def training_arrays(store: Any, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random training samples: images ``[n, 1, h, w]`` (frame 0) and atom masks ``[n, 1, h, w]``.
+
+    The mask is every non-background pixel of the store's targets (the disks the
+    shipped model learned from), all classes merged.
+    """
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(store), size=min(n, len(store)), replace=False))
+    idx = np.asarray(store.indices)[pick]
+    x = np.concatenate([store.array("images", idx[i:i + 64])[:, :1] for i in range(0, len(idx), 64)])
+    t = np.concatenate([store.array("targets", idx[i:i + 64])[:, :1] for i in range(0, len(idx), 64)])
+    return x.astype(np.float32), (t < 0.5).astype(np.float32)
+
+
+def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
+    """Train AtomAI on the shipped model's training store (``work/atomai.pt``)."""
+    from atomfinder.datasets.store import DatasetStore
+
+    path = ensure_training_store(card, args.atomai_train_images, work)
+    store = DatasetStore(path)
+    x, y = training_arrays(store, args.atomai_train_images)
+    np.save(work / "train_X.npy", x)
+    np.save(work / "train_y.npy", y)
+    log(f"  AtomAI: training on {len(x)} images of {path.name} for {args.budget_min} min")
+    info = run_worker(["atomai-train", "--work", str(work), "--budget-s", str(60 * args.budget_min)],
+                      threads=args.threads)
+    for name in ("train_X.npy", "train_y.npy"):
+        (work / name).unlink()
+    return info | {"store": path.name}
+
+
+# --------------------------------------------------------------------------- Cramér-Rao bound
+
+
+def crop_origin_px(structure_sites_A: np.ndarray, truth_A: np.ndarray, sampling_A: float) -> tuple[int, int] | None:
+    """The crop's top-left ``(x0, y0)`` in the cell's pixel grid, from its ground truth.
+
+    A store keeps sites in the crop's frame (Å from the crop's first pixel
+    centre); the structure has them in the cell's frame. The one integer pixel
+    shift that maps every ground-truth site onto a structure site is the origin.
+    """
+    from scipy.spatial import cKDTree
+
+    truth = np.asarray(truth_A, dtype=np.float64).reshape(-1, 2) / sampling_A
+    sites = np.asarray(structure_sites_A, dtype=np.float64).reshape(-1, 2) / sampling_A
+    if len(truth) == 0 or len(sites) == 0:
+        return None
+    tree = cKDTree(sites)
+    for shift in np.rint(sites - truth[0]):
+        d, _ = tree.query(truth + shift)
+        if np.all(d < 0.05):
+            return int(shift[0]), int(shift[1])
+    return None
+
+
+def frame_microscope(fields: Mapping[str, float]) -> Any:
+    """A :class:`Microscope` from a store's per-frame parameter dict."""
+    from atomfinder.imaging.microscope import Microscope
+
+    d = dict(fields)
+    gradient = (d.pop("defocus_gradient_x", 0.0), d.pop("defocus_gradient_y", 0.0))
+    return Microscope(**d, defocus_gradient=gradient)
+
+
+def sample_crlb_A(store: Any, i: int) -> np.ndarray | None:
+    """Per-site Cramér-Rao bound (Å) of visible sample ``i``'s ground truth; None if not reproducible.
+
+    The structure is rebuilt from the store's config and seed
+    (:func:`atomfinder.datasets.generate.job_structure`, stores with one
+    structure per job) and re-imaged without noise at the sample's microscope.
+    """
+    from atomfinder.datasets.generate import SimulationConfig, job_structure
+    from atomfinder.imaging.crlb import image_position_crlb_A
+
+    config = SimulationConfig.from_dict(dict(store.meta["config"]))
+    if config.draws_per_wave < config.samples_per_job or config.frames != 1:
+        return None
+    j = int(store.indices[i])
+    structure = job_structure(config, int(store.meta["seed"]), j // config.samples_per_job)
+    gt = store.ground_truth(i)
+    origin = crop_origin_px(structure.sites.positions_A, gt["positions_A"], gt["sampling_A"])
+    if origin is None:
+        return None
+    sites_cell_A = gt["positions_A"] + np.asarray(origin, dtype=np.float64) * gt["sampling_A"]
+    microscope = frame_microscope(store.microscope(i)[0])
+    return image_position_crlb_A(structure.atoms, sites_cell_A, microscope, origin, config.image_px,
+                                 wave_oversampling=config.wave_oversampling,
+                                 slice_thickness_A=config.slice_thickness_A)
+
+
+def rmse_over_crlb(samples: Sequence[Any], det: Detections, bounds: Mapping[int, np.ndarray],
+                   radius_A: float = RADIUS_A, border_A: float = BORDER_A) -> dict[str, float]:
+    """Per-coordinate RMSE of matched interior detections against the RMS bound of the same sites.
+
+    Parameters
+    ----------
+    samples : sequence of EvalSample
+        Test images with ground truth.
+    det : Detections
+        One method's positions per sample (pixels).
+    bounds : mapping of int to ndarray
+        Per-site bound (Å) by sample index (samples without one are skipped).
+
+    Returns
+    -------
+    dict
+        ``n`` pairs, ``rmse_axis_pm``, ``crlb_rms_pm`` and their ratio ``rmse_over_crlb``
+        (NaN without pairs).
+    """
+    from atomfinder.analysis.evaluate import interior_mask
+    from atomfinder.analysis.matching import match_positions
+
+    err2, bound2 = [], []
+    for i, crlb in bounds.items():
+        s = samples[i]
+        pred_A = det.xy[i] * s.sampling_A
+        pi, ti = match_positions(pred_A, s.positions_A, radius_A)
+        inside = interior_mask(s.positions_A[ti], s.shape, s.sampling_A, border_A) & np.isfinite(crlb[ti])
+        pi, ti = pi[inside], ti[inside]
+        err2.append(np.sum((pred_A[pi] - s.positions_A[ti]) ** 2, axis=1) / 2.0)
+        bound2.append(crlb[ti] ** 2)
+    e, b = (np.concatenate(a) if a else np.zeros(0) for a in (err2, bound2))
+    if len(e) == 0:
+        return {"n": 0, "rmse_axis_pm": math.nan, "crlb_rms_pm": math.nan, "rmse_over_crlb": math.nan}
+    rmse, rms_bound = 100 * math.sqrt(float(e.mean())), 100 * math.sqrt(float(b.mean()))
+    return {"n": int(len(e)), "rmse_axis_pm": rmse, "crlb_rms_pm": rms_bound,
+            "rmse_over_crlb": rmse / rms_bound if rms_bound > 0 else math.nan}
+
+
+# --------------------------------------------------------------------------- one store
+
+
+def score_methods(samples: Sequence[Any], dets: Mapping[str, Detections], class_names: Sequence[str],
+                  bounds: Mapping[int, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """F1, precision, recall, RMSE (pm), time per image and RMSE/CRLB of each method, same matching."""
+    from atomfinder.analysis.evaluate import compare, radius_key
+
+    detectors = {name: precomputed_detector(samples, d) for name, d in dets.items()}
+    report = compare(samples, detectors, radii_A=(RADIUS_A,), border_A=BORDER_A, n_classes=1,
+                     class_names=list(class_names)[:1])
+    out = {}
+    for name, d in dets.items():
+        m = report["detectors"][name]["overall"][radius_key(RADIUS_A)]
+        out[name] = {k: m[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_pm")}
+        out[name]["seconds_per_image"] = float(np.mean(d.seconds)) if d.seconds else math.nan
+        out[name] |= {"crlb": rmse_over_crlb(samples, d, bounds)}
+    return out
+
+
+def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: Path,
+              args: argparse.Namespace, atomai_ready: bool) -> dict[str, Any]:
+    """Every method and the bound on the first ``--n-images`` images of one test store."""
+    from atomfinder.analysis.evaluate import baseline_detector, network_detector
+    from atomfinder.datasets.store import DatasetStore
+
+    store = DatasetStore(path)
+    samples = load_samples(store, args.n_images)
+    radius = float(store.meta["config"].get("label_radius_A", 0.4))
+    log(f"{system} {dose_tag(dose)}: {len(samples)} images from {path.name}")
+    dets: dict[str, Detections] = {
+        ATOMFINDER: run_local(network_detector(net, card), samples),
+        CONVENTIONAL: run_local(baseline_detector(atom_radius_A=radius,
+                                                  min_distance_A=card.detection.get("min_distance_A", 1.0)), samples),
+    }
+    if not args.skip_peers:
+        dets |= run_peers(samples, dets, work, radius, args, atomai_ready)
+    bounds: dict[int, np.ndarray] = {}
+    for i in range(min(args.crlb_images, len(samples))):
+        t = time.perf_counter()
+        b = sample_crlb_A(store, i)
+        if b is not None:
+            bounds[i] = b
+            log(f"  CRLB image {i}: median {100 * float(np.median(b[np.isfinite(b)])):.1f} pm "
+                f"({len(b)} sites, {time.perf_counter() - t:.0f} s)")
+    finite = np.concatenate([b[np.isfinite(b)] for b in bounds.values()]) if bounds else np.zeros(0)
+    scores = score_methods(samples, dets, store.class_names, bounds)
+    for name, sc in scores.items():
+        log(f"  {name:28s} F1 {sc['f1']:.3f}  RMSE {sc['rmse_pm'] or math.nan:.1f} pm  "
+            f"RMSE/CRLB {sc['crlb']['rmse_over_crlb']:.2f}  {sc['seconds_per_image']:.2f} s/image")
+    return {"store": path.name, "n_images": len(samples), "crlb_images": len(bounds),
+            "crlb_median_pm": 100 * float(np.median(finite)) if len(finite) else math.nan, "methods": scores}
+
+
+def run_peers(samples: Sequence[Any], dets: Mapping[str, Detections], work: Path, radius_A: float,
+              args: argparse.Namespace, atomai_ready: bool) -> dict[str, Detections]:
+    """AtomAI's detections and Atomap's refinements of both seed sets, through the worker."""
+    np.save(work / "images.npy", np.stack([s.image[0] for s in samples]))
+    out: dict[str, Detections] = {}
+    n = len(samples)
+    if atomai_ready:
+        info = run_worker(["atomai-predict", "--work", str(work), "--threshold", str(args.atomai_threshold)],
+                          threads=args.threads)
+        out[ATOMAI] = load_peer(work / "atomai_xy.npz", n, info["seconds"])
+    for name, source in ((ATOMAP_CONV, CONVENTIONAL), (ATOMAP_AF, ATOMFINDER)):
+        seeds = "seeds_" + ("conventional" if source == CONVENTIONAL else "atomfinder")
+        save_seeds(work / f"{seeds}.npz", samples, dets[source], radius_A)
+        info = run_worker(["atomap-refine", "--work", str(work), "--seeds", seeds], threads=args.threads)
+        # the time of a refined row includes its seeds' own detection time
+        seconds = [a + b for a, b in zip(info["seconds"], dets[source].seconds)]
+        out[name] = load_peer(work / f"{seeds}_refined.npz", n, seconds)
+    return out
+
+
+# --------------------------------------------------------------------------- speed and memory
+
+ATOMFINDER_TIMING = r"""
+import json, sys, time
+import numpy as np, torch
+sys.path.insert(0, {bench_dir!r})
+from peers_worker import peak_rss_mb
+from atomfinder.detection.pipeline import detect_array
+from atomfinder.nn.card import load_model, resolve_model
+torch.set_num_threads({threads})
+net, card = load_model(resolve_model({model!r}))
+image = np.load({image!r})
+times = []
+for _ in range({repeats} + 1):
+    t = time.perf_counter()
+    n = len(detect_array(net, card, image, {sampling}, device={device!r}).atoms.x)
+    times.append(time.perf_counter() - t)
+print(json.dumps({{"tool": "atomfinder", "times_s": times, "atoms": n,
+                  "peak_rss_mb": peak_rss_mb(), "device": {device!r} or "cpu"}}))
+"""
+
+
+def lattice(size: int, sampling_A: float, seed: int = 0) -> np.ndarray:
+    """A noisy honeycomb (graphene-like, 1.42 Å bonds) of ``size`` x ``size`` pixels (benchmarks/bench_infer.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_infer import lattice_image
+
+    return lattice_image(size, sampling_A, np.random.default_rng(seed))
+
+
+def median_after_warmup(times: Sequence[float]) -> float:
+    """Median of the timings after the first (warm-up) one."""
+    rest = list(times[1:]) or list(times)
+    return float(np.median(rest))
+
+
+def time_atomfinder(image_path: Path, sampling_A: float, args: argparse.Namespace, device: str | None) -> dict:
+    """atomfinder's image -> atom table in a fresh process."""
+    code = ATOMFINDER_TIMING.format(bench_dir=str(WORKER.parent), threads=args.threads, model=args.timing_model,
+                                    image=str(image_path), repeats=args.repeats, sampling=sampling_A, device=device)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"atomfinder timing failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_timing(work: Path, args: argparse.Namespace, atomai_ready: bool) -> dict[str, Any]:
+    """Per image side: median seconds and peak RSS of each tool, and ratios to atomfinder."""
+    from atomfinder.detection.baseline import conventional_atoms
+
+    sampling = 0.1
+    devices: list[str | None] = [None]
+    if args.gpu:
+        devices.append("cuda")
+    out: dict[str, Any] = {}
+    projected_atomap = math.nan
+    for size in args.timing_sizes:
+        image = lattice(size, sampling)
+        image_path = work / f"timing{size}.npy"
+        np.save(image_path, image)
+        rows: dict[str, dict] = {}
+        for device in devices:
+            key = ATOMFINDER if device is None else f"{ATOMFINDER} (cuda)"
+            log(f"timing {size}²: {key}")
+            rows[key] = time_atomfinder(image_path, sampling, args, device)
+        if not args.skip_peers:
+            if atomai_ready or args.timing_untrained_atomai:
+                log(f"timing {size}²: AtomAI")
+                rows[ATOMAI] = run_worker(["time", "--work", str(work), "--tool", "atomai", "--image",
+                                           image_path.name, "--repeats", str(args.repeats)], threads=args.threads)
+            seeds = conventional_atoms(image, sampling)
+            np.savez(work / f"timing{size}_seeds.npz", xy=np.asarray(seeds.xy), sign=np.float64(1.0))
+            if math.isfinite(projected_atomap) and projected_atomap * (args.repeats + 1) > args.atomap_max_s:
+                rows["Atomap"] = {"skipped": f"projected {projected_atomap:.0f} s per image from the smaller size"}
+            else:
+                log(f"timing {size}²: Atomap ({len(seeds.x)} seeds)")
+                rows["Atomap"] = run_worker(["time", "--work", str(work), "--tool", "atomap", "--image",
+                                             image_path.name, "--repeats", str(args.repeats)], threads=args.threads)
+                per_atom = median_after_warmup(rows["Atomap"]["times_s"]) / max(len(seeds.x), 1)
+                projected_atomap = per_atom * len(seeds.x) * 16  # the next size is 4x the side
+        for name, r in rows.items():
+            if "times_s" in r:
+                r["median_s"] = median_after_warmup(r["times_s"])
+        base = rows[ATOMFINDER]
+        for name, r in rows.items():
+            if "median_s" in r:
+                r["time_ratio"] = r["median_s"] / base["median_s"]
+                r["rss_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
+                log(f"  {name:12s} {r['median_s']:.3f} s ({r['time_ratio']:.2f}x), peak RSS "
+                    f"{r['peak_rss_mb']:.0f} MB ({r['rss_ratio']:.2f}x), {r['atoms']} atoms")
+        out[str(size)] = rows
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def accuracy_table(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown rows: one per dose and method."""
+    lines = [f"### {system}", "",
+             "| dose (e/Å²) | method | F1 | precision | recall | RMSE (pm) | RMSE/axis (pm) | CRLB (pm) | "
+             "RMSE / CRLB | s / image |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for tag, res in per_dose.items():
+        for name in METHODS:
+            m = res["methods"].get(name)
+            if m is None:
+                continue
+            c = m["crlb"]
+            lines.append(f"| {tag} | {name} | {_f(m['f1'])} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                         f"{_f(m['rmse_pm'], 1)} | {_f(c['rmse_axis_pm'], 1)} | {_f(c['crlb_rms_pm'], 1)} | "
+                         f"{_f(c['rmse_over_crlb'], 2)} | {_f(m['seconds_per_image'], 3)} |")
+    return lines + [""]
+
+
+def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown rows: one per image side and tool, with ratios to atomfinder."""
+    lines = ["| image | tool | device | median s | × atomfinder | peak RSS (MB) | × atomfinder | atoms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for size, rows in timing.items():
+        for name, r in rows.items():
+            if "skipped" in r:
+                lines.append(f"| {size}² | {name} | – | not run: {r['skipped']} | – | – | – | – |")
+                continue
+            lines.append(f"| {size}² | {name} | {r.get('device', 'cpu')} | {_f(r['median_s'], 3)} | "
+                         f"{_f(r['time_ratio'], 2)} | {_f(r['peak_rss_mb'], 0)} | {_f(r['rss_ratio'], 2)} | "
+                         f"{r['atoms']} |")
+    return lines + [""]
+
+
+def headline(result: Mapping[str, Any]) -> dict[str, float]:
+    """Ratios worth quoting: time and memory of each peer over atomfinder's at the first size,
+    and the mean F1 over doses of each method per system."""
+    out: dict[str, float] = {}
+    timing = result.get("timing") or {}
+    if timing:
+        first = timing[next(iter(timing))]
+        for name, r in first.items():
+            if name != ATOMFINDER and "time_ratio" in r:
+                out[f"time_{name}_over_atomfinder"] = round(r["time_ratio"], 2)
+                out[f"rss_{name}_over_atomfinder"] = round(r["rss_ratio"], 2)
+    for system, per_dose in (result.get("systems") or {}).items():
+        for name in METHODS:
+            f1 = [d["methods"][name]["f1"] for d in per_dose.values() if name in d["methods"]]
+            if f1:
+                out[f"mean_f1_{system}_{name}"] = round(float(np.mean(f1)), 3)
+    return out
+
+
+def plots(result: Mapping[str, Any], folder: Path) -> list[Path]:
+    """F1 vs dose, RMSE/CRLB vs dose (one panel per system) and time per image (PNG files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    systems = result.get("systems") or {}
+    for metric, label, fname in (("f1", "F1 at 0.5 Å", "f1_vs_dose.png"),
+                                 ("rmse_over_crlb", "RMSE / CRLB (per coordinate)", "rmse_crlb_vs_dose.png")):
+        if not systems:
+            break
+        fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.6), squeeze=False)
+        for ax, (system, per_dose) in zip(axes[0], systems.items()):
+            doses = [d["dose"] for d in per_dose.values()]
+            for name in METHODS:
+                ys = [(d["methods"][name]["crlb"]["rmse_over_crlb"] if metric == "rmse_over_crlb"
+                       else d["methods"][name][metric]) if name in d["methods"] else math.nan
+                      for d in per_dose.values()]
+                if any(isinstance(y, float) and math.isfinite(y) for y in ys):
+                    ax.plot(doses, ys, "o-", label=name)
+            ax.set_xscale("log")
+            ax.set_xlabel("dose (e/Å²)")
+            ax.set_ylabel(label)
+            ax.set_title(system)
+            if metric == "rmse_over_crlb":
+                ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / fname, dpi=110)
+        plt.close(fig)
+        paths.append(folder / fname)
+    timing = result.get("timing") or {}
+    if timing:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        names = list(dict.fromkeys(n for rows in timing.values() for n, r in rows.items() if "median_s" in r))
+        width = 0.8 / max(len(names), 1)
+        for k, name in enumerate(names):
+            ys = [rows.get(name, {}).get("median_s", math.nan) for rows in timing.values()]
+            ax.bar(np.arange(len(timing)) + k * width, ys, width, label=name)
+        ax.set_xticks(np.arange(len(timing)) + 0.4 - width / 2, [f"{s}²" for s in timing])
+        ax.set_yscale("log")
+        ax.set_ylabel("seconds per image (median)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "time_per_image.png", dpi=110)
+        plt.close(fig)
+        paths.append(folder / "time_per_image.png")
+    return paths
+
+
+def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> str:
+    """The whole ``docs/benchmarks.md`` text."""
+    s = result["settings"]
+    lines = [
+        "# Benchmarks: atomfinder and its peers", "",
+        "Generated by `make compare` (`benchmarks/compare.py`); do not edit by hand.", "",
+        f"Same independent simulated test images for every method ({s['n_images']} per dose and system, "
+        f"`{s['data_dir']}/<system>-test-<dose>.zarr`), scored by atomfinder's evaluator: one-to-one matching "
+        f"at {RADIUS_A} Å, a {BORDER_A} Å band along the image edge neither required nor penalised. "
+        "RMSE is the 2-D error of matched atoms; RMSE/axis is per coordinate, compared with the "
+        "Cramér-Rao bound (CRLB, 1 σ per coordinate) of the same sites, computed on the first "
+        f"{s['crlb_images']} images of each store from the re-simulated noise-free image "
+        "(finite differences of the image with respect to every site's position, all sites' "
+        "coordinates unknown together, Poisson noise at the dose, ideal detector without MTF: "
+        "`atomfinder.imaging.crlb.image_position_crlb_A`). RMSE / CRLB = 1 would be an efficient "
+        "estimator on an ideal detector.", "",
+        "Methods:", "",
+        "- **atomfinder**: the shipped model of the system.",
+        f"- **AtomAI** {s.get('peer_versions', {}).get('atomai', '0.8.1')}: `Segmentor(\"Unet\")` trained on the "
+        f"shipped model's own training store for {s['budget_min']} min of wall time on {s['threads']} CPU threads "
+        "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image), atoms from its own "
+        f"coordinate finder (`Locator`, threshold {s['atomai_threshold']}, centre of mass).",
+        f"- **Atomap** {s.get('peer_versions', {}).get('atomap', '0.4.2')}: `Sublattice` 2-D Gaussian refinement "
+        "(`refine_atom_positions_using_2d_gaussian`) seeded by the conventional peak finder, and, as a second row, "
+        "seeded by atomfinder's detections (does Gaussian refinement improve on atomfinder's sub-pixel "
+        "positions?). Atomap's time includes its seeds' detection.",
+        "- **conventional**: atomfinder's band-pass + local-maxima baseline (`atomfinder.detection.baseline`).",
+        "",
+    ]
+    if s.get("skip_peers"):
+        lines += ["Peers were not run (`--skip-peers`).", ""]
+    if result.get("atomai_training"):
+        lines += ["AtomAI training: " + ", ".join(
+            f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min on "
+            f"{v['train_images']} images of {v['store']}" for k, v in result["atomai_training"].items()), ""]
+    lines += ["## Accuracy", ""]
+    for system, per_dose in (result.get("systems") or {}).items():
+        lines += accuracy_table(system, per_dose)
+    for note in result.get("notes", []):
+        lines.append(f"- {note}")
+    lines.append("")
+    rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
+    for p in figures:
+        lines += [f"![{p.stem}]({rel(p)})", ""]
+    if result.get("timing"):
+        lines += ["## Speed and memory", "",
+                  "Image to atom table on a synthetic graphene-like lattice at 0.1 Å/px, each tool in a "
+                  f"fresh process with {s['threads']} threads: median of {s['repeats']} runs after one warm-up, "
+                  "peak resident memory of the process. Ratios to atomfinder on the same machine are the "
+                  "result; the absolute figures belong to this machine "
+                  f"({result.get('machine', '?')}). Atomap's figure is the Gaussian refinement of the "
+                  "conventional peak finder's seeds.", ""]
+        lines += timing_table(result["timing"])
+    lines += ["## Headline ratios", "", "```json", json.dumps(result.get("headline", {}), indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setup-peers", action="store_true", help="Create .venv-peers (AtomAI, Atomap) if absent.")
+    ap.add_argument("--skip-peers", action="store_true",
+                    help="Only atomfinder, the conventional baseline and the bound.")
+    ap.add_argument("--systems", nargs="+", default=["graphene", "gold"])
+    ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
+    ap.add_argument("--n-images", type=int, default=32, help="Test images per store.")
+    ap.add_argument("--crlb-images", type=int, default=4, help="Images per store whose bound is computed.")
+    ap.add_argument("--budget-min", type=float, default=30.0, help="AtomAI training time per system (minutes).")
+    ap.add_argument("--atomai-train-images", type=int, default=1500)
+    ap.add_argument("--atomai-threshold", type=float, default=0.5)
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--timing-sizes", nargs="*", type=int, default=[1024, 4096])
+    ap.add_argument("--timing-model", default="graphene")
+    ap.add_argument("--timing-untrained-atomai", action="store_true",
+                    help="Time AtomAI with an untrained network when none was trained (no systems run).")
+    ap.add_argument("--repeats", type=int, default=3, help="Timed runs after the warm-up.")
+    ap.add_argument("--atomap-max-s", type=float, default=1800.0,
+                    help="Skip Atomap at a size whose projected time for all runs exceeds this.")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpu", action="store_true", default=None,
+                    help="Also time atomfinder on CUDA (default: if present).")
+    ap.add_argument("--work", type=Path, help="Scratch folder (default: a temporary one).")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The whole comparison (see the module docs); the result dict that :func:`markdown` renders."""
+    import torch
+
+    from atomfinder.nn.card import load_model, resolve_model
+
+    torch.set_num_threads(args.threads)
+    if args.gpu is None:
+        args.gpu = bool(torch.cuda.is_available())
+    result: dict[str, Any] = {"systems": {}, "atomai_training": {}, "notes": [],
+                              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    peer_versions = {} if args.skip_peers else run_worker(["versions"], threads=args.threads)
+    for system in args.systems:
+        net, card = load_model(resolve_model(system))
+        doses = []
+        for dose in args.doses:
+            if not dose_covered(card, dose):
+                result["notes"].append(f"{system} {dose_tag(dose)}: outside the model's dose range; not scored")
+                continue
+            path = ensure_test_store(args.data_dir, system, dose, card.training["data"]["simulation"]["system"])
+            if path is None:
+                result["notes"].append(f"{system} {dose_tag(dose)}: no test store and no recipe to simulate one")
+            else:
+                doses.append((dose, path))
+        if not doses:
+            continue
+        sys_work = work / system
+        sys_work.mkdir(parents=True, exist_ok=True)
+        atomai_ready = False
+        if not args.skip_peers:
+            result["atomai_training"][system] = train_atomai(card, sys_work, args)
+            atomai_ready = True
+        result["systems"][system] = {}
+        for dose, path in doses:
+            res = run_store(system, dose, path, net, card, sys_work, args, atomai_ready)
+            result["systems"][system][dose_tag(dose)] = res | {"dose": dose}
+    if args.timing_sizes:
+        timing_work = work / "timing"
+        timing_work.mkdir(parents=True, exist_ok=True)
+        trained = work / args.timing_model / "atomai.pt"
+        if trained.exists():
+            (timing_work / "atomai.pt").write_bytes(trained.read_bytes())
+        result["timing"] = run_timing(timing_work, args, trained.exists())
+    result["settings"] = {
+        "systems": args.systems, "doses": args.doses, "n_images": args.n_images, "crlb_images": args.crlb_images,
+        "budget_min": args.budget_min, "threads": args.threads, "atomai_threshold": args.atomai_threshold,
+        "repeats": args.repeats, "data_dir": os.path.relpath(args.data_dir, ROOT), "skip_peers": args.skip_peers,
+        "peer_versions": peer_versions,
+    }
+    result["headline"] = headline(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from atomfinder.analysis.evaluate import to_jsonable
+
+    args = parse_args(argv)
+    if args.setup_peers and not args.skip_peers:
+        setup_peers()
+    if not args.skip_peers and not peer_python().exists():
+        raise SystemExit(f"no peers' environment at {PEER_VENV}: run with --setup-peers (or --skip-peers)")
+    with tempfile.TemporaryDirectory(prefix="atomfinder-compare-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = run(args, work)
+    figures = plots(result, args.out.parent / args.out.stem)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(result, figures, args.out))
+    log(f"wrote {args.out} and {len(figures)} figures")
+    summary = to_jsonable({"out": str(args.out), "headline": result["headline"], "systems": result["systems"],
+                           "timing": result.get("timing"), "atomai_training": result["atomai_training"],
+                           "notes": result["notes"]})
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The focal-series figure of the README: three frames, the class map and the atoms by class.
+
+One simulated focal series of a test store goes through :func:`atomfinder.detect`
+with ``focal_series=True`` (as a user's three files would), and the figure shows:
+
+* the three frames (defocus in Å, positive = underfocus; dose in e/Å² per frame),
+* the class map: the most probable class per pixel of the model's maps,
+* the first frame with the detections coloured by class, and the true vacancy sites
+  (``Mo_vacancy``, ``S_vacancy``, ``S1``) ringed, so that missed ones show;
+* for a model with a height head (gold), the map of column heights.
+
+Usage::
+
+    python benchmarks/focal_figure.py --model runs/mos2-focal/model --data data/mos2-test-1e4.zarr \
+        --index 3 --out docs/focal-mos2.png
+
+The last line printed is one JSON object: atoms per class found and true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+import atomfinder  # noqa: E402
+from atomfinder._figures import add_scale_bar, percentile_limits  # noqa: E402
+from atomfinder.datasets.store import DatasetStore  # noqa: E402
+
+#: Colours of the classes (background first), shared by the class map and the markers.
+CLASS_COLOURS = ("#000000", "#1f77b4", "#ffbf00", "#2ca02c", "#d62728", "#e377c2", "#17becf", "#8c564b")
+#: Classes whose true sites are ringed on the overlay (the rare ones a reader looks for).
+RINGED = ("S1", "Mo_vacancy", "S_vacancy")
+
+
+def frame_titles(store: DatasetStore, i: int) -> list[str]:
+    """``"frame k: defocus D Å"`` for each frame of sample ``i`` (with the dose on the first)."""
+    frames = store.microscope(i)
+    titles = []
+    for k, f in enumerate(frames):
+        title = f"frame {k + 1}: defocus {f.get('defocus_A', float('nan')):.0f} Å"
+        if k == 0 and "dose_e_per_A2" in f:
+            title += (f"\n{f['dose_e_per_A2']:.0e} e/Å² per frame, {f['energy_eV'] / 1e3:.0f} kV, "
+                      f"Cs {f['Cs_A'] / 1e4:+.0f} µm")
+        titles.append(title)
+    return titles
+
+
+def show_image(ax, image: np.ndarray, title: str, sampling_A: float) -> None:
+    """A frame in grey with robust limits and a 1 nm scale bar."""
+    lo, hi = percentile_limits(image)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+    add_scale_bar(ax, image.shape, sampling_A, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def class_map_panel(ax, probabilities: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """The most probable class per pixel, with a legend of the class colours."""
+    n = probabilities.shape[0]
+    cmap = ListedColormap(CLASS_COLOURS[:n])
+    ax.imshow(np.argmax(probabilities, axis=0), cmap=cmap, vmin=-0.5, vmax=n - 0.5, interpolation="nearest")
+    handles = [plt.Line2D([], [], ls="", marker="s", color=CLASS_COLOURS[k + 1], label=name)
+               for k, name in enumerate(class_names)]
+    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
+    ax.set_title("class map (model grid)", fontsize=9)
+    ax.set_axis_off()
+
+
+def overlay_panel(ax, image: np.ndarray, table, truth: dict, class_names: tuple[str, ...],
+                  sampling_A: float) -> None:
+    """The first frame, detections coloured by class, true rare sites ringed."""
+    show_image(ax, image, "detections by class; true rare sites ringed", sampling_A)
+    for k, name in enumerate(class_names):
+        rows = table[table["label"] == name]
+        ax.scatter(rows["x"], rows["y"], s=9, color=CLASS_COLOURS[k + 1], label=f"{name} ({len(rows)})",
+                   linewidths=0)
+    for k, name in enumerate(class_names):
+        if name not in RINGED:
+            continue
+        sel = truth["labels"] == k + 1
+        xy = truth["positions_px"][sel]
+        ax.scatter(xy[:, 0], xy[:, 1], s=60, facecolors="none", edgecolors=CLASS_COLOURS[k + 1], linewidths=1.0)
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.8, markerscale=2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model name or path of a focal-series model")
+    parser.add_argument("--data", required=True, type=Path, help="test store of focal series")
+    parser.add_argument("--index", type=int, default=0, help="series of the store to show")
+    parser.add_argument("--out", required=True, type=Path, help="figure (PNG, SVG or PDF)")
+    args = parser.parse_args(argv)
+
+    store = DatasetStore(args.data)
+    i = args.index
+    frames = store.array("images", store.indices[[i]])[0]
+    truth = store.ground_truth(i)
+    sampling = truth["sampling_A"]
+    table, info = atomfinder.detect(frames, model=args.model, sampling=sampling, focal_series=True)
+    class_names = tuple(info["class_names"])
+    heights = info.get("height")
+
+    n_panels = len(frames) + 2 + (heights is not None)
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.6), constrained_layout=True)
+    for ax, frame, title in zip(axes, frames, frame_titles(store, i)):
+        show_image(ax, frame, title, sampling)
+    class_map_panel(axes[len(frames)], info["probabilities"], class_names)
+    overlay_panel(axes[len(frames) + 1], frames[0], table, truth, class_names, sampling)
+    if heights is not None:
+        im = axes[-1].imshow(heights, cmap="viridis")
+        fig.colorbar(im, ax=axes[-1], shrink=0.8, label="atoms per column")
+        axes[-1].set_title("column heights", fontsize=9)
+        axes[-1].set_axis_off()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=150)
+    found = {name: int((table["label"] == name).sum()) for name in class_names}
+    true = {name: int((truth["labels"] == k + 1).sum()) for k, name in enumerate(class_names)}
+    result = {"figure": str(args.out), "index": i, "found": found, "true": true}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The peers' side of ``benchmarks/compare.py``: AtomAI and Atomap in their own environment.
+
+Runs inside ``.venv-peers`` (made by ``compare.py --setup-peers``), never inside
+atomfinder's environment, and imports only numpy, the standard library, torch,
+AtomAI and Atomap: atomfinder never imports a peer. Every exchange is a file in a
+work folder: ``.npy``/``.npz`` arrays in, ``.npz`` coordinates and one JSON
+object (printed as the last line of stdout) out. Coordinates are ``(x, y)`` in
+pixels (x = column, y = row, pixel centres at integers), atomfinder's convention.
+
+Sub-commands::
+
+    atomai-train   --work DIR --budget-s S        train_X.npy [n,1,h,w], train_y.npy [n,1,h,w] -> atomai.pt
+    atomai-predict --work DIR                     images.npy [n,h,w] -> atomai_xy.npz
+    atomap-refine  --work DIR --seeds NAME        images.npy, NAME.npz (xy per image, sign) -> NAME_refined.npz
+    time           --work DIR --tool T --image F  warm-up + repeats on one image -> times, peak RSS
+
+Images are scaled to [0, 1] per image here (AtomAI's own scaling works on the
+whole stack at once); Atomap gets the image with the atoms made bright (the
+seeds' ``sign``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def minmax(images: np.ndarray) -> np.ndarray:
+    """Scale each image of ``[n, ...]`` to [0, 1] on its own (a flat image becomes 0)."""
+    x = np.asarray(images, dtype=np.float32)
+    axes = tuple(range(1, x.ndim))
+    lo = x.min(axis=axes, keepdims=True)
+    span = x.max(axis=axes, keepdims=True) - lo
+    return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def _torch_setup(threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
+
+
+def _segmentor(nb_classes: int = 1):
+    from atomai.models import Segmentor
+
+    return Segmentor("Unet", nb_classes=nb_classes)
+
+
+def atomai_train(work: Path, budget_s: float, batch_size: int, threads: int, seed: int) -> dict:
+    """Train AtomAI's ``Segmentor("Unet")`` for about ``budget_s`` seconds of wall time.
+
+    A short first fit (``calibration_cycles`` mini-batches) measures the time per
+    cycle; a second fit on the same network spends the rest of the budget. Both
+    count towards the budget. Saves the weights to ``work/atomai.pt``.
+    """
+    torch = _torch_setup(threads)
+    torch.manual_seed(seed)
+    x = minmax(np.load(work / "train_X.npy"))
+    y = (np.load(work / "train_y.npy") > 0.5).astype(np.float32)
+    n_test = max(batch_size, len(x) // 20)  # AtomAI needs a whole test mini-batch
+    xt, yt, xv, yv = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+    model = _segmentor()
+    start = time.perf_counter()
+    calibration = 10
+    model.fit(xt, yt, xv, yv, training_cycles=calibration, batch_size=batch_size, rotation=True,
+              print_loss=calibration, filename=str(work / "atomai_cal"))
+    per_cycle = (time.perf_counter() - start) / calibration
+    remaining = budget_s - (time.perf_counter() - start)
+    cycles = max(0, int(remaining / per_cycle))
+    if cycles > 0:
+        model.fit(xt, yt, xv, yv, training_cycles=cycles, batch_size=batch_size, rotation=True,
+                  print_loss=max(1, cycles // 10), filename=str(work / "atomai"))
+    seconds = time.perf_counter() - start
+    torch.save(model.net.state_dict(), work / "atomai.pt")
+    return {"cycles": calibration + cycles, "batch_size": batch_size, "seconds": seconds,
+            "train_images": int(len(xt)), "threads": threads}
+
+
+def _trained_segmentor(work: Path):
+    import torch
+
+    model = _segmentor()
+    weights = work / "atomai.pt"
+    if weights.exists():
+        model.net.load_state_dict(torch.load(weights, map_location=model.device))
+    return model
+
+
+def atomai_locate(model, image: np.ndarray, threshold: float) -> np.ndarray:
+    """AtomAI's own coordinate finder (Locator: threshold, centre of mass) on one image; ``(x, y)`` px."""
+    _, coords = model.predict(minmax(image[None])[0], norm=False, compute_coords=True, thresh=threshold,
+                              verbose=False)
+    c = np.asarray(coords[0]).reshape(-1, 3)
+    return c[:, [1, 0]].astype(np.float64)  # AtomAI gives (row, col, class)
+
+
+def atomai_predict(work: Path, threads: int, threshold: float) -> dict:
+    """Locate atoms in every image of ``images.npy`` with the trained model -> ``atomai_xy.npz``."""
+    _torch_setup(threads)
+    model = _trained_segmentor(work)
+    images = np.load(work / "images.npy")
+    out, seconds = {}, []
+    for i, image in enumerate(images):
+        t = time.perf_counter()
+        out[f"img{i}"] = atomai_locate(model, image, threshold)
+        seconds.append(time.perf_counter() - t)
+    np.savez(work / "atomai_xy.npz", **out)
+    return {"n_images": len(images), "seconds": seconds}
+
+
+def atomap_refine_one(image: np.ndarray, xy: np.ndarray, sign: float) -> np.ndarray:
+    """Atomap's 2-D Gaussian refinement of seed positions ``xy`` (px) on one image (atoms bright)."""
+    from atomap.api import Sublattice
+
+    if len(xy) < 2:
+        return np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    img = sign * np.asarray(image, dtype=np.float64)
+    img = img - img.min()
+    sub = Sublattice(np.asarray(xy, dtype=np.float64), img, fix_negative_values=True)
+    sub.find_nearest_neighbors()
+    sub.refine_atom_positions_using_2d_gaussian(show_progressbar=False)
+    return np.column_stack([sub.x_position, sub.y_position]).astype(np.float64)
+
+
+def atomap_refine(work: Path, seeds: str) -> dict:
+    """Refine the seeds ``work/<seeds>.npz`` (``img<i>`` xy and ``sign<i>``) -> ``<seeds>_refined.npz``."""
+    images = np.load(work / "images.npy")
+    data = np.load(work / f"{seeds}.npz")
+    out, seconds = {}, []
+    for i, image in enumerate(images):
+        t = time.perf_counter()
+        out[f"img{i}"] = atomap_refine_one(image, data[f"img{i}"], float(data[f"sign{i}"]))
+        seconds.append(time.perf_counter() - t)
+    np.savez(work / f"{seeds}_refined.npz", **out)
+    return {"n_images": len(images), "seconds": seconds}
+
+
+def timing(work: Path, tool: str, image_file: str, repeats: int, threads: int, threshold: float) -> dict:
+    """Median wall time of image -> atom table after one warm-up, and the process's peak RSS.
+
+    ``atomai``: the trained network (or an untrained one: speed does not depend on
+    the weights) with its coordinate finder. ``atomap``: Gaussian refinement of
+    the seeds in ``<image>_seeds.npz`` (the conventional peak finder's, made by
+    the caller), so the figure is Atomap's refinement alone.
+    """
+    _torch_setup(threads)
+    image = np.load(work / image_file)
+    if tool == "atomai":
+        model = _trained_segmentor(work)
+        run = lambda: atomai_locate(model, image, threshold)  # noqa: E731
+    elif tool == "atomap":
+        seeds = np.load(work / (Path(image_file).stem + "_seeds.npz"))
+        run = lambda: atomap_refine_one(image, seeds["xy"], float(seeds["sign"]))  # noqa: E731
+    else:
+        raise ValueError(f"unknown tool {tool!r}")
+    times, n_atoms = [], 0
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        n_atoms = len(run())
+        times.append(time.perf_counter() - t)
+    return {"tool": tool, "times_s": times, "atoms": n_atoms,
+            "peak_rss_mb": peak_rss_mb(), "device": "cuda" if _cuda() else "cpu"}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM`` on Linux, which, unlike
+    ``ru_maxrss``, does not carry over the parent's peak across ``fork`` + ``exec``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def versions() -> dict:
+    """Versions of the peers and of torch in this environment."""
+    from importlib.metadata import version
+
+    import atomai  # noqa: F401 - fails here, not later, when an import dependency is missing
+    import atomap.api  # noqa: F401
+    import torch
+
+    return {"atomai": version("atomai"), "atomap": version("atomap"), "torch": torch.__version__,
+            "python": sys.version.split()[0]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("atomai-train", "atomai-predict", "atomap-refine", "time", "versions"))
+    ap.add_argument("--work", type=Path, default=Path("."))
+    ap.add_argument("--budget-s", type=float, default=1800.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threshold", type=float, default=0.5, help="AtomAI Locator threshold")
+    ap.add_argument("--seeds", default="seeds_baseline")
+    ap.add_argument("--tool", default="atomai")
+    ap.add_argument("--image", default="timing.npy")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args(argv)
+    if a.command == "atomai-train":
+        result = atomai_train(a.work, a.budget_s, a.batch_size, a.threads, a.seed)
+    elif a.command == "atomai-predict":
+        result = atomai_predict(a.work, a.threads, a.threshold)
+    elif a.command == "atomap-refine":
+        result = atomap_refine(a.work, a.seeds)
+    elif a.command == "time":
+        result = timing(a.work, a.tool, a.image, a.repeats, a.threads, a.threshold)
+    else:
+        result = versions()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""The dock widget: pick an image, a model, a threshold and a pixel size, find atoms, save the table.
+
+Detection runs :func:`atomfinder.detect` (or, for a time series,
+:func:`atomfinder.napari._series.track_series`) in a worker thread, so napari stays
+responsive; the progress bar shows the frames done (busy while one image is being
+detected). The atoms become one Points layer per class (:mod:`atomfinder.napari._points`);
+they can be edited with napari's point tools and saved as an atom-table CSV.
+An unusable input or model is reported as one line (a napari notification and the
+widget's status line), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
+from qtpy.QtCore import QObject, Signal
+
+from atomfinder.napari._points import atom_layers, clear_added_features
+from atomfinder.napari._reader import METADATA_KEY, LayerData
+from atomfinder.napari._series import site_layers, track_series
+from atomfinder.napari._writer import save_atom_table
+
+if TYPE_CHECKING:
+    import napari
+
+#: What the frames of the image are: the widget's "series" choices.
+SINGLE = "image (each frame on its own)"
+TIME_SERIES = "time series (track)"
+FOCAL_SERIES = "focal series"
+SERIES_MODES = (SINGLE, TIME_SERIES, FOCAL_SERIES)
+
+
+class _ProgressRelay(QObject):
+    """Carries ``(done, total)`` from the worker thread to the widget (a queued Qt signal)."""
+
+    changed = Signal(int, int)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message of a ValueError (atomfinder's input errors), else type: message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, ValueError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def layer_sampling_A(layer: Any) -> float | None:
+    """Pixel size (Å/px) of an image layer: what atomfinder's reader found, else an Å scale, else None."""
+    meta = layer.metadata.get(METADATA_KEY, {})
+    if meta.get("sampling_A"):
+        return float(meta["sampling_A"])
+    units = [str(u) for u in getattr(layer, "units", ())]
+    if units and units[-1] in ("angstrom", "Å"):
+        return float(layer.scale[-1])
+    return None
+
+
+def card_threshold(model: str) -> float:
+    """The model card's peak threshold (0.5 when the card has none)."""
+    from atomfinder.detection.pipeline import detection_settings
+    from atomfinder.nn.card import load_card, resolve_model
+
+    return detection_settings(load_card(resolve_model(model)))[0]
+
+
+def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
+    """What to give :func:`atomfinder.detect` for an image layer: ``(image, sampling_A or None)``.
+
+    A layer opened by atomfinder's reader is detected from its file (the provenance
+    names it; the file's pixel size is used unless the widget's differs); any
+    other layer from its array with the widget's pixel size.
+    """
+    meta = layer.metadata.get(METADATA_KEY, {})
+    path = meta.get("path")
+    if path and os.path.isfile(path):
+        same = meta.get("sampling_A") is not None and np.isclose(meta["sampling_A"], sampling_A, rtol=1e-6)
+        return path, None if same else sampling_A
+    return np.asarray(layer.data, dtype=np.float32), sampling_A
+
+
+class DetectionWidget(Container):
+    """Find atoms in an image layer and edit and save them (napari dock widget).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (napari passes it).
+
+    Attributes
+    ----------
+    running : bool
+        A detection is running in the worker thread.
+    last_error : str
+        The last error shown (one line), ``""`` when none.
+    """
+
+    def __init__(self, napari_viewer: "napari.Viewer") -> None:
+        from atomfinder.nn.card import list_models
+
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.running = False
+        self.last_error = ""
+        self.worker: Any = None
+        self.image = ComboBox(label="image", choices=self._image_names)
+        models = list_models()
+        self.model = ComboBox(label="model", choices=models,
+                              value="graphene" if "graphene" in models else None)
+        self.model_file = FileEdit(label="or model file", mode="r", filter="*.json", nullable=True, value=None)
+        self.series = ComboBox(label="frames", choices=list(SERIES_MODES), value=SINGLE)
+        self.threshold = FloatSpinBox(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
+        self.sampling = FloatSpinBox(label="pixel size (Å/px)", min=0.0, max=1000.0, step=0.0001, value=0.0)
+        self.track_dir = FileEdit(label="track output", mode="d", nullable=True, value=None)
+        self.run_button = PushButton(text="Find atoms")
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="", value="")
+        self.save_path = FileEdit(label="save CSV", mode="w", filter="*.csv", nullable=True, value=None)
+        self.save_button = PushButton(text="Save atoms as CSV")
+        self.extend([self.image, self.model, self.model_file, self.series, self.threshold, self.sampling,
+                     self.track_dir, self.run_button, self.progress, self.status, self.save_path,
+                     self.save_button])
+        self.status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
+        self._relay = _ProgressRelay()
+        self._relay.changed.connect(self._show_progress)
+        self.image.changed.connect(self._image_changed)
+        self.model.changed.connect(self._model_changed)
+        self.model_file.changed.connect(self._model_changed)
+        self.run_button.changed.connect(self.run)
+        self.save_button.changed.connect(self.save)
+        self.viewer.layers.events.inserted.connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._layers_changed)
+        self._model_changed()
+        self._image_changed()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_names(self, *_: Any) -> list[str]:
+        """Names of the viewer's image layers."""
+        from napari.layers import Image
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _layers_changed(self, *_: Any) -> None:
+        self.image.reset_choices()
+
+    def _image_changed(self, *_: Any) -> None:
+        """Show the chosen image's pixel size (0: unknown, to be typed in)."""
+        layer = self.image_layer()
+        if layer is not None:
+            self.sampling.value = layer_sampling_A(layer) or 0.0
+
+    def model_name(self) -> str:
+        """The model to use: the model file when one is given, else the shipped model chosen."""
+        return os.fspath(self.model_file.value) if self.model_file.value else str(self.model.value)
+
+    def _model_changed(self, *_: Any) -> None:
+        """Show the model card's threshold."""
+        try:
+            self.threshold.value = card_threshold(self.model_name())
+        except ValueError as exc:
+            self.report_error(one_line(exc))
+
+    def image_layer(self) -> Any:
+        """The chosen image layer, or None."""
+        name = self.image.value
+        return self.viewer.layers[name] if name is not None and name in self.viewer.layers else None
+
+    # ------------------------------------------------------------------ messages
+
+    def report_error(self, message: str) -> None:
+        """Show a one-line error in the status line and as a napari notification."""
+        from napari.utils.notifications import show_error
+
+        self.last_error = message
+        self.status.value = f"error: {message}"
+        show_error(message)
+
+    def report(self, message: str) -> None:
+        """Show a one-line message in the status line and as a napari notification."""
+        from napari.utils.notifications import show_info
+
+        self.status.value = message
+        show_info(message)
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+
+    # ------------------------------------------------------------------ detection
+
+    def run(self, *_: Any) -> None:
+        """Start detection in a worker thread (refused with one line when the settings are incomplete)."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            return
+        layer = self.image_layer()
+        if layer is None:
+            self.report_error("no image layer: open a micrograph first")
+            return
+        sampling_A = float(self.sampling.value)
+        if not sampling_A > 0:
+            self.report_error(f"{layer.name}: no pixel size; type the pixel size in Å/px")
+            return
+        image, sampling = detection_input(layer, sampling_A)
+        job = self._job(image, sampling, layer.name, sampling_A)
+        self.last_error = ""
+        self.running = True
+        self.run_button.enabled = False
+        self.status.value = f"finding atoms in {layer.name} ..."
+        self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy until frames report
+        # an "errored" connection keeps napari from re-raising the error as a traceback
+        self.worker = create_worker(job, _connect={"returned": self._show_result, "errored": self._failed,
+                                                   "finished": self._finished})
+
+    def _job(self, image: Any, sampling: float | None, image_name: str, sampling_A: float):
+        """The function the worker runs: returns ``(layers, message, warnings)``."""
+        model, threshold, mode = self.model_name(), float(self.threshold.value), self.series.value
+        out_dir = os.fspath(self.track_dir.value) if self.track_dir.value else None
+        relay = self._relay
+
+        def job() -> tuple[list[LayerData], str, list[str], float]:
+            if mode == TIME_SERIES:
+                return _track_job(image, model, sampling, image_name, sampling_A, out_dir, threshold,
+                                  relay.changed.emit)
+            return _detect_job(image, model, sampling, image_name, threshold, mode == FOCAL_SERIES)
+
+        return job
+
+    def _show_result(self, result: tuple[list[LayerData], str, list[str], float]) -> None:
+        """Replace the atom (or site) layers of the image with the new ones."""
+        from napari.layers import Layer
+
+        layers, message, warning_lines, sampling_A = result
+        image = self.image_layer()
+        names = {kwargs["name"] for _, kwargs, _ in layers}
+        for old in [layer for layer in self.viewer.layers if layer.name in names]:
+            self.viewer.layers.remove(old)
+        if image is not None:
+            lead = (1.0,) * (image.ndim - 2)
+            image.scale = lead + (sampling_A, sampling_A)
+            image.units = ("pixel",) * len(lead) + ("angstrom", "angstrom")
+        for data, kwargs, kind in layers:
+            new = Layer.create(data, kwargs, kind)
+            new.current_size = float(np.min(kwargs["size"])) if np.size(kwargs["size"]) else 1.0
+            if kwargs["metadata"][METADATA_KEY]["kind"] == "atoms":
+                new.events.data.connect(clear_added_features)
+            self.viewer.layers.append(new)
+        out_dirs = [kw["metadata"][METADATA_KEY].get("out_dir") for _, kw, _ in layers]
+        if out_dirs and out_dirs[0] and not self.track_dir.value:
+            self.track_dir.value = out_dirs[0]  # show where the temporary folder of a time series is
+        _scale_bar(self.viewer).visible = True  # in Å: the layers' unit
+        self.report(message)
+        for line in warning_lines:
+            from napari.utils.notifications import show_warning
+
+            show_warning(line)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.report_error(one_line(exc))
+
+    def _finished(self) -> None:
+        self.running = False
+        self.run_button.enabled = True
+        self.progress.min, self.progress.max = 0, max(self.progress.max, 1)
+        self.progress.value = self.progress.max if not self.last_error else 0
+
+    # ------------------------------------------------------------------ saving
+
+    def atom_points_layers(self) -> list[Any]:
+        """The Points layers of atoms found in the chosen image (all atom layers when none is)."""
+        from napari.layers import Points
+
+        ours = [layer for layer in self.viewer.layers
+                if isinstance(layer, Points) and layer.metadata.get(METADATA_KEY, {}).get("kind") == "atoms"]
+        image = self.image.value
+        mine = [layer for layer in ours if layer.metadata[METADATA_KEY].get("image") == image]
+        return mine or ours
+
+    def save(self, *_: Any) -> Path | None:
+        """Save the (edited) atom layers as an atom-table CSV (asks for a file when none is set)."""
+        from atomfinder.napari._points import atom_table
+
+        layers = self.atom_points_layers()
+        if not layers:
+            self.report_error("no atoms to save: find atoms first")
+            return None
+        path = self.save_path.value or _ask_csv_path()
+        if not path:
+            return None
+        try:
+            table = atom_table([layer.as_layer_data_tuple() for layer in layers])
+            written = save_atom_table(path, table)
+        except (OSError, ValueError) as exc:
+            self.report_error(one_line(exc))
+            return None
+        self.report(f"saved {len(table)} atoms to {written}")
+        return written
+
+
+def _scale_bar(viewer: Any) -> Any:
+    """The viewer's scale bar overlay (``viewer.canvas.overlays`` since napari 0.9, else ``viewer.scale_bar``)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return getattr(overlays, "scale_bar", None) or viewer.scale_bar
+
+
+def _ask_csv_path() -> str:
+    """A file dialog for the CSV to write (``""`` when cancelled)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(None, "Save atoms as CSV", "atoms.csv", "CSV (*.csv)")
+    return path
+
+
+def _detect_job(image: Any, model: str, sampling: float | None, image_name: str, threshold: float,
+                focal_series: bool) -> tuple[list[LayerData], str, list[str], float]:
+    """Run :func:`atomfinder.detect` (in the worker thread) and make the atom layers."""
+    import atomfinder
+    from atomfinder.detection.validity import ValidityWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ValidityWarning)  # shown one line each from the validity record
+        table, info = atomfinder.detect(image, model=model, sampling=sampling, threshold=threshold,
+                                        focal_series=focal_series)
+    sampling_A = float(info["sampling_A"])
+    layers = atom_layers(table, info["class_names"], sampling_A, image_name)
+    counts = ", ".join(f"{(table['label'] == c).sum()} {c}" for c in info["class_names"])
+    frames = f" in {table['frame'].nunique()} frames" if "frame" in table.columns else ""
+    message = f"{image_name}: {len(table)} atoms{frames} ({counts}) at {sampling_A:.4g} Å/px"
+    return layers, message, list(info["validity"].get("warnings", [])), sampling_A
+
+
+def _track_job(image: Any, model: str, sampling: float | None, image_name: str, sampling_A: float,
+               out_dir: str | None, threshold: float, progress: Any) -> tuple[list[LayerData], str, list[str], float]:
+    """Track a time series (in the worker thread) and make the site layers."""
+    import tempfile
+
+    folder = out_dir or tempfile.mkdtemp(prefix=f"atomfinder-track-{image_name}-")
+    result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress)
+    n_frames = len(result.drift_px)
+    message = (f"{image_name}: {len(result.sites)} sites in {n_frames} frames; "
+               f"sites.csv, presence.csv, events.csv, drift.csv in {Path(folder).name}/")
+    return site_layers(result, image_name), message, [], result.sampling_A

@@ -1,0 +1,113 @@
+"""benchmarks/compare.py: the parts that need no peer (bound, matching against it, tables, JSON line)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def cmp():
+    """benchmarks/compare.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("compare_bench", BENCH / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dose_tags_name_the_test_stores(cmp, tmp_path):
+    assert [cmp.dose_tag(d) for d in (2e2, 1e3, 1e4, 1e5, 2.5e3)] == ["2e2", "1e3", "1e4", "1e5", "2.5e3"]
+    assert cmp.test_store(tmp_path, "gold", 200.0).name == "gold-test-2e2.zarr"
+
+
+def test_bound_from_derivatives_is_the_inverse_fisher_information():
+    from atomfinder.imaging.crlb import crlb_from_derivatives
+
+    rng = np.random.default_rng(0)
+    intensity = rng.uniform(0.5, 1.5, 50)
+    d = rng.normal(size=(2, 50))
+    n0 = 300.0
+    fisher = n0 * (d / intensity) @ d.T
+    expected = math.sqrt(np.trace(np.linalg.inv(fisher)) / 2)
+    assert crlb_from_derivatives(d, intensity, n0)[0] == pytest.approx(expected, rel=1e-9)
+    # four times the dose halves the bound; a site without signal has none
+    assert crlb_from_derivatives(d, intensity, 4 * n0)[0] == pytest.approx(expected / 2, rel=1e-9)
+    blind = np.vstack([d, np.zeros((2, 50))])
+    out = crlb_from_derivatives(blind, intensity, n0)
+    assert out[0] == pytest.approx(expected, rel=1e-9) and math.isinf(out[1])
+    assert np.all(np.isinf(crlb_from_derivatives(d, intensity, 0.0)))
+
+
+def test_crop_origin_is_found_from_the_ground_truth(cmp):
+    rng = np.random.default_rng(1)
+    sites = rng.uniform(0, 30, (40, 2))
+    s = 0.1
+    crop = sites[(sites[:, 0] > 10) & (sites[:, 1] > 5)] - np.array([73, 41]) * s
+    assert cmp.crop_origin_px(sites, crop, s) == (73, 41)
+    assert cmp.crop_origin_px(sites, crop + 0.033, s) is None
+
+
+def test_rmse_over_crlb_uses_matched_interior_sites_only(cmp):
+    from atomfinder.analysis.evaluate import EvalSample
+
+    truth = np.array([[5.0, 5.0], [10.0, 10.0], [0.05, 8.0]])  # the last one is in the border band
+    sample = EvalSample(image=np.zeros((200, 200), np.float32), sampling_A=0.1, positions_A=truth, labels=[1, 1, 1])
+    pred_px = (truth + [[0.03, -0.03], [-0.03, 0.03], [0.3, 0.0]]) / 0.1
+    det = cmp.Detections([pred_px], [0.1])
+    bound = np.array([0.03, 0.03, 0.001])
+    r = cmp.rmse_over_crlb([sample], det, {0: bound})
+    assert r["n"] == 2
+    assert r["rmse_axis_pm"] == pytest.approx(3.0)
+    assert r["rmse_over_crlb"] == pytest.approx(1.0)
+    assert cmp.rmse_over_crlb([sample], det, {})["n"] == 0
+
+
+def test_tables_headline_and_markdown(cmp, tmp_path):
+    crlb = {"n": 10, "rmse_axis_pm": 6.0, "crlb_rms_pm": 3.0, "rmse_over_crlb": 2.0}
+    method = {"tp": 9, "fp": 1, "fn": 1, "precision": 0.9, "recall": 0.9, "f1": 0.9, "rmse_pm": 8.5,
+              "seconds_per_image": 0.2, "crlb": crlb}
+    result = {
+        "systems": {"graphene": {"1e4": {"dose": 1e4, "methods": {cmp.ATOMFINDER: method,
+                                                                  cmp.CONVENTIONAL: method | {"f1": 0.5}}}}},
+        "timing": {"1024": {cmp.ATOMFINDER: {"median_s": 1.0, "time_ratio": 1.0, "peak_rss_mb": 500.0,
+                                             "rss_ratio": 1.0, "atoms": 10},
+                            cmp.ATOMAI: {"median_s": 2.0, "time_ratio": 2.0, "peak_rss_mb": 1000.0,
+                                         "rss_ratio": 2.0, "atoms": 9},
+                            "Atomap": {"skipped": "projected 9999 s"}}},
+        "atomai_training": {}, "notes": ["graphene 2e2: no test store"],
+        "settings": {"n_images": 2, "data_dir": "data", "crlb_images": 1, "budget_min": 30.0, "threads": 2,
+                     "atomai_threshold": 0.5, "repeats": 3, "skip_peers": True},
+    }
+    result["headline"] = cmp.headline(result)
+    assert result["headline"]["time_AtomAI_over_atomfinder"] == 2.0
+    assert result["headline"]["mean_f1_graphene_conventional"] == 0.5
+    figures = cmp.plots(result, tmp_path / "benchmarks")
+    assert {p.name for p in figures} == {"f1_vs_dose.png", "rmse_crlb_vs_dose.png", "time_per_image.png"}
+    text = cmp.markdown(result, figures, tmp_path / "benchmarks.md")
+    assert "| 1e4 | atomfinder | 0.900 |" in text and "| 2.00 |" in text
+    assert "not run: projected 9999 s" in text and "](benchmarks/f1_vs_dose.png)" in text
+
+
+def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "graphene-test-1e4.zarr").symlink_to(tiny_graphene_store)
+    out = tmp_path / "docs" / "benchmarks.md"
+    cmp.main(["--skip-peers", "--systems", "graphene", "--doses", "1e4", "1e6", "--n-images", "2",
+              "--crlb-images", "1", "--timing-sizes", "--data-dir", str(data), "--out", str(out)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    res = summary["systems"]["graphene"]["1e4"]
+    assert set(res["methods"]) == {cmp.ATOMFINDER, cmp.CONVENTIONAL}
+    assert res["crlb_images"] == 1 and res["crlb_median_pm"] > 0
+    assert any("1e6" in n and "dose range" in n for n in summary["notes"])
+    assert out.exists() and (out.parent / "benchmarks" / "f1_vs_dose.png").exists()

@@ -1,0 +1,264 @@
+"""The napari plugin, headless (Qt offscreen): reader, dock widget, edited atoms saved as CSV, series.
+
+The widget runs the shipped graphene model on a 256x256 crop of the bundled example
+(0.108 Å/px, typed into the widget: the file has no pixel size). With
+``ATOMFINDER_WRITE_SCREENSHOTS=1`` the screenshots go to ``docs/guide/images/napari-*.png``
+(else to a temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+tifffile = pytest.importorskip("tifffile")
+
+from atomfinder.detection.io import SUPPORTED_EXTENSIONS, read_micrograph  # noqa: E402
+from atomfinder.napari._points import FEATURE_COLUMNS, TABLE_COLUMNS, atom_layers, atom_table  # noqa: E402
+from atomfinder.napari._reader import get_reader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "graphene_defect_hrtem.tif"
+IO_SAMPLES = ROOT / "tests" / "data" / "io-samples"
+SAMPLING_A = 0.108
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def crop_tif(tmp_path_factory) -> Path:
+    """A 256x256 crop of the bundled example as an uncalibrated float32 TIFF."""
+    data = read_micrograph(EXAMPLE).data
+    path = tmp_path_factory.mktemp("napari") / "graphene_crop.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(data[128:384, 128:384]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack_tif(tmp_path_factory) -> Path:
+    """A 3-frame time series (multi-page TIFF): crops of the example shifted by one pixel per frame."""
+    data = read_micrograph(EXAMPLE).data
+    frames = np.stack([data[128 + i:320 + i, 128 + i:320 + i] for i in range(3)])
+    path = tmp_path_factory.mktemp("napari") / "graphene_series.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(frames), photometric="minisblack")  # not planar RGB
+    return path
+
+
+@pytest.fixture(autouse=True)
+def atomfinder_plugin(npe2pm):
+    """Only the installed atomfinder manifest registered with npe2 (no discovery of other plugins)."""
+    from npe2 import PluginManifest
+
+    npe2pm.register(PluginManifest.from_distribution("atomfinder"))
+    return npe2pm
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path) -> Path:
+    """``docs/guide/images/`` with ATOMFINDER_WRITE_SCREENSHOTS=1, else a temporary folder."""
+    return ROOT / "docs" / "guide" / "images" if os.environ.get("ATOMFINDER_WRITE_SCREENSHOTS") == "1" else tmp_path
+
+
+def _opengl_works() -> bool:
+    """Whether Qt can make an OpenGL context (napari's canvas needs one: a display or Xvfb)."""
+    from qtpy.QtGui import QOpenGLContext
+
+    return QOpenGLContext().create()
+
+
+@pytest.fixture
+def viewer(qapp, request):
+    """A napari Viewer (hidden window) where OpenGL works, else a ViewerModel (layers, no canvas).
+
+    The widget needs only the layer list; screenshots need the window.
+    """
+    if _opengl_works():
+        return request.getfixturevalue("make_napari_viewer")()
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def _widget(viewer):
+    from atomfinder.napari._widget import DetectionWidget
+
+    widget = DetectionWidget(viewer)
+    if hasattr(viewer, "window"):
+        viewer.window.add_dock_widget(widget, name="Find atoms", area="right")
+    return widget
+
+
+def _run(widget, qtbot) -> None:
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+
+
+def _screenshot(viewer, path: Path) -> None:
+    """The whole window (canvas and dock widget) as a PNG; nothing without a window (no OpenGL)."""
+    if not hasattr(viewer, "window"):
+        return
+    import imageio.v3 as iio
+
+    viewer.window.resize(1200, 760)
+    viewer.reset_view()
+    viewer.layers.selection.active = viewer.layers[-1]  # the points: their controls show the editing tools
+    iio.imwrite(path, viewer.screenshot(canvas_only=False, flash=False))
+
+
+# ------------------------------------------------------------------ manifest and reader
+
+
+def test_manifest_is_valid_and_lists_every_readable_format():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("atomfinder")  # the installed entry point
+    manifest.validate_imports()
+    patterns = {p for reader in manifest.contributions.readers for p in reader.filename_patterns}
+    assert patterns == {f"*{ext}" for ext in SUPPORTED_EXTENSIONS}
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Find atoms"]
+    assert manifest.contributions.writers[0].layer_types == ["points+"]
+
+
+def test_reader_gives_the_calibration_as_scale(qapp):
+    from napari.components import ViewerModel
+
+    path = IO_SAMPLES / "tia_old_64x64_TEM_images_acquire_1.ser"  # 6.28 nm per pixel in its metadata
+    expected = read_micrograph(path, min_size=1).sampling_A
+    assert expected is not None
+    data, kwargs, kind = get_reader(str(path))(str(path))[0]
+    assert kind == "image" and kwargs["scale"] == (expected, expected)
+    assert get_reader("notes.txt") is None
+
+    viewer = ViewerModel()
+    layer = viewer.open(path, plugin="atomfinder")[0]
+    np.testing.assert_allclose(layer.scale, [expected, expected])
+    assert str(layer.units[-1]) == "angstrom"
+    assert layer.metadata["atomfinder"]["sampling_A"] == pytest.approx(expected)
+    stack = viewer.open(IO_SAMPLES / "digitalmicrograph_test_stackbuilder_imagestack.dm3", plugin="atomfinder")[0]
+    assert stack.data.shape == (3, 2, 16)
+    np.testing.assert_allclose(stack.scale, [1.0, 599.829, 599.829], rtol=1e-4)
+
+
+def test_reader_without_calibration_keeps_pixels(crop_tif):
+    data, kwargs, _ = get_reader(str(crop_tif))(str(crop_tif))[0]
+    assert data.shape == (256, 256) and "scale" not in kwargs
+    assert kwargs["metadata"]["atomfinder"]["sampling_A"] is None
+
+
+# ------------------------------------------------------------------ points <-> table
+
+
+def test_atom_table_round_trip_through_points_layers():
+    rng = np.random.default_rng(0)
+    n = 6
+    table = pd.DataFrame({"frame": np.repeat([0, 1], 3), "x": rng.uniform(0, 50, n), "y": rng.uniform(0, 50, n)})
+    table["x_angstrom"], table["y_angstrom"] = table["x"] * 0.2, table["y"] * 0.2
+    table["label"] = ["Au", "Au", "X", "Au", "X", "Au"]
+    table["confidence"], table["sigma_angstrom"] = rng.uniform(size=n), rng.uniform(0.01, 0.1, n)
+    table["probability"] = rng.uniform(size=n)
+    table["height"] = pd.array([1, 2, None, 3, 4, 5], dtype="Int64")
+    layers = atom_layers(table, ("Au", "X"), 0.2, "img")
+    assert [kw["name"] for _, kw, _ in layers] == ["atoms: Au", "atoms: X"]
+    back = atom_table(layers).sort_values(["frame", "x"], ignore_index=True)
+    expected = table.sort_values(["frame", "x"], ignore_index=True)
+    assert list(back.columns) == ["frame", *TABLE_COLUMNS]
+    pd.testing.assert_frame_equal(back, expected[back.columns], check_dtype=False)
+
+
+# ------------------------------------------------------------------ the dock widget
+
+
+def test_widget_finds_edits_and_saves_atoms(viewer, qtbot, crop_tif, tmp_path, screenshot_dir):
+    from napari.layers import Points
+
+    image = viewer.open(crop_tif, plugin="atomfinder")[0]
+    widget = _widget(viewer)
+    assert widget.image.value == image.name and widget.sampling.value == 0.0
+    _run(widget, qtbot)  # no pixel size yet: refused with one line
+    assert "no pixel size" in widget.last_error and widget.status.value.startswith("error:")
+
+    widget.model.value = "graphene"
+    widget.sampling.value = SAMPLING_A
+    widget.threshold.value = 0.5
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    layer = viewer.layers["atoms: C"]
+    assert isinstance(layer, Points) and len(layer.data) > 50
+    assert list(layer.features.columns) == list(FEATURE_COLUMNS)
+    assert np.all(layer.features["confidence"].between(0, 1))
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(image.scale, [SAMPLING_A, SAMPLING_A])
+    assert np.all(layer.size >= 0.5 / SAMPLING_A - 1e-9)
+    assert widget.progress.value == widget.progress.max
+    _screenshot(viewer, screenshot_dir / "napari-detect.png")
+
+    n = len(layer.data)
+    moved = layer.data[0] + np.array([1.5, -2.0])  # (row, col)
+    layer.data = np.vstack([moved, layer.data[1:]])
+    layer.selected_data = {1}
+    layer.remove_selected()
+    layer.add(np.array([[10.0, 20.0]]))  # a hand-added atom at x=20, y=10
+    widget.save_path.value = tmp_path / "edited.csv"
+    widget.save_button.clicked.emit()
+
+    saved = pd.read_csv(tmp_path / "edited.csv")
+    assert list(saved.columns) == list(TABLE_COLUMNS)
+    assert len(saved) == n
+    first = saved.iloc[0]
+    assert (first["x"], first["y"]) == pytest.approx((moved[1], moved[0]), abs=1e-4)
+    assert (first["x_angstrom"], first["y_angstrom"]) == pytest.approx(
+        (moved[1] * SAMPLING_A, moved[0] * SAMPLING_A), abs=1e-4)
+    assert 0 <= first["confidence"] <= 1
+    added = saved.iloc[-1]
+    assert (added["x"], added["y"], added["label"]) == (20.0, 10.0, "C")
+    assert added[["confidence", "sigma_angstrom", "probability", "height"]].isna().all()
+    assert "saved" in widget.status.value
+
+    viewer.layers.selection = {layer}  # File > Save Selected Layers: the npe2 writer, the same table
+    viewer.layers.save(str(tmp_path / "writer.csv"), selected=True, plugin="atomfinder")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "writer.csv"), saved)
+
+
+def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
+    from atomfinder.napari._widget import FOCAL_SERIES
+
+    viewer.open(crop_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.sampling.value = SAMPLING_A
+    widget.series.value = FOCAL_SERIES
+    _run(widget, qtbot)
+    assert "not a focal series" in widget.last_error and "\n" not in widget.last_error
+    assert widget.status.value.startswith("error:") and widget.run_button.enabled
+    assert not [layer for layer in viewer.layers if layer.name.startswith("atoms: ")]
+
+
+def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tmp_path,
+                                                     screenshot_dir):
+    from atomfinder.napari._widget import TIME_SERIES
+
+    image = viewer.open(stack_tif, plugin="atomfinder")[0]
+    assert image.data.shape == (3, 192, 192)
+    widget = _widget(viewer)
+    widget.model.value = "graphene"
+    widget.sampling.value = SAMPLING_A
+    widget.series.value = TIME_SERIES
+    widget.track_dir.value = tmp_path / "track"
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    sites = viewer.layers["sites: C"]
+    assert sites.data.shape[1] == 3 and set(np.unique(sites.data[:, 0])) == {0.0, 1.0, 2.0}
+    np.testing.assert_allclose(sites.scale, [1.0, SAMPLING_A, SAMPLING_A])
+    assert widget.progress.value == widget.progress.max == 3
+    for name in ("sites.csv", "presence.csv", "events.csv", "drift.csv"):
+        assert (tmp_path / "track" / name).is_file()
+    drift = pd.read_csv(tmp_path / "track" / "drift.csv")
+    np.testing.assert_allclose(drift[["dx", "dy"]].to_numpy()[2], [-2.0, -2.0], atol=0.3)
+    viewer.dims.set_current_step(0, 2)
+    _screenshot(viewer, screenshot_dir / "napari-time-series.png")
