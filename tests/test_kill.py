@@ -357,7 +357,9 @@ def finetuning(tiny_graphene_store, tmp_path_factory):
     work = tmp_path_factory.mktemp("finetune")
     stem = train(cfg, data, work / "source", recipe=recipe)
     microscope = work / "my.toml"
-    microscope.write_text("[microscope]\nenergies_eV = [80000]\ndose_e_per_A2 = [10000.0, 100000.0]\n")
+    from test_finetune import MICROSCOPE  # the microscope ranges test_finetune's runs use
+
+    microscope.write_text(MICROSCOPE)
     return ["finetune", "--model", str(stem), "--microscope", str(microscope), "--minutes", "5",
             "--n-train", "8", "--n-test", "4", "--seed", "5", "--workers", "0"], work
 

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from atomfinder._files import atomic_write
+from atomfinder._files import atomic_write, remove_stale_temporaries
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.metrics import HEIGHT_BINS, aggregate, detection_scores
 from atomfinder.detection.peaks import AtomTable
@@ -1470,6 +1470,11 @@ def _plot_vs(dets: Mapping[str, Any], key: str, metric: str, rk: str, xlabel: st
     return save_figure(fig, path)
 
 
+#: The files :func:`write_report` writes (``reliability.png`` only for calibrated detectors).
+REPORT_FILES = ("report.json", "report.md", "f1_vs_dose.png", "rmse_vs_dose.png", "f1_vs_defocus.png",
+                "reliability.png")
+
+
 def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, radius_A: float | None = None) -> list[Path]:
     """Write ``report.json``, ``report.md`` and PNG plots to ``out_dir`` (each atomically).
 
@@ -1496,6 +1501,8 @@ def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, 
     rep = _as_comparison(report)
     rk = _primary_radius(rep, radius_A)
     dets = rep["detectors"]
+    # temporaries that a run killed while writing an earlier report left beside these files
+    remove_stale_temporaries(*(out / name for name in REPORT_FILES))
     paths = [
         _write_text(out / "report.json", json.dumps(to_jsonable(rep), indent=1, allow_nan=False) + "\n"),
         _write_text(out / "report.md", report_markdown(rep, title, radius_A)),
