@@ -478,6 +478,8 @@ def card_validity_lines(validity: dict) -> list[str]:
         + (f" (at >= {v['uncorrected_min_energy_kV']:g} kV)" if v.get("uncorrected_min_energy_kV") else ""),
         (f"  defocus: {_span(v['corrected_defocus_A'], 'Å', signed=True)} (corrected lenses), Scherzer "
          f"{_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (uncorrected; positive = underfocus)"
+         if v.get("corrected_defocus_A") and v.get("Cs_uncorrected_um") else
+         f"  defocus: {_span(v['corrected_defocus_A'], 'Å', signed=True)} (positive = underfocus)"
          if v.get("corrected_defocus_A") else
          f"  defocus: Scherzer {_span(v['defocus_around_scherzer_A'], 'Å', signed=True)} (positive = underfocus)"),
         f"  dose: {v['dose_e_per_A2'][0]:.0e}–{v['dose_e_per_A2'][1]:.0e} e/Å²".replace("e+0", "e"),
