@@ -750,3 +750,17 @@ def test_model_files_with_mutated_bytes(tiny, workdir):
             assert loaded is None, "changed weights must not match the card's SHA-256"
 
     prop()
+
+
+def test_lazily_read_truncated_tiff_names_the_file(tmp_path):
+    """Found by `make fuzz` (test_cli_detect_on_mutated_files): a TIFF whose pixel block runs past the end of
+    the file opened lazily (as `detect` reads files) failed only when its pixels were read, with numpy's bare
+    "mmap length is greater than file size" and no file name."""
+    from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
+
+    path = write_tiff_calibrated(tmp_path / "made.tif", np.arange(20 * 25, dtype=np.float32).reshape(20, 25), 0.1)
+    path.write_bytes(path.read_bytes()[:-200])  # the last 50 pixels are gone
+    with pytest.raises(MicrographError) as info:
+        read_micrograph(path, lazy=True)
+    message = str(info.value)
+    assert "made.tif" in message and "truncated" in message and len(message.splitlines()) == 1

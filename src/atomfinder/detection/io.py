@@ -835,9 +835,17 @@ def read_micrograph(
         frames = data if isinstance(data, np.ndarray) or reader == "npy" else _lazy_tiff_frames(p, data.shape)
         data = FrameStack(frames)
     else:
-        if hasattr(data, "compute"):  # a lazily opened single image: read it here, not on a dask cluster
-            data = data.compute(scheduler="synchronous")
-        data = np.ascontiguousarray(data, dtype=np.float32)
+        try:
+            if hasattr(data, "compute"):  # a lazily opened single image: read it here, not on a dask cluster
+                data = data.compute(scheduler="synchronous")
+            data = np.ascontiguousarray(data, dtype=np.float32)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a lazily opened file fails only when its pixels are read
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise MicrographError(
+                source, f"cannot read its pixels as a {fmt} file ({reason}); it may be truncated or damaged"
+            ) from exc
         problem = _check_values(data)
         if problem:
             raise MicrographError(source, problem)
