@@ -1029,11 +1029,8 @@ def existing_outputs(
         Existing ``<stem>.csv``, ``.json``, ``.png`` (and ``_probabilities.tif``) of
         the inputs, in input order; empty when nothing would be replaced.
     """
-    out = Path(out_dir)
-    found: list[Path] = []
-    for group in _groups(paths, focal_series):
-        found.extend(p for p in _outputs(out, Path(group[0]).stem, probabilities, overlay_format) if p.exists())
-    return found
+    return [p for _, outputs in _outputs_by_input(paths, out_dir, focal_series, probabilities, overlay_format)
+            for p in outputs if p.exists()]
 
 
 def finished_inputs(
@@ -1058,9 +1055,16 @@ def finished_inputs(
     list of tuple of str
         The finished inputs (groups of files for a focal series), in input order.
     """
+    return [group for group, outputs in _outputs_by_input(paths, out_dir, focal_series, probabilities, overlay_format)
+            if all(p.exists() for p in outputs)]
+
+
+def _outputs_by_input(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], focal_series: bool,
+                      probabilities: bool, overlay_format: str) -> list[tuple[tuple[str, ...], list[Path]]]:
+    """Each input (a group of files for a focal series) with the output files :func:`detect_files` gives it."""
     out = Path(out_dir)
-    return [group for group in _groups(paths, focal_series)
-            if all(p.exists() for p in _outputs(out, Path(group[0]).stem, probabilities, overlay_format))]
+    return [(group, _outputs(out, Path(group[0]).stem, probabilities, overlay_format))
+            for group in _groups(paths, focal_series)]
 
 
 def sidecar(res: SampleResult, table_name: str) -> dict[str, Any]:
