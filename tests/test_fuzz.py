@@ -64,7 +64,9 @@ torch.set_num_threads(1)
 pytestmark = [
     pytest.mark.filterwarnings("ignore::atomfinder.detection.validity.ValidityWarning"),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # overflow when casting 1e300 to float32, etc.
-    pytest.mark.timeout(900),  # a hang fails instead of blocking the suite
+    # A hang fails instead of blocking the suite; make fuzz's 10 000 examples per property
+    # take hours, and there its per-case deadline of 10 s is the hang check.
+    pytest.mark.timeout(900 if settings.default.max_examples < 1000 else 6 * 3600),
 ]
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "io-samples"
@@ -75,7 +77,9 @@ ADDRESS_SPACE_HEADROOM = 6 * 1024**3
 #: Fixed seeds for the generated sample files.
 RNG = np.random.default_rng(1234)
 
-fast_settings = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: The profile's deadline (none in the fast set, 10 s per case in make fuzz).
+fast_settings = settings(deadline=settings.default.deadline,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 # --------------------------------------------------------------------------- helpers

@@ -395,8 +395,6 @@ def test_finetune_killed_anywhere(finetuning, seed, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured 2026-12-06: the 8192² image peaks at 4.48 GB (the 1000-frame stack at 0.67 GB); "
-                          "local normalisation (+3.8 GB) and resampling (+1.6 GB) hold float64 copies of the whole image", strict=False)
 def test_huge_image_and_long_stack_detected_within_3_gb():
     """`benchmarks/bench_detect.py --only-memory --huge 8192 --stack 1000`: each input detected in a fresh
     process under 3 GB peak RSS (the stack is read frame by frame; minutes on two cores)."""

@@ -406,14 +406,18 @@ def calibrate_command(
         "keep", "--min-confidence",
         help="Confidence floor to store with --write-card (detections below it are dropped): 'keep' the card's, "
              "'best' (highest F1 of the scan on these images) or a number in [0, 1]."),
+    class_bias: bool = typer.Option(
+        True, "--class-bias/--no-class-bias",
+        help="For models with several atom classes, first fit one log-prior per class on these images "
+             "(undoes the rare-class preference of class-weighted training) and label with it."),
 ) -> None:
-    """Fit the per-atom confidence and positional error bar on held-out simulations."""
+    """Fit the per-atom confidence and positional error bar (and the class priors) on held-out simulations."""
 
     def action() -> None:
         import dataclasses
 
         from atomfinder.analysis.calibration import calibrate_model
-        from atomfinder.analysis.evaluate import best_threshold, to_jsonable
+        from atomfinder.analysis.evaluate import best_threshold, samples_from_store, to_jsonable
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -429,6 +433,20 @@ def calibrate_command(
         store = DatasetStore(data)
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
+        if class_bias and len(card.class_names) > 1:
+            from atomfinder.analysis.calibration import class_bias_data, class_bias_summary, fit_class_bias
+
+            with _progress(f"class priors {card.name}") as bar:
+                task = bar.add_task(f"class priors {card.name}", total=len(store))
+                labelled = class_bias_data(net, card, samples_from_store(store),
+                                           on_sample=lambda i: bar.update(task, completed=i + 1))
+            bias = fit_class_bias(labelled["probabilities"], labelled["true_label"])
+            classes = class_bias_summary(labelled, bias)
+            console.print(
+                f"class log-priors {', '.join(f'{c} {b:+.2f}' for c, b in zip(card.class_names, bias))}: label accuracy "
+                f"of {classes['n_matched']} matched detections {classes['label_accuracy_argmax']:.3f} -> "
+                f"{classes['label_accuracy_biased']:.3f} (in-sample)", highlight=False)
+            card = dataclasses.replace(card, detection=dict(card.detection) | {"class_log_bias": [float(b) for b in bias]})
         with _progress(f"calibrate {card.name}") as bar:
             task = bar.add_task(f"calibrate {card.name}", total=len(store))
             fit, summary = calibrate_model(net, card, store,
@@ -442,6 +460,8 @@ def calibrate_command(
         _print_scan("confidence floor (detections below it dropped), pooled over these images", "min confidence",
                     rows, best, kept=True)
         if write_card:
+            if class_bias and len(card.class_names) > 1:
+                summary["class_priors"] = classes
             calibration = to_jsonable(fit.to_dict() | {"fit": summary})
             detection = dict(card.detection)
             if min_confidence == "best":

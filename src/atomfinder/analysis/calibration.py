@@ -187,4 +187,123 @@ def confidence_floor_scan(
     return rows
 
 
-__all__ = ["CONFIDENCE_FLOORS", "calibrate_model", "calibration_data", "confidence_floor_scan"]
+# --------------------------------------------------------------------------- class priors
+
+
+#: L2 penalty on the class log-biases (keeps a class absent from the data finite).
+CLASS_BIAS_L2 = 1e-3
+
+
+def class_bias_data(
+    model: Any,
+    card: Any,
+    samples: Iterable[EvalSample],
+    *,
+    radius_A: float = CALIBRATION_RADIUS_A,
+    on_sample: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Class probabilities of every detection that lies on a true site, and that site's class.
+
+    Detections are matched to the true sites by position alone (one-to-one within
+    ``radius_A``), whatever class the model gave them; the class probabilities are
+    those of the maps at the detection's model-grid pixel.
+
+    Returns
+    -------
+    dict of ndarray
+        ``probabilities`` (n, k - 1) over the non-background classes, ``true_label``
+        (n,) 1-based, ``label`` (n,) the model's own label (with the card's bias).
+    """
+    from atomfinder.analysis.matching import match_positions
+    from atomfinder.detection.pipeline import detect_array  # imports torch
+
+    probs, true, label = [], [], []
+    for i, s in enumerate(samples):
+        frames = s.image if card.in_channels > 1 else s.image[:1]
+        res = detect_array(model, card, frames, s.sampling_A, min_confidence=0.0)
+        pi, ti = match_positions(res.atoms.xy * s.sampling_A, s.positions_A, radius_A)
+        grid = np.rint(res.atoms.xy[pi] * s.sampling_A / res.model_sampling_A).astype(np.int64)
+        rows = np.clip(grid[:, 1], 0, res.probabilities.shape[-2] - 1)
+        cols = np.clip(grid[:, 0], 0, res.probabilities.shape[-1] - 1)
+        probs.append(res.probabilities[1:, rows, cols].T.astype(np.float64))
+        true.append(np.asarray(s.labels)[ti])
+        label.append(res.atoms.label[pi])
+        if on_sample is not None:
+            on_sample(i)
+    m = len(card.class_names)
+    return {
+        "probabilities": np.concatenate(probs).reshape(-1, m) if probs else np.zeros((0, m)),
+        "true_label": np.concatenate(true).astype(np.int64) if true else np.zeros(0, np.int64),
+        "label": np.concatenate(label).astype(np.int64) if label else np.zeros(0, np.int64),
+    }
+
+
+def fit_class_bias(probabilities: np.ndarray, true_label: np.ndarray, l2: float = CLASS_BIAS_L2) -> np.ndarray:
+    """Log-biases ``b`` that make ``softmax(log p + b)`` the most likely labelling.
+
+    A network trained with inverse-frequency class weights (``class_weights =
+    "batch"``) overrates rare classes by about the log of their weight: on the
+    held-out images, this fits one additive log-prior per class by maximum
+    likelihood (a convex problem; ``b[0] = 0``), the prior shift that undoes it.
+
+    Parameters
+    ----------
+    probabilities : ndarray, shape (n, m)
+        Probabilities of the ``m`` non-background classes at each detection that lies on
+        a true site (they need not sum to 1).
+    true_label : ndarray of int, shape (n,)
+        That site's class, 1-based.
+    l2 : float
+        Penalty ``l2 * |b|²`` (a class absent from the data keeps a finite bias).
+
+    Returns
+    -------
+    ndarray of float64, shape (m,)
+        Add to ``log p`` before the argmax (:func:`atomfinder.detection.peaks.biased_labels`).
+    """
+    from scipy.optimize import minimize
+
+    q = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12))
+    y = np.asarray(true_label, dtype=np.int64).reshape(-1) - 1
+    n, m = q.shape
+    if n == 0 or m < 2:
+        return np.zeros(m)
+    if y.min() < 0 or y.max() >= m:
+        raise ValueError(f"true labels must be 1..{m}, got {y.min() + 1}..{y.max() + 1}")
+    onehot = np.zeros((n, m))
+    onehot[np.arange(n), y] = 1.0
+
+    def loss(free: np.ndarray) -> tuple[float, np.ndarray]:
+        b = np.concatenate([[0.0], free])
+        z = q + b
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        value = -float(np.mean(logp[np.arange(n), y])) + l2 * float(free @ free)
+        grad = (np.exp(logp) - onehot).mean(axis=0)[1:] + 2 * l2 * free
+        return value, grad
+
+    best = minimize(loss, np.zeros(m - 1), jac=True, method="L-BFGS-B")
+    return np.concatenate([[0.0], best.x])
+
+
+def class_bias_summary(data: dict[str, np.ndarray], log_bias: np.ndarray | None) -> dict[str, Any]:
+    """Label accuracy and per-class recall of the matched detections of :func:`class_bias_data`
+    under the plain argmax and under ``log_bias`` (in-sample: the images the bias was fitted on)."""
+    from atomfinder.detection.peaks import biased_labels
+
+    y = data["true_label"]
+    out: dict[str, Any] = {"n_matched": int(len(y))}
+    for name, bias in (("argmax", None), ("biased", log_bias)):
+        pred = biased_labels(data["probabilities"].T, bias)
+        out[f"label_accuracy_{name}"] = float(np.mean(pred == y)) if len(y) else float("nan")
+        out[f"recall_{name}"] = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
+                                 for c in range(1, data["probabilities"].shape[1] + 1)]
+        out[f"precision_{name}"] = [float(np.mean(y[pred == c] == c)) if np.any(pred == c) else float("nan")
+                                    for c in range(1, data["probabilities"].shape[1] + 1)]
+    if log_bias is not None:
+        out["class_log_bias"] = [float(b) for b in log_bias]
+    return out
+
+
+__all__ = ["CLASS_BIAS_L2", "CONFIDENCE_FLOORS", "calibrate_model", "calibration_data", "class_bias_data",
+           "class_bias_summary", "confidence_floor_scan", "fit_class_bias"]

@@ -65,6 +65,11 @@ BACKGROUND_DISK_RADII = 1.25
 EPS = 1e-4
 #: Side (pixels) of the window over which the Laplacian magnitude is averaged.
 NOISE_WINDOW_PX = 9
+#: Detections handled at a time where each needs a patch of pixels (bounds memory:
+#: an 8192² image has ~250 000 atoms).
+_CHUNK = 8192
+#: Rows of a map filtered at a time (plus a halo) where a whole-map copy would be large.
+_BLOCK_ROWS = 1024
 #: Share of errors within ±1 σ of a normal distribution.
 ONE_SIGMA_SHARE = 0.6826894921370859
 
@@ -100,16 +105,41 @@ def disk_means(image: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, radius_px:
     reach = int(np.ceil(r)) + 1
     offs = np.arange(-reach, reach + 1)
     oy, ox = (g.ravel() for g in np.meshgrid(offs, offs, indexing="ij"))
-    iy, ix = np.rint(y).astype(np.int64), np.rint(x).astype(np.int64)
-    py = iy[:, None] + oy[None]
-    px = ix[:, None] + ox[None]
-    inside_disk = (py - y[:, None]) ** 2 + (px - x[:, None]) ** 2 <= r * r
-    inside_img = (py >= 0) & (py < img.shape[0]) & (px >= 0) & (px < img.shape[1])
-    w = inside_disk & inside_img
-    vals = img[np.clip(py, 0, img.shape[0] - 1), np.clip(px, 0, img.shape[1] - 1)]
-    n = w.sum(axis=1)
-    total = np.where(w, vals, 0.0).sum(axis=1, dtype=np.float64)
-    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    out = np.empty(len(x))
+    for start in range(0, len(x), _CHUNK):
+        cy, cx = y[start : start + _CHUNK], x[start : start + _CHUNK]
+        iy, ix = np.rint(cy).astype(np.int64), np.rint(cx).astype(np.int64)
+        py = iy[:, None] + oy[None]
+        px = ix[:, None] + ox[None]
+        inside_disk = (py - cy[:, None]) ** 2 + (px - cx[:, None]) ** 2 <= r * r
+        inside_img = (py >= 0) & (py < img.shape[0]) & (px >= 0) & (px < img.shape[1])
+        w = inside_disk & inside_img
+        vals = img[np.clip(py, 0, img.shape[0] - 1), np.clip(px, 0, img.shape[1] - 1)]
+        n = w.sum(axis=1)
+        total = np.where(w, vals, 0.0).sum(axis=1, dtype=np.float64)
+        out[start : start + _CHUNK] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    return out
+
+
+def _abs_laplacian(image: np.ndarray) -> np.ndarray:
+    """``|4 x - sum of the 4 neighbours|`` with mirrored edges (numpy's ``"reflect"`` pad).
+
+    Subtracts one shifted neighbour at a time into one float32 array, without a padded
+    copy, in the order ``up, down, left, right`` (the same rounding as the padded
+    expression).
+    """
+    ch = np.asarray(image, dtype=np.float32)
+    h, w = ch.shape
+    term = np.multiply(ch, np.float32(4.0))
+    term[1:] -= ch[:-1]
+    term[0] -= ch[1 if h > 1 else 0]
+    term[:-1] -= ch[1:]
+    term[-1] -= ch[-2 if h > 1 else 0]
+    term[:, 1:] -= ch[:, :-1]
+    term[:, 0] -= ch[:, 1 if w > 1 else 0]
+    term[:, :-1] -= ch[:, 1:]
+    term[:, -1] -= ch[:, -2 if w > 1 else 0]
+    return np.abs(term, out=term)
 
 
 def local_noise_map(normalised: np.ndarray, window_px: int = NOISE_WINDOW_PX) -> np.ndarray:
@@ -132,12 +162,16 @@ def local_noise_map(normalised: np.ndarray, window_px: int = NOISE_WINDOW_PX) ->
     x = np.asarray(normalised, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
-    lap = np.zeros(x.shape[-2:], np.float32)
+    lap = None
     for ch in x:
-        p = np.pad(ch, 1, mode="reflect")
-        lap += np.abs(4.0 * ch - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:])
+        term = _abs_laplacian(ch)
+        if lap is None:
+            lap = term
+        else:
+            lap += term
+        del term
     lap /= np.float32(len(x) * np.sqrt(20.0))
-    return uniform_filter(lap, size=window_px, mode="reflect")
+    return uniform_filter(lap, size=window_px, mode="reflect", output=lap)  # line by line: safe in place
 
 
 def neighbour_spread(x_px: np.ndarray, y_px: np.ndarray, k: int = SPREAD_NEIGHBOURS) -> np.ndarray:
@@ -205,15 +239,29 @@ def map_background(atom_map: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, rad
     inside = oy**2 + ox**2 <= r * r
     oy, ox = oy[inside], ox[inside]
     iy, ix = np.rint(y).astype(np.int64), np.rint(x).astype(np.int64)
-    py, px = (iy[:, None] + oy[None]).ravel(), (ix[:, None] + ox[None]).ravel()
-    ok = (py >= 0) & (py < h) & (px >= 0) & (px < w)
-    outside = np.ones((h, w), np.float32)
-    outside[py[ok], px[ok]] = 0.0
+    outside = np.ones((h, w), bool)
+    for start in range(0, len(x), _CHUNK):
+        py = (iy[start : start + _CHUNK, None] + oy[None]).ravel()
+        px = (ix[start : start + _CHUNK, None] + ox[None]).ravel()
+        ok = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+        outside[py[ok], px[ok]] = False
     size = max(3, int(round(BACKGROUND_WINDOW_RADII * float(radius_px))) | 1)
-    total = uniform_filter(amap * outside, size=size, mode="constant")
-    count = uniform_filter(outside, size=size, mode="constant")
     cy, cx = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
-    return np.where(count[cy, cx] > 1e-3, total[cy, cx] / np.maximum(count[cy, cx], 1e-3), 0.0).astype(np.float64)
+    total, count = np.empty(len(x)), np.empty(len(x))
+    # Box sums in blocks of rows with a halo of half a window (zeros beyond the image,
+    # as mode="constant" of the whole map): a large map needs no full-size float copy.
+    half = size // 2
+    for top in range(0, h, _BLOCK_ROWS):
+        here = (cy >= top) & (cy < top + _BLOCK_ROWS)
+        if not here.any():
+            continue
+        lo, hi = max(0, top - half), min(h, top + _BLOCK_ROWS + half)
+        weight = outside[lo:hi].astype(np.float32)
+        masked = np.multiply(amap[lo:hi], weight)
+        uniform_filter(masked, size=size, mode="constant", output=masked)  # line by line: safe in place
+        uniform_filter(weight, size=size, mode="constant", output=weight)
+        total[here], count[here] = masked[cy[here] - lo, cx[here]], weight[cy[here] - lo, cx[here]]
+    return np.where(count > 1e-3, total / np.maximum(count, 1e-3), 0.0)
 
 
 def peak_features(
@@ -251,10 +299,12 @@ def peak_features(
     noise = local_noise_map(normalised)
     iy = np.clip(np.rint(y).astype(np.int64), 0, noise.shape[0] - 1)
     ix = np.clip(np.rint(x).astype(np.int64), 0, noise.shape[1] - 1)
+    noise_at = noise[iy, ix].astype(np.float64)
+    del noise  # one large map at a time
     return np.column_stack([
         np.asarray(peak, dtype=np.float64).reshape(-1),
         disk_means(atom_map, x, y, radius_px),
-        noise[iy, ix].astype(np.float64),
+        noise_at,
         neighbour_spread(x, y),
         map_background(atom_map, x, y, radius_px),
     ])

@@ -138,12 +138,15 @@ def display_image(image: np.ndarray, max_px: int = MAX_DISPLAY_PX) -> np.ndarray
     Edge rows and columns that do not fill a block are dropped (at most
     ``factor - 1`` pixels, invisible at display size).
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     f = _display_factor(img.shape, max_px)
     if f <= 1:
-        return img
+        return img.astype(np.float64)
     h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
-    return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    out = np.empty((h // f, w // f))
+    for i in range(h // f):  # a strip of f rows at a time: no full-size copy of a large image
+        out[i] = img[i * f : (i + 1) * f, :w].reshape(f, w // f, f).mean(axis=(0, 2), dtype=np.float64)
+    return out
 
 
 def _check_sampling(sampling_A: float) -> float:
@@ -294,7 +297,7 @@ def _draw_overlay(
 
     from atomfinder._figures import CLASS_COLOURS, add_scale_bar, percentile_limits
 
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)  # display_image makes the small float64 copy that is drawn
     if img.ndim != 2:
         raise ValueError(f"overlay needs an [H, W] image, got shape {img.shape}")
     r = 1.0 if image_sampling_A is None else _check_sampling(image_sampling_A) / sampling_A
@@ -470,7 +473,7 @@ def overlay_plot(
     from atomfinder._figures import new_figure
 
     sampling_A = _check_sampling(sampling_A)
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)  # display_image makes the small float64 copy that is drawn
     if img.ndim != 2:
         raise ValueError(f"overlay needs an [H, W] image, got shape {img.shape}")
     scale = _colour_scale(table, colour_by, cmap, colour_range)

@@ -194,7 +194,8 @@ def refine_subpixel(
     r = max(float(radius_px), 1.0)
     reach = int(np.ceil(r + 1.0))  # window half-size around the rounded estimate
     pad = int(np.ceil(r + 0.5)) + reach  # the estimate stays within r of its start
-    img = np.pad(np.maximum(np.asarray(image, dtype=np.float32), 0.0), pad, mode="constant")
+    img = np.pad(np.asarray(image, dtype=np.float32), pad, mode="constant")
+    np.maximum(img, 0.0, out=img)  # in place: one padded copy of a large map, not two
     width = img.shape[1]
     offs = np.arange(-reach, reach + 1)
     gy, gx = (g.ravel().astype(np.float32) for g in np.meshgrid(offs, offs, indexing="ij"))
@@ -294,12 +295,38 @@ def candidate_radius_px(min_distance_px: float) -> float:
     return max(1.0, float(min_distance_px) / 3.0)
 
 
+def biased_labels(class_probabilities: np.ndarray, log_bias: Sequence[float] | None = None) -> np.ndarray:
+    """1-based class of each detection: the argmax over ``log p + log_bias``.
+
+    Parameters
+    ----------
+    class_probabilities : ndarray, shape (m, n)
+        Probabilities of the ``m`` non-background classes at ``n`` detections.
+    log_bias : sequence of float, length m, optional
+        Log-prior shift per class (a card's ``detection["class_log_bias"]``, fitted by
+        :func:`atomfinder.analysis.calibration.fit_class_bias`); None is the plain
+        argmax.
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+    """
+    q = np.asarray(class_probabilities)
+    if log_bias is None:
+        return q.argmax(axis=0).astype(np.int64) + 1
+    b = np.asarray(log_bias, dtype=np.float64).reshape(-1)
+    if len(b) != q.shape[0]:
+        raise ValueError(f"class_log_bias has {len(b)} values for {q.shape[0]} classes")
+    return (np.log(np.maximum(q.astype(np.float64), 1e-12)) + b[:, None]).argmax(axis=0).astype(np.int64) + 1
+
+
 def find_atoms(
     probabilities: np.ndarray,
     *,
     min_distance_px: float,
     threshold: float = 0.5,
     heights: np.ndarray | None = None,
+    class_log_bias: Sequence[float] | None = None,
 ) -> AtomTable:
     """Find atoms as peaks of the atom probability ``1 - p(background)``.
 
@@ -315,12 +342,15 @@ def find_atoms(
         Peaks with atom probability below this are dropped.
     heights : ndarray, shape (H, W), optional
         Column-height map; the height of an atom is its value at the peak, rounded.
+    class_log_bias : sequence of float, optional
+        Log-prior shift of the non-background classes (:func:`biased_labels`).
 
     Returns
     -------
     AtomTable
         Sorted by descending probability. ``label`` is the argmax over the
-        non-background classes at the peak pixel (1-based), ``probability`` the atom
+        non-background classes at the peak pixel (1-based; shifted by
+        ``class_log_bias`` when given), ``probability`` the atom
         probability there (the sum of the non-background classes), ``height`` the
         rounded height or -1 without a height map.
     """
@@ -342,7 +372,7 @@ def find_atoms(
     score = atom[rows, cols]
     keep = enforce_spacing(np.column_stack([x, y]), score, min_distance_px)
     rows, cols, x, y, score = rows[keep], cols[keep], x[keep], y[keep], score[keep]
-    label = p[1:, rows, cols].argmax(axis=0) + 1
+    label = biased_labels(p[1:, rows, cols], class_log_bias)
     if heights is not None:
         h = np.rint(np.asarray(heights)[rows, cols]).astype(np.int64)
     else:

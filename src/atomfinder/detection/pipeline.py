@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import affine_transform, gaussian_filter
+from scipy.ndimage import affine_transform, gaussian_filter, spline_filter
 
 from atomfinder.detection.confidence import Calibration, peak_features
 from atomfinder.detection.peaks import AtomTable, find_atoms
@@ -68,12 +68,14 @@ MAX_COARSER = 4.0
 #: image would be downsampled more than 8x (usually a wrong calibration).
 MAX_FINER = 8.0
 #: Peak bytes per input pixel of one frame for reading, cleaning and anti-aliasing
-#: (measured ~36 B/px on an 8192² image downsampled 8x, :func:`input_memory_bytes`).
+#: (measured ~36 B/px on an 8192² image downsampled 8x, :func:`input_memory_bytes`,
+#: before cleaning and resampling ran in float32: an upper bound since).
 INPUT_WORK_BYTES = 32
 #: Bytes per input pixel and frame held through the whole detection (raw and cleaned float32).
 INPUT_STORE_BYTES = 8
 #: Peak bytes per model-grid pixel and input channel for resampling, normalisation and
-#: tiled inference (measured 36-42 B/px between 2048² and 4096², float32 arithmetic).
+#: tiled inference (measured 36-42 B/px between 2048² and 4096² before normalisation ran
+#: in float32; an 8192² image now peaks at about 2.4 GiB in all, see bench_detect.py).
 MODEL_WORK_BYTES = 40
 
 
@@ -255,13 +257,19 @@ def check_size(
 
 
 def _resample_2d(image: np.ndarray, scale: float, out_shape: tuple[int, int], sigma_px: float, order: int) -> np.ndarray:
-    x = np.asarray(image, dtype=np.float64)
+    # float32 throughout (an 8192² image needs 256 MB per copy, not 512): the
+    # anti-aliasing blur, the spline coefficients and the interpolated output.
+    x = np.asarray(image, dtype=np.float32)
     if sigma_px > 0:
-        x = gaussian_filter(x, sigma_px, mode="reflect")
+        x = gaussian_filter(x, sigma_px, mode="reflect", output=np.float32)
+    if order > 1:
+        # The prefilter affine_transform would run itself, but into float64.
+        x = spline_filter(x, order, output=np.float32, mode="reflect")
     # Output pixel (r, c) samples the input at (r * scale, c * scale): a diagonal
     # affine map, which scipy evaluates without coordinate arrays (same spline,
     # same values as map_coordinates on the meshgrid, ~2x faster).
-    return affine_transform(x, np.array([scale, scale]), offset=0.0, output_shape=out_shape, order=order, mode="reflect")
+    return affine_transform(x, np.array([scale, scale]), offset=0.0, output_shape=out_shape, order=order,
+                            mode="reflect", prefilter=False, output=np.float32)
 
 
 def resample(
@@ -308,8 +316,11 @@ def resample(
     scale = to_sampling_A / from_sampling_A
     sigma = antialias_sigma_px(from_sampling_A, to_sampling_A)
     if img.ndim == 2:
-        return _resample_2d(img, scale, out_shape, sigma, order).astype(np.float32)
-    return np.stack([_resample_2d(ch, scale, out_shape, sigma, order) for ch in img]).astype(np.float32)
+        return _resample_2d(img, scale, out_shape, sigma, order)
+    out = np.empty((img.shape[0], *out_shape), dtype=np.float32)
+    for i, ch in enumerate(img):
+        out[i] = _resample_2d(ch, scale, out_shape, sigma, order)
+    return out
 
 
 def rescale_positions(xy_px: np.ndarray, from_sampling_A: float, to_sampling_A: float) -> np.ndarray:
@@ -500,6 +511,7 @@ def detect_array(
         min_distance_px=min_distance_A / card.sampling_A,
         threshold=threshold,
         heights=height,
+        class_log_bias=card.detection.get("class_log_bias"),
     )
     features = peak_features(1.0 - probs[0], found.x, found.y, found.probability, model_img,
                              feature_radius_px(card))

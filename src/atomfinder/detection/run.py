@@ -186,17 +186,29 @@ def repair_outliers(image: np.ndarray, n_sigma: float = OUTLIER_SIGMA) -> tuple[
     img = np.array(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"expected an [H, W] image, got shape {img.shape}")
+    return img, _repair_outliers_in_place(img, n_sigma)
+
+
+def _repair_outliers_in_place(img: np.ndarray, n_sigma: float) -> int:
+    """:func:`repair_outliers` on a float32 image it may overwrite; the count replaced.
+
+    Single precision and in place, so a large image needs about three more copies of
+    itself (the median-filtered image, the residual, and a copy for the median).
+    """
     med = median3x3(img)
-    resid = (img - med).astype(np.float64)
+    resid = np.subtract(img, med)
     centre = np.median(resid)
-    sigma = 1.4826 * float(np.median(np.abs(resid - centre)))
+    resid -= centre
+    np.abs(resid, out=resid)
+    sigma = 1.4826 * float(np.median(resid))
     if not sigma > 0:
-        sigma = float(resid.std())
+        sigma = float(np.std(img - med, dtype=np.float64))
     if not sigma > 0:
-        return img, 0
-    bad = np.abs(resid - centre) > n_sigma * sigma
+        return 0
+    bad = resid > n_sigma * sigma
+    del resid
     img[bad] = med[bad]
-    return img, int(bad.sum())
+    return int(bad.sum())
 
 
 def clean_image(
@@ -228,7 +240,7 @@ def clean_image(
     """
     img = np.asarray(image)
     frames = img[None] if img.ndim == 2 else img
-    out = np.empty(frames.shape, dtype=np.float32)
+    out = np.empty(frames.shape, dtype=np.float32) if img.ndim == 3 else None
     for i, frame in enumerate(frames):
         where = f" (frame {i})" if img.ndim == 3 else ""
         try:
@@ -240,8 +252,11 @@ def clean_image(
             raise MicrographError(
                 source, f"constant image{where} (every pixel is {low:g}): nothing to detect; is it a blank frame?"
             )
-        out[i], _ = repair_outliers(filled, n_sigma)
-    return out[0] if img.ndim == 2 else out
+        _repair_outliers_in_place(filled, n_sigma)  # filled is our own copy
+        if out is None:
+            return filled
+        out[i] = filled
+    return out
 
 
 def _clean_frame(source: str) -> Callable[[np.ndarray, int], np.ndarray]:

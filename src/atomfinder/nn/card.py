@@ -138,6 +138,7 @@ NESTED_FIELDS: dict[str, dict[str, _Check]] = {
     "detection": {
         "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
         "min_distance_A": (_is_positive, "a positive number"),
+        "class_log_bias": (_is_numbers, "a list of numbers"),
     },
     "calibration": {
         "logistic": (_is_numbers, "a list of numbers"),
@@ -321,6 +322,10 @@ class ModelCard:
                 f"field 'class_names' lists {len(self.class_names)} classes (+ background) but "
                 f"'architecture.n_classes' is {cfg.n_classes}"
             )
+        bias = self.detection.get("class_log_bias")
+        if bias is not None and len(bias) != len(self.class_names):
+            raise ValueError(f"field 'detection.class_log_bias' has {len(bias)} values for "
+                             f"{len(self.class_names)} classes")
         if self.defocus_offsets_A and len(self.defocus_offsets_A) != self.in_channels:
             raise ValueError(
                 f"field 'defocus_offsets_A' must be empty or have one entry per input channel "

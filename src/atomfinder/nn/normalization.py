@@ -28,9 +28,12 @@ STD_FLOOR_ABS = 1e-30
 def _per_channel(func, image: np.ndarray, **kwargs) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
-        return func(image, **kwargs).astype(np.float32)
+        return func(image, **kwargs).astype(np.float32, copy=False)
     if image.ndim == 3:
-        return np.stack([func(ch, **kwargs) for ch in image]).astype(np.float32)
+        out = np.empty(image.shape, dtype=np.float32)
+        for i, ch in enumerate(image):
+            out[i] = func(ch, **kwargs)
+        return out
     raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {image.shape}")
 
 
@@ -59,11 +62,14 @@ def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
     Returns
     -------
-    ndarray of float64, shape (H, W)
+    ndarray, shape (H, W)
+        float32 for a float32 input (the FFT runs in single precision either way,
+        and a large image then needs half the memory), float64 otherwise.
     """
-    x = np.asarray(image, dtype=np.float64)
+    x = np.asarray(image)
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
     if sigma_px < FFT_SIGMA_MIN_PX:
-        return gaussian_filter(x, sigma_px, mode="reflect")
+        return gaussian_filter(x, sigma_px, mode="reflect", output=dtype)
     pad = int(4.0 * sigma_px + 0.5)
     # Pad by at least 4 sigma, and on the far sides up to a fast FFT length (a
     # 4096² image padded by 240 px is 4576 = 2^5 * 11 * 13 wide; 4608 = 2^9 * 9 is
@@ -71,15 +77,17 @@ def gaussian_blur_reflect(image: np.ndarray, sigma_px: float) -> np.ndarray:
     shape = (scipy.fft.next_fast_len(x.shape[0] + 2 * pad, real=True),
              scipy.fft.next_fast_len(x.shape[1] + 2 * pad, real=True))
     widths = ((pad, shape[0] - x.shape[0] - pad), (pad, shape[1] - x.shape[1] - pad))
-    padded = np.pad(x.astype(np.float32), widths, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
+    padded = np.pad(x.astype(np.float32, copy=False), widths, mode="symmetric")  # numpy "symmetric" == scipy "reflect"
     # The Gaussian's transfer function is separable: an outer product of two 1-D ones.
     ty = np.exp(-2.0 * np.pi**2 * sigma_px**2 * np.fft.fftfreq(shape[0]) ** 2).astype(np.float32)
     tx = np.exp(-2.0 * np.pi**2 * sigma_px**2 * np.fft.rfftfreq(shape[1]) ** 2).astype(np.float32)
     spectrum = scipy.fft.rfft2(padded, workers=-1)
+    del padded
     spectrum *= ty[:, None]
     spectrum *= tx[None, :]
-    blurred = scipy.fft.irfft2(spectrum, s=shape, workers=-1)
-    return blurred[pad : pad + x.shape[0], pad : pad + x.shape[1]].astype(np.float64)
+    blurred = scipy.fft.irfft2(spectrum, s=shape, workers=-1, overwrite_x=True)
+    del spectrum
+    return blurred[pad : pad + x.shape[0], pad : pad + x.shape[1]].astype(dtype)
 
 
 #: ``median(|4 x - sum of the 4 neighbours|) / NOISE_MAD_FACTOR`` estimates the std of
@@ -122,17 +130,57 @@ def estimate_noise_std(image: np.ndarray) -> float:
     return float(np.median(np.abs(lap))) / NOISE_MAD_FACTOR
 
 
+#: Rows per block when a whole-image pass would otherwise need a float64 copy.
+_BLOCK_ROWS = 512
+
+
+def _standardised_float32(image: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """``(image - mean) / std`` as float32, with the std, largest magnitude and ``1 / std``.
+
+    Works through row blocks, so that a large integer or float64 image never needs a
+    full float64 copy. Mean and std are taken in float64 first, so an image with a
+    large offset (counts around 1e6) keeps its fluctuations, and one with tiny or huge
+    values neither underflows nor overflows in single precision. A constant image
+    (std 0) is only centred.
+    """
+    n = image.size
+    mean = float(np.mean(image, dtype=np.float64)) if n else 0.0
+    sum_sq, scale = 0.0, 0.0
+    for start in range(0, image.shape[0], _BLOCK_ROWS):
+        block = image[start : start + _BLOCK_ROWS].astype(np.float64)
+        if block.size:
+            scale = max(scale, float(np.abs(block).max()))
+        block -= mean
+        sum_sq += float(np.dot(block.ravel(), block.ravel()))
+    std = float(np.sqrt(sum_sq / n)) if n else 0.0
+    unit = 1.0
+    for spread in (std, scale):  # the std, or the largest magnitude if its square overflowed
+        if 0.0 < spread < np.inf and 0.0 < 1.0 / spread < np.inf:
+            unit = 1.0 / spread
+            break
+    out = np.empty(image.shape, dtype=np.float32)
+    for start in range(0, image.shape[0], _BLOCK_ROWS):
+        out[start : start + _BLOCK_ROWS] = (image[start : start + _BLOCK_ROWS].astype(np.float64) - mean) * unit
+    return out, std, scale, unit
+
+
 def _local_2d(image: np.ndarray, sigma_px: float, noise_floor: float = 0.0) -> np.ndarray:
-    x = image.astype(np.float64)
-    mean = gaussian_blur_reflect(x, sigma_px)
-    centred = x - mean
-    var = gaussian_blur_reflect(centred * centred, sigma_px)
-    scale = float(np.abs(x).max()) if x.size else 0.0
-    floor = max(STD_FLOOR_REL * float(np.std(x)), STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
-    if noise_floor > 0 and min(x.shape) >= 3:
-        floor = max(floor, noise_floor * estimate_noise_std(x))
-    std = np.sqrt(np.maximum(var, 0.0))
-    return centred / np.maximum(std, floor)
+    # In float32 and in place where possible: an 8192² image costs about 4 copies of
+    # 256 MB (the image, its local mean or variance, and the padded FFT buffers).
+    # The image is first brought to unit global std (the result does not depend on
+    # its scale), so single precision neither underflows nor overflows.
+    image = np.asarray(image)
+    x, global_std, scale, unit = _standardised_float32(image)
+    floor = max(STD_FLOOR_REL * global_std, STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
+    if noise_floor > 0 and min(image.shape) >= 3:
+        floor = max(floor, noise_floor * estimate_noise_std(image))
+    x -= gaussian_blur_reflect(x, sigma_px)  # centred on the local mean
+    std = gaussian_blur_reflect(np.square(x), sigma_px)  # local variance
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
+    np.maximum(std, np.float32(min(floor * unit, np.finfo(np.float32).max)), out=std)
+    x /= std
+    return x
 
 
 def normalize_local(
