@@ -768,3 +768,25 @@ def test_lazily_read_truncated_tiff_names_the_file(tmp_path):
         read_micrograph(path, lazy=True)
     message = str(info.value)
     assert "made.tif" in message and "truncated" in message and len(message.splitlines()) == 1
+
+
+def test_lazily_read_stack_with_a_damaged_page_names_the_file_and_frame(tmp_path):
+    """make fuzz (test_cli_detect_on_mutated_files): a TIFF stack opened lazily whose later page cannot be
+    read failed with a bare 'cannot reshape array of size 0' when that frame was read. Here the second page
+    of a compressed stack is cut short."""
+    import tifffile
+
+    data = np.random.default_rng(0).random((2, 40, 48)).astype(np.float32)
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, data, compression="zlib", resolution=(10, 10))
+    path.write_bytes(path.read_bytes()[:-40])
+    stack = read_micrograph(path, 0.1, lazy=True).data
+    np.testing.assert_array_equal(stack[0], data[0])
+    with pytest.raises(MicrographError, match=r"cut\.tif: cannot read frame 1 \("):
+        stack[1]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["detect", str(path), "--sampling", "0.1", "--model", "graphene",
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "cut.tif" in result.output and "frame 1" in result.output
+    assert not out.exists() or not any(out.iterdir())

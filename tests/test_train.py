@@ -118,12 +118,13 @@ def test_cli_train_and_evaluate(tiny_graphene_store, tmp_path):
     assert result.exit_code == 2 and "missing.zarr" in result.output
 
 
-def test_resume_may_change_threads_and_time_limit(tiny_graphene_store, tmp_path):
+def test_resume_may_change_threads_time_limit_and_version(tiny_graphene_store, tmp_path):
     store = DatasetStore(tiny_graphene_store)
     cfg = TrainConfig(**TINY | {"epochs": 1})
     data = load_training_data(store, np.arange(len(store)), cfg.normalization)
     train(cfg, data, tmp_path / "r")
-    train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0}), data, tmp_path / "r", resume=True)
+    train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0, "version": "0.2"}), data,
+          tmp_path / "r", resume=True)
 
 
 def test_fine_tuning_starts_from_the_given_model(tiny_graphene_store, tmp_path):
@@ -177,3 +178,32 @@ def test_column_heights_above_the_head_are_learned_as_its_last_class():
     assert data.heights[0, 3, 3] == 37  # the input is not changed
     same, n = cap_heights(capped, 32)
     assert n == 0 and same is capped
+
+
+def test_export_last_writes_the_checkpoint_weights_as_the_model(tiny_graphene_store, tmp_path):
+    """The best-by-F1 model is replaced by the last weights, with the checkpoint's steps and time; the CLI
+    does it without training (no --config or --data), and a run without a checkpoint is a one-line error."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+    from atomfinder.nn.card import load_card
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    scores = iter([{"f1": 0.9}, {"f1": 0.5}])  # the first epoch is the best
+    stem = train(cfg, data, tmp_path / "run", validate=lambda m, c: next(scores))
+    assert load_card(stem).training["steps"] == 2
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--export-last"])
+    assert result.exit_code == 0, result.output
+    card = load_card(stem)
+    assert card.training["steps"] == 4 and card.training["weights"] == "last"
+    assert card.training["last_val"]["f1"] == 0.5 and "best_val" not in card.training
+    weights = load_file(f"{stem}.safetensors")
+    for k, v in last.items():
+        torch.testing.assert_close(weights[k], v, msg=k)
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), "--export-last"])
+    assert result.exit_code == 2 and "not a finished training run" in result.output
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "needs --config and --data" in result.output

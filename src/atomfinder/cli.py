@@ -215,14 +215,26 @@ def write_preview(store_path: Path, png: Path, count: int = 8) -> Path:
 
 @app.command(cls=_Command)
 def train(
-    config: Path = typer.Option(..., "--config", help=f"Training recipe (TOML with a {escape('[train]')} table), e.g. configs/graphene.toml."),
-    data: Path = typer.Option(..., "--data", help="Training store made by `atomfinder simulate`."),
+    config: Optional[Path] = typer.Option(None, "--config", help=f"Training recipe (TOML with a {escape('[train]')} table), e.g. configs/graphene.toml."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training store made by `atomfinder simulate`."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint, learning curves, best model."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
+    export_last: bool = typer.Option(
+        False, "--export-last",
+        help="Do not train: write the run's last weights (RUN/checkpoint.pt) as RUN/model instead of the best by "
+             "validation F1."),
 ) -> None:
     """Train a model on a simulated store; keeps the best model by validation F1."""
 
     def action() -> None:
+        if export_last:
+            from atomfinder.nn.train import export_last as export
+
+            stem = export(out)
+            console.print(f"last weights: {stem}.safetensors (+ .json)")
+            return
+        if config is None or data is None:
+            raise ValueError("training needs --config and --data")
         from atomfinder.analysis.evaluate import samples_from_store, validation_scorer
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.train import TrainConfig, load_training_data, validation_split

@@ -181,14 +181,20 @@ class FrameStack:
         or a :class:`_TiffPages` reader.
     transform : callable, optional
         ``transform(frame, i) -> ndarray`` applied to each frame read.
+    source : str, optional
+        The file, for errors: a frame that cannot be read (a damaged page, a file
+        truncated after it was opened) raises a one-line :class:`MicrographError`
+        naming it and the frame.
     """
 
     ndim = 3
     dtype = np.dtype(np.float32)
 
-    def __init__(self, frames: Any, transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
+    def __init__(self, frames: Any, transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 source: str = "<stack>") -> None:
         self._frames = frames
         self._transform = transform
+        self._source = source
         self.shape = tuple(int(n) for n in frames.shape)
 
     def __len__(self) -> int:
@@ -199,7 +205,17 @@ class FrameStack:
         if not -len(self) <= i < len(self):
             raise IndexError(f"frame {i} of a stack of {len(self)}")
         i %= len(self)
-        frame = np.ascontiguousarray(np.asarray(self._frames[i]), dtype=np.float32)
+        try:
+            frame = np.ascontiguousarray(np.asarray(self._frames[i]), dtype=np.float32)
+            if frame.shape != self.shape[1:]:
+                raise ValueError(f"frame of shape {frame.shape} in a stack of {self.shape[1:]} frames")
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a lazily read stack fails only when a frame is read
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise MicrographError(
+                self._source, f"cannot read frame {i} ({reason}); the file may be truncated or damaged"
+            ) from exc
         return frame if self._transform is None else self._transform(frame, i)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -214,8 +230,8 @@ class FrameStack:
         """The same frames through ``transform(frame, i)`` (after this stack's own transform)."""
         inner = self._transform
         if inner is None:
-            return FrameStack(self._frames, transform)
-        return FrameStack(self._frames, lambda frame, i: transform(inner(frame, i), i))
+            return FrameStack(self._frames, transform, self._source)
+        return FrameStack(self._frames, lambda frame, i: transform(inner(frame, i), i), self._source)
 
 
 class _TiffPages:
@@ -833,7 +849,7 @@ def read_micrograph(
         )
     if lazy and reader in LAZY_READERS and data.ndim == 3:
         frames = data if isinstance(data, np.ndarray) or reader == "npy" else _lazy_tiff_frames(p, data.shape)
-        data = FrameStack(frames)
+        data = FrameStack(frames, source=source)
     else:
         try:
             if hasattr(data, "compute"):  # a lazily opened single image: read it here, not on a dask cluster

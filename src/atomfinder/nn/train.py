@@ -312,8 +312,9 @@ RUN_FILES = ("checkpoint.pt", "model.safetensors", "model.json", "learning_curve
 # -- the loop -----------------------------------------------------------------------
 
 
-#: Settings that say how a run is executed, not what is learned: a resumed run may change them.
-OPERATIONAL_SETTINGS = ("num_threads", "max_minutes", "checkpoint_every")
+#: Settings that say how a run is executed, not what is learned: a resumed run may change them
+#: (``version``: a model trained further is a new version of it).
+OPERATIONAL_SETTINGS = ("num_threads", "max_minutes", "checkpoint_every", "version")
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -634,3 +635,44 @@ def train(
     if world > 1:
         dist.barrier()
     return out_dir / "model"
+
+
+def export_last(out_dir: str | os.PathLike[str]) -> Path:
+    """Write the last weights of a run (its checkpoint) as ``RUN/model``, replacing the best.
+
+    The trainer keeps the model with the best validation F1; for a multi-class model
+    whose F1 has saturated that choice is noise, and the last, fully annealed weights
+    are the better default. The card is the run's own, with the steps and training
+    time of the checkpoint and the last validation scores (``last_val``) in place of
+    ``best_val``; ``training.weights`` says ``"last"``.
+
+    Parameters
+    ----------
+    out_dir : path
+        A run directory holding ``checkpoint.pt`` and ``model.json`` (from :func:`train`).
+
+    Returns
+    -------
+    Path
+        The model stem, ``RUN/model``.
+    """
+    out_dir = Path(out_dir)
+    checkpoint, stem = out_dir / "checkpoint.pt", out_dir / "model"
+    for needed in (checkpoint, stem.with_suffix(".json")):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed}: not a finished training run")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model, card = load_model(stem)
+    if _recipe(state["config"]) != _recipe(card.training.get("config", {})):
+        raise ValueError(f"{checkpoint}: was made with another training config than {stem}.json")
+    model.load_state_dict(state["model"])
+    history = json.loads(state["history"])
+    last_val = {k.removeprefix("val_"): v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}
+    training = {k: v for k, v in card.training.items() if k != "best_val"} | {
+        "steps": int(state["step"]),
+        "time_s": round(float(card.training.get("init_time_s", 0.0)) + float(state["elapsed_s"]), 1),
+        "last_val": last_val,
+        "weights": "last",
+    }
+    save_model(model, dataclasses.replace(card, training=training), stem)
+    return stem
