@@ -121,3 +121,22 @@ def test_calibrate_fits_and_stores_class_priors(tmp_path):
     bias = written.detection["class_log_bias"]
     assert len(bias) == len(names) and bias[0] == 0.0 and all(np.isfinite(bias))
     assert written.calibration["fit"]["class_priors"]["n_matched"] > 0
+
+
+def test_provenance_records_the_class_priors_used(tmp_path):
+    from atomfinder.detection.run import detect
+    from atomfinder.nn.card import ModelCard, save_model
+    from atomfinder.nn.unet import UNetConfig, build_model
+
+    import torch
+
+    cfg = UNetConfig(in_channels=1, n_classes=3, depth=1, width=4)
+    torch.manual_seed(0)
+    card = ModelCard(name="two", version="0", architecture=cfg.to_dict(), in_channels=1, class_names=("A", "B"),
+                     sampling_A=0.1, normalization={"kind": "global"},
+                     detection={"threshold": 0.0, "min_distance_A": 1.0, "class_log_bias": [0.0, -40.0]})
+    save_model(build_model(cfg).eval(), card, tmp_path / "m")
+    image = np.random.default_rng(0).normal(100, 5, (64, 64)).astype(np.float32)
+    table, info = detect(image, str(tmp_path / "m"), sampling=0.1)
+    assert info["provenance"]["class_log_bias"] == [0.0, -40.0]
+    assert len(table) and set(table["label"]) == {"A"}  # class B is 40 nats down: never chosen

@@ -118,12 +118,6 @@ def _cap_memory():
         yield
 
 
-@pytest.fixture(autouse=True)
-def _short_read_timeout(monkeypatch):
-    """An isolated reader stuck on a damaged file gives up after 20 s, not 300 s."""
-    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 20.0)
-
-
 def expect_clean_outcome(call):
     """Run ``call()``: return its result, or None after a one-line ValueError/OSError.
 
@@ -626,16 +620,19 @@ def test_memory_error_of_a_reader_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
-def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path, monkeypatch):
+def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path):
     """4 zero bytes at offset 2202 of the EMD sample replaced by 8: h5py spun for 17 min."""
     data = (SAMPLES / "emd_example_image.emd").read_bytes()
     assert data[2202:2206] == bytes(4)
     path = tmp_path / "spins.emd"
     path.write_bytes(data[:2202] + bytes.fromhex("d01b11bbd01b11bb") + data[2206:])
-    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 4.0)
-    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as a EMD .*took more than 4 s") as exc:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as a EMD .*took more than 8\.\d+ s") as exc:
         read_micrograph(path, min_size=1)
     assert "\n" not in str(exc.value)
+    assert time.perf_counter() - start < 10.0  # refused within the 10 s a case of make fuzz may take
 
 
 def test_isolated_reader_reports_errors_in_one_line(tmp_path):

@@ -691,7 +691,8 @@ def provenance(
         (focal series: the step given, else None), ``sampling_A``,
         ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
-        ``"argument"``), ``min_distance_A``, ``min_confidence`` (the card's confidence
+        ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
+        or None), ``min_confidence`` (the card's confidence
         floor, 0 for none), ``precision`` (the arithmetic used),
         ``precision_requested`` and ``atomfinder_version``.
     """
@@ -713,6 +714,7 @@ def provenance(
         "threshold_source": "card" if threshold is None else "argument",
         "min_distance_A": min_distance_A,
         "min_confidence": confidence_floor(card),
+        "class_log_bias": card.detection.get("class_log_bias"),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,
