@@ -4,7 +4,8 @@ One simulated focal series of a test store goes through :func:`atomfinder.detect
 with ``focal_series=True`` (as a user's three files would), and the figure shows:
 
 * the three frames (defocus in Å, positive = underfocus; dose in e/Å² per frame),
-* the class map: the most probable class per pixel of the model's maps,
+* the class map: per pixel of the model's maps, background where it is the most
+  probable class, else the atom class detection would give (after the class priors),
 * the first frame with the detections coloured by class, and the true vacancy sites
   (``Mo_vacancy``, ``S_vacancy``, ``S1``) ringed, so that missed ones show;
 * for a model with a height head (gold), the map of column heights.
@@ -62,11 +63,17 @@ def show_image(ax, image: np.ndarray, title: str, sampling_A: float) -> None:
     ax.set_axis_off()
 
 
-def class_map_panel(ax, probabilities: np.ndarray, class_names: tuple[str, ...]) -> None:
-    """The most probable class per pixel, with a legend of the class colours."""
+def class_map_panel(ax, probabilities: np.ndarray, class_names: tuple[str, ...],
+                    class_log_bias: list[float] | None = None) -> None:
+    """The class per pixel, with a legend of the class colours: background where it is the most
+    probable class, else the atom class that detection would give (the card's class priors applied)."""
+    from atomfinder.detection.peaks import biased_labels
+
     n = probabilities.shape[0]
     cmap = ListedColormap(CLASS_COLOURS[:n])
-    ax.imshow(np.argmax(probabilities, axis=0), cmap=cmap, vmin=-0.5, vmax=n - 0.5, interpolation="nearest")
+    atom = biased_labels(probabilities[1:].reshape(n - 1, -1), class_log_bias).reshape(probabilities.shape[1:])
+    classes = np.where(np.argmax(probabilities, axis=0) == 0, 0, atom)
+    ax.imshow(classes, cmap=cmap, vmin=-0.5, vmax=n - 0.5, interpolation="nearest")
     handles = [plt.Line2D([], [], ls="", marker="s", color=CLASS_COLOURS[k + 1], label=name)
                for k, name in enumerate(class_names)]
     ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.6), constrained_layout=True)
     for ax, frame, title in zip(axes, frames, frame_titles(store, i)):
         show_image(ax, frame, title, sampling)
-    class_map_panel(axes[len(frames)], info["probabilities"], class_names)
+    class_map_panel(axes[len(frames)], info["probabilities"], class_names,
+                    info["provenance"].get("class_log_bias"))
     overlay_panel(axes[len(frames) + 1], frames[0], table, truth, class_names, sampling)
     if heights is not None:
         im = axes[-1].imshow(heights, cmap="viridis")

@@ -296,6 +296,11 @@ def test_models_name_prints_the_cards_main_fields():
         assert f"fitted on {card.calibration['n_detections']} detections" in text
     if card.evaluation.get("overall"):
         assert "evaluation on" in text and "F1" in text
+    for name in names:  # a card with class priors lists them
+        card = load_card(resolve_model(name))
+        if card.detection.get("class_log_bias"):
+            text = _invoke("models", name).output
+            assert "class log-priors" in text and all(c in text for c in card.class_names), text
 
 
 # --------------------------------------------------------------------------- 8. info

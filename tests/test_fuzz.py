@@ -32,6 +32,8 @@ import json
 import math
 import resource
 import struct
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -645,14 +647,35 @@ def test_isolated_reader_reports_errors_in_one_line(tmp_path):
         io_mod._read_in_subprocess(bad, "no-such-reader", 60)
 
 
-def test_isolated_emd_read_equals_the_direct_read():
+@pytest.mark.parametrize("name, reader", [
+    ("emd_example_image.emd", "emd"),
+    ("digitalmicrograph_2D_test-1.dm3", "digitalmicrograph"),
+    ("digitalmicrograph_2D_test-1.dm4", "digitalmicrograph"),
+    ("digitalmicrograph_3D_test-1.dm3", "digitalmicrograph"),
+    ("digitalmicrograph_test_stackbuilder_imagestack.dm3", "digitalmicrograph"),
+])
+def test_isolated_read_equals_the_direct_read(name, reader):
     if not SAMPLES.is_dir():
         pytest.skip("vendor samples missing")
-    path = SAMPLES / "emd_example_image.emd"
-    direct = io_mod._read_with_rsciio(path, "emd")
-    isolated = io_mod._read_in_subprocess(path, "emd", 120)
+    path = SAMPLES / name
+    direct = io_mod._read_with_rsciio(path, reader)
+    isolated = io_mod._read_in_subprocess(path, reader, 120)
     assert direct[0].dtype == isolated[0].dtype and np.array_equal(direct[0], isolated[0])
     assert direct[1] == isolated[1]
+
+
+def test_dm4_that_makes_the_dm_parser_loop_is_refused_in_time(tmp_path):
+    """make fuzz: one byte inserted at offset 868 of the DM4 sample makes rsciio's DigitalMicrograph parser
+    read a tag array of structs of a length it trusts, for minutes and gigabytes (found hanging at 2.8 GB)."""
+    import time
+
+    data = (SAMPLES / "digitalmicrograph_2D_test-1.dm4").read_bytes()
+    path = tmp_path / "loops.dm4"
+    path.write_bytes(data[:868] + b"n" + data[868:])
+    start = time.perf_counter()
+    with pytest.raises(MicrographError, match=r"loops.dm4: cannot read it as a Gatan DigitalMicrograph file .*took more"):
+        read_micrograph(path, min_size=1)
+    assert time.perf_counter() - start < 10.0
 
 
 def test_mrc_sample_still_reads():
@@ -787,3 +810,47 @@ def test_lazily_read_stack_with_a_damaged_page_names_the_file_and_frame(tmp_path
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "cut.tif" in result.output and "frame 1" in result.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def _isolated_readers_of(path: Path) -> list[int]:
+    """PIDs of isolated-reader processes reading ``path`` (from /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"atomfinder.detection._isolated_read" in cmd and str(path).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux only")
+def test_isolated_reader_dies_with_its_parent_and_by_its_own_alarm(tmp_path):
+    """make fuzz: after the fuzzing process was killed, the reader of a looping EMD kept spinning for half an
+    hour as an orphan. It now dies with its parent, and ends by itself after its timeout."""
+    import signal
+    import time
+
+    data = (SAMPLES / "emd_example_image.emd").read_bytes()
+    path = tmp_path / "spins.emd"
+    path.write_bytes(data[:2202] + bytes.fromhex("d01b11bbd01b11bb") + data[2206:])
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               "from atomfinder.detection.io import _read_in_subprocess; "
+                               f"_read_in_subprocess(Path(sys.argv[1]), 'emd', 300.0)", str(path)])
+    deadline = time.monotonic() + 60
+    while not _isolated_readers_of(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _isolated_readers_of(path), "the reader did not start"
+    time.sleep(1.0)  # past its start-up: in the looping read
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _isolated_readers_of(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _isolated_readers_of(path), "the reader outlived its killed parent"
+    # run directly (no parent to die) with a 1 s timeout: the alarm ends it after about 2 s
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "atomfinder.detection._isolated_read", str(path), "emd",
+                           str(tmp_path), "1.0"], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGALRM and time.monotonic() - start < 30

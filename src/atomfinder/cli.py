@@ -631,6 +631,9 @@ def models_command(
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
             f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
             + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
+            *([f"  class log-priors (added before the argmax): "
+               + ", ".join(f"{c} {b:+.2f}" for c, b in zip(card.class_names, det["class_log_bias"]))]
+              if det.get("class_log_bias") else []),
             _calibration_line(card),
             "validity range:",
             *card_validity_lines(card_reference(card)),
