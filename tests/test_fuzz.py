@@ -854,3 +854,17 @@ def test_isolated_reader_dies_with_its_parent_and_by_its_own_alarm(tmp_path):
     done = subprocess.run([sys.executable, "-m", "atomfinder.detection._isolated_read", str(path), "emd",
                            str(tmp_path), "1.0"], capture_output=True, timeout=60)
     assert done.returncode == -signal.SIGALRM and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("arch", [{"depth": 755685214}, {"width": 755685214}, {"depth": 9, "width": 4096}],
+                         ids=["deep", "wide", "both"])
+def test_card_describing_a_huge_network_is_refused_before_building_it(tiny, tmp_path, arch):
+    """make fuzz (test_model_cards_with_random_fields): a card whose depth was 755 685 214 made the loader
+    build the network and fail with a bare MemoryError."""
+    (_, base_card), stem = tiny
+    d = json.loads(json.dumps(base_card.to_dict()))
+    d["architecture"].update(arch)
+    (tmp_path / "m.json").write_text(json.dumps(d))
+    (tmp_path / "m.safetensors").write_bytes(stem.with_name(stem.name + ".safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"m\.json: field 'architecture' describes a network of about .* parameters"):
+        load_model(tmp_path / "m")

@@ -182,6 +182,37 @@ def _pixel_bounds_problem(d: dict) -> str | None:
     return None
 
 
+#: Largest network a card may describe, in (estimated) parameters: 100 times the largest
+#: shipped model (4.4 M). A damaged card with a depth of 755 685 214 made the loader try to
+#: build it and fail with a bare MemoryError (found by ``make fuzz``).
+MAX_PARAMETERS = 500_000_000
+
+
+def estimated_parameters(architecture: dict) -> float:
+    """About how many weights a U-Net of this ``architecture`` has (two 3x3 convolutions per level,
+    encoder and decoder, channels ``width * 2**level``); an upper bound within a factor of two."""
+    depth, width = int(architecture.get("depth", 0)), int(architecture.get("width", 1))
+    cin, ncls = int(architecture.get("in_channels", 1)), int(architecture.get("n_classes", 2))
+    if depth > 60:  # 2**depth alone overflows any bound
+        return float("inf")
+    total = 9.0 * cin * width
+    for level in range(depth + 1):
+        c = float(width) * 2.0**level
+        total += 2 * 2 * 9.0 * c * c
+    return total + width * (ncls + int(architecture.get("max_height", 0)))
+
+
+def _size_problem(d: dict) -> str | None:
+    """Why the card's network is too large to build, or None."""
+    n = estimated_parameters(d["architecture"])
+    if n > MAX_PARAMETERS:
+        arch = d["architecture"]
+        return (f"field 'architecture' describes a network of about {n:.3g} parameters (depth "
+                f"{_short(arch.get('depth'))}, width {_short(arch.get('width'))}); at most {MAX_PARAMETERS:.0e} "
+                "are accepted")
+    return None
+
+
 def check_card_dict(d: Any, source: str = "model card") -> None:
     """Check a parsed card against the schema (:data:`CARD_FIELDS`, :data:`NESTED_FIELDS`).
 
@@ -228,7 +259,7 @@ def check_card_dict(d: Any, source: str = "model card") -> None:
     unknown = sorted(set(d["architecture"]) - set(NESTED_FIELDS["architecture"]))
     if unknown:
         raise ModelCardError(source, f"field 'architecture' has unknown UNetConfig keys {_short(unknown)}")
-    problem = _pixel_bounds_problem(d)
+    problem = _pixel_bounds_problem(d) or _size_problem(d)
     if problem:
         raise ModelCardError(source, problem)
 
