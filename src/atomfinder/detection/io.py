@@ -124,6 +124,11 @@ class MicrographError(ValueError):
         super().__init__(" ".join(message.split()))  # one line, always
 
 
+def _one_line_reason(exc: BaseException) -> str:
+    """A library's exception as at most 160 characters on one line (its type name when it says nothing)."""
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
 @dataclass(frozen=True, eq=False)
 class Micrograph:
     """An image or image stack with its pixel size.
@@ -212,7 +217,7 @@ class FrameStack:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a lazily read stack fails only when a frame is read
-            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            reason = _one_line_reason(exc)
             raise MicrographError(
                 self._source, f"cannot read frame {i} ({reason}); the file may be truncated or damaged"
             ) from exc
@@ -837,7 +842,7 @@ def read_micrograph(
             "its header may declare a wrong size (damaged) or the image is too large for this machine"
         ) from None
     except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        reason = _one_line_reason(exc)
         raise MicrographError(
             source, f"cannot read it as a {fmt} file ({reason}); it may be truncated, damaged or of another format"
         ) from exc
@@ -872,7 +877,7 @@ def read_micrograph(
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a lazily opened file fails only when its pixels are read
-            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            reason = _one_line_reason(exc)
             raise MicrographError(
                 source, f"cannot read its pixels as a {fmt} file ({reason}); it may be truncated or damaged"
             ) from exc
