@@ -68,3 +68,25 @@ def save_untrained_model(path, sampling_A: float, *, in_channels: int = 1, class
     )
     save_model(build_model(cfg).eval(), card, path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run of tests/test_fuzz.py: the number of cases each property ran, and the total.
+
+    The counts come as the ``cases`` user property of the tests' teardown reports.
+    """
+    cases: dict[str, int] = {}
+    outcomes: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            n = dict(getattr(report, "user_properties", ())).get("cases")
+            if n:
+                cases[report.nodeid] = n
+            if getattr(report, "when", "") == "call":
+                outcomes[report.nodeid] = report.outcome
+    if cases:
+        terminalreporter.section("fuzz cases")
+        for nodeid, n in cases.items():
+            terminalreporter.write_line(f"{n:8d}  {outcomes.get(nodeid, '?'):6s}  {nodeid}")
+        failed = sum(outcomes.get(nodeid) != "passed" for nodeid in cases)
+        terminalreporter.write_line(f"{sum(cases.values()):8d}  in all ({failed} properties not passed)")

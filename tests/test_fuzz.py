@@ -19,14 +19,17 @@ message is one line: never another exception type (``MemoryError``, ``IndexError
 The fast set runs under the ``atomfinder-fast`` Hypothesis profile (registered in
 ``tests/conftest.py``; a few dozen examples per property, about half a minute in all).
 ``make fuzz`` runs this module, the ``slow`` variants included, under the
-``atomfinder-fuzz`` profile (10 000 examples per property, a few minutes). While a property runs, the
+``atomfinder-fuzz`` profile (10 000 examples per property, more for some; one to two hours on two cores) and
+prints the number of cases each property ran. While a property runs, the
 process's address space is capped a few GB above what it uses, so a runaway allocation
 becomes a ``MemoryError`` (a failure here) instead of an out-of-memory kill.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -85,6 +88,34 @@ fast_settings = settings(deadline=settings.default.deadline,
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+#: Cases run per test in this process (``make fuzz`` prints them; see ``tests/conftest.py``).
+CASES: collections.Counter[str] = collections.Counter()
+
+
+def counted(prop):
+    """Count each case the property ``prop`` runs (shrinking and replayed cases included)
+    under the name of the test that is running (``make fuzz`` prints the counts)."""
+
+    @functools.wraps(prop)
+    def wrapper(*args, **kwargs):
+        CASES[_RUNNING[0]] += 1
+        return prop(*args, **kwargs)
+
+    return wrapper
+
+
+_RUNNING = [""]
+
+
+@pytest.fixture(autouse=True)
+def _count_cases(request):
+    """Record the number of cases this test ran as its ``cases`` user property."""
+    _RUNNING[0] = request.node.nodeid
+    yield
+    if CASES[request.node.nodeid]:
+        request.node.user_properties.append(("cases", CASES[request.node.nodeid]))
 
 
 @contextlib.contextmanager
@@ -328,6 +359,7 @@ SAMPLINGS = st.one_of(
 def test_unit_to_angstrom_never_fails_otherwise():
     @fast_settings
     @given(st.one_of(st.text(max_size=12), st.binary(max_size=12), st.none(), st.floats(), st.integers()))
+    @counted
     def prop(unit):
         try:
             factor = unit_to_angstrom(unit)
@@ -353,6 +385,7 @@ def _run_read_mutations(workdir, samples):
 
     @fast_settings
     @given(mutations(names, samples), st.sampled_from([1, 16]))
+    @counted
     def prop(case, min_size):
         _read_mutated(workdir, samples, case, min_size)
 
@@ -366,6 +399,7 @@ def test_readers_on_mutated_files(workdir, samples):
 def test_readers_on_unmutated_files_with_any_extension(workdir, samples):
     @fast_settings
     @given(st.sampled_from(sorted(samples)), st.sampled_from(EXTENSIONS + [".TIF", ".Dm4", ".txt", ""]))
+    @counted
     def prop(name, ext):
         path = _write_case(workdir, name, samples[name], ext, samples)
         m = expect_clean_outcome(lambda: read_micrograph(path, min_size=1))
@@ -389,6 +423,7 @@ def test_tiff_with_random_calibration(workdir):
 
     @fast_settings
     @given(images(max_side=40), SCALES, UNITS, st.booleans())
+    @counted
     def prop(array, scale, unit, imagej):
         assume(array.ndim in (2, 3) and array.size and array.dtype.kind != "c")
         path = workdir / f"cal{next(_counter)}.tif"
@@ -410,6 +445,7 @@ def test_tiff_with_random_calibration(workdir):
 def test_write_tiff_calibrated_round_trips_the_pixel_size(workdir):
     @fast_settings
     @given(st.integers(1, 20), st.integers(1, 20), st.floats(1e-3, 1e3))
+    @counted
     def prop(h, w, sampling):
         assume(h * w > 1)  # one pixel is a constant image, refused
         path = workdir / f"rt{next(_counter)}.tif"
@@ -440,6 +476,7 @@ def test_detect_on_random_arrays(tiny):
 
     @fast_settings
     @given(images(), SAMPLINGS)
+    @counted
     def prop(array, sampling):
         _detect(model, array, sampling)
 
@@ -454,6 +491,7 @@ def test_detect_on_huge_views_is_refused_without_allocating(tiny):
 
     @fast_settings
     @given(st.integers(side, 4 * side), st.integers(side, 4 * side), st.integers(1, 3), SAMPLINGS)
+    @counted
     def prop(h, w, frames, sampling):
         row = np.random.default_rng(h).random(w).astype(np.float32)
         view = np.broadcast_to(row, (frames, h, w) if frames > 1 else (h, w))
@@ -469,6 +507,7 @@ def test_detect_refuses_huge_resampling(tiny):
 
     @fast_settings
     @given(st.integers(16, 48), st.floats(SAMPLING * 4.001, 1e6))
+    @counted
     def prop(side, sampling):
         image = np.random.default_rng(side).random((side, side)).astype(np.float32)
         out = expect_clean_outcome(lambda: atomfinder.detect(image, model=model, sampling=sampling, device="cpu"))
@@ -492,6 +531,7 @@ def test_detect_on_signals_with_random_calibration(tiny):
     @fast_settings
     @given(images(max_side=40), st.lists(SCALES, min_size=0, max_size=3), st.lists(UNITS, min_size=0, max_size=3),
            st.text(max_size=10), st.one_of(st.none(), st.just(SAMPLING)))
+    @counted
     def prop(array, scales, units, title, sampling):
         signal = _signal(array, scales, units, title)
         _detect(model, signal, sampling)
@@ -505,6 +545,7 @@ def test_detect_on_mutated_files(workdir, samples, tiny):
 
     @fast_settings
     @given(mutations(names, samples), st.one_of(st.none(), st.just(SAMPLING)))
+    @counted
     def prop(case, sampling):
         name, data, ext = case
         path = _write_case(workdir, name, data, ext, samples)
@@ -520,6 +561,7 @@ def test_cli_detect_on_mutated_files(workdir, samples, tiny):
 
     @settings(fast_settings, max_examples=max(5, settings.default.max_examples // 4))
     @given(mutations(names, samples))
+    @counted
     def prop(case):
         name, data, ext = case
         path = _write_case(workdir, name, data, ext, samples)
@@ -547,6 +589,7 @@ def test_slow_detect_on_larger_arrays_and_stacks(tiny):
 
     @settings(fast_settings, max_examples=settings.default.max_examples * 2)
     @given(images(max_side=160), SAMPLINGS)
+    @counted
     def prop(array, sampling):
         _detect(model, array, sampling)
 
@@ -559,6 +602,7 @@ def test_slow_readers_on_heavily_mutated_files(workdir, samples):
 
     @settings(fast_settings, max_examples=settings.default.max_examples * 4)
     @given(st.lists(mutations(names, samples), min_size=1, max_size=3))
+    @counted
     def prop(cases):
         for case in cases:
             _read_mutated(workdir, samples, case, 1)
@@ -724,6 +768,7 @@ def test_model_cards_with_random_fields(tiny, workdir):
 
     @fast_settings
     @given(card_edits())
+    @counted
     def prop(edits):
         d = json.loads(json.dumps(base))
         for edit in edits:
@@ -755,6 +800,7 @@ def test_model_files_with_mutated_bytes(tiny, workdir):
 
     @fast_settings
     @given(st.sampled_from(sorted(files)), st.data())
+    @counted
     def prop(suffix, data):
         raw = bytearray(files[suffix])
         pos = data.draw(st.integers(0, len(raw) - 1))
