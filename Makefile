@@ -46,7 +46,7 @@ bench: $(STAMP)
 # .venv-peers (torch 2.14.1 and its CUDA libraries, about 6.4 GB), never in .venv. Long: two
 # 30-minute AtomAI trainings, Atomap refinement of every test image; not part of `make test`.
 compare: $(STAMP)
-	$(PY) benchmarks/compare.py --setup-peers --budget-min 30 --out docs/benchmarks.md
+	$(PY) benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare --out docs/benchmarks.md
 
 # The user guide (mkdocs.yml, docs/guide): regenerate the command-line reference from the
 # typer app, then build the site into site/; --strict turns broken links into errors

@@ -5,7 +5,8 @@ doses inside the shipped model's validity range):
 
 * ``atomfinder``: the shipped model (``atomfinder evaluate``'s detector);
 * ``AtomAI``: ``atomai.models.Segmentor("Unet")`` trained on the shipped model's
-  own training store for ``--budget-min`` CPU minutes, located with AtomAI's own
+  own training store for ``--budget-min`` minutes of ``--threads`` cores (counted as
+  CPU time), located with AtomAI's own
   coordinate finder (threshold, centre of mass);
 * ``Atomap (conventional seeds)``: Atomap's 2-D Gaussian refinement of the
   conventional peak finder's positions;
@@ -29,7 +30,7 @@ creates it) and run through ``benchmarks/peers_worker.py``: atomfinder never
 imports them. Writes ``--out`` (Markdown) with PNG plots beside it in
 ``<out stem>/`` and ends with one JSON line.
 
-    python benchmarks/compare.py --setup-peers --budget-min 30
+    python benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare
     python benchmarks/compare.py --skip-peers --systems graphene --doses 1e4 --n-images 4
 """
 
@@ -255,6 +256,34 @@ def load_peer(path: Path, n: int, seconds: Sequence[float]) -> Detections:
                       list(seconds))
 
 
+# --------------------------------------------------------------------------- resumable stages
+
+
+def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict]) -> dict:
+    """The result of one stage of the run, computed once per ``settings``.
+
+    ``path`` (JSON) holds ``{"settings": ..., "result": ...}``; a file whose settings
+    equal ``settings`` is reused, so a killed run (``--work`` kept) redoes only the
+    stages it had not finished. The file is written by rename: never half written.
+    """
+    from atomfinder.analysis.evaluate import to_jsonable
+
+    wanted = json.loads(json.dumps(to_jsonable(dict(settings))))
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("settings") == wanted:
+            log(f"  reusing {path.name} (finished earlier in {path.parent})")
+            return saved["result"]
+    result = compute()
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps({"settings": wanted, "result": to_jsonable(result)}))
+    os.replace(tmp, path)
+    return json.loads(json.dumps(to_jsonable(result)))
+
+
 # --------------------------------------------------------------------------- AtomAI training
 
 
@@ -281,9 +310,10 @@ def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
     x, y = training_arrays(store, args.atomai_train_images)
     np.save(work / "train_X.npy", x)
     np.save(work / "train_y.npy", y)
-    log(f"  AtomAI: training on {len(x)} images of {path.name} for {args.budget_min} min")
-    info = run_worker(["atomai-train", "--work", str(work), "--budget-s", str(60 * args.budget_min)],
-                      threads=args.threads)
+    log(f"  AtomAI: training on {len(x)} images of {path.name} for {args.budget_min} min of {args.threads} "
+        "threads (counted as CPU time)")
+    info = run_worker(["atomai-train", "--work", str(work), "--budget-cpu-s",
+                       str(60 * args.budget_min * args.threads)], threads=args.threads)
     for name in ("train_X.npy", "train_y.npy"):
         (work / name).unlink()
     return info | {"store": path.name}
@@ -686,7 +716,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "Methods:", "",
         "- **atomfinder**: the shipped model of the system.",
         f"- **AtomAI** {s.get('peer_versions', {}).get('atomai', '0.8.1')}: `Segmentor(\"Unet\")` trained on the "
-        f"shipped model's own training store for {s['budget_min']} min of wall time on {s['threads']} CPU threads "
+        f"shipped model's own training store for {s['budget_min']} min of {s['threads']} CPU threads (counted as "
+        "the process's CPU time, so other work on the machine does not shorten it) "
         "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image), atoms from its own "
         f"coordinate finder (`Locator`, threshold {s['atomai_threshold']}, centre of mass).",
         f"- **Atomap** {s.get('peer_versions', {}).get('atomap', '0.4.2')}: `Sublattice` 2-D Gaussian refinement "
@@ -700,7 +731,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         lines += ["Peers were not run (`--skip-peers`).", ""]
     if result.get("atomai_training"):
         lines += ["AtomAI training: " + ", ".join(
-            f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min on "
+            f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min "
+            f"({v.get('cpu_seconds', math.nan) / 60:.0f} CPU-min) on "
             f"{v['train_images']} images of {v['store']}" for k, v in result["atomai_training"].items()), ""]
     lines += ["## Accuracy", ""]
     for system, per_dose in (result.get("systems") or {}).items():
@@ -736,7 +768,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
     ap.add_argument("--n-images", type=int, default=32, help="Test images per store.")
     ap.add_argument("--crlb-images", type=int, default=4, help="Images per store whose bound is computed.")
-    ap.add_argument("--budget-min", type=float, default=30.0, help="AtomAI training time per system (minutes).")
+    ap.add_argument("--budget-min", type=float, default=30.0,
+                    help="AtomAI training per system: minutes of --threads cores, counted as CPU time.")
     ap.add_argument("--atomai-train-images", type=int, default=1500)
     ap.add_argument("--atomai-threshold", type=float, default=0.5)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -751,7 +784,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", default=None,
                     help="Also time atomfinder on CUDA (default: if present).")
-    ap.add_argument("--work", type=Path, help="Scratch folder (default: a temporary one).")
+    ap.add_argument("--work", type=Path,
+                    help="Work folder kept between runs: finished stages (AtomAI training, each store, the "
+                         "timing) are reused when their settings match, so a killed run resumes "
+                         "(default: a temporary folder).")
     return ap.parse_args(argv)
 
 
@@ -783,13 +819,24 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             continue
         sys_work = work / system
         sys_work.mkdir(parents=True, exist_ok=True)
+        model = {"name": card.name, "version": card.version}
         atomai_ready = False
         if not args.skip_peers:
-            result["atomai_training"][system] = train_atomai(card, sys_work, args)
+            training = {"model": model, "budget_min": args.budget_min, "threads": args.threads,
+                        "train_images": args.atomai_train_images}
+            if not (sys_work / "atomai.pt").exists():
+                (sys_work / "atomai_training.json").unlink(missing_ok=True)
+            result["atomai_training"][system] = stage(sys_work / "atomai_training.json", training,
+                                                      lambda: train_atomai(card, sys_work, args))
             atomai_ready = True
         result["systems"][system] = {}
         for dose, path in doses:
-            res = run_store(system, dose, path, net, card, sys_work, args, atomai_ready)
+            settings = {"model": model, "store": path.name, "n_images": args.n_images,
+                        "crlb_images": args.crlb_images, "skip_peers": args.skip_peers,
+                        "atomai_threshold": args.atomai_threshold,
+                        "atomai": result["atomai_training"].get(system)}
+            res = stage(sys_work / f"store-{dose_tag(dose)}.json", settings,
+                        lambda: run_store(system, dose, path, net, card, sys_work, args, atomai_ready))
             result["systems"][system][dose_tag(dose)] = res | {"dose": dose}
     if args.timing_sizes:
         timing_work = work / "timing"
@@ -797,7 +844,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         trained = work / args.timing_model / "atomai.pt"
         if trained.exists():
             (timing_work / "atomai.pt").write_bytes(trained.read_bytes())
-        result["timing"] = run_timing(timing_work, args, trained.exists())
+        settings = {"sizes": args.timing_sizes, "model": args.timing_model, "repeats": args.repeats,
+                    "threads": args.threads, "gpu": args.gpu, "skip_peers": args.skip_peers,
+                    "atomai_trained": trained.exists(), "untrained_atomai": args.timing_untrained_atomai,
+                    "atomai": result["atomai_training"].get(args.timing_model)}
+        result["timing"] = stage(timing_work / "timing.json", settings,
+                                 lambda: run_timing(timing_work, args, trained.exists()))
     result["settings"] = {
         "systems": args.systems, "doses": args.doses, "n_images": args.n_images, "crlb_images": args.crlb_images,
         "budget_min": args.budget_min, "threads": args.threads, "atomai_threshold": args.atomai_threshold,

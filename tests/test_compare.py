@@ -111,3 +111,35 @@ def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_pa
     assert res["crlb_images"] == 1 and res["crlb_median_pm"] > 0
     assert any("1e6" in n and "dose range" in n for n in summary["notes"])
     assert out.exists() and (out.parent / "benchmarks" / "f1_vs_dose.png").exists()
+
+
+def test_stage_is_computed_once_per_settings(cmp, tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"f1": 0.5 + len(calls), "nan": math.nan}
+
+    path = tmp_path / "store-1e4.json"
+    first = cmp.stage(path, {"n_images": 2}, compute)
+    again = cmp.stage(path, {"n_images": 2}, compute)
+    assert len(calls) == 1 and again == first == {"f1": 1.5, "nan": None}  # as JSON keeps it
+    changed = cmp.stage(path, {"n_images": 3}, compute)
+    assert len(calls) == 2 and changed["f1"] == 2.5
+    assert [p.name for p in tmp_path.iterdir()] == ["store-1e4.json"]  # nothing half written left
+    path.write_text('{"settings": {"n_images": 3}, "res')  # a torn file is recomputed, not an error
+    assert cmp.stage(path, {"n_images": 3}, compute)["f1"] == 3.5
+
+
+def test_rerun_with_the_same_work_folder_reuses_finished_stages(cmp, tiny_graphene_store, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "graphene-test-1e4.zarr").symlink_to(tiny_graphene_store)
+    argv = ["--skip-peers", "--systems", "graphene", "--doses", "1e4", "--n-images", "2", "--crlb-images", "0",
+            "--timing-sizes", "--data-dir", str(data), "--out", str(tmp_path / "b.md"), "--work", str(tmp_path / "w")]
+    cmp.main(argv)
+    first = capsys.readouterr()
+    cmp.main(argv)
+    second = capsys.readouterr()
+    assert "reusing store-1e4.json" not in first.err and "reusing store-1e4.json" in second.err
+    assert json.loads(second.out.splitlines()[-1]) == json.loads(first.out.splitlines()[-1])
