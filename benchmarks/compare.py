@@ -14,6 +14,11 @@ doses inside the shipped model's validity range):
   (does Gaussian refinement improve on atomfinder's sub-pixel positions?);
 * ``conventional``: atomfinder's band-pass + local-maxima baseline.
 
+A focal-series model (``mos2-focal``) sees the three frames of each series; the
+single-image methods see the middle one, and every method is scored on the atom
+columns as one class (vacancy sites, which only the focal model can report, are
+left out), so its rows measure finding columns, not telling species apart.
+
 All are matched one-to-one to the ground truth at 0.5 Å with the evaluator's
 border band (:func:`atomfinder.analysis.evaluate.compare`). The Cramér-Rao bound
 of every site's position is computed for the first ``--crlb-images`` images of
@@ -187,6 +192,27 @@ def load_samples(store: Any, n: int) -> list[Any]:
     return list(samples_from_store(store, range(min(n, len(store)))))
 
 
+def peer_frame(card: Any) -> int:
+    """The frame that single-image methods see: the middle one of a focal series (as in
+    issue 14's side-by-side), the only one otherwise."""
+    return int(card.in_channels) // 2
+
+
+def atom_classes(class_names: Sequence[str]) -> list[int]:
+    """1-based classes that are atoms: every class but vacancies (which no peer can find)."""
+    return [i + 1 for i, name in enumerate(class_names) if "vacancy" not in name.lower()]
+
+
+def atoms_in_frame(sample: Any, classes: Sequence[int], frame: int) -> Any:
+    """``sample`` with only frame ``frame`` and only the sites of ``classes``, all as class 1:
+    what the class-agnostic, single-image comparison scores."""
+    import dataclasses
+
+    keep = np.isin(sample.labels, classes)
+    return dataclasses.replace(sample, image=sample.image[frame:frame + 1], positions_A=sample.positions_A[keep],
+                               labels=np.ones(int(keep.sum()), np.int64), heights=sample.heights[keep])
+
+
 # --------------------------------------------------------------------------- detections
 
 
@@ -198,14 +224,19 @@ class Detections:
     seconds: list[float] = field(default_factory=list)
 
 
-def run_local(detect: Callable[[Any], Any], samples: Sequence[Any]) -> Detections:
-    """Run an in-process detector (``sample -> AtomTable``) on every sample, timed."""
+def run_local(detect: Callable[[Any], Any], samples: Sequence[Any],
+              labels: Sequence[int] | None = None) -> Detections:
+    """Run an in-process detector (``sample -> AtomTable``) on every sample, timed; keep only
+    detections whose label is in ``labels`` (default: all)."""
     out = Detections()
     for s in samples:
         t = time.perf_counter()
         table = detect(s)
         out.seconds.append(time.perf_counter() - t)
-        out.xy.append(np.asarray(table.xy, dtype=np.float64).reshape(-1, 2))
+        xy = np.asarray(table.xy, dtype=np.float64).reshape(-1, 2)
+        if labels is not None:
+            xy = xy[np.isin(np.asarray(table.label), labels)]
+        out.xy.append(xy)
     return out
 
 
@@ -287,18 +318,23 @@ def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict]) 
 # --------------------------------------------------------------------------- AtomAI training
 
 
-def training_arrays(store: Any, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random training samples: images ``[n, 1, h, w]`` (frame 0) and atom masks ``[n, 1, h, w]``.
+def training_arrays(store: Any, n: int, seed: int = 0, frame: int = 0,
+                    classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random training samples: images ``[n, 1, h, w]`` (frame ``frame``) and atom masks ``[n, 1, h, w]``.
 
-    The mask is every non-background pixel of the store's targets (the disks the
-    shipped model learned from), all classes merged.
+    The mask is every pixel of the store's targets (the disks the shipped model
+    learned from) that belongs to one of ``classes`` (1-based; default: every class
+    but background), all merged into one.
     """
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(store), size=min(n, len(store)), replace=False))
     idx = np.asarray(store.indices)[pick]
-    x = np.concatenate([store.array("images", idx[i:i + 64])[:, :1] for i in range(0, len(idx), 64)])
-    t = np.concatenate([store.array("targets", idx[i:i + 64])[:, :1] for i in range(0, len(idx), 64)])
-    return x.astype(np.float32), (t < 0.5).astype(np.float32)
+    channels = list(classes) if classes is not None else list(range(1, len(store.class_names) + 1))
+    x, m = [], []
+    for i in range(0, len(idx), 64):
+        x.append(store.array("images", idx[i:i + 64])[:, frame:frame + 1])
+        m.append(store.array("targets", idx[i:i + 64])[:, channels].sum(axis=1, keepdims=True))
+    return np.concatenate(x).astype(np.float32), (np.concatenate(m) >= 0.5).astype(np.float32)
 
 
 def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
@@ -307,7 +343,8 @@ def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
 
     path = ensure_training_store(card, args.atomai_train_images, work)
     store = DatasetStore(path)
-    x, y = training_arrays(store, args.atomai_train_images)
+    x, y = training_arrays(store, args.atomai_train_images, frame=peer_frame(card),
+                           classes=atom_classes(card.class_names))
     np.save(work / "train_X.npy", x)
     np.save(work / "train_y.npy", y)
     log(f"  AtomAI: training on {len(x)} images of {path.name} for {args.budget_min} min of {args.threads} "
@@ -445,25 +482,29 @@ def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: P
 
     store = DatasetStore(path)
     samples = load_samples(store, args.n_images)
+    # every method is scored on the atoms (vacancies left out) as one class; single-image
+    # methods see one frame of a focal series, atomfinder's focal model all of them
+    classes = atom_classes(store.class_names)
+    scored = [atoms_in_frame(s, classes, peer_frame(card)) for s in samples]
     radius = float(store.meta["config"].get("label_radius_A", 0.4))
     log(f"{system} {dose_tag(dose)}: {len(samples)} images from {path.name}")
     dets: dict[str, Detections] = {
-        ATOMFINDER: run_local(network_detector(net, card), samples),
+        ATOMFINDER: run_local(network_detector(net, card), samples, labels=classes),
         CONVENTIONAL: run_local(baseline_detector(atom_radius_A=radius,
-                                                  min_distance_A=card.detection.get("min_distance_A", 1.0)), samples),
+                                                  min_distance_A=card.detection.get("min_distance_A", 1.0)), scored),
     }
     if not args.skip_peers:
-        dets |= run_peers(samples, dets, work, radius, args, atomai_ready)
+        dets |= run_peers(scored, dets, work, radius, args, atomai_ready)
     bounds: dict[int, np.ndarray] = {}
     for i in range(min(args.crlb_images, len(samples))):
         t = time.perf_counter()
         b = sample_crlb_A(store, i)
-        if b is not None:
+        if b is not None and len(b) == len(scored[i].positions_A):
             bounds[i] = b
             log(f"  CRLB image {i}: median {100 * float(np.median(b[np.isfinite(b)])):.1f} pm "
                 f"({len(b)} sites, {time.perf_counter() - t:.0f} s)")
     finite = np.concatenate([b[np.isfinite(b)] for b in bounds.values()]) if bounds else np.zeros(0)
-    scores = score_methods(samples, dets, store.class_names, bounds)
+    scores = score_methods(scored, dets, ["atom"], bounds)
     for name, sc in scores.items():
         log(f"  {name:28s} F1 {sc['f1']:.3f}  RMSE {sc['rmse_pm'] or math.nan:.1f} pm  "
             f"RMSE/CRLB {sc['crlb']['rmse_over_crlb']:.2f}  {sc['seconds_per_image']:.2f} s/image")
@@ -764,7 +805,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--setup-peers", action="store_true", help="Create .venv-peers (AtomAI, Atomap) if absent.")
     ap.add_argument("--skip-peers", action="store_true",
                     help="Only atomfinder, the conventional baseline and the bound.")
-    ap.add_argument("--systems", nargs="+", default=["graphene", "gold"])
+    ap.add_argument("--systems", nargs="+", default=["graphene", "gold", "mos2-focal"],
+                    help="Shipped models to compare (each scored on its own test stores).")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
     ap.add_argument("--n-images", type=int, default=32, help="Test images per store.")
     ap.add_argument("--crlb-images", type=int, default=4, help="Images per store whose bound is computed.")
@@ -810,13 +852,19 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if not dose_covered(card, dose):
                 result["notes"].append(f"{system} {dose_tag(dose)}: outside the model's dose range; not scored")
                 continue
-            path = ensure_test_store(args.data_dir, system, dose, card.training["data"]["simulation"]["system"])
+            card_system = card.training["data"]["simulation"]["system"]
+            path = ensure_test_store(args.data_dir, card_system, dose, card_system)
             if path is None:
                 result["notes"].append(f"{system} {dose_tag(dose)}: no test store and no recipe to simulate one")
             else:
                 doses.append((dose, path))
         if not doses:
             continue
+        if card.in_channels > 1:
+            result["notes"].append(
+                f"{system}: a focal-series model (atomfinder sees the {card.in_channels} frames); the other methods "
+                f"see frame {peer_frame(card)} (0-based), and every method is scored on the atom columns as one "
+                "class (vacancy sites left out). No Cramér-Rao bound (focal stores are not re-simulated).")
         sys_work = work / system
         sys_work.mkdir(parents=True, exist_ok=True)
         model = {"name": card.name, "version": card.version}

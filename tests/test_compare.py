@@ -143,3 +143,34 @@ def test_rerun_with_the_same_work_folder_reuses_finished_stages(cmp, tiny_graphe
     second = capsys.readouterr()
     assert "reusing store-1e4.json" not in first.err and "reusing store-1e4.json" in second.err
     assert json.loads(second.out.splitlines()[-1]) == json.loads(first.out.splitlines()[-1])
+
+
+def test_focal_series_is_scored_on_atoms_with_single_image_methods_on_the_middle_frame(cmp, tmp_path, capsys):
+    """mos2-focal sees the three frames; the baseline the middle one; vacancy sites are not scored."""
+    from conftest import tiny_config
+
+    from atomfinder.analysis.evaluate import samples_from_store
+    from atomfinder.datasets.generate import simulate_to_store
+    from atomfinder.datasets.store import DatasetStore
+    from atomfinder.nn.card import load_card, resolve_model
+
+    pytest.importorskip("abtem")
+    data = tmp_path / "data"
+    store = simulate_to_store(tiny_config("mos2", image_px=64, box_px=(96,)), 2, data / "mos2-test-1e4.zarr",
+                              seed=5, workers=0)
+    names = DatasetStore(store).class_names
+    classes = cmp.atom_classes(names)
+    assert [names[c - 1] for c in classes] == [n for n in names if "vacancy" not in n] and len(classes) < len(names)
+    card = load_card(resolve_model("mos2-focal"))
+    assert card.in_channels == 3 and cmp.peer_frame(card) == 1
+    sample = next(samples_from_store(DatasetStore(store)))
+    one = cmp.atoms_in_frame(sample, classes, 1)
+    np.testing.assert_array_equal(one.image[0], sample.image[1])
+    assert len(one.positions_A) == int(np.isin(sample.labels, classes).sum()) and set(one.labels) <= {1}
+
+    cmp.main(["--skip-peers", "--systems", "mos2-focal", "--doses", "1e4", "--n-images", "2", "--crlb-images", "1",
+              "--timing-sizes", "--data-dir", str(data), "--out", str(tmp_path / "b.md")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = summary["systems"]["mos2-focal"]["1e4"]
+    assert set(res["methods"]) == {cmp.ATOMFINDER, cmp.CONVENTIONAL} and res["crlb_images"] == 0
+    assert any("focal-series model" in n and "frame 1" in n for n in summary["notes"])
