@@ -808,7 +808,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--systems", nargs="+", default=["graphene", "gold", "mos2-focal"],
                     help="Shipped models to compare (each scored on its own test stores).")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
-    ap.add_argument("--n-images", type=int, default=32, help="Test images per store.")
+    ap.add_argument("--n-images", type=int, default=16, help="Test images per store.")
     ap.add_argument("--crlb-images", type=int, default=4, help="Images per store whose bound is computed.")
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="AtomAI training per system: minutes of --threads cores, counted as CPU time.")
