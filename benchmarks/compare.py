@@ -222,6 +222,8 @@ class Detections:
 
     xy: list[np.ndarray] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    #: Images on which the method failed (e.g. Atomap raised and the seeds were kept), with the reason.
+    failed: list[dict] = field(default_factory=list)
 
 
 def run_local(detect: Callable[[Any], Any], samples: Sequence[Any],
@@ -470,6 +472,7 @@ def score_methods(samples: Sequence[Any], dets: Mapping[str, Detections], class_
         m = report["detectors"][name]["overall"][radius_key(RADIUS_A)]
         out[name] = {k: m[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_pm")}
         out[name]["seconds_per_image"] = float(np.mean(d.seconds)) if d.seconds else math.nan
+        out[name]["failed_images"] = list(d.failed)
         out[name] |= {"crlb": rmse_over_crlb(samples, d, bounds)}
     return out
 
@@ -529,6 +532,9 @@ def run_peers(samples: Sequence[Any], dets: Mapping[str, Detections], work: Path
         # the time of a refined row includes its seeds' own detection time
         seconds = [a + b for a, b in zip(info["seconds"], dets[source].seconds)]
         out[name] = load_peer(work / f"{seeds}_refined.npz", n, seconds)
+        out[name].failed = list(info.get("failed", []))
+        for f in out[name].failed:
+            log(f"  {name}: image {f['image']} ({f['seeds']} seeds) not refined: {f['error']}")
     return out
 
 
@@ -648,6 +654,14 @@ def accuracy_table(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> li
             lines.append(f"| {tag} | {name} | {_f(m['f1'])} | {_f(m['precision'])} | {_f(m['recall'])} | "
                          f"{_f(m['rmse_pm'], 1)} | {_f(c['rmse_axis_pm'], 1)} | {_f(c['crlb_rms_pm'], 1)} | "
                          f"{_f(c['rmse_over_crlb'], 2)} | {_f(m['seconds_per_image'], 3)} |")
+    lines.append("")
+    for tag, res in per_dose.items():
+        for name in METHODS:
+            failed = (res["methods"].get(name) or {}).get("failed_images") or []
+            if failed:
+                lines.append(f"- {tag}, {name}: failed on {len(failed)} of {res['n_images']} images, scored with "
+                             "their seeds unrefined (" + "; ".join(
+                                 f"image {f['image']}, {f['seeds']} seeds: {f['error']}" for f in failed) + ")")
     return lines + [""]
 
 
@@ -753,7 +767,9 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "(finite differences of the image with respect to every site's position, all sites' "
         "coordinates unknown together, Poisson noise at the dose, ideal detector without MTF: "
         "`atomfinder.imaging.crlb.image_position_crlb_A`). RMSE / CRLB = 1 would be an efficient "
-        "estimator on an ideal detector.", "",
+        "estimator on an ideal detector. Where the bound comes near the matching radius (low dose), the "
+        "errors of matched atoms are cut off at the radius and RMSE / CRLB falls below 1: the ratio "
+        "means something only where the bound is well below the radius.", "",
         "Methods:", "",
         "- **atomfinder**: the shipped model of the system.",
         f"- **AtomAI** {s.get('peer_versions', {}).get('atomai', '0.8.1')}: `Segmentor(\"Unet\")` trained on the "

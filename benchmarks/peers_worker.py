@@ -121,7 +121,11 @@ def atomai_predict(work: Path, threads: int, threshold: float) -> dict:
 
 
 def atomap_refine_one(image: np.ndarray, xy: np.ndarray, sign: float) -> np.ndarray:
-    """Atomap's 2-D Gaussian refinement of seed positions ``xy`` (px) on one image (atoms bright)."""
+    """Atomap's 2-D Gaussian refinement of seed positions ``xy`` (px) on one image (atoms bright).
+
+    Atomap links each atom to its 9 nearest neighbours (which set the fit region) and
+    fails with fewer seeds; an image with 2-9 seeds uses as many neighbours as it has.
+    """
     from atomap.api import Sublattice
 
     if len(xy) < 2:
@@ -129,22 +133,31 @@ def atomap_refine_one(image: np.ndarray, xy: np.ndarray, sign: float) -> np.ndar
     img = sign * np.asarray(image, dtype=np.float64)
     img = img - img.min()
     sub = Sublattice(np.asarray(xy, dtype=np.float64), img, fix_negative_values=True)
-    sub.find_nearest_neighbors()
+    sub.find_nearest_neighbors(nearest_neighbors=min(9, len(xy)))
     sub.refine_atom_positions_using_2d_gaussian(show_progressbar=False)
     return np.column_stack([sub.x_position, sub.y_position]).astype(np.float64)
 
 
 def atomap_refine(work: Path, seeds: str) -> dict:
-    """Refine the seeds ``work/<seeds>.npz`` (``img<i>`` xy and ``sign<i>``) -> ``<seeds>_refined.npz``."""
+    """Refine the seeds ``work/<seeds>.npz`` (``img<i>`` xy and ``sign<i>``) -> ``<seeds>_refined.npz``.
+
+    An image on which Atomap raises keeps its seeds unrefined; ``failed`` lists
+    those images with Atomap's error, so the report can say so.
+    """
     images = np.load(work / "images.npy")
     data = np.load(work / f"{seeds}.npz")
-    out, seconds = {}, []
+    out, seconds, failed = {}, [], []
     for i, image in enumerate(images):
         t = time.perf_counter()
-        out[f"img{i}"] = atomap_refine_one(image, data[f"img{i}"], float(data[f"sign{i}"]))
+        xy = data[f"img{i}"]
+        try:
+            out[f"img{i}"] = atomap_refine_one(image, xy, float(data[f"sign{i}"]))
+        except Exception as exc:  # noqa: BLE001 - any failure of the peer is reported, not fatal
+            out[f"img{i}"] = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+            failed.append({"image": i, "seeds": int(len(xy)), "error": f"{type(exc).__name__}: {exc}"[:200]})
         seconds.append(time.perf_counter() - t)
     np.savez(work / f"{seeds}_refined.npz", **out)
-    return {"n_images": len(images), "seconds": seconds}
+    return {"n_images": len(images), "seconds": seconds, "failed": failed}
 
 
 def timing(work: Path, tool: str, image_file: str, repeats: int, threads: int, threshold: float) -> dict:

@@ -76,8 +76,9 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
     method = {"tp": 9, "fp": 1, "fn": 1, "precision": 0.9, "recall": 0.9, "f1": 0.9, "rmse_pm": 8.5,
               "seconds_per_image": 0.2, "crlb": crlb}
     result = {
-        "systems": {"graphene": {"1e4": {"dose": 1e4, "methods": {cmp.ATOMFINDER: method,
-                                                                  cmp.CONVENTIONAL: method | {"f1": 0.5}}}}},
+        "systems": {"graphene": {"1e4": {"dose": 1e4, "n_images": 2, "methods": {
+            cmp.ATOMFINDER: method, cmp.CONVENTIONAL: method | {"f1": 0.5},
+            cmp.ATOMAP_AF: method | {"failed_images": [{"image": 1, "seeds": 3, "error": "IndexError: x"}]}}}}},
         "timing": {"1024": {cmp.ATOMFINDER: {"median_s": 1.0, "time_ratio": 1.0, "peak_rss_mb": 500.0,
                                              "rss_ratio": 1.0, "atoms": 10},
                             cmp.ATOMAI: {"median_s": 2.0, "time_ratio": 2.0, "peak_rss_mb": 1000.0,
@@ -95,6 +96,7 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
     text = cmp.markdown(result, figures, tmp_path / "benchmarks.md")
     assert "| 1e4 | atomfinder | 0.900 |" in text and "| 2.00 |" in text
     assert "not run: projected 9999 s" in text and "](benchmarks/f1_vs_dose.png)" in text
+    assert f"1e4, {cmp.ATOMAP_AF}: failed on 1 of 2 images" in text and "3 seeds: IndexError: x" in text
 
 
 def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_path, capsys):
@@ -174,3 +176,38 @@ def test_focal_series_is_scored_on_atoms_with_single_image_methods_on_the_middle
     res = summary["systems"]["mos2-focal"]["1e4"]
     assert set(res["methods"]) == {cmp.ATOMFINDER, cmp.CONVENTIONAL} and res["crlb_images"] == 0
     assert any("focal-series model" in n and "frame 1" in n for n in summary["notes"])
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("peers_worker_bench", BENCH / "peers_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_atomap_refines_an_image_with_fewer_seeds_than_its_nine_neighbours(tmp_path):
+    """Atomap links 9 neighbours per atom and raised IndexError on an almost empty field (3 seeds)."""
+    pytest.importorskip("atomap")
+    worker = _worker()
+    yy, xx = np.mgrid[0:48, 0:48]
+    truth = np.array([[12.3, 14.6], [30.2, 20.4], [20.7, 35.1]])
+    image = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2)) for x, y in truth)
+    refined = worker.atomap_refine_one(image, np.rint(truth), 1.0)
+    assert refined.shape == (3, 2) and np.abs(refined - truth).max() < 0.1
+
+    np.save(tmp_path / "images.npy", np.stack([image, image]))
+    np.savez(tmp_path / "seeds.npz", img0=np.rint(truth), sign0=1.0, img1=np.rint(truth), sign1=1.0)
+    calls, refine = [], worker.atomap_refine_one
+
+    def flaky(img, xy, sign):
+        calls.append(1)
+        if len(calls) == 2:
+            raise IndexError("list index out of range")
+        return refine(img, xy, sign)
+
+    worker.atomap_refine_one = flaky
+    info = worker.atomap_refine(tmp_path, "seeds")
+    out = np.load(tmp_path / "seeds_refined.npz")
+    assert info["failed"] == [{"image": 1, "seeds": 3, "error": "IndexError: list index out of range"}]
+    np.testing.assert_array_equal(out["img1"], np.rint(truth))  # kept unrefined, and said so
+    assert np.abs(out["img0"] - truth).max() < 0.1
