@@ -769,7 +769,9 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "`atomfinder.imaging.crlb.image_position_crlb_A`). RMSE / CRLB = 1 would be an efficient "
         "estimator on an ideal detector. Where the bound comes near the matching radius (low dose), the "
         "errors of matched atoms are cut off at the radius and RMSE / CRLB falls below 1: the ratio "
-        "means something only where the bound is well below the radius.", "",
+        "means something only where the bound is well below the radius. The tables' s / image is the "
+        "wall time of each method in this run, which may have shared the machine with other work: the "
+        "speed section below is the controlled measurement.", "",
         "Methods:", "",
         "- **atomfinder**: the shipped model of the system.",
         f"- **AtomAI** {s.get('peer_versions', {}).get('atomai', '0.8.1')}: `Segmentor(\"Unet\")` trained on the "
