@@ -786,6 +786,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "- **conventional**: atomfinder's band-pass + local-maxima baseline (`atomfinder.detection.baseline`).",
         "",
     ]
+    lines += [f"Systems in this run: {', '.join(s['systems'])}; doses {', '.join(dose_tag(d) for d in s['doses'])} "
+              "e/Å² where the model covers them.", ""]
     if s.get("skip_peers"):
         lines += ["Peers were not run (`--skip-peers`).", ""]
     if result.get("atomai_training"):

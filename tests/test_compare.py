@@ -85,7 +85,7 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
                                          "rss_ratio": 2.0, "atoms": 9},
                             "Atomap": {"skipped": "projected 9999 s"}}},
         "atomai_training": {}, "notes": ["graphene 2e2: no test store"],
-        "settings": {"n_images": 2, "data_dir": "data", "crlb_images": 1, "budget_min": 30.0, "threads": 2,
+        "settings": {"systems": ["graphene"], "doses": [1e4], "n_images": 2, "data_dir": "data", "crlb_images": 1, "budget_min": 30.0, "threads": 2,
                      "atomai_threshold": 0.5, "repeats": 3, "skip_peers": True},
     }
     result["headline"] = cmp.headline(result)
@@ -97,6 +97,7 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
     assert "| 1e4 | atomfinder | 0.900 |" in text and "| 2.00 |" in text
     assert "not run: projected 9999 s" in text and "](benchmarks/f1_vs_dose.png)" in text
     assert f"1e4, {cmp.ATOMAP_AF}: failed on 1 of 2 images" in text and "3 seeds: IndexError: x" in text
+    assert "Systems in this run: graphene; doses 1e4 e/Å²" in text
 
 
 def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_path, capsys):
