@@ -154,16 +154,17 @@ def simulate_store(system: str, out: Path, n: int, seed: int, config: Path | Non
     return out
 
 
-def ensure_test_store(data_dir: Path, system: str, dose: float, card_system: str) -> Path | None:
-    """The test store of ``system`` at ``dose``, simulated first when missing (None: no recipe for it)."""
+def ensure_test_store(data_dir: Path, system: str, dose: float) -> Path | None:
+    """The test store of the simulated ``system`` at ``dose``, simulated first when missing
+    (None: no recipe for it)."""
     path = test_store(data_dir, system, dose)
-    template = TEST_CONFIGS.get(card_system)
+    template = TEST_CONFIGS.get(system)
     if path.exists() or template is None:
         return path if path.exists() else None
     config = ROOT / template.format(tag=dose_tag(dose))
     if not config.exists():
         return None
-    return simulate_store(card_system, path, TEST_N, TEST_SEED, config)
+    return simulate_store(system, path, TEST_N, TEST_SEED, config)
 
 
 def ensure_training_store(card: Any, n: int, work: Path) -> Path:
@@ -310,11 +311,11 @@ def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict]) 
         if saved.get("settings") == wanted:
             log(f"  reusing {path.name} (finished earlier in {path.parent})")
             return saved["result"]
-    result = compute()
+    result = json.loads(json.dumps(to_jsonable(compute())))  # as a rerun will read it back
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps({"settings": wanted, "result": to_jsonable(result)}))
+    tmp.write_text(json.dumps({"settings": wanted, "result": result}))
     os.replace(tmp, path)
-    return json.loads(json.dumps(to_jsonable(result)))
+    return result
 
 
 # --------------------------------------------------------------------------- AtomAI training
@@ -872,8 +873,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if not dose_covered(card, dose):
                 result["notes"].append(f"{system} {dose_tag(dose)}: outside the model's dose range; not scored")
                 continue
-            card_system = card.training["data"]["simulation"]["system"]
-            path = ensure_test_store(args.data_dir, card_system, dose, card_system)
+            path = ensure_test_store(args.data_dir, card.training["data"]["simulation"]["system"], dose)
             if path is None:
                 result["notes"].append(f"{system} {dose_tag(dose)}: no test store and no recipe to simulate one")
             else:
