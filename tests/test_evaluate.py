@@ -338,3 +338,65 @@ def test_report_scores_confidence_and_error_bars_on_a_hand_made_case(tmp_path):
     assert "expected calibration error" in report_markdown(rep, "t")
     paths = write_report(rep, tmp_path, "t")
     assert (tmp_path / "reliability.png").is_file() and tmp_path / "reliability.png" in paths
+
+
+# -- a single-image model beside a focal-series model (issue 14.4) ----------------------
+
+
+def _blobs(shape=(96, 96), seed=0) -> np.ndarray:
+    """Gaussian blobs at random positions: an image with non-periodic content to register."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    img = np.zeros(shape, np.float32)
+    for x, y in rng.uniform(8, shape[0] - 8, (40, 2)):
+        img += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2))
+    return img
+
+
+def test_single_frame_registers_the_middle_frame_onto_frame_0():
+    from scipy.ndimage import shift as nd_shift
+
+    from atomfinder.analysis.evaluate import single_frame
+
+    rng = np.random.default_rng(0)
+    clean = _blobs()
+    drifted = nd_shift(clean, (1.3, -0.7), order=3, mode="nearest")  # frame 1 drifted by (dy, dx) = (1.3, -0.7) px
+    # the middle frame has inverted contrast; a little noise in each frame, as in any recorded image
+    series = np.stack([clean, -drifted, _blobs(seed=1)]) + rng.normal(0, 0.02, (3, 96, 96)).astype(np.float32)
+    assert single_frame(series, 0).shape == (1, 96, 96)
+    np.testing.assert_array_equal(single_frame(series, 0)[0], series[0])
+    back = single_frame(series, "middle")[0]
+    inner = (slice(10, -10), slice(10, -10))
+    error = np.abs(back[inner] + clean[inner]).max()
+    assert error < 0.2 * clean.max()  # registered: minus frame 0 (to about 0.1 px)
+    assert np.abs(series[1][inner] + clean[inner]).max() > 2 * error  # it was not before
+    with pytest.raises(ValueError, match="outside a series of 3"):
+        single_frame(series, 3)
+    with pytest.raises(ValueError, match="frame must be"):
+        network_detector(None, None, frame="last")
+
+
+def test_cli_evaluate_versus_scores_a_single_image_model_on_the_middle_frame(tmp_path):
+    """`atomfinder evaluate --model <3-frame model> --versus <1-frame model>` scores both on the same series."""
+    pytest.importorskip("abtem")
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+    from atomfinder.datasets.generate import simulate_to_store
+    from conftest import save_untrained_model, tiny_config
+
+    store = simulate_to_store(tiny_config(frames=3, focal_step_A=(40.0, 120.0)), 2, tmp_path / "focal.zarr",
+                              seed=3, workers=0)
+    focal = save_untrained_model(tmp_path / "focal", 0.12, in_channels=3, name="tinyfocal")
+    single = save_untrained_model(tmp_path / "single", 0.12, name="tinysingle")
+    other = save_untrained_model(tmp_path / "other", 0.12, name="other", class_names=("Au",))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(single), "--data", str(store),
+                                 "--report", str(tmp_path / "rep"), "--no-structures"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert list(report["detectors"]) == ["network", "tinysingle 0 (middle frame)", "baseline"]
+    assert report["n_images"] == 2
+    assert "tinysingle 0 (middle frame)" in (tmp_path / "rep" / "report.md").read_text()
+    result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(other), "--data", str(store)])
+    assert result.exit_code == 2 and "classes" in result.output and "Traceback" not in result.output

@@ -276,11 +276,14 @@ def evaluate(
     write_card: bool = typer.Option(False, "--write-card", help="Store the overall and per-dose figures in the model's card."),
     border: float = typer.Option(1.0, "--border", help="Width (Å) of the band along the image edge where sites and detections are ignored; 0 scores everything."),
     structures: bool = typer.Option(True, "--structures/--no-structures", help="Rebuild each job's structure (no imaging; stores with one structure per job, e.g. gold) for the tables by particle shape and support."),
+    versus: str = typer.Option("", "--versus", help="A second model scored on the same images, e.g. the single-image gold model beside gold-focal; a single-image model sees the middle frame of a focal series, registered onto frame 0."),
 ) -> None:
     """Score a model (and the conventional baseline) against the exact ground truth.
 
     The report breaks the scores down by dose, defocus and spherical aberration and,
-    where the structures can be rebuilt, by particle shape and support.
+    where the structures can be rebuilt, by particle shape and support. With
+    ``--versus``, a second model is scored on the same images, so the gain of a
+    focal series over a single image is measured on the same ground truth.
     """
 
     def action() -> None:
@@ -299,6 +302,16 @@ def evaluate(
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
         detectors = {"network": network_detector(net, card)}
+        if versus:
+            other_net, other = load_model(resolve_model(versus))
+            if tuple(other.class_names) != tuple(card.class_names):
+                raise ValueError(f"--versus {versus}: classes {other.class_names} differ from model {card.name} {card.class_names}")
+            if other.in_channels > 1 and other.in_channels != store.meta["frames"]:
+                raise ValueError(f"--versus {versus}: needs {other.in_channels} frames, {data} has {store.meta['frames']}")
+            label = f"{other.name} {other.version}" + (" (middle frame)" if other.in_channels == 1 and store.meta["frames"] > 1 else "")
+            if label in ("network", "baseline"):
+                label = f"{label} (versus)"
+            detectors[label] = network_detector(other_net, other, frame="middle")
         if baseline:
             radius = float(store.meta["config"].get("label_radius_A", 0.4))
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
@@ -329,7 +342,7 @@ def evaluate(
 def _print_summary(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="F1 at 0.5 Å by dose (network | baseline)")
+    table = Table(title="F1 at 0.5 Å by dose, each detector")
     table.add_column("dose (e/Å²)")
     names = list(result["detectors"])
     for name in names:

@@ -180,11 +180,12 @@ def network_detector(
     min_distance_A: float | None = None,
     tile: int = 576,
     precision: str = "auto",
+    frame: int | str = 0,
 ) -> Detector:
     """A detector running a trained model through :func:`atomfinder.detection.pipeline.detect_array`.
 
-    Single-image models (``card.in_channels == 1``) see frame 0 of the sample;
-    focal-series models see all frames (their number must match the card).
+    Single-image models (``card.in_channels == 1``) see one frame of the sample
+    (``frame``); focal-series models see all frames (their number must match the card).
 
     Parameters
     ----------
@@ -200,11 +201,20 @@ def network_detector(
         Inference tile side (model pixels).
     precision : str
         Network arithmetic (see :func:`atomfinder.detection.pipeline.detect_array`).
+    frame : int or "middle"
+        The frame a single-image model sees: an index, or ``"middle"`` (frame
+        ``N // 2`` of an N-frame focal series, the one nearest the series' mean
+        defocus). A frame other than 0 is first registered onto frame 0
+        (:func:`atomfinder.detection.registration.register_focal_series`), because the
+        ground truth lies in frame 0's grid. Ignored by focal-series models.
     """
     from atomfinder.detection.pipeline import detect_array  # imports torch
 
+    if not (frame == "middle" or (isinstance(frame, int) and frame >= 0)):
+        raise ValueError(f"frame must be a frame index >= 0 or 'middle', got {frame!r}")
+
     def detect(sample: EvalSample) -> AtomTable:
-        image = sample.image if card.in_channels > 1 else sample.image[:1]
+        image = sample.image if card.in_channels > 1 else single_frame(sample.image, frame)
         result = detect_array(
             model, card, image, sample.sampling_A, threshold=threshold,
             min_distance_A=min_distance_A, device=device, tile=tile, precision=precision,
@@ -212,6 +222,34 @@ def network_detector(
         return result.atoms
 
     return detect
+
+
+def single_frame(frames: np.ndarray, frame: int | str = 0) -> np.ndarray:
+    """One frame of an ``[N, H, W]`` series as ``[1, H, W]``, in frame 0's pixel grid.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (N, H, W)
+        The series (frame 0 is the reference of the ground truth).
+    frame : int or "middle"
+        Index of the frame, or ``"middle"`` for ``N // 2``.
+
+    Returns
+    -------
+    ndarray, shape (1, H, W)
+        Frame 0 as it is; any other frame registered onto frame 0 (drift removed by
+        :func:`atomfinder.detection.registration.register_focal_series`).
+    """
+    n = frames.shape[0]
+    index = n // 2 if frame == "middle" else int(frame)
+    if not 0 <= index < n:
+        raise ValueError(f"frame {frame!r} is outside a series of {n} frame(s)")
+    if index == 0:
+        return frames[:1]
+    from atomfinder.detection.registration import register_focal_series
+
+    registered, _ = register_focal_series(np.stack([frames[0], frames[index]]))
+    return registered[1:]
 
 
 def baseline_detector(
@@ -1541,6 +1579,7 @@ __all__ = [
     "samples_from_store",
     "scored_predictions",
     "shape_label",
+    "single_frame",
     "store_structure_info",
     "support_label",
     "to_jsonable",
