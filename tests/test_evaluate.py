@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 from torch import nn
 
 from atomfinder.analysis.evaluate import (
@@ -353,27 +354,50 @@ def _blobs(shape=(96, 96), seed=0) -> np.ndarray:
     return img
 
 
-def test_single_frame_registers_the_middle_frame_onto_frame_0():
+def test_single_image_model_detections_move_back_by_the_known_drift_of_its_frame():
+    """The single-image model of `evaluate --versus` sees the middle frame; its atoms are
+    moved into frame 0's grid by the frame's recorded drift, so a drifted copy of frame 0
+    scores as frame 0 itself."""
     from scipy.ndimage import shift as nd_shift
 
-    from atomfinder.analysis.evaluate import single_frame
+    from atomfinder.analysis.evaluate import EvalSample, frame_index, undo_drift
+    from atomfinder.detection.peaks import AtomTable
 
-    rng = np.random.default_rng(0)
-    clean = _blobs()
-    drifted = nd_shift(clean, (1.3, -0.7), order=3, mode="nearest")  # frame 1 drifted by (dy, dx) = (1.3, -0.7) px
-    # the middle frame has inverted contrast; a little noise in each frame, as in any recorded image
-    series = np.stack([clean, -drifted, _blobs(seed=1)]) + rng.normal(0, 0.02, (3, 96, 96)).astype(np.float32)
-    assert single_frame(series, 0).shape == (1, 96, 96)
-    np.testing.assert_array_equal(single_frame(series, 0)[0], series[0])
-    back = single_frame(series, "middle")[0]
-    inner = (slice(10, -10), slice(10, -10))
-    error = np.abs(back[inner] + clean[inner]).max()
-    assert error < 0.2 * clean.max()  # registered: minus frame 0 (to about 0.1 px)
-    assert np.abs(series[1][inner] + clean[inner]).max() > 2 * error  # it was not before
+    assert frame_index(3, "middle") == 1 and frame_index(3, 0) == 0 and frame_index(4, "middle") == 2
     with pytest.raises(ValueError, match="outside a series of 3"):
-        single_frame(series, 3)
+        frame_index(3, 3)
     with pytest.raises(ValueError, match="frame must be"):
         network_detector(None, None, frame="last")
+    atoms = AtomTable(x=[10.0, 20.0], y=[5.0, 7.5], label=[1, 1], probability=[0.9, 0.8], height=[-1, -1])
+    moved = undo_drift(atoms, np.array([1.5, -0.5]))
+    np.testing.assert_allclose(moved.x, [8.5, 18.5])
+    np.testing.assert_allclose(moved.y, [5.5, 8.0])
+    np.testing.assert_array_equal(moved.probability, atoms.probability)
+
+    # end to end through network_detector's logic with a stand-in for the network: local maxima
+    clean = _blobs()
+    drift = np.array([[0.0, 0.0], [1.25, -0.75], [2.0, 1.0]])  # (x, y) px per frame
+    series = np.stack([nd_shift(clean, (dy, dx), order=3, mode="nearest") for dx, dy in drift])
+    sample = EvalSample(image=series, sampling_A=0.1, positions_A=np.zeros((0, 2)), labels=[], drift_px=drift)
+    with pytest.raises(ValueError, match="one \\(x, y\\) row per frame"):
+        EvalSample(image=series, sampling_A=0.1, positions_A=np.zeros((0, 2)), labels=[], drift_px=drift[:2])
+
+    def peaks(image):
+        from skimage.feature import peak_local_max
+
+        from atomfinder.detection.peaks import refine_subpixel
+
+        rc = peak_local_max(image, min_distance=4, threshold_abs=0.5)
+        rows, cols = refine_subpixel(image, rc[:, 0], rc[:, 1], radius_px=3.0)
+        return np.c_[cols, rows]
+
+    k = frame_index(len(sample.image), "middle")
+    found = peaks(sample.image[k])
+    table = undo_drift(AtomTable(x=found[:, 0], y=found[:, 1], label=np.ones(len(found)),
+                                 probability=np.ones(len(found)), height=-np.ones(len(found))), sample.drift_px[k])
+    reference = peaks(clean)
+    d, _ = cKDTree(reference).query(np.c_[table.x, table.y])
+    assert np.median(d) < 0.1  # back on frame 0's atoms (they were 1.46 px away)
 
 
 def test_cli_evaluate_versus_scores_a_single_image_model_on_the_middle_frame(tmp_path):

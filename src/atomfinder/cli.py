@@ -276,7 +276,7 @@ def evaluate(
     write_card: bool = typer.Option(False, "--write-card", help="Store the overall and per-dose figures in the model's card."),
     border: float = typer.Option(1.0, "--border", help="Width (Å) of the band along the image edge where sites and detections are ignored; 0 scores everything."),
     structures: bool = typer.Option(True, "--structures/--no-structures", help="Rebuild each job's structure (no imaging; stores with one structure per job, e.g. gold) for the tables by particle shape and support."),
-    versus: str = typer.Option("", "--versus", help="A second model scored on the same images, e.g. the single-image gold model beside gold-focal; a single-image model sees the middle frame of a focal series, registered onto frame 0."),
+    versus: str = typer.Option("", "--versus", help="A second model scored on the same images, e.g. the single-image gold model beside gold-focal; a single-image model sees the middle frame of a focal series, its atoms moved into frame 0's grid by the frame's simulated drift."),
 ) -> None:
     """Score a model (and the conventional baseline) against the exact ground truth.
 
