@@ -8,7 +8,8 @@ with ``focal_series=True`` (as a user's three files would), and the figure shows
   probable class, else the atom class detection would give (after the class priors),
 * the first frame with the detections coloured by class, and the true vacancy sites
   (``Mo_vacancy``, ``S_vacancy``, ``S1``) ringed, so that missed ones show;
-* for a model with a height head (gold), the map of column heights.
+* for a model with a height head (gold), the first frame with each detected column coloured
+  by its height (atoms per column), the true heights of the matched columns in the title.
 
 Usage::
 
@@ -84,7 +85,8 @@ def class_map_panel(ax, probabilities: np.ndarray, class_names: tuple[str, ...],
 def overlay_panel(ax, image: np.ndarray, table, truth: dict, class_names: tuple[str, ...],
                   sampling_A: float) -> None:
     """The first frame, detections coloured by class, true rare sites ringed."""
-    show_image(ax, image, "detections by class; true rare sites ringed", sampling_A)
+    ringed = any(name in RINGED for name in class_names)
+    show_image(ax, image, "detections by class" + ("; true rare sites ringed" if ringed else ""), sampling_A)
     for k, name in enumerate(class_names):
         rows = table[table["label"] == name]
         ax.scatter(rows["x"], rows["y"], s=9, color=CLASS_COLOURS[k + 1], label=f"{name} ({len(rows)})",
@@ -96,6 +98,28 @@ def overlay_panel(ax, image: np.ndarray, table, truth: dict, class_names: tuple[
         xy = truth["positions_px"][sel]
         ax.scatter(xy[:, 0], xy[:, 1], s=60, facecolors="none", edgecolors=CLASS_COLOURS[k + 1], linewidths=1.0)
     ax.legend(fontsize=7, loc="lower right", framealpha=0.8, markerscale=2)
+
+
+def height_panel(ax, fig, image: np.ndarray, table, truth: dict, sampling_A: float) -> None:
+    """The first frame with the detected columns coloured by height (atoms per column); the
+    title gives the share of columns matched within 0.5 Å whose height is exact and within ±1."""
+    from atomfinder.analysis.matching import match_positions
+
+    show_image(ax, image, "", sampling_A)
+    found = table["height"].to_numpy(dtype=float)
+    vmax = max(1.0, float(np.nanmax(found)) if len(found) else 1.0,
+               float(truth["heights"].max()) if len(truth.get("heights", [])) else 1.0)
+    points = ax.scatter(table["x"], table["y"], c=found, s=14, cmap="viridis", vmin=1, vmax=vmax,
+                        linewidths=0)
+    fig.colorbar(points, ax=ax, shrink=0.8, label="atoms per column")
+    title = "column heights"
+    if len(found) and len(truth.get("heights", [])):
+        xy = table[["x", "y"]].to_numpy(dtype=float)
+        pred, true = match_positions(xy, truth["positions_px"], 0.5 / sampling_A)
+        if len(pred):
+            err = found[pred] - truth["heights"][true]
+            title += f": {np.mean(err == 0):.0%} exact, {np.mean(np.abs(err) <= 1):.0%} within ±1"
+    ax.set_title(title, fontsize=9)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,10 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                     info["provenance"].get("class_log_bias"))
     overlay_panel(axes[len(frames) + 1], frames[0], table, truth, class_names, sampling)
     if heights is not None:
-        im = axes[-1].imshow(heights, cmap="viridis")
-        fig.colorbar(im, ax=axes[-1], shrink=0.8, label="atoms per column")
-        axes[-1].set_title("column heights", fontsize=9)
-        axes[-1].set_axis_off()
+        height_panel(axes[-1], fig, frames[0], table, truth, sampling)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=150)
     found = {name: int((table["label"] == name).sum()) for name in class_names}
