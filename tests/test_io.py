@@ -10,6 +10,7 @@ import pytest
 from atomfinder.detection.io import (
     Micrograph,
     MicrographError,
+    _planar_samples_tiff,
     read_micrograph,
     require_sampling,
     unit_to_angstrom,
@@ -198,6 +199,24 @@ def test_rgb_image_becomes_grey_and_uncalibrated(tmp_path: Path, suffix: str) ->
     if suffix == ".png":
         expected = rgb.astype(np.float64) @ [0.2125, 0.7154, 0.0721]
         np.testing.assert_allclose(m.data, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_three_frames_saved_with_tifffile_defaults_are_frames(tmp_path: Path, lazy: bool) -> None:
+    """`tifffile.imwrite(path, frames)` with 3 float frames writes one "RGB" page of separate
+    planes, which rosettasciio cannot read: it is a 3-frame stack (a focal series), not colour."""
+    import tifffile
+
+    frames = np.random.default_rng(6).random((3, 32, 40)).astype(np.float32)
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, frames)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1 and tif.series[0].axes == "SYX"  # the case: planar samples
+    m = read_micrograph(path, sampling_A=0.1, lazy=lazy)
+    np.testing.assert_array_equal(np.asarray(m.data), frames)
+    rgb = (np.random.default_rng(7).random((3, 32, 40)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "colour.tif", rgb)  # 8-bit planar RGB stays colour: rosettasciio's business
+    assert not _planar_samples_tiff(tmp_path / "colour.tif")
 
 
 def test_npy_stack_and_sampling(tmp_path: Path) -> None:

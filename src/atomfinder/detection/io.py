@@ -278,6 +278,8 @@ def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
         return data, [{} for _ in range(data.ndim)]
     import rsciio.tiff
 
+    if _planar_samples_tiff(path):  # one page: reading it whole is what there is
+        return _read_planar_tiff(path)
     with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
         results = rsciio.tiff.file_reader(str(path), lazy=True)
@@ -501,6 +503,8 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         kwargs["select_type"] = "images"  # Velox: skip spectra (and the `sparse` dependency)
     with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
+        if reader == "tiff" and _planar_samples_tiff(path):
+            return _read_planar_tiff(path)
         results = module.file_reader(str(path), **kwargs)
         if isinstance(results, dict):
             results = [results]
@@ -512,6 +516,33 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         if reader == "tiff":
             axes = _tiff_fill_units(path, axes)
     return data, axes
+
+
+def _planar_samples_tiff(path: Path) -> bool:
+    """Whether a TIFF holds one page of several planar samples that are not 8-bit colour.
+
+    ``tifffile.imwrite(path, frames)`` stores a ``[3, H, W]`` or ``[4, H, W]`` array of
+    any type as one "RGB" page with separate planes: for 16-bit or float data those are
+    frames (e.g. a focal series), not colour, and rosettasciio cannot read them.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return (len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
+                    and np.dtype(series.dtype) != np.uint8)
+    except Exception:  # noqa: BLE001 - not for us to judge: rosettasciio reports it
+        return False
+
+
+def _read_planar_tiff(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Read the planar samples of :func:`_planar_samples_tiff` as frames ``[N, H, W]``."""
+    import tifffile
+
+    data = np.asarray(tifffile.imread(path))
+    axes: list[dict[str, Any]] = [{} for _ in range(data.ndim)]
+    return data, _tiff_fill_units(path, axes)
 
 
 def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
