@@ -206,12 +206,18 @@ def atom_classes(class_names: Sequence[str]) -> list[int]:
 
 def atoms_in_frame(sample: Any, classes: Sequence[int], frame: int) -> Any:
     """``sample`` with only frame ``frame`` and only the sites of ``classes``, all as class 1:
-    what the class-agnostic, single-image comparison scores."""
+    what the class-agnostic, single-image comparison scores. Where the sample knows each
+    frame's drift (a simulation's record), the true sites move with the frame, so a method
+    that sees only that frame is scored in that frame's own grid."""
     import dataclasses
 
     keep = np.isin(sample.labels, classes)
-    return dataclasses.replace(sample, image=sample.image[frame:frame + 1], positions_A=sample.positions_A[keep],
-                               labels=np.ones(int(keep.sum()), np.int64), heights=sample.heights[keep])
+    positions_A = sample.positions_A[keep]
+    if sample.drift_px is not None:
+        positions_A = positions_A + sample.drift_px[frame] * sample.sampling_A
+    return dataclasses.replace(sample, image=sample.image[frame:frame + 1], positions_A=positions_A,
+                               labels=np.ones(int(keep.sum()), np.int64), heights=sample.heights[keep],
+                               drift_px=None)
 
 
 # --------------------------------------------------------------------------- detections

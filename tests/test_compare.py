@@ -170,6 +170,9 @@ def test_focal_series_is_scored_on_atoms_with_single_image_methods_on_the_middle
     one = cmp.atoms_in_frame(sample, classes, 1)
     np.testing.assert_array_equal(one.image[0], sample.image[1])
     assert len(one.positions_A) == int(np.isin(sample.labels, classes).sum()) and set(one.labels) <= {1}
+    keep = np.isin(sample.labels, classes)  # the truth moves with the frame's recorded drift
+    np.testing.assert_allclose(one.positions_A, sample.positions_A[keep] + sample.drift_px[1] * sample.sampling_A)
+    assert one.drift_px is None and np.abs(sample.drift_px[1]).max() > 0
 
     cmp.main(["--skip-peers", "--systems", "mos2-focal", "--doses", "1e4", "--n-images", "2", "--crlb-images", "1",
               "--timing-sizes", "--data-dir", str(data), "--out", str(tmp_path / "b.md")])
