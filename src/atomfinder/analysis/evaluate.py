@@ -321,7 +321,7 @@ def samples_from_store(
     for start in range(0, len(idx), block):
         chunk = idx[start : start + block]
         images = store.array("images", np.asarray(store.indices)[chunk])
-        drifts = store.array("drift_px", np.asarray(store.indices)[chunk]) if "drift_px" in store.group else None
+        drifts = store.array("drift_px", np.asarray(store.indices)[chunk])
         for k, i in enumerate(chunk):
             gt = store.ground_truth(i)
             frames = store.microscope(i)
@@ -344,7 +344,7 @@ def samples_from_store(
                 Cs_A=first.get("Cs_A"),
                 particle_shape=shape_label(info),
                 support=support_label(info),
-                drift_px=None if drifts is None else drifts[k],
+                drift_px=drifts[k],
             )
 
 
