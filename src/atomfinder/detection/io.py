@@ -503,8 +503,6 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         kwargs["select_type"] = "images"  # Velox: skip spectra (and the `sparse` dependency)
     with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
-        if reader == "tiff" and _planar_samples_tiff(path):
-            return _read_planar_tiff(path)
         results = module.file_reader(str(path), **kwargs)
         if isinstance(results, dict):
             results = [results]
@@ -686,6 +684,8 @@ def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]
         return _read_plain_image(path)
     if reader in ISOLATED_READERS:
         return _read_in_subprocess(path, reader, read_timeout_s(path.stat().st_size))
+    if reader == "tiff" and _planar_samples_tiff(path):  # rosettasciio cannot read these
+        return _read_planar_tiff(path)
     return _read_with_rsciio(path, reader)
 
 
