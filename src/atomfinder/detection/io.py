@@ -526,7 +526,8 @@ def _planar_samples_tiff(path: Path) -> bool:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
             series = tif.series[0]
             return (len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
                     and np.dtype(series.dtype) != np.uint8)
