@@ -14,10 +14,12 @@ doses inside the shipped model's validity range):
   (does Gaussian refinement improve on atomfinder's sub-pixel positions?);
 * ``conventional``: atomfinder's band-pass + local-maxima baseline.
 
-A focal-series model (``mos2-focal``) sees the three frames of each series; the
-single-image methods see the middle one, and every method is scored on the atom
-columns as one class (vacancy sites, which only the focal model can report, are
-left out), so its rows measure finding columns, not telling species apart.
+A focal-series model (``mos2-focal``, ``gold-focal``) sees the three frames of each
+series; the single-image methods see the middle one, and every method is scored on
+the atom columns as one class (vacancy sites, which only the focal model can report,
+are left out), so its rows measure finding columns, not telling species apart. The
+truth and the focal model's positions (in the first frame's grid) are moved into the
+middle frame's grid by the drift the simulator recorded.
 
 All are matched one-to-one to the ground truth at 0.5 Å with the evaluator's
 border band (:func:`atomfinder.analysis.evaluate.compare`). The Cramér-Rao bound
@@ -32,11 +34,14 @@ printed as ratios to atomfinder.
 
 The peers live in their own environment ``.venv-peers`` (``--setup-peers``
 creates it) and run through ``benchmarks/peers_worker.py``: atomfinder never
-imports them. Writes ``--out`` (Markdown) with PNG plots beside it in
-``<out stem>/`` and ends with one JSON line.
+imports them. Writes ``--out`` (Markdown) with PNG plots and the whole result
+(``result.json``) beside it in ``<out stem>/`` and ends with one JSON line;
+``--keep-others`` keeps that file's rows of the systems (and timing) a run does
+not redo, stamped with the date and commit of the run that made them.
 
     python benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare
     python benchmarks/compare.py --skip-peers --systems graphene --doses 1e4 --n-images 4
+    python benchmarks/compare.py --setup-peers --systems gold-focal --timing-sizes --keep-others --work runs/compare
 """
 
 from __future__ import annotations
@@ -134,15 +139,38 @@ def dose_tag(dose: float) -> str:
 
 
 def test_store(data_dir: Path, system: str, dose: float) -> Path:
-    """Path of the test store of ``system`` at ``dose``."""
+    """Path of the test store of ``system`` (a simulated system or a model with its own test set) at ``dose``."""
     return data_dir / f"{system}-test-{dose_tag(dose)}.zarr"
 
 
-#: Overrides of the test stores per system (``configs/``), and their size and seed: what
-#: the models' reports use (reports/<model>/README.md).
+#: Overrides of the test stores per simulated system (``configs/``), and their size and seed:
+#: what the models' reports use (reports/<model>/README.md).
 TEST_CONFIGS = {"graphene": "configs/test-dose-{tag}.toml", "gold": "configs/test-gold-dose-{tag}.toml",
                 "mos2": "configs/test-dose-{tag}.toml"}
 TEST_N, TEST_SEED = 128, 1001
+
+
+@dataclass(frozen=True)
+class StoreRecipe:
+    """Where a model's test stores come from: ``DATA/<name>-test-<dose>.zarr``, simulated as
+    ``atomfinder simulate --system SYSTEM --n N --seed SEED --config CONFIG``."""
+
+    name: str
+    system: str
+    config: str | None
+    n: int = TEST_N
+    seed: int = TEST_SEED
+
+
+#: Models whose test series differ from their simulated system's (reports/<model>/README.md).
+MODEL_TEST_SETS = {
+    "gold-focal": StoreRecipe("gold-focal", "gold", "configs/test-gold-focal-dose-{tag}.toml", n=64, seed=1401),
+}
+
+
+def test_recipe(model_name: str, system: str) -> StoreRecipe:
+    """The test set of shipped model ``model_name`` whose training data simulate ``system``."""
+    return MODEL_TEST_SETS.get(model_name) or StoreRecipe(system, system, TEST_CONFIGS.get(system))
 
 
 def simulate_store(system: str, out: Path, n: int, seed: int, config: Path | None) -> Path:
@@ -154,17 +182,16 @@ def simulate_store(system: str, out: Path, n: int, seed: int, config: Path | Non
     return out
 
 
-def ensure_test_store(data_dir: Path, system: str, dose: float) -> Path | None:
-    """The test store of the simulated ``system`` at ``dose``, simulated first when missing
+def ensure_test_store(data_dir: Path, tests: StoreRecipe, dose: float) -> Path | None:
+    """The store of test set ``tests`` at ``dose``, simulated first when missing
     (None: no recipe for it)."""
-    path = test_store(data_dir, system, dose)
-    template = TEST_CONFIGS.get(system)
-    if path.exists() or template is None:
+    path = test_store(data_dir, tests.name, dose)
+    if path.exists() or tests.config is None:
         return path if path.exists() else None
-    config = ROOT / template.format(tag=dose_tag(dose))
+    config = ROOT / tests.config.format(tag=dose_tag(dose))
     if not config.exists():
         return None
-    return simulate_store(system, path, TEST_N, TEST_SEED, config)
+    return simulate_store(tests.system, path, tests.n, tests.seed, config)
 
 
 def ensure_training_store(card: Any, n: int, work: Path) -> Path:
@@ -247,6 +274,15 @@ def run_local(detect: Callable[[Any], Any], samples: Sequence[Any],
             xy = xy[np.isin(np.asarray(table.label), labels)]
         out.xy.append(xy)
     return out
+
+
+def in_frame_grid(det: Detections, samples: Sequence[Any], frame: int) -> Detections:
+    """``det`` (positions in the first frame's pixel grid, as a focal-series model reports them)
+    moved into frame ``frame``'s grid by each sample's recorded drift, where the single-image
+    methods and the truth of :func:`atoms_in_frame` are; unchanged for samples without drift."""
+    xy = [p if s.drift_px is None else p + np.asarray(s.drift_px, dtype=np.float64)[frame]
+          for p, s in zip(det.xy, samples)]
+    return Detections(xy, list(det.seconds), list(det.failed))
 
 
 def precomputed_detector(samples: Sequence[Any], det: Detections) -> Callable[[Any], Any]:
@@ -498,8 +534,9 @@ def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: P
     scored = [atoms_in_frame(s, classes, peer_frame(card)) for s in samples]
     radius = float(store.meta["config"].get("label_radius_A", 0.4))
     log(f"{system} {dose_tag(dose)}: {len(samples)} images from {path.name}")
+    found = run_local(network_detector(net, card), samples, labels=classes)  # in frame 0's grid
     dets: dict[str, Detections] = {
-        ATOMFINDER: run_local(network_detector(net, card), samples, labels=classes),
+        ATOMFINDER: in_frame_grid(found, samples, peer_frame(card)),
         CONVENTIONAL: run_local(baseline_detector(atom_radius_A=radius,
                                                   min_distance_A=card.detection.get("min_distance_A", 1.0)), scored),
     }
@@ -795,6 +832,11 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
     ]
     lines += [f"Systems in this run: {', '.join(s['systems'])}; doses {', '.join(dose_tag(d) for d in s['doses'])} "
               "e/Å² where the model covers them.", ""]
+    runs = result.get("runs") or {}
+    if len({json.dumps(r, sort_keys=True) for r in runs.values()}) > 1:  # rows kept from earlier runs
+        lines += ["Not every row comes from the same run (`--keep-others`): " + "; ".join(
+            f"{k}: {r.get('date', '?')} at commit {r.get('commit', '?')}, {r.get('n_images', '?')} images per "
+            f"store, AtomAI {r.get('budget_min', '?')} min" for k, r in runs.items()) + ".", ""]
     if s.get("skip_peers"):
         lines += ["Peers were not run (`--skip-peers`).", ""]
     if result.get("atomai_training"):
@@ -832,7 +874,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--setup-peers", action="store_true", help="Create .venv-peers (AtomAI, Atomap) if absent.")
     ap.add_argument("--skip-peers", action="store_true",
                     help="Only atomfinder, the conventional baseline and the bound.")
-    ap.add_argument("--systems", nargs="+", default=["graphene", "gold", "mos2-focal"],
+    ap.add_argument("--keep-others", action="store_true",
+                    help="Keep the rows of the last run (<out stem>/result.json) for systems (and timing) "
+                         "this run does not make, e.g. to add one model's rows.")
+    ap.add_argument("--systems", nargs="+", default=["graphene", "gold", "mos2-focal", "gold-focal"],
                     help="Shipped models to compare (each scored on its own test stores).")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
     ap.add_argument("--n-images", type=int, default=16, help="Test images per store.")
@@ -879,7 +924,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if not dose_covered(card, dose):
                 result["notes"].append(f"{system} {dose_tag(dose)}: outside the model's dose range; not scored")
                 continue
-            path = ensure_test_store(args.data_dir, card.training["data"]["simulation"]["system"], dose)
+            path = ensure_test_store(args.data_dir, test_recipe(card.name, card.training["data"]["simulation"]["system"]),
+                                     dose)
             if path is None:
                 result["notes"].append(f"{system} {dose_tag(dose)}: no test store and no recipe to simulate one")
             else:
@@ -930,8 +976,51 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "repeats": args.repeats, "data_dir": os.path.relpath(args.data_dir, ROOT), "skip_peers": args.skip_peers,
         "peer_versions": peer_versions,
     }
+    stamp = run_stamp(args)
+    result["runs"] = {system: stamp for system in result["systems"]} | ({"timing": stamp} if "timing" in result else {})
     result["headline"] = headline(result)
     return result
+
+
+def run_stamp(args: argparse.Namespace) -> dict[str, Any]:
+    """When, at which commit and with which settings this run's rows were made."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"date": time.strftime("%Y-%m-%d"), "commit": proc.stdout.strip() or "?", "n_images": args.n_images,
+            "crlb_images": args.crlb_images, "budget_min": args.budget_min, "threads": args.threads,
+            "skip_peers": args.skip_peers}
+
+
+def result_path(out: Path) -> Path:
+    """Where the whole result of the run that wrote ``out`` is kept: ``<out stem>/result.json``."""
+    return out.parent / out.stem / "result.json"
+
+
+def keep_others(result: dict[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` with the rows of ``previous`` that this run did not make: other systems (their
+    accuracy, AtomAI training, notes and run stamp) and, when this run timed nothing, the timing.
+
+    A system rerun here replaces its earlier rows whole; nothing is averaged across runs.
+    """
+    merged = dict(result)
+    merged["systems"] = dict(result["systems"])
+    merged["atomai_training"] = dict(result.get("atomai_training") or {})
+    merged["runs"] = dict(result.get("runs") or {})
+    notes = list(result.get("notes") or [])
+    ran = set(result.get("settings", {}).get("systems") or result["systems"])
+    for system, rows in (previous.get("systems") or {}).items():
+        if system in ran:
+            continue
+        merged["systems"][system] = rows
+        if system in (previous.get("atomai_training") or {}):
+            merged["atomai_training"][system] = previous["atomai_training"][system]
+        merged["runs"][system] = (previous.get("runs") or {}).get(system, {})
+        notes += [n for n in previous.get("notes") or [] if n.split(" ", 1)[0].rstrip(":") == system]
+    if "timing" not in result and previous.get("timing"):
+        merged["timing"] = previous["timing"]
+        merged["runs"]["timing"] = (previous.get("runs") or {}).get("timing", {})
+    merged["notes"] = notes
+    merged["headline"] = headline(merged)
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -946,10 +1035,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         result = run(args, work)
+    saved = result_path(args.out)
+    if args.keep_others and saved.exists():
+        result = keep_others(result, json.loads(saved.read_text()))
+        log(f"kept the rows of {saved} that this run did not make")
     figures = plots(result, args.out.parent / args.out.stem)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(result, figures, args.out))
-    log(f"wrote {args.out} and {len(figures)} figures")
+    saved.write_text(json.dumps(to_jsonable(result), indent=1))
+    log(f"wrote {args.out}, {saved.name} and {len(figures)} figures")
     summary = to_jsonable({"out": str(args.out), "headline": result["headline"], "systems": result["systems"],
                            "timing": result.get("timing"), "atomai_training": result["atomai_training"],
                            "notes": result["notes"]})

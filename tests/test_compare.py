@@ -100,6 +100,61 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
     assert "Systems in this run: graphene; doses 1e4 e/Å²" in text
 
 
+def _rows(f1: float) -> dict:
+    crlb = {"n": 0, "rmse_axis_pm": None, "crlb_rms_pm": None, "rmse_over_crlb": None}
+    method = {"tp": 9, "fp": 1, "fn": 1, "precision": 0.9, "recall": 0.9, "f1": f1, "rmse_pm": 8.5,
+              "seconds_per_image": 0.2, "crlb": crlb}
+    return {"1e4": {"dose": 1e4, "n_images": 2, "methods": {"atomfinder": method}}}
+
+
+def test_keep_others_adds_earlier_rows_of_systems_not_rerun_and_replaces_those_rerun(cmp, tmp_path):
+    old_stamp = {"date": "2026-12-01", "commit": "aaaaaaa", "n_images": 16, "budget_min": 30.0}
+    new_stamp = {"date": "2026-12-07", "commit": "bbbbbbb", "n_images": 8, "budget_min": 30.0}
+    trained = {"batch_size": 8, "seconds": 60.0, "cpu_seconds": 120.0, "train_images": 10, "store": "t.zarr"}
+    previous = {"systems": {"graphene": _rows(0.9), "gold": _rows(0.8)},
+                "atomai_training": {"graphene": trained | {"cycles": 5}, "gold": trained | {"cycles": 6}},
+                "notes": ["graphene 2e2: no test store", "gold: a note", "golden 1e4: not gold's"],
+                "timing": {"1024": {"atomfinder": {"median_s": 1.0, "time_ratio": 1.0, "peak_rss_mb": 500.0,
+                                                   "rss_ratio": 1.0, "atoms": 10}}},
+                "runs": {"graphene": old_stamp, "gold": old_stamp, "timing": old_stamp}}
+    result = {"systems": {"gold": _rows(0.85), "gold-focal": _rows(0.7)}, "atomai_training": {},
+              "notes": ["gold-focal: focal"], "settings": {"systems": ["gold", "gold-focal"]},
+              "runs": {"gold": new_stamp, "gold-focal": new_stamp}}
+    merged = cmp.keep_others(result, previous)
+    assert set(merged["systems"]) == {"graphene", "gold", "gold-focal"}
+    assert merged["systems"]["gold"]["1e4"]["methods"]["atomfinder"]["f1"] == 0.85  # rerun: replaced whole
+    assert merged["systems"]["graphene"] == previous["systems"]["graphene"]
+    assert merged["atomai_training"] == {"graphene": trained | {"cycles": 5}}  # gold's earlier AtomAI belongs to its old rows
+    assert merged["notes"] == ["gold-focal: focal", "graphene 2e2: no test store"]
+    assert merged["timing"] == previous["timing"] and merged["runs"]["timing"] == old_stamp
+    assert merged["runs"]["graphene"] == old_stamp and merged["runs"]["gold"] == new_stamp
+    assert merged["headline"]["mean_f1_graphene_atomfinder"] == 0.9
+    assert merged["headline"]["mean_f1_gold_atomfinder"] == 0.85
+    assert "timing" not in result and set(result["systems"]) == {"gold", "gold-focal"}  # input left alone
+    merged["settings"] = {"systems": ["gold", "gold-focal"], "doses": [1e4], "n_images": 8, "data_dir": "data",
+                          "crlb_images": 0, "budget_min": 30.0, "threads": 2, "atomai_threshold": 0.5,
+                          "repeats": 3, "skip_peers": True}
+    text = cmp.markdown(merged, [], tmp_path / "b.md")
+    assert "Not every row comes from the same run" in text
+    assert "graphene: 2026-12-01 at commit aaaaaaa, 16 images" in text and "gold: 2026-12-07 at commit bbbbbbb" in text
+
+
+def test_focal_positions_move_into_the_middle_frames_grid_and_gold_focal_has_its_own_test_stores(cmp, tmp_path):
+    from types import SimpleNamespace
+
+    det = cmp.Detections([np.array([[10.0, 20.0]]), np.array([[1.0, 2.0]])], [0.1, 0.2])
+    samples = [SimpleNamespace(drift_px=np.array([[0.0, 0.0], [1.5, -0.5], [3.0, -1.0]])),
+               SimpleNamespace(drift_px=None)]
+    moved = cmp.in_frame_grid(det, samples, 1)
+    np.testing.assert_allclose(moved.xy[0], [[11.5, 19.5]])
+    np.testing.assert_allclose(moved.xy[1], [[1.0, 2.0]])
+    assert moved.seconds == [0.1, 0.2] and det.xy[0][0, 0] == 10.0
+    recipe = cmp.test_recipe("gold-focal", "gold")
+    assert cmp.test_store(tmp_path, recipe.name, 1e4).name == "gold-focal-test-1e4.zarr"
+    assert recipe.system == "gold" and (cmp.ROOT / recipe.config.format(tag="1e4")).exists()
+    assert cmp.test_recipe("graphene", "graphene").config == cmp.TEST_CONFIGS["graphene"]
+
+
 def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
@@ -114,6 +169,9 @@ def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_pa
     assert res["crlb_images"] == 1 and res["crlb_median_pm"] > 0
     assert any("1e6" in n and "dose range" in n for n in summary["notes"])
     assert out.exists() and (out.parent / "benchmarks" / "f1_vs_dose.png").exists()
+    saved = json.loads((out.parent / "benchmarks" / "result.json").read_text())
+    assert saved["systems"]["graphene"]["1e4"]["methods"].keys() == res["methods"].keys()
+    assert saved["runs"]["graphene"]["n_images"] == 2 and "timing" not in saved["runs"]
 
 
 def test_stage_is_computed_once_per_settings(cmp, tmp_path):
