@@ -424,3 +424,13 @@ def test_cli_evaluate_versus_scores_a_single_image_model_on_the_middle_frame(tmp
     assert "tinysingle 0 (middle frame)" in (tmp_path / "rep" / "report.md").read_text()
     result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(other), "--data", str(store)])
     assert result.exit_code == 2 and "classes" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(single), "--versus-frame", "0",
+                                 "--data", str(store), "--report", str(tmp_path / "rep0"), "--no-structures",
+                                 "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rep0" / "report.json").read_text())
+    assert list(report["detectors"]) == ["network", "tinysingle 0 (frame 0)"]
+    for bad in ("3", "last"):
+        result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(single), "--versus-frame", bad,
+                                     "--data", str(store)])
+        assert result.exit_code == 2 and "--versus-frame" in result.output and "Traceback" not in result.output

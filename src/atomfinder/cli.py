@@ -267,6 +267,19 @@ def train(
     _run(action, resume_hint="continue with the same command and --resume")
 
 
+def _frame_choice(text: str, n_frames: int) -> int | str:
+    """``--versus-frame``: ``"middle"`` or a 0-based frame index below ``n_frames``."""
+    if text.strip().lower() == "middle":
+        return "middle"
+    try:
+        index = int(text)
+    except ValueError:
+        raise ValueError(f"--versus-frame {text!r}: give 'middle' or a frame index") from None
+    if not 0 <= index < n_frames:
+        raise ValueError(f"--versus-frame {index}: the store has frames 0..{n_frames - 1}")
+    return index
+
+
 @app.command(cls=_Command)
 def evaluate(
     model: str = typer.Option(..., "--model", help="Shipped model name or path to <stem>.safetensors/.json."),
@@ -277,6 +290,7 @@ def evaluate(
     border: float = typer.Option(1.0, "--border", help="Width (Å) of the band along the image edge where sites and detections are ignored; 0 scores everything."),
     structures: bool = typer.Option(True, "--structures/--no-structures", help="Rebuild each job's structure (no imaging; stores with one structure per job, e.g. gold) for the tables by particle shape and support."),
     versus: str = typer.Option("", "--versus", help="A second model scored on the same images, e.g. the single-image gold model beside gold-focal; a single-image model sees the middle frame of a focal series, its atoms moved into frame 0's grid by the frame's simulated drift."),
+    versus_frame: str = typer.Option("middle", "--versus-frame", metavar="middle|INDEX", help="The frame of a focal series a single-image --versus model sees: the middle one, or a 0-based index (0: the least underfocused)."),
 ) -> None:
     """Score a model (and the conventional baseline) against the exact ground truth.
 
@@ -308,10 +322,12 @@ def evaluate(
                 raise ValueError(f"--versus {versus}: classes {other.class_names} differ from model {card.name} {card.class_names}")
             if other.in_channels > 1 and other.in_channels != store.meta["frames"]:
                 raise ValueError(f"--versus {versus}: needs {other.in_channels} frames, {data} has {store.meta['frames']}")
-            label = f"{other.name} {other.version}" + (" (middle frame)" if other.in_channels == 1 and store.meta["frames"] > 1 else "")
+            frame = _frame_choice(versus_frame, int(store.meta["frames"]))
+            seen = "middle frame" if frame == "middle" else f"frame {frame}"
+            label = f"{other.name} {other.version}" + (f" ({seen})" if other.in_channels == 1 and store.meta["frames"] > 1 else "")
             if label in ("network", "baseline"):
                 label = f"{label} (versus)"
-            detectors[label] = network_detector(other_net, other, frame="middle")
+            detectors[label] = network_detector(other_net, other, frame=frame)
         if baseline:
             radius = float(store.meta["config"].get("label_radius_A", 0.4))
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
