@@ -942,7 +942,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         model = {"name": card.name, "version": card.version}
         atomai_ready = False
         if not args.skip_peers:
-            training = {"model": model, "budget_min": args.budget_min, "threads": args.threads,
+            # AtomAI learns from the model's training data, not from the model: a new version
+            # trained on the same store reuses it
+            training = {"data": {k: card.training["data"].get(k) for k in ("store", "seed", "simulation")},
+                        "frame": peer_frame(card), "budget_min": args.budget_min, "threads": args.threads,
                         "train_images": args.atomai_train_images}
             if not (sys_work / "atomai.pt").exists():
                 (sys_work / "atomai_training.json").unlink(missing_ok=True)
