@@ -757,6 +757,10 @@ def plots(result: Mapping[str, Any], folder: Path) -> list[Path]:
                                  ("rmse_over_crlb", "RMSE / CRLB (per coordinate)", "rmse_crlb_vs_dose.png")):
         if not systems:
             break
+        if metric == "rmse_over_crlb" and not any(
+                isinstance(m["crlb"]["rmse_over_crlb"], float) and math.isfinite(m["crlb"]["rmse_over_crlb"])
+                for per_dose in systems.values() for d in per_dose.values() for m in d["methods"].values()):
+            continue  # no bound anywhere (e.g. focal series only): no empty figure
         fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.6), squeeze=False)
         for ax, (system, per_dose) in zip(axes[0], systems.items()):
             doses = [d["dose"] for d in per_dose.values()]

@@ -60,9 +60,9 @@ def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int,
     The budget is this process's CPU time (all its threads), so that a machine
     shared with other work does not shorten the training: ``threads`` cores for
     ``budget_cpu_s / threads`` seconds of wall time on an idle machine. A short
-    first fit (``calibration_cycles`` mini-batches) measures the CPU time per
-    cycle; a second fit on the same network spends the rest of the budget. Both
-    count towards it. Saves the weights to ``work/atomai.pt`` (by rename).
+    first fit (10 mini-batches) measures the CPU time per cycle; further fits on
+    the same network, each at most a tenth of the budget and planned from the CPU
+    time per cycle measured so far, spend the rest. All count towards it. Saves the weights to ``work/atomai.pt`` (by rename).
     """
     torch = _torch_setup(threads)
     torch.manual_seed(seed)
@@ -75,16 +75,21 @@ def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int,
     calibration = 10
     model.fit(xt, yt, xv, yv, training_cycles=calibration, batch_size=batch_size, rotation=True,
               print_loss=calibration, filename=str(work / "atomai_cal"))
+    done = calibration
     per_cycle = (time.process_time() - start_cpu) / calibration
-    remaining = budget_cpu_s - (time.process_time() - start_cpu)
-    cycles = max(0, int(remaining / per_cycle))
-    if cycles > 0:
+    # fits of at most a tenth of the budget, each planned from the CPU time per cycle measured
+    # so far: a cycle's cost changes when the machine's load does, and one long fit planned
+    # from the first 10 cycles spent 36 of 60 CPU-minutes on a shared machine (2026-12-07)
+    while (cycles := int((budget_cpu_s - (time.process_time() - start_cpu)) / per_cycle)) > 0:
+        cycles = min(cycles, max(1, int(0.1 * budget_cpu_s / per_cycle)))
         model.fit(xt, yt, xv, yv, training_cycles=cycles, batch_size=batch_size, rotation=True,
-                  print_loss=max(1, cycles // 10), filename=str(work / "atomai"))
+                  print_loss=max(1, cycles // 2), filename=str(work / "atomai"))
+        done += cycles
+        per_cycle = (time.process_time() - start_cpu) / done
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     torch.save(model.net.state_dict(), work / "atomai.pt.part")
     os.replace(work / "atomai.pt.part", work / "atomai.pt")
-    return {"cycles": calibration + cycles, "batch_size": batch_size, "seconds": seconds,
+    return {"cycles": done, "batch_size": batch_size, "seconds": seconds,
             "cpu_seconds": cpu_seconds, "train_images": int(len(xt)), "threads": threads}
 
 

@@ -238,6 +238,8 @@ def test_focal_series_is_scored_on_atoms_with_single_image_methods_on_the_middle
     res = summary["systems"]["mos2-focal"]["1e4"]
     assert set(res["methods"]) == {cmp.ATOMFINDER, cmp.CONVENTIONAL} and res["crlb_images"] == 0
     assert any("focal-series model" in n and "frame 1" in n for n in summary["notes"])
+    assert (tmp_path / "b" / "f1_vs_dose.png").exists()
+    assert not (tmp_path / "b" / "rmse_crlb_vs_dose.png").exists()  # no bound for focal series: no empty plot
 
 
 def _worker():
