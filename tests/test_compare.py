@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atomfinder.datasets.store import DatasetStore
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -167,11 +169,22 @@ def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_pa
     res = summary["systems"]["graphene"]["1e4"]
     assert set(res["methods"]) == {cmp.ATOMFINDER, cmp.CONVENTIONAL}
     assert res["crlb_images"] == 1 and res["crlb_median_pm"] > 0
+    n_store = len(DatasetStore(tiny_graphene_store))
+    assert res["indices"] == [0, n_store - 1]  # the first and the last, not the first two
     assert any("1e6" in n and "dose range" in n for n in summary["notes"])
     assert out.exists() and (out.parent / "benchmarks" / "f1_vs_dose.png").exists()
     saved = json.loads((out.parent / "benchmarks" / "result.json").read_text())
     assert saved["systems"]["graphene"]["1e4"]["methods"].keys() == res["methods"].keys()
     assert saved["runs"]["graphene"]["n_images"] == 2 and "timing" not in saved["runs"]
+
+
+def test_test_images_are_spread_over_the_store_so_every_specimen_is_seen(cmp):
+    # a store of 128 with 8 microscopes per specimen: 16 spread images see all 16 specimens
+    picked = cmp.spread_indices(128, 16)
+    assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 127
+    assert sorted({i // 8 for i in picked}) == list(range(16))
+    assert cmp.spread_indices(5, 16) == [0, 1, 2, 3, 4] and cmp.spread_indices(10, 0) == []
+    assert cmp.spread_indices(10, 1) == [0]
 
 
 def test_stage_is_computed_once_per_settings(cmp, tmp_path):
