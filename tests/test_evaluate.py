@@ -434,3 +434,33 @@ def test_cli_evaluate_versus_scores_a_single_image_model_on_the_middle_frame(tmp
         result = runner.invoke(app, ["evaluate", "--model", str(focal), "--versus", str(single), "--versus-frame", bad,
                                      "--data", str(store)])
         assert result.exit_code == 2 and "--versus-frame" in result.output and "Traceback" not in result.output
+
+
+def test_specimen_of_a_store_sample_follows_jobs_and_waves():
+    from atomfinder.analysis.evaluate import store_specimen
+
+    # graphene and gold recipes: one structure per job
+    assert [store_specimen(i, 8, 8) for i in (0, 7, 8, 15, 16)] == [0, 0, 1, 1, 2]
+    assert [store_specimen(i, 16, 16) for i in (0, 15, 16)] == [0, 0, 1]
+    # two waves per job of 16, and a wave longer than its job
+    assert [store_specimen(i, 16, 8) for i in (0, 7, 8, 15, 16, 24)] == [0, 0, 1, 1, 2, 3]
+    assert [store_specimen(i, 8, 16) for i in (0, 7, 8)] == [0, 0, 1]
+
+
+def test_specimen_interval_resamples_specimens_not_images():
+    from atomfinder.analysis.evaluate import specimen_interval
+
+    # two specimens, one perfect and one failing, each seen in 4 images
+    counts = [(10, 0, 0)] * 4 + [(0, 10, 10)] * 4
+    interval, n = specimen_interval(counts, [0] * 4 + [1] * 4)
+    assert n == 2
+    lo, hi = interval
+    assert lo == 0.0 and hi == 1.0  # a resample may hold only the failing or only the perfect one
+    # the same counts as 8 independent images give a far narrower interval
+    narrow, n8 = specimen_interval(counts, list(range(8)))
+    assert n8 == 8 and narrow[0] < 0.5 < narrow[1] and narrow[1] - narrow[0] < 0.8  # pooled F1 0.5
+    # reproducible, and None where it cannot be computed
+    assert specimen_interval(counts, list(range(8))) == (narrow, 8)
+    assert specimen_interval([(5, 1, 1)], [0]) == (None, 1)
+    with pytest.raises(ValueError):
+        specimen_interval(counts, [0])

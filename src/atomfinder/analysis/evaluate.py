@@ -120,6 +120,10 @@ class EvalSample:
     drift_px : ndarray, shape (C, 2), optional
         Known ``(x, y)`` shift in pixels of each frame's specimen relative to frame 0
         (the simulator's record); None = unknown.
+    specimen : int, optional
+        Which simulated specimen (sheet, particle) the image shows: images of one
+        specimen share its structure (and, in a store, its voltage), so they are not
+        independent draws (:func:`specimen_interval`). None = its own specimen.
     """
 
     image: np.ndarray
@@ -134,6 +138,7 @@ class EvalSample:
     particle_shape: str | None = None
     support: str | None = None
     drift_px: np.ndarray | None = None
+    specimen: int | None = None
 
     def __post_init__(self) -> None:
         img = np.asarray(self.image, dtype=np.float32)
@@ -318,6 +323,9 @@ def samples_from_store(
         each sample's ``particle_shape`` and ``support`` (None where missing).
     """
     idx = list(range(len(store))) if indices is None else [int(i) for i in indices]
+    config = store.meta.get("config") or {}
+    per_job = int(store.meta.get("samples_per_job") or 1)
+    per_wave = int(config.get("draws_per_wave") or per_job)
     for start in range(0, len(idx), block):
         chunk = idx[start : start + block]
         images = store.array("images", np.asarray(store.indices)[chunk])
@@ -345,7 +353,16 @@ def samples_from_store(
                 particle_shape=shape_label(info),
                 support=support_label(info),
                 drift_px=drifts[k],
+                specimen=store_specimen(int(store.indices[i]), per_job, per_wave),
             )
+
+
+def store_specimen(index: int, samples_per_job: int, draws_per_wave: int) -> int:
+    """The specimen shown by sample ``index`` of a store: each job images one structure
+    after another, ``draws_per_wave`` images each (the last one fewer)."""
+    per_job = -(-samples_per_job // max(1, min(draws_per_wave, samples_per_job)))
+    job, within = divmod(index, samples_per_job)
+    return job * per_job + within // max(1, draws_per_wave)
 
 
 def cs_label(Cs_A: float | None) -> str | None:
@@ -508,6 +525,7 @@ class _Record:
     Cs_A: float | None = None
     particle_shape: str | None = None
     support: str | None = None
+    specimen: int | None = None
 
 
 def interior_mask(xy_A: np.ndarray, shape: tuple[int, int], sampling_A: float, border_A: float) -> np.ndarray:
@@ -774,7 +792,7 @@ def _collect(
             shape=s.shape, sampling_A=s.sampling_A, dose_e_per_A2=s.dose_e_per_A2,
             defocus_A=s.defocus_A, true_xy_A=s.positions_A, true_label=s.labels,
             true_height=s.heights, predictions=preds, Cs_A=s.Cs_A, particle_shape=s.particle_shape,
-            support=s.support,
+            support=s.support, specimen=s.specimen,
         ))
         if on_sample is not None:
             on_sample(i)
@@ -837,7 +855,10 @@ def _detector_report(
     area_nm2 = sum(_interior_area_nm2(r, border_A) for r in records)
     far = [_far_detections(r, name, FAR_A, border_A) for r in records]
     overall = {radius_key(r): _metrics(aggregate(s[radius_key(r)] for s in per_image)) for r in radii_A}
-    for metrics in overall.values():
+    for key, metrics in overall.items():
+        metrics["f1_interval"], metrics["n_specimens"] = specimen_interval(
+            [(s[key]["tp"], s[key]["fp"], s[key]["fn"]) for s in per_image],
+            [("own", i) if r.specimen is None else ("specimen", r.specimen) for i, r in enumerate(records)])
         metrics["fp_per_10nm2"] = 10.0 * metrics["fp"] / area_nm2 if area_nm2 > 0 else math.nan
         metrics["far_detections"] = int(sum(far))
         metrics["max_far_per_image"] = int(max(far, default=0))
@@ -855,6 +876,60 @@ def _detector_report(
         "by_support": _categorical([r.support for r in records], per_image, ("free", "carbon")),
         "images": rows,
     }
+
+
+def specimen_interval(
+    counts: Sequence[tuple[int, int, int]],
+    specimens: Sequence[Any],
+    *,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[list[float] | None, int]:
+    """Interval of the pooled F1 from resampling whole specimens (a cluster bootstrap).
+
+    Images of one simulated sheet or particle share its structure and voltage, so a
+    test store of 128 images of 8 particles holds 8 independent draws, not 128. The
+    specimens are drawn with replacement, their images' counts pooled and the F1
+    recomputed; the interval is the central ``level`` of those F1 values.
+
+    Parameters
+    ----------
+    counts : sequence of (tp, fp, fn)
+        Per-image counts.
+    specimens : sequence of hashable
+        The specimen of each image.
+    level : float
+        Coverage of the interval.
+    n_resamples : int
+        Bootstrap resamples (seeded: the interval is reproducible).
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    (interval, n_specimens)
+        ``[low, high]`` (None with fewer than 2 specimens or no counts) and the
+        number of specimens.
+    """
+    keys = list(dict.fromkeys(specimens))
+    if len(counts) != len(specimens):
+        raise ValueError("one specimen per image is needed")
+    pooled = np.zeros((len(keys), 3))
+    where = {k: j for j, k in enumerate(keys)}
+    for c, k in zip(counts, specimens):
+        pooled[where[k]] += np.asarray(c, dtype=float)
+    if len(keys) < 2 or not pooled.any():
+        return None, len(keys)
+    draws = np.random.default_rng(seed).integers(0, len(keys), size=(n_resamples, len(keys)))
+    tp, fp, fn = pooled[draws].sum(axis=1).T
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
+    f1 = f1[np.isfinite(f1)]
+    if len(f1) == 0:
+        return None, len(keys)
+    tail = 50.0 * (1.0 - level)
+    return [float(np.percentile(f1, tail)), float(np.percentile(f1, 100.0 - tail))], len(keys)
 
 
 #: Matching radius (Å) at which confidences and error bars are scored.
@@ -1351,6 +1426,7 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
                          _f(m.get("fp_per_10nm2"), 2), _f(m.get("far_detections")), _f(m.get("max_far_per_image"))])
     lines += _table(["detector", "radius (Å)", "TP", "FP", "FN", "precision", "recall", "F1", "RMSE (pm)",
                      "label accuracy", "false per 10 nm²", f"> {FAR_A:g} Å from any site", "most in one image"], rows)
+    lines += _interval_lines(dets, rk)
     lines += ["Time per image: " + ", ".join(f"{n} {_f(d['seconds_per_image'], 3)} s" for n, d in dets.items()), ""]
     lines += [f"## Per image (radius {rk} Å)", "",
               "Pooled counts hide whether errors are spread thin or whole images fail: the distribution "
@@ -1375,6 +1451,24 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     else:
         lines += ["No heights (no detector predicted heights, or the data has none).", ""]
     return "\n".join(lines)
+
+
+def _interval_lines(dets: Mapping[str, Any], rk: str) -> list[str]:
+    """One line: each detector's F1 with its specimen-bootstrap interval (reports made before
+    the interval existed have none, and get no line)."""
+    parts = []
+    n_spec = None
+    for n, d in dets.items():
+        m = d["overall"][rk]
+        if m.get("f1_interval"):
+            lo, hi = m["f1_interval"]
+            parts.append(f"{n} {_f(m['f1'])} ({_f(lo)}-{_f(hi)})")
+            n_spec = m.get("n_specimens")
+    if not parts:
+        return []
+    return [f"F1 at {rk} Å with a 95 % interval from resampling the {n_spec} simulated specimens (images of one "
+            "sheet or particle share its structure and voltage, so they are not independent draws): "
+            + ", ".join(parts) + ".", ""]
 
 
 def _confusion_markdown(dets: Mapping[str, Any], names: Sequence[str], rk: str) -> list[str]:
