@@ -29,6 +29,22 @@ def test_config_round_trip(tmp_path):
         TrainConfig.from_dict({"learning_rate": 1})
 
 
+def test_capped_validation_set_takes_images_from_every_validation_job_in_turn():
+    from types import SimpleNamespace
+
+    from atomfinder.nn.train import validation_split
+
+    # 40 jobs of 16 images of one particle each; 4 validation jobs, capped at 8 images
+    store = SimpleNamespace(meta={"samples_per_job": 16, "n": 640}, indices=np.arange(640))
+    config = TrainConfig(validation_fraction=0.1, max_validation_images=8, seed=3)
+    train_idx, val_idx = validation_split(store, config)
+    _, val_jobs = split_jobs(40, 0.1, 3)
+    assert sorted(set(val_idx // 16)) == sorted(val_jobs)  # all 4 specimens, 2 images each
+    assert np.bincount(val_idx // 16, minlength=40)[val_jobs].tolist() == [2, 2, 2, 2]
+    assert len(train_idx) == 36 * 16 and not set(train_idx // 16) & set(val_jobs)
+    assert np.all(np.diff(val_idx) > 0)
+
+
 def test_split_and_schedule():
     train_jobs, val_jobs = split_jobs(20, 0.1, 0)
     assert len(val_jobs) == 2 and len(train_jobs) == 18 and not set(train_jobs) & set(val_jobs)

@@ -200,15 +200,19 @@ def validation_split(store, config: TrainConfig) -> tuple[np.ndarray, np.ndarray
     -------
     (train_idx, val_idx) : ndarrays of int
         Positions among the store's visible samples; at most
-        ``max_validation_images`` validation samples, the first ones of the
-        validation jobs.
+        ``max_validation_images`` validation samples, taken in turn from the
+        validation jobs (the first image of every job, then the second, ...), so
+        that a capped validation set still shows every validation specimen
+        (a job images one sheet or particle 8-16 times).
     """
     spj = int(store.meta["samples_per_job"])
     n_jobs = -(-int(store.meta["n"]) // spj)
     train_jobs, val_jobs = split_jobs(n_jobs, config.validation_fraction, config.seed)
     job_of = store.indices // spj
     train_idx = np.flatnonzero(np.isin(job_of, train_jobs))
-    val_idx = np.flatnonzero(np.isin(job_of, val_jobs))[: config.max_validation_images]
+    val_all = np.flatnonzero(np.isin(job_of, val_jobs))
+    rank = store.indices[val_all] % spj  # the image's place within its job
+    val_idx = np.sort(val_all[np.lexsort((job_of[val_all], rank))][: config.max_validation_images])
     return train_idx, val_idx
 
 
