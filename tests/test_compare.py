@@ -288,3 +288,17 @@ def test_atomap_refines_an_image_with_fewer_seeds_than_its_nine_neighbours(tmp_p
     assert info["failed"] == [{"image": 1, "seeds": 3, "error": "IndexError: list index out of range"}]
     np.testing.assert_array_equal(out["img1"], np.rint(truth))  # kept unrefined, and said so
     assert np.abs(out["img0"] - truth).max() < 0.1
+
+
+def test_crlb_by_support_check_runs_on_a_tiny_store(tiny_graphene_store, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("check_crlb_support", BENCH / "check_crlb_support.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "crlb.md"
+    result = module.main(["--data", str(tiny_graphene_store), "--images", "1", "--out", str(out)])
+    assert result["images"] == [0]
+    whole = result["all"]
+    assert whole["n"] > 0 and whole["crlb_rms_pm"] > 0 and whole["rmse_over_crlb"] > 0
+    assert 0 < whole["worst5_share"] <= 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["groups"].keys() == result["groups"].keys()
+    assert "| all |" in out.read_text()
