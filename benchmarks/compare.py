@@ -148,6 +148,8 @@ def test_store(data_dir: Path, system: str, dose: float) -> Path:
 TEST_CONFIGS = {"graphene": "configs/test-dose-{tag}.toml", "gold": "configs/test-gold-dose-{tag}.toml",
                 "mos2": "configs/test-dose-{tag}.toml"}
 TEST_N, TEST_SEED = 128, 1001
+#: The shipped models the benchmark covers, in the order of its page.
+DEFAULT_SYSTEMS = ("graphene", "gold", "mos2-focal", "gold-focal")
 
 
 @dataclass(frozen=True)
@@ -857,9 +859,12 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
     if len({json.dumps(r, sort_keys=True) for r in runs.values()}) > 1:  # rows kept from earlier runs
         lines += ["Not every row comes from the same run (`--keep-others`): " + "; ".join(
             f"{k}: {r.get('date', '?')} at commit {r.get('commit', '?')}, {r.get('n_images', '?')} images per "
-            f"store, AtomAI {r.get('budget_min', '?')} min" for k, r in runs.items()) + ".", ""]
-    if s.get("skip_peers"):
-        lines += ["Peers were not run (`--skip-peers`).", ""]
+            f"store, " + ("no peers" if r.get("skip_peers") else f"AtomAI {r.get('budget_min', '?')} min")
+            for k, r in runs.items()) + ".", ""]
+    without_peers = [k for k in result.get("systems") or {} if (runs.get(k) or {}).get("skip_peers")]
+    if without_peers or (s.get("skip_peers") and not runs):
+        lines += ["Peers were not run (`--skip-peers`)"
+                  + (f" for: {', '.join(without_peers)}." if without_peers else "."), ""]
     if result.get("atomai_training"):
         lines += ["AtomAI training: " + ", ".join(
             f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min "
@@ -898,7 +903,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-others", action="store_true",
                     help="Keep the rows of the last run (<out stem>/result.json) for systems (and timing) "
                          "this run does not make, e.g. to add one model's rows.")
-    ap.add_argument("--systems", nargs="+", default=["graphene", "gold", "mos2-focal", "gold-focal"],
+    ap.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS),
                     help="Shipped models to compare (each scored on its own test stores).")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
     ap.add_argument("--n-images", type=int, default=16, help="Test images per store, spread evenly over it.")
@@ -1043,6 +1048,8 @@ def keep_others(result: dict[str, Any], previous: Mapping[str, Any]) -> dict[str
         merged["timing"] = previous["timing"]
         merged["runs"]["timing"] = (previous.get("runs") or {}).get("timing", {})
     merged["notes"] = notes
+    order = {name: i for i, name in enumerate(DEFAULT_SYSTEMS)}  # the default order, whatever ran last
+    merged["systems"] = dict(sorted(merged["systems"].items(), key=lambda kv: order.get(kv[0], len(order))))
     merged["headline"] = headline(merged)
     return merged
 

@@ -111,7 +111,7 @@ def _rows(f1: float) -> dict:
 
 def test_keep_others_adds_earlier_rows_of_systems_not_rerun_and_replaces_those_rerun(cmp, tmp_path):
     old_stamp = {"date": "2026-12-01", "commit": "aaaaaaa", "n_images": 16, "budget_min": 30.0}
-    new_stamp = {"date": "2026-12-07", "commit": "bbbbbbb", "n_images": 8, "budget_min": 30.0}
+    new_stamp = {"date": "2026-12-07", "commit": "bbbbbbb", "n_images": 8, "budget_min": 30.0, "skip_peers": True}
     trained = {"batch_size": 8, "seconds": 60.0, "cpu_seconds": 120.0, "train_images": 10, "store": "t.zarr"}
     previous = {"systems": {"graphene": _rows(0.9), "gold": _rows(0.8)},
                 "atomai_training": {"graphene": trained | {"cycles": 5}, "gold": trained | {"cycles": 6}},
@@ -123,7 +123,7 @@ def test_keep_others_adds_earlier_rows_of_systems_not_rerun_and_replaces_those_r
               "notes": ["gold-focal: focal"], "settings": {"systems": ["gold", "gold-focal"]},
               "runs": {"gold": new_stamp, "gold-focal": new_stamp}}
     merged = cmp.keep_others(result, previous)
-    assert set(merged["systems"]) == {"graphene", "gold", "gold-focal"}
+    assert list(merged["systems"]) == ["graphene", "gold", "gold-focal"]  # the page's order, not the run's
     assert merged["systems"]["gold"]["1e4"]["methods"]["atomfinder"]["f1"] == 0.85  # rerun: replaced whole
     assert merged["systems"]["graphene"] == previous["systems"]["graphene"]
     assert merged["atomai_training"] == {"graphene": trained | {"cycles": 5}}  # gold's earlier AtomAI belongs to its old rows
@@ -139,6 +139,8 @@ def test_keep_others_adds_earlier_rows_of_systems_not_rerun_and_replaces_those_r
     text = cmp.markdown(merged, [], tmp_path / "b.md")
     assert "Not every row comes from the same run" in text
     assert "graphene: 2026-12-01 at commit aaaaaaa, 16 images" in text and "gold: 2026-12-07 at commit bbbbbbb" in text
+    # only the systems of the run without peers are said to lack them
+    assert "Peers were not run (`--skip-peers`) for: gold, gold-focal." in text
 
 
 def test_focal_positions_move_into_the_middle_frames_grid_and_gold_focal_has_its_own_test_stores(cmp, tmp_path):
