@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import sample_crlb_A, spread_indices  # noqa: E402  (benchmarks/ is not a package)
+from compare import matched_errors, sample_crlb_A, spread_indices  # noqa: E402  (benchmarks/ is not a package)
 
-from atomfinder.analysis.evaluate import interior_mask, samples_from_store, store_structure_info  # noqa: E402
-from atomfinder.analysis.matching import match_positions  # noqa: E402
+from atomfinder.analysis.evaluate import samples_from_store, store_structure_info  # noqa: E402
 from atomfinder.datasets.store import DatasetStore  # noqa: E402
 from atomfinder.detection.pipeline import detect_array  # noqa: E402
 from atomfinder.nn.card import load_model, resolve_model  # noqa: E402
@@ -43,13 +42,9 @@ BORDER_A = 0.5
 
 
 def site_errors(net, card, sample, bound_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-coordinate squared errors (Å²) of matched interior sites and their bounds (Å)."""
+    """Per-coordinate squared errors (Å²) of the model's matched interior sites and their bounds (Å)."""
     atoms = detect_array(net, card, sample.image[:1], sample.sampling_A).atoms
-    pred_A = np.column_stack([atoms.x, atoms.y]) * sample.sampling_A
-    pi, ti = match_positions(pred_A, sample.positions_A, RADIUS_A)
-    keep = interior_mask(sample.positions_A[ti], sample.shape, sample.sampling_A, BORDER_A) & np.isfinite(bound_A[ti])
-    pi, ti = pi[keep], ti[keep]
-    return np.sum((pred_A[pi] - sample.positions_A[ti]) ** 2, axis=1) / 2.0, bound_A[ti]
+    return matched_errors(sample, np.column_stack([atoms.x, atoms.y]) * sample.sampling_A, bound_A, RADIUS_A, BORDER_A)
 
 
 def summary(err2_A2: np.ndarray, bound_A: np.ndarray) -> dict[str, float]:

@@ -477,6 +477,29 @@ def sample_crlb_A(store: Any, i: int) -> np.ndarray | None:
                                  slice_thickness_A=config.slice_thickness_A)
 
 
+def matched_errors(sample: Any, pred_A: np.ndarray, crlb_A: np.ndarray, radius_A: float = RADIUS_A,
+                   border_A: float = BORDER_A) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate squared errors (Å²) of the detections matched to interior sites with a
+    finite bound, and those sites' bounds (Å).
+
+    Parameters
+    ----------
+    sample : EvalSample
+        A test image with its ground truth.
+    pred_A : ndarray, shape (n, 2)
+        Detected ``(x, y)`` in Å.
+    crlb_A : ndarray, shape (m,)
+        Per-site bound of the sample's sites (Å).
+    """
+    from atomfinder.analysis.evaluate import interior_mask
+    from atomfinder.analysis.matching import match_positions
+
+    pi, ti = match_positions(pred_A, sample.positions_A, radius_A)
+    inside = interior_mask(sample.positions_A[ti], sample.shape, sample.sampling_A, border_A) & np.isfinite(crlb_A[ti])
+    pi, ti = pi[inside], ti[inside]
+    return np.sum((pred_A[pi] - sample.positions_A[ti]) ** 2, axis=1) / 2.0, crlb_A[ti]
+
+
 def rmse_over_crlb(samples: Sequence[Any], det: Detections, bounds: Mapping[int, np.ndarray],
                    radius_A: float = RADIUS_A, border_A: float = BORDER_A) -> dict[str, float]:
     """Per-coordinate RMSE of matched interior detections against the RMS bound of the same sites.
@@ -496,18 +519,11 @@ def rmse_over_crlb(samples: Sequence[Any], det: Detections, bounds: Mapping[int,
         ``n`` pairs, ``rmse_axis_pm``, ``crlb_rms_pm`` and their ratio ``rmse_over_crlb``
         (NaN without pairs).
     """
-    from atomfinder.analysis.evaluate import interior_mask
-    from atomfinder.analysis.matching import match_positions
-
     err2, bound2 = [], []
     for i, crlb in bounds.items():
-        s = samples[i]
-        pred_A = det.xy[i] * s.sampling_A
-        pi, ti = match_positions(pred_A, s.positions_A, radius_A)
-        inside = interior_mask(s.positions_A[ti], s.shape, s.sampling_A, border_A) & np.isfinite(crlb[ti])
-        pi, ti = pi[inside], ti[inside]
-        err2.append(np.sum((pred_A[pi] - s.positions_A[ti]) ** 2, axis=1) / 2.0)
-        bound2.append(crlb[ti] ** 2)
+        e2, b = matched_errors(samples[i], det.xy[i] * samples[i].sampling_A, crlb, radius_A, border_A)
+        err2.append(e2)
+        bound2.append(b**2)
     e, b = (np.concatenate(a) if a else np.zeros(0) for a in (err2, bound2))
     if len(e) == 0:
         return {"n": 0, "rmse_axis_pm": math.nan, "crlb_rms_pm": math.nan, "rmse_over_crlb": math.nan}

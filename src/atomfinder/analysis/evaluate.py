@@ -855,10 +855,10 @@ def _detector_report(
     area_nm2 = sum(_interior_area_nm2(r, border_A) for r in records)
     far = [_far_detections(r, name, FAR_A, border_A) for r in records]
     overall = {radius_key(r): _metrics(aggregate(s[radius_key(r)] for s in per_image)) for r in radii_A}
+    specimens = [("own", i) if r.specimen is None else ("specimen", r.specimen) for i, r in enumerate(records)]
     for key, metrics in overall.items():
         metrics["f1_interval"], metrics["n_specimens"] = specimen_interval(
-            [(s[key]["tp"], s[key]["fp"], s[key]["fn"]) for s in per_image],
-            [("own", i) if r.specimen is None else ("specimen", r.specimen) for i, r in enumerate(records)])
+            [(s[key]["tp"], s[key]["fp"], s[key]["fn"]) for s in per_image], specimens)
         metrics["fp_per_10nm2"] = 10.0 * metrics["fp"] / area_nm2 if area_nm2 > 0 else math.nan
         metrics["far_detections"] = int(sum(far))
         metrics["max_far_per_image"] = int(max(far, default=0))
