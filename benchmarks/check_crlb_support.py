@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = DatasetStore(args.data)
     infos = store_structure_info(store) or {}
     indices = spread_indices(len(store), args.images)
-    per_image, pooled = [], {}
+    per_image, errors = [], []  # errors: (group, squared errors, bounds) per image
     for i, sample in zip(indices, samples_from_store(store, indices, structures=infos)):
         t = time.perf_counter()
         bound = sample_crlb_A(store, i)
@@ -102,16 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
         group = group_of(sample, info)
         s = summary(e2, b) | {"image": int(i), "group": group, "kV": sample.extra.get("energy_eV", math.nan) / 1e3}
         per_image.append(s)
-        acc = pooled.setdefault(group, ([], []))
-        acc[0].append(e2), acc[1].append(b)
+        errors.append((group, e2, b))
         print(f"image {i} ({group}, {s['kV']:.0f} kV): " + (f"RMSE/axis {s['rmse_axis_pm']:.1f} pm, bound RMS "
               f"{s['crlb_rms_pm']:.1f} pm, ratio {s['rmse_over_crlb']:.2f} ({time.perf_counter() - t:.0f} s)"
               if s["n"] else "no matched atoms"), file=sys.stderr, flush=True)
-    groups = {g: summary(np.concatenate(e), np.concatenate(b)) for g, (e, b) in pooled.items()}
-    every = [np.concatenate([np.concatenate(e) for e, _ in pooled.values()]),
-             np.concatenate([np.concatenate(b) for _, b in pooled.values()])] if pooled else [np.zeros(0)] * 2
+    def pooled(parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        if not parts:
+            return summary(np.zeros(0), np.zeros(0))
+        return summary(np.concatenate([e for e, _ in parts]), np.concatenate([b for _, b in parts]))
+
+    groups = {g: pooled([(e, b) for h, e, b in errors if h == g]) for g in dict.fromkeys(g for g, _, _ in errors)}
     result = {"model": f"{card.name} {card.version}", "store": args.data.name, "images": [p["image"] for p in per_image],
-              "groups": groups, "all": summary(*every), "per_image": per_image}
+              "groups": groups, "all": pooled([(e, b) for _, e, b in errors]), "per_image": per_image}
     if args.out:
         head = ("| sites | atoms | RMSE/axis (pm) | CRLB RMS (pm) | RMSE / CRLB | median error/axis (pm) | "
                 "median CRLB (pm) | worst 5 % of atoms' share of the squared error |")

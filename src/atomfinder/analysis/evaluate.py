@@ -924,8 +924,7 @@ def specimen_interval(
     draws = np.random.default_rng(seed).integers(0, len(keys), size=(n_resamples, len(keys)))
     tp, fp, fn = pooled[draws].sum(axis=1).T
     denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
-    f1 = f1[np.isfinite(f1)]
+    f1 = 2 * tp[denom > 0] / denom[denom > 0]  # a resample with no atoms and no detections has no F1
     if len(f1) == 0:
         return None, len(keys)
     tail = 50.0 * (1.0 - level)
