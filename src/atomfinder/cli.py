@@ -481,7 +481,7 @@ def calibrate_command(
                 task = bar.add_task(f"class priors {card.name}", total=len(store))
                 labelled = class_bias_data(net, card, samples_from_store(store),
                                            on_sample=lambda i: bar.update(task, completed=i + 1))
-            bias = fit_class_bias(labelled["probabilities"], labelled["true_label"])
+            bias = fit_class_bias(labelled["probabilities"], labelled["true_label"], allowed=labelled["allowed"])
             classes = class_bias_summary(labelled, bias)
             console.print(
                 f"class log-priors {', '.join(f'{c} {b:+.2f}' for c, b in zip(card.class_names, bias))}: label accuracy "
@@ -663,6 +663,10 @@ def models_command(
             *([f"  class log-priors (added before the argmax): "
                + ", ".join(f"{c} {b:+.2f}" for c, b in zip(card.class_names, det["class_log_bias"]))]
               if det.get("class_log_bias") else []),
+            *([f"  classes by sublattice (honeycomb, bonds {det['honeycomb']['bond_A'][0]:g}-"
+               f"{det['honeycomb']['bond_A'][1]:g} Å, vote over {det['honeycomb']['radius_A']:g} Å): "
+               + " | ".join(", ".join(g) for g in det["honeycomb"]["sublattices"])]
+              if det.get("honeycomb") else []),
             _calibration_line(card),
             "validity range:",
             *card_validity_lines(card_reference(card)),

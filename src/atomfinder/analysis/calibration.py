@@ -212,33 +212,46 @@ def class_bias_data(
     -------
     dict of ndarray
         ``probabilities`` (n, k - 1) over the non-background classes, ``true_label``
-        (n,) 1-based, ``label`` (n,) the model's own label (with the card's bias).
+        (n,) 1-based, ``label`` (n,) the model's own label (with the card's bias), and
+        ``allowed`` (n, k - 1): the classes each detection may take under the card's
+        sublattice rule (:mod:`atomfinder.detection.sublattice`; all without one).
     """
     from atomfinder.analysis.matching import match_positions
-    from atomfinder.detection.pipeline import detect_array  # imports torch
+    from atomfinder.detection.pipeline import card_honeycomb, detect_array  # imports torch
+    from atomfinder.detection.sublattice import allowed_classes, sublattice_of
 
-    probs, true, label = [], [], []
+    m = len(card.class_names)
+    honeycomb = card_honeycomb(card)
+    probs, true, label, allowed = [], [], [], []
     for i, s in enumerate(samples):
         frames = s.image if card.in_channels > 1 else s.image[:1]
         res = detect_array(model, card, frames, s.sampling_A, min_confidence=0.0)
-        pi, ti = match_positions(res.atoms.xy * s.sampling_A, s.positions_A, radius_A)
-        grid = np.rint(res.atoms.xy[pi] * s.sampling_A / res.model_sampling_A).astype(np.int64)
+        xy_A = res.atoms.xy * s.sampling_A
+        grid = np.rint(xy_A / res.model_sampling_A).astype(np.int64)
         rows = np.clip(grid[:, 1], 0, res.probabilities.shape[-2] - 1)
         cols = np.clip(grid[:, 0], 0, res.probabilities.shape[-1] - 1)
-        probs.append(res.probabilities[1:, rows, cols].T.astype(np.float64))
+        q = res.probabilities[1:, rows, cols].astype(np.float64)
+        ok = np.ones((m, len(xy_A)), dtype=bool)
+        if honeycomb is not None:
+            ok = allowed_classes(sublattice_of(xy_A, q, honeycomb), honeycomb, m)
+        pi, ti = match_positions(xy_A, s.positions_A, radius_A)
+        probs.append(q[:, pi].T)
+        allowed.append(ok[:, pi].T)
         true.append(np.asarray(s.labels)[ti])
         label.append(res.atoms.label[pi])
         if on_sample is not None:
             on_sample(i)
-    m = len(card.class_names)
     return {
         "probabilities": np.concatenate(probs).reshape(-1, m) if probs else np.zeros((0, m)),
         "true_label": np.concatenate(true).astype(np.int64) if true else np.zeros(0, np.int64),
         "label": np.concatenate(label).astype(np.int64) if label else np.zeros(0, np.int64),
+        "allowed": np.concatenate(allowed).reshape(-1, m) if allowed else np.zeros((0, m), dtype=bool),
     }
 
 
-def fit_class_bias(probabilities: np.ndarray, true_label: np.ndarray, l2: float = CLASS_BIAS_L2) -> np.ndarray:
+def fit_class_bias(
+    probabilities: np.ndarray, true_label: np.ndarray, l2: float = CLASS_BIAS_L2, allowed: np.ndarray | None = None
+) -> np.ndarray:
     """Log-biases ``b`` that make ``softmax(log p + b)`` the most likely labelling.
 
     A network trained with inverse-frequency class weights (``class_weights =
@@ -255,6 +268,10 @@ def fit_class_bias(probabilities: np.ndarray, true_label: np.ndarray, l2: float 
         That site's class, 1-based.
     l2 : float
         Penalty ``l2 * |b|²`` (a class absent from the data keeps a finite bias).
+    allowed : ndarray of bool, shape (n, m), optional
+        Classes each detection may take (its sublattice's): the softmax runs over
+        those only, as the labelling will. A detection whose true class is not
+        allowed is left out. None allows all.
 
     Returns
     -------
@@ -266,16 +283,20 @@ def fit_class_bias(probabilities: np.ndarray, true_label: np.ndarray, l2: float 
     q = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12))
     y = np.asarray(true_label, dtype=np.int64).reshape(-1) - 1
     n, m = q.shape
+    if n and (y.min() < 0 or y.max() >= m):
+        raise ValueError(f"true labels must be 1..{m}, got {y.min() + 1}..{y.max() + 1}")
+    ok = np.ones((n, m), dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool).reshape(n, m)
+    keep = ok[np.arange(n), y]
+    q, y, ok = q[keep], y[keep], ok[keep]
+    n = len(y)
     if n == 0 or m < 2:
         return np.zeros(m)
-    if y.min() < 0 or y.max() >= m:
-        raise ValueError(f"true labels must be 1..{m}, got {y.min() + 1}..{y.max() + 1}")
     onehot = np.zeros((n, m))
     onehot[np.arange(n), y] = 1.0
 
     def loss(free: np.ndarray) -> tuple[float, np.ndarray]:
         b = np.concatenate([[0.0], free])
-        z = q + b
+        z = np.where(ok, q + b, -np.inf)
         z -= z.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         value = -float(np.mean(logp[np.arange(n), y])) + l2 * float(free @ free)
@@ -288,13 +309,15 @@ def fit_class_bias(probabilities: np.ndarray, true_label: np.ndarray, l2: float 
 
 def class_bias_summary(data: dict[str, np.ndarray], log_bias: np.ndarray | None) -> dict[str, Any]:
     """Label accuracy and per-class recall of the matched detections of :func:`class_bias_data`
-    under the plain argmax and under ``log_bias`` (in-sample: the images the bias was fitted on)."""
+    under the plain argmax and under ``log_bias`` with the sublattice rule of the data's
+    ``allowed`` classes (in-sample: the images the bias was fitted on)."""
     from atomfinder.detection.peaks import biased_labels
 
     y = data["true_label"]
+    allowed = data.get("allowed")
     out: dict[str, Any] = {"n_matched": int(len(y))}
-    for name, bias in (("argmax", None), ("biased", log_bias)):
-        pred = biased_labels(data["probabilities"].T, bias)
+    for name, bias, ok in (("argmax", None, None), ("biased", log_bias, allowed)):
+        pred = biased_labels(data["probabilities"].T, bias, None if ok is None else ok.T)
         out[f"label_accuracy_{name}"] = float(np.mean(pred == y)) if len(y) else float("nan")
         out[f"recall_{name}"] = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
                                  for c in range(1, data["probabilities"].shape[1] + 1)]

@@ -16,6 +16,8 @@ from scipy.ndimage import label, maximum_filter
 from scipy.spatial import cKDTree
 from skimage.morphology import disk
 
+from atomfinder.detection.sublattice import Honeycomb, allowed_classes, sublattice_of
+
 #: Columns of the atom table (DESIGN.md).
 TABLE_COLUMNS = (
     "x", "y", "x_angstrom", "y_angstrom", "label", "confidence", "sigma_angstrom", "probability", "height",
@@ -295,7 +297,9 @@ def candidate_radius_px(min_distance_px: float) -> float:
     return max(1.0, float(min_distance_px) / 3.0)
 
 
-def biased_labels(class_probabilities: np.ndarray, log_bias: Sequence[float] | None = None) -> np.ndarray:
+def biased_labels(
+    class_probabilities: np.ndarray, log_bias: Sequence[float] | None = None, allowed: np.ndarray | None = None
+) -> np.ndarray:
     """1-based class of each detection: the argmax over ``log p + log_bias``.
 
     Parameters
@@ -306,18 +310,24 @@ def biased_labels(class_probabilities: np.ndarray, log_bias: Sequence[float] | N
         Log-prior shift per class (a card's ``detection["class_log_bias"]``, fitted by
         :func:`atomfinder.analysis.calibration.fit_class_bias`); None is the plain
         argmax.
+    allowed : ndarray of bool, shape (m, n), optional
+        Classes each detection may take (e.g. its sublattice's,
+        :func:`atomfinder.detection.sublattice.allowed_classes`); None allows all.
 
     Returns
     -------
     ndarray of int64, shape (n,)
     """
     q = np.asarray(class_probabilities)
-    if log_bias is None:
+    if log_bias is None and allowed is None:
         return q.argmax(axis=0).astype(np.int64) + 1
-    b = np.asarray(log_bias, dtype=np.float64).reshape(-1)
+    b = np.zeros(q.shape[0]) if log_bias is None else np.asarray(log_bias, dtype=np.float64).reshape(-1)
     if len(b) != q.shape[0]:
         raise ValueError(f"class_log_bias has {len(b)} values for {q.shape[0]} classes")
-    return (np.log(np.maximum(q.astype(np.float64), 1e-12)) + b[:, None]).argmax(axis=0).astype(np.int64) + 1
+    score = np.log(np.maximum(q.astype(np.float64), 1e-12)) + b[:, None]
+    if allowed is not None:
+        score = np.where(np.asarray(allowed, dtype=bool), score, -np.inf)
+    return score.argmax(axis=0).astype(np.int64) + 1
 
 
 def find_atoms(
@@ -327,6 +337,7 @@ def find_atoms(
     threshold: float = 0.5,
     heights: np.ndarray | None = None,
     class_log_bias: Sequence[float] | None = None,
+    honeycomb: Honeycomb | None = None,
 ) -> AtomTable:
     """Find atoms as peaks of the atom probability ``1 - p(background)``.
 
@@ -344,13 +355,18 @@ def find_atoms(
         Column-height map; the height of an atom is its value at the peak, rounded.
     class_log_bias : sequence of float, optional
         Log-prior shift of the non-background classes (:func:`biased_labels`).
+    honeycomb : Honeycomb, optional
+        Two sublattices and their classes, lengths in pixels: each atom's class is
+        chosen among its sublattice's classes
+        (:func:`atomfinder.detection.sublattice.sublattice_of`).
 
     Returns
     -------
     AtomTable
         Sorted by descending probability. ``label`` is the argmax over the
         non-background classes at the peak pixel (1-based; shifted by
-        ``class_log_bias`` when given), ``probability`` the atom
+        ``class_log_bias`` and limited to the atom's sublattice when given),
+        ``probability`` the atom
         probability there (the sum of the non-background classes), ``height`` the
         rounded height or -1 without a height map.
     """
@@ -372,7 +388,11 @@ def find_atoms(
     score = atom[rows, cols]
     keep = enforce_spacing(np.column_stack([x, y]), score, min_distance_px)
     rows, cols, x, y, score = rows[keep], cols[keep], x[keep], y[keep], score[keep]
-    label = biased_labels(p[1:, rows, cols], class_log_bias)
+    q = p[1:, rows, cols]
+    allowed = None
+    if honeycomb is not None:
+        allowed = allowed_classes(sublattice_of(np.column_stack([x, y]), q, honeycomb), honeycomb, len(q))
+    label = biased_labels(q, class_log_bias, allowed)
     if heights is not None:
         h = np.rint(np.asarray(heights)[rows, cols]).astype(np.int64)
     else:

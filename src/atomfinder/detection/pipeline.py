@@ -36,6 +36,7 @@ from scipy.ndimage import affine_transform, gaussian_filter, spline_filter
 from atomfinder.detection.confidence import Calibration, peak_features
 from atomfinder.detection.peaks import AtomTable, find_atoms
 from atomfinder.detection.resampling import antialias_sigma_px
+from atomfinder.detection.sublattice import Honeycomb
 from atomfinder.detection.validity import model_contrast_to_noise
 from atomfinder.nn.card import ModelCard
 from atomfinder.nn.infer import predict
@@ -434,6 +435,13 @@ def confidence_floor(card: ModelCard, min_confidence: float | None = None) -> fl
     return value
 
 
+def card_honeycomb(card: ModelCard, scale: float = 1.0) -> Honeycomb | None:
+    """The card's sublattice rule (``detection["honeycomb"]``, lengths in Å) with lengths
+    multiplied by ``scale`` (``1 / card.sampling_A`` for model pixels); None when absent."""
+    spec = card.detection.get("honeycomb")
+    return None if spec is None else Honeycomb.from_card(spec, card.class_names).scaled(scale)
+
+
 def detect_array(
     model: torch.nn.Module,
     card: ModelCard,
@@ -512,6 +520,7 @@ def detect_array(
         threshold=threshold,
         heights=height,
         class_log_bias=card.detection.get("class_log_bias"),
+        honeycomb=card_honeycomb(card, scale=1.0 / card.sampling_A),
     )
     features = peak_features(1.0 - probs[0], found.x, found.y, found.probability, model_img,
                              feature_radius_px(card))
@@ -544,6 +553,7 @@ __all__ = [
     "DetectionResult",
     "antialias_sigma_px",
     "available_memory_bytes",
+    "card_honeycomb",
     "check_size",
     "confidence_floor",
     "detect_array",

@@ -692,7 +692,7 @@ def provenance(
         ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
-        or None), ``min_confidence`` (the card's confidence
+        or None), ``honeycomb`` (the card's sublattice rule, or None), ``min_confidence`` (the card's confidence
         floor, 0 for none), ``precision`` (the arithmetic used),
         ``precision_requested`` and ``atomfinder_version``.
     """
@@ -715,6 +715,7 @@ def provenance(
         "min_distance_A": min_distance_A,
         "min_confidence": confidence_floor(card),
         "class_log_bias": card.detection.get("class_log_bias"),
+        "honeycomb": card.detection.get("honeycomb"),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,

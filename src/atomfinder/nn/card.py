@@ -91,6 +91,23 @@ def _is_numbers(v: Any) -> bool:
     return isinstance(v, list) and all(_is_number(x) for x in v)
 
 
+def _is_honeycomb(v: Any) -> bool:
+    """A sublattice rule (:mod:`atomfinder.detection.sublattice`): two disjoint, non-empty lists of
+    class names, a bond range ``0 <= lower < upper`` and a radius of at least ``upper`` (Å)."""
+    if not isinstance(v, dict) or set(v) - {"sublattices", "bond_A", "radius_A", "min_order"}:
+        return False
+    subs, bond, radius = v.get("sublattices"), v.get("bond_A"), v.get("radius_A")
+    if not (isinstance(subs, list) and len(subs) == 2
+            and all(isinstance(g, list) and g and all(isinstance(n, str) for n in g) for g in subs)
+            and not set(subs[0]) & set(subs[1])):
+        return False
+    if not (_is_numbers(bond) and len(bond) == 2 and 0 <= bond[0] < bond[1] and _is_positive(radius)
+            and radius >= bond[1] and math.isfinite(radius)):
+        return False
+    order = v.get("min_order", 0.3)
+    return _is_number(order) and 0 <= order <= 1
+
+
 def _is_sha256(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
@@ -139,6 +156,8 @@ NESTED_FIELDS: dict[str, dict[str, _Check]] = {
         "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
         "min_distance_A": (_is_positive, "a positive number"),
         "class_log_bias": (_is_numbers, "a list of numbers"),
+        "honeycomb": (_is_honeycomb, "an object with two disjoint lists of class names 'sublattices', "
+                                     "'bond_A' [lower, upper] and 'radius_A' >= upper"),
     },
     "calibration": {
         "logistic": (_is_numbers, "a list of numbers"),
@@ -171,8 +190,12 @@ def _pixel_bounds_problem(d: dict) -> str | None:
     """Lengths of the card that are too many model pixels (see :data:`MAX_WINDOW_PX`), or None."""
     sampling = d["sampling_A"]
     bounds = (("normalization", "window_A", MAX_WINDOW_PX), ("detection", "min_distance_A", MAX_MIN_DISTANCE_PX))
-    for parent, name, limit in bounds:
-        value = (d.get(parent) or {}).get(name)
+    honeycomb = (d.get("detection") or {}).get("honeycomb")
+    for parent, name, limit in bounds + ((("detection.honeycomb", "radius_A", MAX_WINDOW_PX),) if honeycomb else ()):
+        value = (honeycomb if parent == "detection.honeycomb" else d.get(parent) or {}).get(name)
+        if parent == "detection.honeycomb" and honeycomb["bond_A"][1] / sampling > MAX_MIN_DISTANCE_PX:
+            return (f"field 'detection.honeycomb.bond_A' must end at most {MAX_MIN_DISTANCE_PX} model pixels "
+                    f"({MAX_MIN_DISTANCE_PX * sampling:.4g} Å at sampling_A {sampling:g}), got {_short(honeycomb['bond_A'])}")
         if value is not None and value / sampling > limit:
             return (f"field '{parent}.{name}' must be at most {limit} model pixels ({limit * sampling:.4g} Å at "
                     f"sampling_A {sampling:g}), got {_short(value)}")
@@ -357,6 +380,12 @@ class ModelCard:
         if bias is not None and len(bias) != len(self.class_names):
             raise ValueError(f"field 'detection.class_log_bias' has {len(bias)} values for "
                              f"{len(self.class_names)} classes")
+        honeycomb = self.detection.get("honeycomb")
+        if honeycomb is not None:
+            missing = [n for group in honeycomb["sublattices"] for n in group if n not in self.class_names]
+            if missing:
+                raise ValueError(f"field 'detection.honeycomb' names classes {missing} the model lacks "
+                                 f"(classes: {', '.join(self.class_names)})")
         if self.defocus_offsets_A and len(self.defocus_offsets_A) != self.in_channels:
             raise ValueError(
                 f"field 'defocus_offsets_A' must be empty or have one entry per input channel "

@@ -92,6 +92,10 @@ class TrainConfig(ConfigMixin):
     min_distance_A, threshold, match_radius_A : float
         Peak finding used in validation (and recorded in the card) and the
         matching radius of the validation F1 (Å).
+    honeycomb : dict
+        Sublattice rule recorded in the card's ``detection["honeycomb"]`` (class
+        names per sublattice, ``bond_A``, ``radius_A``; see
+        :mod:`atomfinder.detection.sublattice`); empty for none.
     checkpoint_every : int
         Steps between checkpoints.
     seed : int
@@ -136,6 +140,7 @@ class TrainConfig(ConfigMixin):
     min_distance_A: float = 1.0
     threshold: float = 0.5
     match_radius_A: float = 0.5
+    honeycomb: dict = field(default_factory=dict)
     checkpoint_every: int = 100
     seed: int = 0
     num_threads: int = 2
@@ -317,8 +322,8 @@ RUN_FILES = ("checkpoint.pt", "model.safetensors", "model.json", "learning_curve
 
 
 #: Settings that say how a run is executed, not what is learned: a resumed run may change them
-#: (``version``: a model trained further is a new version of it).
-OPERATIONAL_SETTINGS = ("num_threads", "max_minutes", "checkpoint_every", "version")
+#: (``version``: a model trained further is a new version of it; ``honeycomb``: a labelling rule).
+OPERATIONAL_SETTINGS = ("num_threads", "max_minutes", "checkpoint_every", "version", "honeycomb")
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -464,7 +469,8 @@ def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData,
         defocus_offsets_A=defocus_offsets_A,
         training=training,
         evaluation=evaluation,
-        detection={"min_distance_A": config.min_distance_A, "threshold": config.threshold},
+        detection={"min_distance_A": config.min_distance_A, "threshold": config.threshold}
+        | ({"honeycomb": dict(config.honeycomb)} if config.honeycomb else {}),
         validity=dict(validity or {}),
     )
 
