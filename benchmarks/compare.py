@@ -833,6 +833,35 @@ def plots(result: Mapping[str, Any], folder: Path) -> list[Path]:
     return paths
 
 
+def peer_wins(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every (system, dose, peer) whose F1 is above atomfinder's on the same images, with both
+    methods' true positives and RMSE (the issue's target is atomfinder ahead everywhere)."""
+    wins = []
+    for system, per_dose in (result.get("systems") or {}).items():
+        for dose, row in per_dose.items():
+            methods = row.get("methods") or {}
+            ours = methods.get("atomfinder") or {}
+            for name, m in methods.items():
+                if name != "atomfinder" and m.get("f1", -1.0) > ours.get("f1", math.inf):
+                    wins.append({"system": system, "dose": dose, "peer": name, "f1": m["f1"], "atomfinder_f1": ours["f1"],
+                                 "tp": m.get("tp"), "atomfinder_tp": ours.get("tp"), "rmse_pm": m.get("rmse_pm"),
+                                 "atomfinder_rmse_pm": ours.get("rmse_pm")})
+    return wins
+
+
+def peer_wins_lines(wins: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The page's section on where a peer's F1 is above atomfinder's."""
+    if not wins:
+        return ["atomfinder's F1 is the highest at every dose of every system in this result.", ""]
+    lines = ["| system | dose | peer | peer F1 (TP) | atomfinder F1 (TP) | peer RMSE | atomfinder RMSE |",
+             "|---|---|---|---|---|---|---|"]
+    for w in wins:
+        lines.append(f"| {w['system']} | {w['dose']} | {w['peer']} | {w['f1']:.3f} ({w['tp']}) | "
+                     f"{w['atomfinder_f1']:.3f} ({w['atomfinder_tp']}) | {w['rmse_pm']:.1f} pm | "
+                     f"{w['atomfinder_rmse_pm']:.1f} pm |")
+    return lines + [""]
+
+
 def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> str:
     """The whole ``docs/benchmarks.md`` text."""
     s = result["settings"]
@@ -892,6 +921,7 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
     for note in result.get("notes", []):
         lines.append(f"- {note}")
     lines.append("")
+    lines += ["### Where a peer is ahead", ""] + peer_wins_lines(peer_wins(result))
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     for p in figures:
         lines += [f"![{p.stem}]({rel(p)})", ""]
@@ -919,6 +949,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-others", action="store_true",
                     help="Keep the rows of the last run (<out stem>/result.json) for systems (and timing) "
                          "this run does not make, e.g. to add one model's rows.")
+    ap.add_argument("--render-only", action="store_true",
+                    help="Run nothing: write --out and its figures again from its saved result.json.")
     ap.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS),
                     help="Shipped models to compare (each scored on its own test stores).")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
@@ -1070,10 +1102,24 @@ def keep_others(result: dict[str, Any], previous: Mapping[str, Any]) -> dict[str
     return merged
 
 
+def render(out: Path) -> dict[str, Any]:
+    """Write ``out`` and its figures again from its saved ``result.json``; nothing is run."""
+    saved = result_path(out)
+    if not saved.exists():
+        raise SystemExit(f"--render-only: no saved result at {saved}")
+    result = json.loads(saved.read_text())
+    figures = plots(result, out.parent / out.stem)
+    out.write_text(markdown(result, figures, out))
+    log(f"wrote {out} and {len(figures)} figures from {saved.name}")
+    return {"out": str(out), "headline": result.get("headline")}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from atomfinder.analysis.evaluate import to_jsonable
 
     args = parse_args(argv)
+    if args.render_only:
+        return render(args.out)
     if args.setup_peers and not args.skip_peers:
         setup_peers()
     if not args.skip_peers and not peer_python().exists():

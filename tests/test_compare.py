@@ -100,6 +100,20 @@ def test_tables_headline_and_markdown(cmp, tmp_path):
     assert "not run: projected 9999 s" in text and "](benchmarks/f1_vs_dose.png)" in text
     assert f"1e4, {cmp.ATOMAP_AF}: failed on 1 of 2 images" in text and "3 seeds: IndexError: x" in text
     assert "Systems in this run: graphene; doses 1e4 e/Å²" in text
+    assert "atomfinder's F1 is the highest at every dose" in text  # the Atomap row ties at 0.9
+    # a peer one column ahead is named, with both counts
+    ahead = result["systems"]["graphene"]["1e4"]["methods"]
+    ahead[cmp.ATOMAP_AF] = ahead[cmp.ATOMAP_AF] | {"f1": 0.91, "tp": 10, "rmse_pm": 9.5}
+    wins = cmp.peer_wins(result)
+    assert [(w["system"], w["dose"], w["peer"]) for w in wins] == [("graphene", "1e4", cmp.ATOMAP_AF)]
+    text = cmp.markdown(result, figures, tmp_path / "benchmarks.md")
+    assert f"| graphene | 1e4 | {cmp.ATOMAP_AF} | 0.910 (10) | 0.900 (9) | 9.5 pm | 8.5 pm |" in text
+    # the page is written again from the saved result, nothing run
+    out = tmp_path / "page.md"
+    cmp.result_path(out).parent.mkdir(parents=True)
+    cmp.result_path(out).write_text(json.dumps(result))
+    cmp.main(["--render-only", "--out", str(out)])
+    assert "### Where a peer is ahead" in out.read_text() and (tmp_path / "page" / "f1_vs_dose.png").exists()
 
 
 def _rows(f1: float) -> dict:

@@ -47,7 +47,7 @@ class Honeycomb:
         a class in neither is allowed on both).
     bond : (float, float)
         Nearest-neighbour distance range (lower, upper); for MoS2 the projected
-        Mo–S distance is a / √3 = 1.82 Å.
+        Mo–S distance is a / √3 = 1.84 Å (a = 3.19 Å).
     radius : float
         Size of the neighbourhood that fixes the local reference and votes (twice the
         standard deviation of its Gaussian weight).
