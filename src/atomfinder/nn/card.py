@@ -190,15 +190,18 @@ def _pixel_bounds_problem(d: dict) -> str | None:
     """Lengths of the card that are too many model pixels (see :data:`MAX_WINDOW_PX`), or None."""
     sampling = d["sampling_A"]
     bounds = (("normalization", "window_A", MAX_WINDOW_PX), ("detection", "min_distance_A", MAX_MIN_DISTANCE_PX))
-    honeycomb = (d.get("detection") or {}).get("honeycomb")
-    for parent, name, limit in bounds + ((("detection.honeycomb", "radius_A", MAX_WINDOW_PX),) if honeycomb else ()):
-        value = (honeycomb if parent == "detection.honeycomb" else d.get(parent) or {}).get(name)
-        if parent == "detection.honeycomb" and honeycomb["bond_A"][1] / sampling > MAX_MIN_DISTANCE_PX:
-            return (f"field 'detection.honeycomb.bond_A' must end at most {MAX_MIN_DISTANCE_PX} model pixels "
-                    f"({MAX_MIN_DISTANCE_PX * sampling:.4g} Å at sampling_A {sampling:g}), got {_short(honeycomb['bond_A'])}")
+    for parent, name, limit in bounds:
+        value = (d.get(parent) or {}).get(name)
         if value is not None and value / sampling > limit:
             return (f"field '{parent}.{name}' must be at most {limit} model pixels ({limit * sampling:.4g} Å at "
                     f"sampling_A {sampling:g}), got {_short(value)}")
+    honeycomb = (d.get("detection") or {}).get("honeycomb")  # already checked by _is_honeycomb
+    if honeycomb:
+        for name, value, limit in (("radius_A", honeycomb["radius_A"], MAX_WINDOW_PX),
+                                   ("bond_A", honeycomb["bond_A"][1], MAX_MIN_DISTANCE_PX)):
+            if value / sampling > limit:
+                return (f"field 'detection.honeycomb.{name}' must be at most {limit} model pixels "
+                        f"({limit * sampling:.4g} Å at sampling_A {sampling:g}), got {_short(honeycomb[name])}")
     radius = (d.get("calibration") or {}).get("radius_px")
     if radius is not None and radius > MAX_RADIUS_PX:
         return f"field 'calibration.radius_px' must be at most {MAX_RADIUS_PX}, got {_short(radius)}"
