@@ -168,14 +168,9 @@ def neighbourhood_sum(xy: np.ndarray, values: np.ndarray, radius: float, cell: f
         return values.astype(np.result_type(values, np.float64))
     ij = np.floor((xy - xy.min(axis=0)) / cell).astype(np.int64)
     shape = tuple(ij.max(axis=0)[::-1] + 1)
-    sigma = 0.5 * radius / cell
-    parts = [values.real, values.imag] if np.iscomplexobj(values) else [values]
-    out = []
-    for part in parts:
-        grid = np.zeros(shape)
-        np.add.at(grid, (ij[:, 1], ij[:, 0]), part)
-        out.append(gaussian_filter(grid, sigma, mode="constant", truncate=3.0)[ij[:, 1], ij[:, 0]])
-    return out[0] + 1j * out[1] if len(out) == 2 else out[0]
+    grid = np.zeros(shape, dtype=np.result_type(values, np.float64))
+    np.add.at(grid, (ij[:, 1], ij[:, 0]), values)
+    return gaussian_filter(grid, 0.5 * radius / cell, mode="constant", truncate=3.0)[ij[:, 1], ij[:, 0]]
 
 
 def sublattice_of(xy: np.ndarray, class_probabilities: np.ndarray, rule: Honeycomb) -> np.ndarray:
