@@ -140,3 +140,38 @@ def test_provenance_records_the_class_priors_used(tmp_path):
     table, info = detect(image, str(tmp_path / "m"), sampling=0.1)
     assert info["provenance"]["class_log_bias"] == [0.0, -40.0]
     assert len(table) and set(table["label"]) == {"A"}  # class B is 40 nats down: never chosen
+
+
+def test_s1_prior_check_shifts_one_class_and_turns_close_calls():
+    """benchmarks/check_s1_prior.py: the shifted card differs from the shipped one only in S1's
+    log-prior, and that shift turns exactly the S detections within it of S1 into S1."""
+    import importlib.util
+    from pathlib import Path
+
+    from atomfinder.nn.card import load_card, resolve_model
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "check_s1_prior.py"
+    spec = importlib.util.spec_from_file_location("check_s1_prior", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    card = load_card(resolve_model("mos2-focal"))
+    names = list(card.class_names)
+    shifted = bench.shifted_card(card, "S1", 0.8)
+    before, after = np.array(card.detection["class_log_bias"]), np.array(shifted.detection["class_log_bias"])
+    assert after[names.index("S1")] == pytest.approx(before[names.index("S1")] + 0.8)
+    assert np.delete(after, names.index("S1")).tolist() == np.delete(before, names.index("S1")).tolist()
+    assert {k: v for k, v in shifted.detection.items() if k != "class_log_bias"} == \
+        {k: v for k, v in card.detection.items() if k != "class_log_bias"}
+    # Three S-sublattice detections: S1 behind S (after the priors) by 0.3, by 1.3, and ahead.
+    i_s, i_s1 = names.index("S"), names.index("S1")
+    q = np.full((len(names), 3), 1e-6)
+    for j, margin in enumerate((-0.3, -1.3, 0.5)):
+        q[i_s, j] = 0.5
+        q[i_s1, j] = 0.5 * np.exp(margin + before[i_s] - before[i_s1])
+    assert biased_labels(q, before).tolist() == [i_s + 1, i_s + 1, i_s1 + 1]
+    assert biased_labels(q, after).tolist() == [i_s1 + 1, i_s + 1, i_s1 + 1]
+    overall = {"label_accuracy": 0.98, "f1": 0.99, "per_class": [
+        {"n_true": 10 * (k + 1), "precision": 0.1 * k, "recall": 0.05 * k} for k in range(len(names))]}
+    got = bench.class_figures(overall, names)
+    assert got["s1_recall"] == pytest.approx(0.05 * i_s1) and got["s1_precision"] == pytest.approx(0.1 * i_s1)
+    assert got["s_recall"] == pytest.approx(0.05 * i_s) and got["n_s1"] == 10 * (i_s1 + 1)
