@@ -318,3 +318,18 @@ def test_crlb_by_support_check_runs_on_a_tiny_store(tiny_graphene_store, tmp_pat
     assert 0 < whole["worst5_share"] <= 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["groups"].keys() == result["groups"].keys()
     assert "| all |" in out.read_text()
+
+
+def test_peer_gain_check_counts_sites_moved_across_the_radius():
+    """benchmarks/check_peer_gain.py: a site is gained when its nearest detection moves inside the
+    radius, lost when it moves out; without detections every distance is infinite."""
+    spec = importlib.util.spec_from_file_location("check_peer_gain", BENCH / "check_peer_gain.py")
+    gain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gain)
+    sites = np.array([[0.0, 0.0], [5.0, 0.0], [10.0, 0.0], [15.0, 0.0]])
+    before = gain.nearest_distance_A(np.array([[0.6, 0.0], [5.1, 0.0], [10.7, 0.0], [15.2, 0.0]]), sites)
+    after = gain.nearest_distance_A(np.array([[0.3, 0.0], [5.6, 0.0], [10.6, 0.0], [15.1, 0.0]]), sites)
+    np.testing.assert_allclose(before, [0.6, 0.1, 0.7, 0.2], atol=1e-12)
+    gained, lost = gain.gained_and_lost(before, after, 0.5)
+    assert gained.tolist() == [True, False, False, False] and lost.tolist() == [False, True, False, False]
+    assert np.isinf(gain.nearest_distance_A(np.zeros((0, 2)), sites)).all()
