@@ -246,6 +246,7 @@ def test_card_without_format_version_is_version_1(tmp_path):
         ({"normalization": {"window_A": 12.0}}, "required field 'normalization.kind' is missing"),
         ({"normalization": {"kind": "local", "window_A": 0}}, "field 'normalization.window_A' must be a positive"),
         ({"detection": {"threshold": 1.5}}, "field 'detection.threshold' must be a number between 0 and 1"),
+        ({"detection": {"test_time_augmentation": "yes"}}, "field 'detection.test_time_augmentation' must be true or false"),
         # found by fuzzing: a 1e300 Å window overflowed the normalisation's padding (OverflowError)
         ({"normalization": {"kind": "local", "window_A": 1e300}},
          "field 'normalization.window_A' must be at most 500 model pixels (50 Å at sampling_A 0.1)"),

@@ -333,3 +333,21 @@ def test_peer_gain_check_counts_sites_moved_across_the_radius():
     gained, lost = gain.gained_and_lost(before, after, 0.5)
     assert gained.tolist() == [True, False, False, False] and lost.tolist() == [False, True, False, False]
     assert np.isinf(gain.nearest_distance_A(np.zeros((0, 2)), sites)).all()
+
+
+def test_tta_check_page_shows_heights_only_when_measured():
+    """benchmarks/check_tta.py: one row per store and kind of map; NaN heights leave their columns out."""
+    spec = importlib.util.spec_from_file_location("check_tta", BENCH / "check_tta.py")
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    row = {"store": "s.zarr", "f1": 0.99, "precision": 0.98, "recall": 1.0, "label_accuracy": 0.97,
+           "fp_per_10nm2": 1.5, "rmse_pm": 9.0, "ece": 0.01, "seconds_per_image": 0.2,
+           "height_exact": math.nan, "height_within1": math.nan, "per_class": {"A": (0.9, 0.8), "B": (1.0, 0.5)}}
+    rows = [row | {"mode": "plain"}, row | {"mode": "augmented", "f1": 0.995}]
+    page = tta.markdown(rows, "m 1.0", "m", ["s.zarr"], ["A", "B"])
+    assert "heights exact" not in page and "| s.zarr | augmented | 0.9950 |" in page
+    assert "| s.zarr | plain | 0.900 (0.800) | 1.000 (0.500) |" in page
+    with_heights = tta.markdown([r | {"height_exact": 0.4, "height_within1": 0.8} for r in rows], "m 1.0", "m",
+                                ["s.zarr"], ["A"])
+    assert "heights exact" in with_heights and "| 0.400 | 0.800 |" in with_heights
+    assert "Per class" not in with_heights  # one class: no per-class table

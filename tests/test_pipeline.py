@@ -158,3 +158,22 @@ def test_pipeline_and_evaluate_do_not_load_simulation_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_detect_array_augments_when_the_card_or_the_caller_asks():
+    """``detection.test_time_augmentation`` in the card averages the maps over the square's eight
+    symmetries, as ``augment=True`` does; ``augment=False`` overrides the card."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, n_classes=2, depth=2, width=4, norm="batch")
+    card = _card(model, sampling_A=0.1)
+    img = np.random.default_rng(1).poisson(50, size=(64, 72)).astype(np.float32)
+    args = {"threshold": 0.0, "min_distance_A": 0.8, "device": "cpu", "precision": "float32"}
+    plain = detect_array(model, card, img, 0.1, **args).probabilities
+    asked = detect_array(model, card, img, 0.1, augment=True, **args).probabilities
+    augmenting = dataclasses.replace(card, detection={"test_time_augmentation": True})
+    by_card = detect_array(model, augmenting, img, 0.1, **args).probabilities
+    overridden = detect_array(model, augmenting, img, 0.1, augment=False, **args).probabilities
+    assert np.abs(asked - plain).max() > 1e-3  # an untrained net: the average differs from one view
+    assert np.array_equal(by_card, asked) and np.array_equal(overridden, plain)

@@ -58,6 +58,7 @@ def _check_provenance(prov: dict, *, source: str, sampling: float, sampling_sour
     assert prov["threshold"] == pytest.approx(threshold) and prov["threshold_source"] == threshold_source
     assert prov["min_distance_A"] == 1.0
     assert prov["class_log_bias"] is None  # a one-class model without class priors
+    assert prov["test_time_augmentation"] is False  # the card does not ask for it
     assert prov["precision"] in ("float32", "bfloat16", "float16")
     assert prov["precision_requested"] in ("auto", "float32")
     assert prov["atomfinder_version"] == atomfinder.__version__

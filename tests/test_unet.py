@@ -218,3 +218,28 @@ def test_precision_choice():
     image = np.random.default_rng(2).normal(size=(1, 96, 80)).astype(np.float32)
     reduced = predict(_calibrated_model(), image, device="cpu", precision="bfloat16")["probabilities"]
     assert reduced.dtype == np.float32 and np.allclose(reduced.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_augmented_predict_is_equivariant_and_averages_the_eight_views():
+    """With ``augment=True`` the maps of a turned or mirrored image are the turned or mirrored maps,
+    and they are the mean of the eight single predictions mapped back; plain stays plain."""
+    from atomfinder.nn.infer import SQUARE_SYMMETRIES, _transform
+
+    model = _calibrated_model()
+    image = np.random.default_rng(3).normal(size=(1, 64, 80)).astype(np.float32)
+    exact = {"device": "cpu", "precision": "float32", "tile": 1024, "overlap": 64}
+    aug = predict(model, image, augment=True, **exact)
+    p = aug["probabilities"]
+    assert p.shape == (2, 64, 80) and p.dtype == np.float32 and np.allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    assert len(SQUARE_SYMMETRIES) == 8 and SQUARE_SYMMETRIES[0] == (0, False)
+    views = [predict(model, _transform(image, k, m), **exact) for k, m in SQUARE_SYMMETRIES]
+    mean = np.mean([_transform(v["probabilities"], k, m, inverse=True)
+                    for v, (k, m) in zip(views, SQUARE_SYMMETRIES)], axis=0)
+    assert np.abs(mean - p).max() < 1e-5
+    plain = predict(model, image, **exact)["probabilities"]
+    assert np.abs(plain - views[0]["probabilities"]).max() == 0  # the identity view is the plain map
+    assert np.abs(plain - p).max() > 1e-3  # an untrained net is not symmetric: the average differs
+    for k, m in ((1, False), (2, True), (3, True)):
+        turned = predict(model, _transform(image, k, m), augment=True, **exact)
+        assert np.abs(_transform(turned["probabilities"], k, m, inverse=True) - p).max() < 1e-5
+        assert np.abs(_transform(turned["height"], k, m, inverse=True) - aug["height"]).max() < 1e-4

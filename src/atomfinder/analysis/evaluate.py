@@ -195,6 +195,7 @@ def network_detector(
     tile: int = 576,
     precision: str = "auto",
     frame: int | str = 0,
+    augment: bool | None = None,
 ) -> Detector:
     """A detector running a trained model through :func:`atomfinder.detection.pipeline.detect_array`.
 
@@ -225,6 +226,9 @@ def network_detector(
         correlation: across defoci it fails (on gold focal series at 1e4 e/Å²,
         phase correlation missed a true drift of 1.7 px by a median 11.6 px).
         Ignored by focal-series models.
+    augment : bool, optional
+        Test-time augmentation (see :func:`atomfinder.detection.pipeline.detect_array`);
+        default: the card's setting.
     """
     from atomfinder.detection.pipeline import detect_array  # imports torch
 
@@ -239,7 +243,7 @@ def network_detector(
             image = sample.image[index : index + 1]
         result = detect_array(
             model, card, image, sample.sampling_A, threshold=threshold,
-            min_distance_A=min_distance_A, device=device, tile=tile, precision=precision,
+            min_distance_A=min_distance_A, device=device, tile=tile, precision=precision, augment=augment,
         )
         if index and sample.drift_px is not None:
             return undo_drift(result.atoms, sample.drift_px[index])

@@ -454,6 +454,7 @@ def detect_array(
     device: str | torch.device | None = None,
     tile: int = 576,
     precision: str = "auto",
+    augment: bool | None = None,
 ) -> DetectionResult:
     """Find atoms in a calibrated image with a model.
 
@@ -487,6 +488,12 @@ def detect_array(
     precision : {"auto", "float32", "bfloat16", "float16"}
         Network arithmetic (:func:`atomfinder.nn.infer.autocast_dtype`): ``"auto"``
         is float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32.
+    augment : bool, optional
+        Average the network's maps over the eight symmetries of the square
+        (:func:`atomfinder.nn.infer.predict`; eight times the network time). Default:
+        the card's ``detection["test_time_augmentation"]``, else False. The card's
+        confidence calibration and class priors hold for the maps they were fitted on,
+        so a card that was calibrated without it should be used without it.
 
     Returns
     -------
@@ -511,7 +518,10 @@ def detect_array(
     threshold, min_distance_A = detection_settings(card, threshold, min_distance_A)
     model_img = resample(img.astype(np.float32, copy=False), sampling_A, card.sampling_A)
     model_img = apply_normalization(model_img, card.normalization, card.sampling_A)
-    out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4), precision=precision)
+    if augment is None:
+        augment = bool(card.detection.get("test_time_augmentation", False))
+    out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4), precision=precision,
+                  augment=augment)
     probs = out["probabilities"]
     height = out.get("height")
     found = find_atoms(

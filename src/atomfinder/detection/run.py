@@ -692,8 +692,9 @@ def provenance(
         ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
-        or None), ``honeycomb`` (the card's sublattice rule, or None), ``min_confidence`` (the card's confidence
-        floor, 0 for none), ``precision`` (the arithmetic used),
+        or None), ``honeycomb`` (the card's sublattice rule, or None), ``test_time_augmentation``
+        (whether the maps were averaged over the square's symmetries, as the card says),
+        ``min_confidence`` (the card's confidence floor, 0 for none), ``precision`` (the arithmetic used),
         ``precision_requested`` and ``atomfinder_version``.
     """
     from atomfinder import __version__
@@ -716,6 +717,7 @@ def provenance(
         "min_confidence": confidence_floor(card),
         "class_log_bias": card.detection.get("class_log_bias"),
         "honeycomb": card.detection.get("honeycomb"),
+        "test_time_augmentation": bool(card.detection.get("test_time_augmentation", False)),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,

@@ -158,6 +158,7 @@ NESTED_FIELDS: dict[str, dict[str, _Check]] = {
         "class_log_bias": (_is_numbers, "a list of numbers"),
         "honeycomb": (_is_honeycomb, "an object with two disjoint lists of class names 'sublattices', "
                                      "'bond_A' [lower, upper] and 'radius_A' >= upper"),
+        "test_time_augmentation": (lambda v: isinstance(v, bool), "true or false"),
     },
     "calibration": {
         "logistic": (_is_numbers, "a list of numbers"),

@@ -16,6 +16,12 @@ model whose normalisation is per-pixel in eval mode (``"batch"`` or ``"none"``) 
 whose receptive-field radius is within ``margin``, tiled and whole-image predictions
 agree to float precision. (``"group"``/``"instance"`` norms use per-tile statistics,
 so their tiles differ slightly, which the blending hides.)
+
+With ``augment=True`` the whole tiled prediction is repeated on the eight
+symmetries of the square (quarter turns, each with and without a mirror) and the
+probabilities, mapped back, are averaged (test-time augmentation): eight times the
+network time for a map that no longer depends on how the image happens to be
+oriented.
 """
 
 from __future__ import annotations
@@ -148,6 +154,7 @@ def predict(
     margin: int | None = None,
     height_mode: str = "expected",
     precision: str = "auto",
+    augment: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-class probabilities (and column heights) for a normalised image.
 
@@ -175,6 +182,9 @@ def predict(
         How to turn the height head's probabilities into a height map.
     precision : {"auto", "float32", "bfloat16", "float16"}
         Arithmetic of the network (autocast); see :func:`autocast_dtype`.
+    augment : bool
+        Average the class (and height) probabilities over the eight symmetries of the
+        square (:data:`SQUARE_SYMMETRIES`): eight times the network time.
 
     Returns
     -------
@@ -190,10 +200,6 @@ def predict(
         raise ValueError(f"expected a [C, H, W] image, got shape {x.shape}")
     if height_mode not in ("expected", "argmax"):
         raise ValueError(f"height_mode must be 'expected' or 'argmax', got {height_mode!r}")
-    _, H, W = x.shape
-    align = int(getattr(model, "size_multiple", 1))
-    rows, th_full = tile_plan(H, tile, overlap, align)
-    cols, tw_full = tile_plan(W, tile, overlap, align)
     margin = overlap // 4 if margin is None else int(margin)
     if not 0 <= 2 * margin < overlap:
         raise ValueError(f"margin={margin} must be >= 0 and less than half the overlap {overlap}")
@@ -201,8 +207,53 @@ def predict(
     dev = _auto_device(device)
     net = fused_for_inference(model).to(dev)
     dtype = autocast_dtype(dev, precision)
-    amp = torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
+    align = int(getattr(model, "size_multiple", 1))
+    probs = hprobs = None
+    for turns, mirror in (SQUARE_SYMMETRIES if augment else SQUARE_SYMMETRIES[:1]):
+        p, hp = _tiled_probabilities(net, _transform(x, turns, mirror), dev, dtype, tile, overlap, margin,
+                                     batch_size, align)
+        p = _transform(p, turns, mirror, inverse=True)
+        hp = None if hp is None else _transform(hp, turns, mirror, inverse=True)
+        probs = p if probs is None else probs + p
+        if hp is not None:
+            hprobs = hp if hprobs is None else hprobs + hp
+    n = len(SQUARE_SYMMETRIES) if augment else 1
+    if n > 1:  # in place: no extra copy of a large map
+        probs /= n
+        if hprobs is not None:
+            hprobs /= n
+    result = {"probabilities": probs}
+    if hprobs is not None:
+        if height_mode == "expected":
+            levels = np.arange(hprobs.shape[0], dtype=np.float32)[:, None, None]
+            result["height"] = (hprobs * levels).sum(axis=0).astype(np.float32)
+        else:
+            result["height"] = hprobs.argmax(axis=0).astype(np.float32)
+    return result
 
+
+#: The eight symmetries of the square as (quarter turns, mirror) pairs; the identity first.
+SQUARE_SYMMETRIES: tuple[tuple[int, bool], ...] = tuple((k, m) for m in (False, True) for k in range(4))
+
+
+def _transform(a: np.ndarray, turns: int, mirror: bool, inverse: bool = False) -> np.ndarray:
+    """``a`` ([..., H, W]) mirrored left-right and then turned by ``turns`` quarter turns, or the inverse."""
+    if not inverse:
+        a = a[..., ::-1] if mirror else a
+        return np.ascontiguousarray(np.rot90(a, turns, axes=(-2, -1)))
+    a = np.rot90(a, -turns, axes=(-2, -1))
+    return np.ascontiguousarray(a[..., ::-1] if mirror else a)
+
+
+def _tiled_probabilities(
+    net: nn.Module, x: np.ndarray, dev: torch.device, dtype: torch.dtype | None, tile: int, overlap: int,
+    margin: int, batch_size: int, align: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blended class and height probabilities ``[k, H, W]`` of one ``[C, H, W]`` image (see :func:`predict`)."""
+    _, H, W = x.shape
+    rows, th_full = tile_plan(H, tile, overlap, align)
+    cols, tw_full = tile_plan(W, tile, overlap, align)
+    amp = torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
     # Group tiles by shape so each batch stacks (edge tiles may be smaller).
     groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for r0 in rows:
@@ -238,12 +289,6 @@ def predict(
                     wsum[sl] += w
 
     probs /= wsum
-    result = {"probabilities": probs}
     if hprobs is not None:
         hprobs /= wsum
-        if height_mode == "expected":
-            levels = np.arange(hprobs.shape[0], dtype=np.float32)[:, None, None]
-            result["height"] = (hprobs * levels).sum(axis=0).astype(np.float32)
-        else:
-            result["height"] = hprobs.argmax(axis=0).astype(np.float32)
-    return result
+    return probs, hprobs
