@@ -236,3 +236,4 @@ def test_the_shipped_mos2_focal_model_labels_by_sublattice():
     assert rule.bond[0] < 3.19 / np.sqrt(3) < rule.bond[1] < 3.19
     result = CliRunner().invoke(app, ["models", "mos2-focal"])
     assert result.exit_code == 0 and "classes by sublattice" in result.output
+    assert "test-time augmentation: maps averaged" in result.output  # mos2-focal 0.5's card asks for it

@@ -667,6 +667,8 @@ def models_command(
                f"{det['honeycomb']['bond_A'][1]:g} Å, vote over {det['honeycomb']['radius_A']:g} Å): "
                + " | ".join(", ".join(g) for g in det["honeycomb"]["sublattices"])]
               if det.get("honeycomb") else []),
+            *(["  test-time augmentation: maps averaged over the image turned by quarter turns and mirrored "
+               "(8 views, 8x the network time)"] if det.get("test_time_augmentation") else []),
             _calibration_line(card),
             "validity range:",
             *card_validity_lines(card_reference(card)),
