@@ -208,20 +208,23 @@ def predict(
     net = fused_for_inference(model).to(dev)
     dtype = autocast_dtype(dev, precision)
     align = int(getattr(model, "size_multiple", 1))
+    views = SQUARE_SYMMETRIES if augment else SQUARE_SYMMETRIES[:1]
     probs = hprobs = None
-    for turns, mirror in (SQUARE_SYMMETRIES if augment else SQUARE_SYMMETRIES[:1]):
+    for turns, mirror in views:  # sums in place: no extra copy of a large map per view
         p, hp = _tiled_probabilities(net, _transform(x, turns, mirror), dev, dtype, tile, overlap, margin,
                                      batch_size, align)
         p = _transform(p, turns, mirror, inverse=True)
         hp = None if hp is None else _transform(hp, turns, mirror, inverse=True)
-        probs = p if probs is None else probs + p
-        if hp is not None:
-            hprobs = hp if hprobs is None else hprobs + hp
-    n = len(SQUARE_SYMMETRIES) if augment else 1
-    if n > 1:  # in place: no extra copy of a large map
-        probs /= n
+        if probs is None:
+            probs, hprobs = p, hp
+        else:
+            probs += p
+            if hp is not None:
+                hprobs += hp
+    if len(views) > 1:
+        probs /= len(views)
         if hprobs is not None:
-            hprobs /= n
+            hprobs /= len(views)
     result = {"probabilities": probs}
     if hprobs is not None:
         if height_mode == "expected":
