@@ -128,3 +128,27 @@ def test_focal_series_files_are_all_recorded(tmp_path):
     prov = sidecar["provenance"]
     assert prov["input_files"] == [str(p) for p in paths] and prov["focal_series"] is True and prov["frames"] == 3
     assert [im["frame"] for im in sidecar["validity"]["images"]] == [None]
+
+
+def test_augment_switch_overrides_the_card_and_is_recorded(tiny_model, tmp_path):
+    """``--augment`` / ``augment=True`` averages the eight views although the card does not ask
+    for it (the maps then differ from the plain ones), ``augment=False`` gives the plain result,
+    and the provenance records what was used."""
+    image = _lattice()
+    plain, plain_info = detect(image, str(tiny_model), sampling=SAMPLING, precision="float32")
+    off, _ = detect(image, str(tiny_model), sampling=SAMPLING, precision="float32", augment=False)
+    on, on_info = detect(image, str(tiny_model), sampling=SAMPLING, precision="float32", augment=True)
+    assert plain.attrs["provenance"]["test_time_augmentation"] is False
+    assert off.attrs["provenance"] == plain.attrs["provenance"]
+    pd.testing.assert_frame_equal(off, plain)
+    assert on.attrs["provenance"]["test_time_augmentation"] is True
+    assert not np.allclose(on_info["probabilities"], plain_info["probabilities"])
+    src = tmp_path / "frame.npy"
+    np.save(src, image)
+    for flag, expected in (("--augment", True), ("--no-augment", False)):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling",
+                                          str(SAMPLING), "--out", str(out), flag])
+        assert result.exit_code == 0, result.output
+        sidecar = json.loads((out / "frame.json").read_text(encoding="utf-8"))
+        assert sidecar["provenance"]["test_time_augmentation"] is expected

@@ -530,3 +530,19 @@ def test_load_time_series_checks_model_and_frames(tmp_path):
     frame = series.detect_frame(series.frames[0])
     assert isinstance(frame, FrameDetection) and frame.atom_map.ndim == 2
     assert set(frame.table.columns) >= {"x", "y", "label"}
+
+
+def test_time_series_augment_overrides_the_card_for_every_frame(tmp_path):
+    """``augment=True`` (``track --augment``) averages each frame's maps over the eight views
+    although the tiny model's card does not ask for it; ``None`` keeps the card's plain maps."""
+    from atomfinder.analysis.timeseries import load_time_series
+    from atomfinder.detection.pipeline import detect_array
+
+    stack = np.random.default_rng(1).normal(size=(2, 48, 48)).astype(np.float32)
+    single = save_untrained_model(tmp_path / "single", 0.2)
+    plain = load_time_series(stack, str(single), 0.2)
+    augmented = load_time_series(stack, str(single), 0.2, augment=True)
+    assert plain.augment is None and augmented.augment is True
+    expected = detect_array(augmented.net, augmented.card, stack[0], 0.2, augment=True)
+    np.testing.assert_allclose(augmented.detect_frame(stack[0]).atom_map, 1.0 - expected.probabilities[0])
+    assert not np.allclose(augmented.detect_frame(stack[0]).atom_map, plain.detect_frame(stack[0]).atom_map)

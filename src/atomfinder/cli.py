@@ -751,6 +751,7 @@ def detect(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Smallest atom probability (default: the model card's, else 0.5)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://host:8786)."),
     precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bfloat16 on CPUs with native support, float16 on CUDA, else float32), float32, bfloat16 or float16."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Test-time augmentation: average the maps over the image turned and mirrored (8 views, 8x the network time). Default: the model card's setting (`atomfinder models NAME`)."),
     overlay_format: Literal["png", "svg", "pdf"] = typer.Option("png", "--overlay-format", help="Format of the overlay <stem>.png/.svg/.pdf (SVG and PDF are vector figures for papers)."),
     dpi: int = typer.Option(150, "--dpi", min=10, max=2400, help="Resolution of the overlay (dots per inch)."),
     colour_by: Literal["auto", "class", "confidence", "probability", "height"] = typer.Option(
@@ -794,7 +795,7 @@ def detect(
                 detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
                              probabilities=maps, threshold=threshold, progress=progress, scheduler=scheduler,
                              precision=precision, sampling_label="--sampling", probabilities_grid=grid,
-                             focal_step_A=focal_step, resume=resume, overlay=style)
+                             focal_step_A=focal_step, resume=resume, overlay=style, augment=augment)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         console.print(escape(f"results in {out}/"), highlight=False, soft_wrap=True)
@@ -850,6 +851,7 @@ def track(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
     min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Test-time augmentation of every frame (8 views, 8x the network time). Default: the model card's setting."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
 ) -> None:
     """Time series: align frames, find columns per frame, link them into sites, decide presence over the series
@@ -862,7 +864,7 @@ def track(
         if not overwrite:
             _refuse_existing(out, [out / name for name in TRACK_OUTPUTS if (out / name).exists()])
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
-                                  sampling_label="--sampling")
+                                  sampling_label="--sampling", augment=augment)
         sample, frames = series.sample, series.frames
         console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
                       highlight=False, soft_wrap=True)

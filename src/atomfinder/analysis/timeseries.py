@@ -1099,6 +1099,9 @@ class TimeSeries:
         The frames in time order (``n >= 2``).
     threshold : float
         Atom-map value that separates present from absent.
+    augment : bool, optional
+        Test-time augmentation of each frame's maps (None: the card's setting; see
+        :func:`atomfinder.detection.pipeline.detect_array`).
     """
 
     net: Any
@@ -1106,18 +1109,19 @@ class TimeSeries:
     sample: Any
     frames: np.ndarray
     threshold: float
+    augment: bool | None = None
 
     def detect_frame(self, frame: np.ndarray) -> FrameDetection:
         """Detections of one frame and its atom map (``1 - p(background)``, on the model's grid)."""
         from atomfinder.detection.pipeline import detect_array
 
-        result = detect_array(self.net, self.card, frame, self.sample.sampling_A)
+        result = detect_array(self.net, self.card, frame, self.sample.sampling_A, augment=self.augment)
         return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
 
 
 def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
                      threshold: float | None = None, sampling_label: str = "argument",
-                     sampling_name: str | None = None) -> TimeSeries:
+                     sampling_name: str | None = None, augment: bool | None = None) -> TimeSeries:
     """Read a time series and its model, checking that they fit together.
 
     Parameters
@@ -1135,6 +1139,8 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
         How a given pixel size is recorded as its source, and how the user gives one, in
         messages (:func:`atomfinder.detection.run.load_sample`; the command line passes
         ``"--sampling"``).
+    augment : bool, optional
+        Test-time augmentation of every frame (default: the card's setting).
 
     Raises
     ------
@@ -1157,7 +1163,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     if len(frames) < 2:
         raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
     decide_at = detection_settings(card)[0] if threshold is None else float(threshold)
-    return TimeSeries(net, card, sample, frames, decide_at)
+    return TimeSeries(net, card, sample, frames, decide_at, augment)
 
 
 def track(

@@ -664,6 +664,7 @@ def _effective_precision(device: Any, precision: str) -> str:
 def provenance(
     sample: Sample, card: Any, *, focal_series: bool, threshold: float | None, device: Any = None,
     precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
+    augment: bool | None = None,
 ) -> dict[str, Any]:
     """What an atom table was made from and how (the ``provenance`` of DESIGN.md).
 
@@ -683,6 +684,8 @@ def provenance(
         The model's stem on disk, when known.
     focal_step_A : float, optional
         The focal series' defocus step between frames as given (Å), when known.
+    augment : bool, optional
+        Test-time augmentation as asked for (None: the card's setting).
 
     Returns
     -------
@@ -693,7 +696,8 @@ def provenance(
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
         or None), ``honeycomb`` (the card's sublattice rule, or None), ``test_time_augmentation``
-        (whether the maps were averaged over the square's symmetries, as the card says),
+        (whether the maps were averaged over the square's symmetries: the card's setting
+        unless ``augment`` overrides it),
         ``min_confidence`` (the card's confidence floor, 0 for none), ``precision`` (the arithmetic used),
         ``precision_requested`` and ``atomfinder_version``.
     """
@@ -717,7 +721,8 @@ def provenance(
         "min_confidence": confidence_floor(card),
         "class_log_bias": card.detection.get("class_log_bias"),
         "honeycomb": card.detection.get("honeycomb"),
-        "test_time_augmentation": bool(card.detection.get("test_time_augmentation", False)),
+        "test_time_augmentation": (bool(card.detection.get("test_time_augmentation", False)) if augment is None
+                                   else bool(augment)),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,
@@ -754,7 +759,7 @@ def trained_on_drift(card: Any) -> bool:
 def _run_sample(
     net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
     precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
-    keep_maps: bool = True,
+    keep_maps: bool = True, augment: bool | None = None,
 ) -> SampleResult:
     """Detect atoms in one validated sample, with its provenance and validity checks (a focal
     series' step, when given, is checked against the card's trained range). Frames of a stack
@@ -784,7 +789,7 @@ def _run_sample(
         if first is None:
             first = np.asarray(image[0] if image.ndim == 3 else image, dtype=np.float32)
         result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device,
-                              precision=precision)
+                              precision=precision, augment=augment)
         tables.append(result.to_frame())
         if keep:
             probs.append(result.probabilities.astype(np.float32, copy=False))
@@ -815,7 +820,8 @@ def _run_sample(
         stem=sample.stem,
         n_frames=sample.n_frames,
         provenance=provenance(sample, card, focal_series=focal_series, threshold=threshold, device=device,
-                              precision=precision, model_path=model_path, focal_step_A=focal_step_A),
+                              precision=precision, model_path=model_path, focal_step_A=focal_step_A,
+                              augment=augment),
         validity=validity_record(checks),
         notes=sample.notes,
     )
@@ -855,6 +861,7 @@ def detect(
     device: Any = None,
     precision: str = "auto",
     focal_step_A: float | None = None,
+    augment: bool | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Find atoms in a micrograph.
 
@@ -890,6 +897,11 @@ def detect(
         = each frame more underfocused than the one before). A step outside the
         range the model was trained on (``validity["focal_step_A"]`` of its card), or
         of the wrong sign, gives a one-line validity warning (check ``focal_step``).
+    augment : bool, optional
+        Test-time augmentation: average the network's maps over the image turned by
+        quarter turns and mirrored (eight views, eight times the network time). Default:
+        the model card's ``detection.test_time_augmentation``; ``False`` trades it for
+        speed (the card's confidence was fitted with its own setting).
 
     Returns
     -------
@@ -936,7 +948,7 @@ def detect(
     sample = load_sample(image, sampling, sampling_name="sampling")
     net, card, stem = _load(model, device)
     res = _run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem,
-                      focal_step_A=focal_step_A)
+                      focal_step_A=focal_step_A, augment=augment)
     warn(res.validity["warnings"])
     info = {
         "probabilities": res.probabilities,
@@ -1260,7 +1272,7 @@ def _cached_model(model_path: str) -> tuple[Any, Any]:
 def _remote_task(
     group: tuple[str, ...], model_path: str, sampling_A: float | None, focal_series: bool,
     threshold: float | None, keep_probabilities: bool, precision: str = "auto",
-    sampling_label: str = "argument", focal_step_A: float | None = None,
+    sampling_label: str = "argument", focal_step_A: float | None = None, augment: bool | None = None,
 ) -> SampleResult:
     """One input on a dask worker: load the model (cached), read, detect.
 
@@ -1271,7 +1283,7 @@ def _remote_task(
         net, card = _cached_model(model_path)
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
         res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path,
-                          focal_step_A=focal_step_A, keep_maps=keep_probabilities)
+                          focal_step_A=focal_step_A, keep_maps=keep_probabilities, augment=augment)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -1284,6 +1296,7 @@ def _run_distributed(
     sampling_A: float | None, focal_series: bool, probabilities: bool, threshold: float | None,
     model_name: str, report: Callable[[FileReport], None], precision: str = "auto", overlay: Any = None,
     sampling_label: str = "argument", grid: str = "model", focal_step_A: float | None = None,
+    augment: bool | None = None,
 ) -> None:
     """Send inputs to a dask.distributed cluster; write results as they complete."""
     from distributed import Client, as_completed
@@ -1300,7 +1313,7 @@ def _run_distributed(
         futures = client.map(
             _remote_task, groups, model_path=model_path, sampling_A=sampling_A, focal_series=focal_series,
             threshold=threshold, keep_probabilities=probabilities, precision=precision,
-            sampling_label=sampling_label, focal_step_A=focal_step_A, pure=False,
+            sampling_label=sampling_label, focal_step_A=focal_step_A, augment=augment, pure=False,
         )
         try:
             for future in as_completed(futures):
@@ -1329,6 +1342,7 @@ def detect_files(
     focal_step_A: float | None = None,
     resume: bool = False,
     overlay: Any = None,
+    augment: bool | None = None,
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
@@ -1399,6 +1413,8 @@ def detect_files(
         Format (PNG, SVG, PDF), dpi, colouring, marker size and title of the overlay
         (:class:`atomfinder.detection.overlay.OverlayStyle`; default: a 150-dpi PNG
         coloured by class, or by height for a model with a height head).
+    augment : bool, optional
+        Test-time augmentation (see :func:`detect`; default: the card's setting).
 
     Returns
     -------
@@ -1470,13 +1486,13 @@ def detect_files(
             todo, str(stem), scheduler, out, sampling_A=sampling_A, focal_series=focal_series,
             probabilities=probabilities, threshold=threshold, model_name=card.name, report=report,
             precision=precision, sampling_label=sampling_label, grid=probabilities_grid, focal_step_A=focal_step_A,
-            overlay=overlay,
+            overlay=overlay, augment=augment,
         )
         return written
     for group in todo:
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
         res = _run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem),
-                          focal_step_A=focal_step_A, keep_maps=probabilities)
+                          focal_step_A=focal_step_A, keep_maps=probabilities, augment=augment)
         del sample
         report(_write_result(res, out, probabilities, card.name, probabilities_grid, overlay))
     return written
