@@ -408,6 +408,12 @@ def _as_chw(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def uses_augmentation(card: ModelCard, augment: bool | None = None) -> bool:
+    """Whether the maps are averaged over the eight symmetries of the square: ``augment``
+    when given, else the card's ``detection["test_time_augmentation"]`` (False without one)."""
+    return bool(card.detection.get("test_time_augmentation", False)) if augment is None else bool(augment)
+
+
 def detection_settings(
     card: ModelCard, threshold: float | None = None, min_distance_A: float | None = None
 ) -> tuple[float, float]:
@@ -518,10 +524,8 @@ def detect_array(
     threshold, min_distance_A = detection_settings(card, threshold, min_distance_A)
     model_img = resample(img.astype(np.float32, copy=False), sampling_A, card.sampling_A)
     model_img = apply_normalization(model_img, card.normalization, card.sampling_A)
-    if augment is None:
-        augment = bool(card.detection.get("test_time_augmentation", False))
     out = predict(model, model_img, device=device, tile=tile, overlap=min(64, tile // 4), precision=precision,
-                  augment=augment)
+                  augment=uses_augmentation(card, augment))
     probs = out["probabilities"]
     height = out.get("height")
     found = find_atoms(

@@ -702,7 +702,7 @@ def provenance(
         ``precision_requested`` and ``atomfinder_version``.
     """
     from atomfinder import __version__
-    from atomfinder.detection.pipeline import confidence_floor, detection_settings
+    from atomfinder.detection.pipeline import confidence_floor, detection_settings, uses_augmentation
 
     used_threshold, min_distance_A = detection_settings(card, threshold)
     return {
@@ -721,8 +721,7 @@ def provenance(
         "min_confidence": confidence_floor(card),
         "class_log_bias": card.detection.get("class_log_bias"),
         "honeycomb": card.detection.get("honeycomb"),
-        "test_time_augmentation": (bool(card.detection.get("test_time_augmentation", False)) if augment is None
-                                   else bool(augment)),
+        "test_time_augmentation": uses_augmentation(card, augment),
         "precision": _effective_precision(device, precision),
         "precision_requested": precision,
         "atomfinder_version": __version__,
