@@ -262,3 +262,27 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     np.testing.assert_allclose(drift[["dx", "dy"]].to_numpy()[2], [-2.0, -2.0], atol=0.3)
     viewer.dims.set_current_step(0, 2)
     _screenshot(viewer, screenshot_dir / "napari-time-series.png")
+
+
+def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, crop_tif):
+    import atomfinder
+
+    viewer.open(crop_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.model.value = "gold"  # gold's card averages the eight views
+    assert widget.augment.value is True
+    widget.model.value = "graphene"  # graphene's does not
+    assert widget.augment.value is False
+
+    widget.sampling.value = SAMPLING_A
+    widget.augment.value = True
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    found = viewer.layers["atoms: C"].data[:, ::-1] * 1.0  # (x, y) in pixels
+    image = tifffile.imread(crop_tif)
+    table_on, info_on = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=True)
+    table_off, _ = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=False)
+    assert info_on["provenance"]["test_time_augmentation"] is True
+    np.testing.assert_allclose(found, table_on[["x", "y"]].to_numpy(), atol=1e-3)
+    assert len(table_off) != len(table_on) or not np.allclose(table_off[["x", "y"]].to_numpy(),
+                                                              table_on[["x", "y"]].to_numpy(), atol=1e-3)

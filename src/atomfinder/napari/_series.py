@@ -57,7 +57,8 @@ class SeriesResult:
 
 def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str | os.PathLike[str],
                  threshold: float | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> SeriesResult:
+                 progress: Callable[[int, int], None] | None = None,
+                 augment: bool | None = None) -> SeriesResult:
     """Track the columns of a time series, as ``atomfinder track`` does.
 
     Parameters
@@ -74,6 +75,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
         Map value that separates present from absent (default: the card's peak threshold).
     progress : callable, optional
         ``progress(done, total)`` after each frame.
+    augment : bool, optional
+        Test-time augmentation of every frame (default: the card's setting).
 
     Returns
     -------
@@ -86,7 +89,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
     """
     from atomfinder.analysis.timeseries import load_time_series, track
 
-    series = load_time_series(image, model, sampling_A, threshold=threshold, sampling_name="pixel size")
+    series = load_time_series(image, model, sampling_A, threshold=threshold, sampling_name="pixel size",
+                              augment=augment)
     sample = series.sample
     written = track(series.frames, series.detect_frame, sample.sampling_A, out_dir, threshold=series.threshold,
                     progress=progress)

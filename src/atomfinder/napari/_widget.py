@@ -1,5 +1,8 @@
 """The dock widget: pick an image, a model, a threshold and a pixel size, find atoms, save the table.
 
+The threshold and the test-time augmentation switch start at the chosen model
+card's settings and may be changed before a run.
+
 Detection runs :func:`atomfinder.detect` (or, for a time series,
 :func:`atomfinder.napari._series.track_series`) in a worker thread, so napari stays
 responsive; the progress bar shows the frames done (busy while one image is being
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 from qtpy.QtCore import QObject, Signal
 
 from atomfinder.napari._points import atom_layers, clear_added_features
@@ -60,10 +63,16 @@ def layer_sampling_A(layer: Any) -> float | None:
 
 def card_threshold(model: str) -> float:
     """The model card's peak threshold (0.5 when the card has none)."""
-    from atomfinder.detection.pipeline import detection_settings
+    return card_settings(model)[0]
+
+
+def card_settings(model: str) -> tuple[float, bool]:
+    """The model card's ``(peak threshold, test-time augmentation)``: 0.5 and False when the card has none."""
+    from atomfinder.detection.pipeline import detection_settings, uses_augmentation
     from atomfinder.nn.card import load_card, resolve_model
 
-    return detection_settings(load_card(resolve_model(model)))[0]
+    card = load_card(resolve_model(model))
+    return detection_settings(card)[0], uses_augmentation(card)
 
 
 def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
@@ -112,6 +121,7 @@ class DetectionWidget(Container):
         self.model_file = FileEdit(label="or model file", mode="r", filter="*.json", nullable=True, value=None)
         self.series = ComboBox(label="frames", choices=list(SERIES_MODES), value=SINGLE)
         self.threshold = FloatSpinBox(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
+        self.augment = CheckBox(text="average 8 turned and mirrored views (slower)", value=False)
         self.sampling = FloatSpinBox(label="pixel size (Å/px)", min=0.0, max=1000.0, step=0.0001, value=0.0)
         self.track_dir = FileEdit(label="track output", mode="d", nullable=True, value=None)
         self.run_button = PushButton(text="Find atoms")
@@ -119,7 +129,7 @@ class DetectionWidget(Container):
         self.status = Label(label="", value="")
         self.save_path = FileEdit(label="save CSV", mode="w", filter="*.csv", nullable=True, value=None)
         self.save_button = PushButton(text="Save atoms as CSV")
-        self.extend([self.image, self.model, self.model_file, self.series, self.threshold, self.sampling,
+        self.extend([self.image, self.model, self.model_file, self.series, self.threshold, self.augment, self.sampling,
                      self.track_dir, self.run_button, self.progress, self.status, self.save_path,
                      self.save_button])
         self.status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
@@ -157,9 +167,9 @@ class DetectionWidget(Container):
         return os.fspath(self.model_file.value) if self.model_file.value else str(self.model.value)
 
     def _model_changed(self, *_: Any) -> None:
-        """Show the model card's threshold."""
+        """Show the model card's threshold and test-time augmentation."""
         try:
-            self.threshold.value = card_threshold(self.model_name())
+            self.threshold.value, self.augment.value = card_settings(self.model_name())
         except ValueError as exc:
             self.report_error(one_line(exc))
 
@@ -219,14 +229,15 @@ class DetectionWidget(Container):
     def _job(self, image: Any, sampling: float | None, image_name: str, sampling_A: float):
         """The function the worker runs: returns ``(layers, message, warnings)``."""
         model, threshold, mode = self.model_name(), float(self.threshold.value), self.series.value
+        augment = bool(self.augment.value)
         out_dir = os.fspath(self.track_dir.value) if self.track_dir.value else None
         relay = self._relay
 
         def job() -> tuple[list[LayerData], str, list[str], float]:
             if mode == TIME_SERIES:
                 return _track_job(image, model, sampling, image_name, sampling_A, out_dir, threshold,
-                                  relay.changed.emit)
-            return _detect_job(image, model, sampling, image_name, threshold, mode == FOCAL_SERIES)
+                                  relay.changed.emit, augment)
+            return _detect_job(image, model, sampling, image_name, threshold, mode == FOCAL_SERIES, augment)
 
         return job
 
@@ -317,7 +328,7 @@ def _ask_csv_path() -> str:
 
 
 def _detect_job(image: Any, model: str, sampling: float | None, image_name: str, threshold: float,
-                focal_series: bool) -> tuple[list[LayerData], str, list[str], float]:
+                focal_series: bool, augment: bool | None = None) -> tuple[list[LayerData], str, list[str], float]:
     """Run :func:`atomfinder.detect` (in the worker thread) and make the atom layers."""
     import atomfinder
     from atomfinder.detection.validity import ValidityWarning
@@ -325,7 +336,7 @@ def _detect_job(image: Any, model: str, sampling: float | None, image_name: str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ValidityWarning)  # shown one line each from the validity record
         table, info = atomfinder.detect(image, model=model, sampling=sampling, threshold=threshold,
-                                        focal_series=focal_series)
+                                        focal_series=focal_series, augment=augment)
     sampling_A = float(info["sampling_A"])
     layers = atom_layers(table, info["class_names"], sampling_A, image_name)
     counts = ", ".join(f"{(table['label'] == c).sum()} {c}" for c in info["class_names"])
@@ -335,12 +346,13 @@ def _detect_job(image: Any, model: str, sampling: float | None, image_name: str,
 
 
 def _track_job(image: Any, model: str, sampling: float | None, image_name: str, sampling_A: float,
-               out_dir: str | None, threshold: float, progress: Any) -> tuple[list[LayerData], str, list[str], float]:
+               out_dir: str | None, threshold: float, progress: Any,
+               augment: bool | None = None) -> tuple[list[LayerData], str, list[str], float]:
     """Track a time series (in the worker thread) and make the site layers."""
     import tempfile
 
     folder = out_dir or tempfile.mkdtemp(prefix=f"atomfinder-track-{image_name}-")
-    result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress)
+    result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress, augment=augment)
     n_frames = len(result.drift_px)
     message = (f"{image_name}: {len(result.sites)} sites in {n_frames} frames; "
                f"sites.csv, presence.csv, events.csv, drift.csv in {Path(folder).name}/")
