@@ -46,7 +46,8 @@ def source_model(tiny_graphene_store, tmp_path_factory):
     stem = train(cfg, data, tmp_path_factory.mktemp("source") / "run", recipe=recipe)
     model, card = load_model(stem)
     # the shipped gold model's calibration: finetune must re-fit it or drop it, never keep it
-    card = dataclasses.replace(card, calibration=load_card(resolve_model("gold")).calibration)
+    card = dataclasses.replace(card, calibration=load_card(resolve_model("gold")).calibration,
+                               detection=card.detection | {"test_time_augmentation": True})  # as gold's card
     save_model(model, card, stem)
     return stem
 
@@ -187,6 +188,7 @@ def test_finetune_end_to_end_with_resume(source_model, tmp_path):
     assert card.training["steps"] == 10  # continued from the checkpoint to the recipe's 5 epochs
     assert card.training["time_s"] >= general.training["time_s"]  # the general model's time included
     assert card.detection["threshold"] == card.training["threshold_scan"]["chosen"]
+    assert card.detection["test_time_augmentation"] is True  # used as the general model is
     # the general model's calibration is never carried over: re-fitted on held-out images, or dropped and said so
     note = card.training["finetune"]["calibration"]
     assert card.calibration != general.calibration

@@ -60,6 +60,9 @@ DEFAULT_N_TEST = 128
 REQUIRED_FIELDS = ("energies_eV", "dose_e_per_A2")
 #: How far ``sampling_A`` may move from the model's pixel size (relative): the weights are scale-specific.
 MAX_SAMPLING_CHANGE = 0.25
+#: Detection settings that say how a model is used, not values tuned to its weights: a
+#: fine-tuned model keeps the general model's (its threshold and confidence are fitted anew).
+INHERITED_DETECTION = ("test_time_augmentation", "honeycomb")
 #: Names of the two models in the comparison.
 FINE_TUNED, GENERAL = "fine-tuned", "shipped"
 
@@ -500,6 +503,18 @@ def train_model(card: Any, config: Any, store_path: Path, run_dir: Path, resume:
                  progress=lambda step, total, parts: progress("train", step, total))
 
 
+def with_general_usage(card: Any, general: Any) -> Any:
+    """``card`` with the general model's :data:`INHERITED_DETECTION` settings.
+
+    Training writes only the peak threshold and the minimum distance into a new card;
+    without this a fine-tuned gold model, for example, would silently stop averaging
+    its maps over the eight views that the general card asks for, and its threshold and
+    confidence would be fitted on maps other than those the user gets.
+    """
+    inherited = {k: general.detection[k] for k in INHERITED_DETECTION if k in general.detection}
+    return dataclasses.replace(card, detection=dict(card.detection) | inherited)
+
+
 def choose_threshold(model: Any, card: Any, store_path: Path, progress: Progress) -> Any:
     """``card`` with the peak threshold chosen on the validation images of its training store."""
     from atomfinder.analysis.evaluate import THRESHOLDS, card_with_threshold, validation_threshold_scan
@@ -813,6 +828,7 @@ def finetune(
         state["trained_minutes"] = float(minutes)
         _write_json(paths.state, state)
     net, card = load_model(best)
+    card = with_general_usage(card, general)
     card = choose_threshold(net, card, paths.train_store, progress)
     card, calibration_note = refit_calibration(net, card, general, paths.calibration_store, progress)
     result = compare_models(net, card, general_model, general, paths.test_store, paths.report, progress)
