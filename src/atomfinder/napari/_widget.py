@@ -61,11 +61,6 @@ def layer_sampling_A(layer: Any) -> float | None:
     return None
 
 
-def card_threshold(model: str) -> float:
-    """The model card's peak threshold (0.5 when the card has none)."""
-    return card_settings(model)[0]
-
-
 def card_settings(model: str) -> tuple[float, bool]:
     """The model card's ``(peak threshold, test-time augmentation)``: 0.5 and False when the card has none."""
     from atomfinder.detection.pipeline import detection_settings, uses_augmentation
