@@ -278,7 +278,7 @@ def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, cr
     widget.augment.value = True
     _run(widget, qtbot)
     assert widget.last_error == ""
-    found = viewer.layers["atoms: C"].data[:, ::-1] * 1.0  # (x, y) in pixels
+    found = viewer.layers["atoms: C"].data[:, ::-1]  # (row, col) -> (x, y) in pixels
     image = tifffile.imread(crop_tif)
     table_on, info_on = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=True)
     table_off, _ = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=False)
