@@ -1,7 +1,7 @@
 """Detection speed and memory: a calibrated TIFF on disk to a written atom table.
 
 Writes a noisy graphene-like lattice as a calibrated float32 TIFF, then times
-`atomfinder.detection.run.detect_files` (read, clean, resample, normalise,
+`atomfinder.detection.batch.detect_files` (read, clean, resample, normalise,
 tiled network, peaks, CSV + overlay PNG) for a 1024 x 1024 image (median after
 a warm-up) and once for a 4096 x 4096 image, each in a fresh process so that
 the peak resident memory is that image's. Uses the shipped `graphene` model, or
@@ -36,7 +36,7 @@ import numpy as np, torch
 sys.path.insert(0, {bench_dir!r})
 from bench_infer import lattice_image
 from atomfinder.detection.io import write_tiff_calibrated
-from atomfinder.detection.run import detect_files
+from atomfinder.detection.batch import detect_files
 from atomfinder.nn.card import ModelCard, list_models, save_model
 from atomfinder.nn.unet import UNetConfig, build_model
 torch.set_num_threads(2)
@@ -71,7 +71,7 @@ MEMORY_CHILD = r"""
 import json, resource, time
 from pathlib import Path
 import torch
-from atomfinder.detection.run import detect_files
+from atomfinder.detection.batch import detect_files
 from atomfinder.nn.card import ModelCard, list_models, save_model
 from atomfinder.nn.unet import UNetConfig, build_model
 torch.set_num_threads(2)

@@ -23,7 +23,7 @@ from atomfinder.analysis.evaluate import compare, network_detector, samples_from
 from atomfinder.datasets.store import DatasetStore
 from atomfinder.detection.io import write_tiff_calibrated
 from atomfinder.detection.peaks import AtomTable
-from atomfinder.detection.run import detect_files
+from atomfinder.detection.batch import detect_files
 from atomfinder.nn.card import load_model, resolve_model
 
 

@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from atomfinder.analysis.evaluate import compare, network_detector, samples_from_store
 from atomfinder.datasets.store import DatasetStore
 from atomfinder.nn.card import load_model, resolve_model

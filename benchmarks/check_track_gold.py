@@ -17,7 +17,7 @@ and shot noise) for one fixed negative-Cs microscope inside the gold training ra
 3 Å over the series plus sub-pixel jitter) applied as a specimen shift. The frames
 are written as one calibrated TIFF stack
 (:func:`atomfinder.detection.io.write_tiff_calibrated`), read back and cleaned as
-``atomfinder track`` does (:func:`atomfinder.detection.run.load_sample`), and tracked
+``atomfinder track`` does (:func:`atomfinder.detection.sample.load_sample`), and tracked
 with :func:`atomfinder.analysis.timeseries.track` using the same per-frame detector as
 the CLI (the atom table of ``detect_array`` and its atom map ``1 - p(background)``)
 and the same decision: presence per site from the map's value over the series (a
@@ -79,7 +79,7 @@ from atomfinder.analysis.timeseries import (
     track,
 )
 from atomfinder.detection.io import write_tiff_calibrated
-from atomfinder.detection.run import load_sample
+from atomfinder.detection.sample import load_sample
 from atomfinder.imaging.hrtem import resample_spectrum, simulate_draw
 from atomfinder.imaging.microscope import Microscope, scherzer_defocus_A
 from atomfinder.imaging.multislice import exit_waves

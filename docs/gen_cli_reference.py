@@ -134,6 +134,8 @@ def _value(param: Any) -> str:
     """The kind of value a parameter takes ("" for a flag)."""
     if _is_flag(param):
         return ""
+    if param.metavar and not param.metavar.startswith("["):  # a metavar says more than the type
+        return " or ".join(f"`{m}`" for m in param.metavar.split("|"))
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is not None and getattr(descriptor, "annotation", None) is not None:
         return _value_from_annotation(descriptor.annotation, param)
@@ -150,10 +152,12 @@ def _default(param: Any, ctx: Any) -> str:
         return "*required*"
     default = param.get_default(ctx, call=False)
     if _is_flag(param):
+        if default is None:  # an on/off switch whose default is left to the model card
+            return "the model card's"
         if param.secondary_opts:
             return f"`{param.opts[0] if default else param.secondary_opts[0]}`"
         return "on" if default else "off"
-    if default is None or callable(default) or (isinstance(default, (list, tuple)) and not default):
+    if default is None or default == "" or callable(default) or (isinstance(default, (list, tuple)) and not default):
         return "—"
     if isinstance(default, (list, tuple)):
         return ", ".join(f"`{_number(v)}`" for v in default)

@@ -124,7 +124,7 @@ def test_calibrate_fits_and_stores_class_priors(tmp_path):
 
 
 def test_provenance_records_the_class_priors_used(tmp_path):
-    from atomfinder.detection.run import detect
+    from atomfinder.detection.micrograph import detect
     from atomfinder.nn.card import ModelCard, save_model
     from atomfinder.nn.unet import UNetConfig, build_model
 

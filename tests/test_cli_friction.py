@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from atomfinder.cli import _pixel_size_line, app
 from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
-from atomfinder.detection.run import load_sample, probabilities_on_input_grid
+from atomfinder.detection.resampling import probabilities_on_input_grid
+from atomfinder.detection.sample import load_sample
 from conftest import save_untrained_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "io-samples"

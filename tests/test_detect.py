@@ -1,4 +1,4 @@
-"""detection.run / detection.overlay / `atomfinder detect`: API, CLI outputs, one-line errors.
+"""detection.micrograph / detection.batch / detection.overlay / `atomfinder detect`: API, CLI outputs, one-line errors.
 
 Uses tiny untrained models saved into tmp_path (no shipped model needed); every image
 is 64 x 64 px, so the whole module runs in seconds.
@@ -24,7 +24,10 @@ from atomfinder.cli import app
 from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
 from atomfinder.detection.overlay import display_image, overlay_figure, scale_bar_label, scale_bar_length_A
 from atomfinder.detection.peaks import TABLE_COLUMNS
-from atomfinder.detection.run import clean_image, detect, detect_files, median3x3, register_focal_series
+from atomfinder.detection.batch import detect_files
+from atomfinder.detection.micrograph import detect
+from atomfinder.detection.preprocess import clean_image, median3x3
+from atomfinder.detection.registration import register_focal_series
 from conftest import save_untrained_model
 
 torch.set_num_threads(1)

@@ -189,7 +189,7 @@ def test_dask_simulate_survives_a_killed_worker(cluster, tmp_path):
 @pytest.mark.slow
 def test_dask_detect_survives_a_killed_worker(cluster, tmp_path):
     from atomfinder.detection.io import write_tiff_calibrated
-    from atomfinder.detection.run import detect_files
+    from atomfinder.detection.batch import detect_files
 
     model = save_untrained_model(tmp_path / "tiny", 0.2)
     rng = np.random.default_rng(0)

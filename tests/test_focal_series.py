@@ -21,7 +21,8 @@ from atomfinder.cli import app
 from atomfinder.detection import registration
 from atomfinder.detection.io import MicrographError
 from atomfinder.detection.peaks import AtomTable
-from atomfinder.detection.run import Sample, check_focal_step_argument, check_frames, detect
+from atomfinder.detection.micrograph import detect
+from atomfinder.detection.sample import Sample, check_focal_step_argument, check_frames
 from atomfinder.detection.validity import ValidityWarning, check_focal_step
 from atomfinder.nn.validity import focal_order, validity_range, validity_summary
 from conftest import save_untrained_model
@@ -112,11 +113,11 @@ def test_mos2_vacancies_are_labelled_at_their_lattice_site():
 
 def test_both_series_use_the_one_registration_module():
     from atomfinder.analysis import timeseries
-    from atomfinder.detection import run
+    from atomfinder.detection import micrograph
 
     assert timeseries.register_frames is registration.register_frames
     assert timeseries.pair_shift is registration.pair_shift
-    assert run.register_focal_series is registration.register_focal_series
+    assert micrograph.register_focal_series is registration.register_focal_series
     tree = ast.parse(Path(registration.__file__).read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -290,7 +291,7 @@ def test_models_trained_on_drift_take_the_frames_as_they_are():
     model trained on aligned frames gets them registered."""
     from types import SimpleNamespace
 
-    from atomfinder.detection.run import trained_on_drift
+    from atomfinder.detection.micrograph import trained_on_drift
     from atomfinder.nn.card import load_card, resolve_model
 
     assert trained_on_drift(load_card(resolve_model("mos2-focal")))

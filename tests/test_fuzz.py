@@ -885,7 +885,7 @@ def test_isolated_reader_dies_with_its_parent_and_by_its_own_alarm(tmp_path):
     path.write_bytes(data[:2202] + bytes.fromhex("d01b11bbd01b11bb") + data[2206:])
     parent = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
                                "from atomfinder.detection.io import _read_in_subprocess; "
-                               f"_read_in_subprocess(Path(sys.argv[1]), 'emd', 300.0)", str(path)])
+                               "_read_in_subprocess(Path(sys.argv[1]), 'emd', 300.0)", str(path)])
     deadline = time.monotonic() + 60
     while not _isolated_readers_of(path) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -70,7 +70,7 @@ def _detect_quietly(*args, **kwargs):
 
 
 def test_importing_atomfinder_does_not_load_hyperspy():
-    code = ("import sys, atomfinder, atomfinder.detection.run, atomfinder.detection.signals, "
+    code = ("import sys, atomfinder, atomfinder.detection.micrograph, atomfinder.detection.batch, atomfinder.detection.signals, "
             "atomfinder.detection.overlay; atomfinder.to_signal; atomfinder.to_atomap; "
             "print(sorted(m for m in ('hyperspy', 'atomap', 'exspy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -253,7 +253,7 @@ def test_detect_batch_killed_anywhere_more_seeds(batch, seed, tmp_path):
 def test_detect_resume_skips_finished_inputs_and_redoes_partial_ones(batch, tmp_path):
     """The state a kill leaves (one input finished, one caught between its renames, temporary files),
     resumed in-process: only the unfinished inputs are detected, the stale temporaries go."""
-    from atomfinder.detection.run import detect_files, finished_inputs
+    from atomfinder.detection.batch import detect_files, finished_inputs
 
     args, reference, _, names = batch
     inputs, model = args[1:9], args[10]
@@ -415,7 +415,8 @@ def test_a_stack_is_read_frame_by_frame(tmp_path):
     import pandas as pd
 
     from atomfinder.detection.io import FrameStack, read_micrograph, write_tiff_calibrated
-    from atomfinder.detection.run import detect_files, load_sample
+    from atomfinder.detection.batch import detect_files
+    from atomfinder.detection.sample import load_sample
 
     frames = np.stack([_lattice(i) for i in range(3)])
     npy = tmp_path / "stack.npy"
@@ -431,7 +432,7 @@ def test_a_stack_is_read_frame_by_frame(tmp_path):
         np.testing.assert_array_equal(np.asarray(lazy.data), eager.data)  # cleaned alike
     model = save_untrained_model(tmp_path / "tiny", SAMPLING)
     detect_files([npy], model, tmp_path / "lazy", sampling_A=SAMPLING)
-    from atomfinder.detection.run import detect
+    from atomfinder.detection.micrograph import detect
 
     table, _ = detect(frames, str(model), SAMPLING)
     lazy_table = pd.read_csv(tmp_path / "lazy" / "stack.csv")

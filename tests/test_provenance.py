@@ -21,7 +21,8 @@ import atomfinder
 from atomfinder.cli import app
 from atomfinder.detection.io import write_tiff_calibrated
 from atomfinder.detection.peaks import TABLE_COLUMNS
-from atomfinder.detection.run import detect, detect_files
+from atomfinder.detection.batch import detect_files
+from atomfinder.detection.micrograph import detect
 from atomfinder.nn.card import ModelCard, save_model
 from atomfinder.nn.unet import UNetConfig, build_model
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import atomfinder
 import atomfinder.detection.pipeline as pipeline
-import atomfinder.detection.run as run
+import atomfinder.detection.sample as sample_module
 from atomfinder.cli import app
 from atomfinder.detection.io import MicrographError
 from atomfinder.detection.pipeline import (
@@ -201,9 +201,9 @@ def test_input_too_big_to_clean_is_refused_before_cleaning(monkeypatch, tmp_path
     path = tmp_path / "huge.npy"
     np.save(path, _image())
     monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 1000)
-    monkeypatch.setattr(run, "clean_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cleaned")))
+    monkeypatch.setattr(sample_module, "clean_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cleaned")))
     with pytest.raises(MicrographError, match=r"huge.npy: 64x64 pixels: cleaning needs about .* is available"):
-        run.load_sample(str(path), SAMPLING)
+        sample_module.load_sample(str(path), SAMPLING)
 
 
 def test_unknown_available_memory_skips_the_memory_check(tiny_model, monkeypatch):

@@ -11,7 +11,7 @@ __all__ = ["__version__", "detect", "to_atomap", "to_signal"]
 
 #: Lazy top-level names -> the module that defines them.
 _LAZY = {
-    "detect": "atomfinder.detection.run",
+    "detect": "atomfinder.detection.micrograph",
     "to_signal": "atomfinder.detection.signals",  # HyperSpy, imported when called
     "to_atomap": "atomfinder.detection.signals",  # Atomap, imported when called
 }

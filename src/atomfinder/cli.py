@@ -660,7 +660,7 @@ def models_command(
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
             f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
             + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
-            *([f"  class log-priors (added before the argmax): "
+            *(["  class log-priors (added before the argmax): "
                + ", ".join(f"{c} {b:+.2f}" for c, b in zip(card.class_names, det["class_log_bias"]))]
               if det.get("class_log_bias") else []),
             *([f"  classes by sublattice (honeycomb, bonds {det['honeycomb']['bond_A'][0]:g}-"
@@ -768,7 +768,7 @@ def detect(
         from rich.markup import escape
 
         from atomfinder.detection.overlay import OverlayStyle
-        from atomfinder.detection.run import detect_files, existing_outputs
+        from atomfinder.detection.batch import detect_files, existing_outputs
         from atomfinder.detection.validity import ValidityWarning
 
         grid = probabilities_grid or "model"

@@ -1093,7 +1093,7 @@ class TimeSeries:
     net, card
         The single-image model and its card.
     sample : Sample
-        The input as read (:func:`atomfinder.detection.run.load_sample`): source,
+        The input as read (:func:`atomfinder.detection.sample.load_sample`): source,
         pixel size in Å/px and where it came from, notes.
     frames : ndarray, shape (n, h, w)
         The frames in time order (``n >= 2``).
@@ -1128,7 +1128,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     ----------
     image : path, sequence of paths, ndarray or signal
         One multi-frame file, several single-image files in time order, or a stack
-        ``[N, H, W]`` (anything :func:`atomfinder.detection.run.load_sample` reads).
+        ``[N, H, W]`` (anything :func:`atomfinder.detection.sample.load_sample` reads).
     model : str or path
         A single-image model's name or path.
     sampling_A : float, optional
@@ -1137,7 +1137,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
         Present/absent threshold of the atom map (default: the card's peak threshold).
     sampling_label, sampling_name : str
         How a given pixel size is recorded as its source, and how the user gives one, in
-        messages (:func:`atomfinder.detection.run.load_sample`; the command line passes
+        messages (:func:`atomfinder.detection.sample.load_sample`; the command line passes
         ``"--sampling"``).
     augment : bool, optional
         Test-time augmentation of every frame (default: the card's setting).
@@ -1148,7 +1148,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
         A focal-series model, fewer than 2 frames, or an unusable input (one line).
     """
     from atomfinder.detection.pipeline import detection_settings
-    from atomfinder.detection.run import load_sample
+    from atomfinder.detection.sample import load_sample
     from atomfinder.nn.card import load_model, resolve_model
 
     net, card = load_model(resolve_model(model))

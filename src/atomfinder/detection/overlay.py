@@ -62,7 +62,7 @@ OVERLAY_FORMATS = ("png", "svg", "pdf")
 
 @dataclass(frozen=True)
 class OverlayStyle:
-    """How :func:`atomfinder.detection.run.detect_files` draws ``<stem>.<format>``.
+    """How :func:`atomfinder.detection.batch.detect_files` draws ``<stem>.<format>``.
 
     Attributes
     ----------

@@ -13,7 +13,7 @@ measurements live here, because the frames of the two kinds of series differ:
   ``(x + dx, y + dy)`` in frame ``i``. Detection then runs on the raw frames
   (:func:`register_images` resamples them for display only).
 * **Focal series** (:func:`register_focal_series`, used by
-  :mod:`atomfinder.detection.run` before inference): frames at different defoci,
+  :mod:`atomfinder.detection.micrograph` before inference): frames at different defoci,
   whose contrast differs and may invert. Phase correlation (only the Fourier phase,
   so the frames align on their shared lattice whatever their contrast) to
   ``1/UPSAMPLE`` pixel, applied by cubic-spline interpolation, because the network
