@@ -14,16 +14,15 @@ from atomfinder.analysis.evaluate import (
     UNKNOWN_BIN,
     EvalSample,
     baseline_detector,
-    best_threshold,
     bin_labels,
     compare,
     evaluate,
     interior_mask,
     network_detector,
     samples_from_store,
-    threshold_scan,
-    write_report,
 )
+from atomfinder.analysis.report import write_report
+from atomfinder.analysis.thresholds import best_threshold, threshold_scan
 from atomfinder.detection.peaks import AtomTable
 from atomfinder.nn.card import ModelCard
 
@@ -290,7 +289,7 @@ def test_samples_from_store(tmp_path):
 
 
 def test_per_image_distribution_in_report(tmp_path):
-    from atomfinder.analysis.evaluate import per_image_f1, per_image_row
+    from atomfinder.analysis.report import per_image_f1, per_image_row
 
     # 9 perfect images and one whose detections all sit 0.7 Å off (F1 = 0 at 0.5 Å)
     samples = [_sample(defocus=float(i)) for i in range(10)]
@@ -305,7 +304,8 @@ def test_per_image_distribution_in_report(tmp_path):
 
 def test_report_scores_confidence_and_error_bars_on_a_hand_made_case(tmp_path):
     """A detector whose confidence and sigma are known: the report's ECE and coverage follow."""
-    from atomfinder.analysis.evaluate import compare, report_markdown, write_report
+    from atomfinder.analysis.evaluate import compare
+    from atomfinder.analysis.report import report_markdown, write_report
     from atomfinder.detection.peaks import AtomTable
 
     rng = np.random.default_rng(5)

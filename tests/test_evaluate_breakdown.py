@@ -14,13 +14,12 @@ from atomfinder.analysis.evaluate import (
     cs_label,
     evaluate,
     recipe_defocus_edges,
-    report_markdown,
     samples_from_store,
     shape_label,
     store_structure_info,
     support_label,
-    write_report,
 )
+from atomfinder.analysis.report import report_markdown, write_report
 from atomfinder.detection.peaks import AtomTable
 
 S = 0.1  # Å/pixel

@@ -15,7 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from atomfinder.analysis.evaluate import EvalSample, compare, report_markdown
+from atomfinder.analysis.evaluate import EvalSample, compare
+from atomfinder.analysis.report import report_markdown
 from atomfinder.analysis.metrics import HEIGHT_BINS, aggregate, detection_scores
 from atomfinder.cli import app
 from atomfinder.detection import registration

@@ -1,7 +1,7 @@
 """Threshold of the gold-ceria candidate on the 96 validation images of data/gold-train-4.zarr (0.4's split),
 which neither 0.4 nor the ceria fine-tune trained on; the CLI only scans a model's own training store."""
 import dataclasses
-from atomfinder.analysis.evaluate import validation_threshold_scan, card_with_threshold
+from atomfinder.analysis.thresholds import validation_threshold_scan, card_with_threshold
 from atomfinder.datasets.store import DatasetStore
 from atomfinder.nn.card import load_model, load_card, save_model, resolve_model
 net, card = load_model("runs/gold-ceria/model")

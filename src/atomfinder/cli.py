@@ -302,9 +302,14 @@ def evaluate(
 
     def action() -> None:
         from atomfinder.analysis.evaluate import (
-            baseline_detector, compare, network_detector, recipe_defocus_edges, samples_from_store,
-            store_structure_info, write_report,
+            baseline_detector,
+            compare,
+            network_detector,
+            recipe_defocus_edges,
+            samples_from_store,
+            store_structure_info,
         )
+        from atomfinder.analysis.report import write_report
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -414,7 +419,12 @@ def tune_threshold_command(
     """Choose the peak threshold on the validation images of the model's training store (never the test set)."""
 
     def action() -> None:
-        from atomfinder.analysis.evaluate import THRESHOLDS, best_threshold, card_with_threshold, validation_threshold_scan
+        from atomfinder.analysis.thresholds import (
+            THRESHOLDS,
+            best_threshold,
+            card_with_threshold,
+            validation_threshold_scan,
+        )
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
@@ -458,7 +468,8 @@ def calibrate_command(
         import dataclasses
 
         from atomfinder.analysis.calibration import calibrate_model
-        from atomfinder.analysis.evaluate import best_threshold, samples_from_store, to_jsonable
+        from atomfinder.analysis.evaluate import samples_from_store, to_jsonable
+        from atomfinder.analysis.thresholds import best_threshold
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 

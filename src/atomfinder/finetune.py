@@ -517,7 +517,7 @@ def with_general_usage(card: Any, general: Any) -> Any:
 
 def choose_threshold(model: Any, card: Any, store_path: Path, progress: Progress) -> Any:
     """``card`` with the peak threshold chosen on the validation images of its training store."""
-    from atomfinder.analysis.evaluate import THRESHOLDS, card_with_threshold, validation_threshold_scan
+    from atomfinder.analysis.thresholds import THRESHOLDS, card_with_threshold, validation_threshold_scan
     from atomfinder.datasets.store import DatasetStore
 
     rows, n_val, radius = validation_threshold_scan(
@@ -578,7 +578,8 @@ def compare_models(model: Any, card: Any, general_model: Any, general_card: Any,
         :func:`~atomfinder.analysis.evaluate.compare` output (detectors
         :data:`FINE_TUNED`, :data:`GENERAL` and ``baseline``) with ``models`` and ``data``.
     """
-    from atomfinder.analysis.evaluate import baseline_detector, compare, network_detector, samples_from_store, write_report
+    from atomfinder.analysis.evaluate import baseline_detector, compare, network_detector, samples_from_store
+    from atomfinder.analysis.report import write_report
     from atomfinder.datasets.store import DatasetStore
 
     store = DatasetStore(store_path)

@@ -173,7 +173,7 @@ def confidence_floor_scan(
     -------
     list of dict
         ``{"threshold", "kept", "precision", "recall", "f1"}`` per floor (``threshold``
-        the floor, so that :func:`atomfinder.analysis.evaluate.best_threshold` picks one).
+        the floor, so that :func:`atomfinder.analysis.thresholds.best_threshold` picks one).
     """
     c = np.asarray(confidence, dtype=np.float64).reshape(-1)
     t = np.asarray(is_true, dtype=bool).reshape(-1)
