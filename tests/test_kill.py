@@ -276,7 +276,7 @@ def test_detect_resume_skips_finished_inputs_and_redoes_partial_ones(batch, tmp_
 
 
 TRACK_OUTPUTS = ["sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
-                 "occupancy.png", "overlay.gif"]
+                 "occupancy.png", "overlay.gif", "provenance.json"]
 
 
 @pytest.fixture(scope="module")

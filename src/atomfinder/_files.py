@@ -75,3 +75,25 @@ def remove_stale_temporaries(*paths: Path | str) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def check_output_dir(out_dir: Path | str) -> None:
+    """Refuse an output folder that cannot be created or written, before any work (creates nothing).
+
+    Raises
+    ------
+    ValueError
+        One line: the folder, or the nearest existing folder above it, is a file or is
+        not writable.
+    """
+    out_dir = Path(out_dir)
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{out_dir}: cannot be an output directory ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output directory" if probe == out_dir else f"output directory (cannot create it in {probe})"
+        raise ValueError(f"{out_dir}: {what} is not writable")

@@ -92,8 +92,10 @@ def _run(action: Callable[[], Any], resume_hint: str | None = None) -> Any:
             raise
         from rich.markup import escape
 
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        # one line per problem: several unusable inputs (InputErrors) are each named
+        messages = list(getattr(exc, "problems", ())) or [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
+        for message in messages:
+            console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -754,7 +756,7 @@ def detect(
     focal_step: Optional[float] = typer.Option(None, "--focal-step", help="With --focal-series: the defocus step between consecutive frames in Å (positive = each frame more underfocused); a step outside the model's trained range warns."),
     out: Path = typer.Option(Path("atomfinder-results"), "--out", help="Output directory for <stem>.csv, <stem>.json (provenance, validity checks), <stem>.png (and <stem>_probabilities.tif)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out: inputs whose outputs are all there are skipped, the others are done."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out: inputs whose outputs are all there, made with the same model, pixel size, threshold and augmentation, are skipped; the others are done (those made with other settings only with --overwrite)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write the per-class probability maps (calibrated float32 TIFF, on the model's pixel grid unless --probabilities-grid input)."),
     probabilities_grid: Optional[Literal["model", "input"]] = typer.Option(
         None, "--probabilities-grid",
@@ -779,26 +781,34 @@ def detect(
         from rich.markup import escape
 
         from atomfinder.detection.overlay import OverlayStyle
-        from atomfinder.detection.batch import detect_files, existing_outputs
+        from atomfinder.detection.batch import check_outputs_spare_inputs, detect_files, existing_outputs
         from atomfinder.detection.validity import ValidityWarning
 
         grid = probabilities_grid or "model"
         maps = probabilities or probabilities_grid is not None
         style = OverlayStyle(format=overlay_format, dpi=dpi, colour_by=colour_by, marker_size=marker_size, title=title)
+        check_outputs_spare_inputs(inputs, out, focal_series=focal_series, probabilities=maps,
+                                   overlay_format=overlay_format)
         if not overwrite and not resume:
             _refuse_existing(out, existing_outputs(inputs, out, focal_series=focal_series, probabilities=maps,
                                                    overlay_format=overlay_format))
         n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
-        lines: list[str] = []
+        detected: list[str] = []
         with _progress("detect") as bar:
             task = bar.add_task("detect", total=n_samples)
 
             def progress(done: int, total: int, report) -> None:
+                # each input's lines as soon as its files are written (above the bar on a terminal),
+                # so that an interrupted batch has reported every input it finished
+                detected.append(report.source)
                 frames = f" in {report.n_frames} frames" if report.n_frames > 1 and not focal_series else ""
-                lines.append(escape(_pixel_size_line(report.source, report.sampling_A, report.sampling_source)))
+                lines = [escape(_pixel_size_line(report.source, report.sampling_A, report.sampling_source))]
                 lines.extend(f"[cyan]note:[/cyan] {escape(n)}" for n in report.notes)
-                lines.append(escape(f"{report.source}: {report.n_atoms} atoms{frames} -> {out / (report.stem + '.csv')}"))
+                atoms = f"{report.n_atoms} atom{'' if report.n_atoms == 1 else 's'}"
+                lines.append(escape(f"{report.source}: {atoms}{frames} -> {out / (report.stem + '.csv')}"))
                 lines.extend(f"[yellow]warning:[/yellow] {escape(w)}" for w in report.warnings)
+                for line in lines:
+                    console.print(line, highlight=False, soft_wrap=True)
                 bar.update(task, completed=done, total=total)
 
             with warnings.catch_warnings():
@@ -806,9 +816,12 @@ def detect(
                 detect_files(inputs, model, out, sampling_A=sampling, focal_series=focal_series,
                              probabilities=maps, threshold=threshold, progress=progress, scheduler=scheduler,
                              precision=precision, sampling_label="--sampling", probabilities_grid=grid,
-                             focal_step_A=focal_step, resume=resume, overlay=style, augment=augment)
-        for line in lines:
-            console.print(line, highlight=False, soft_wrap=True)
+                             focal_step_A=focal_step, resume=resume, overlay=style, augment=augment,
+                             overwrite=overwrite)
+        skipped = n_samples - len(detected)
+        if resume and skipped:
+            console.print(escape(f"{skipped} input{'' if skipped == 1 else 's'} finished earlier with the same "
+                                 f"settings: skipped"), highlight=False, soft_wrap=True)
         console.print(escape(f"results in {out}/"), highlight=False, soft_wrap=True)
 
     _run(action, resume_hint="continue with the same command and --resume")
@@ -820,7 +833,7 @@ _SAMPLING_SOURCES = {"file": "from the file's metadata", "signal": "from the sig
 
 #: The files ``atomfinder track`` writes into --out (atomfinder.analysis.timeseries.track).
 TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
-                 "occupancy.png", "overlay.gif")
+                 "occupancy.png", "overlay.gif", "provenance.json")
 
 
 def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
@@ -886,7 +899,7 @@ def track(
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
-                                min_run=min_run,
+                                min_run=min_run, provenance=series.provenance(),
                                 progress=lambda done, total: bar.update(task, completed=done))
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
 

@@ -56,7 +56,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ import pandas as pd
 from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 
-from atomfinder._files import atomic_write
+from atomfinder._files import atomic_write, check_output_dir
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.plots import CLASS_COLOURS, plt, save_figure
 from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
@@ -915,6 +915,24 @@ def drift_table(drift_px: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"frame": frame, "dx": d[:, 0], "dy": d[:, 1]}, columns=list(DRIFT_COLUMNS))
 
 
+#: Units of the time-series tables, as written into ``provenance.json``.
+TRACK_UNITS = {
+    "x, y": "pixels of the first frame (x = column, y = row; pixel centres at integers)",
+    "x_angstrom, y_angstrom": "Å in the first frame's grid",
+    "drift dx, dy": "pixels: a feature at (x, y) in frame 0 is at (x + dx, y + dy) in the frame",
+    "probability": "the atom map's value (1 - p(background)) at the site in that frame",
+    "switch_cost_nats": "nats of evidence a change of presence must overcome",
+}
+
+
+def write_json(record: Mapping[str, Any], path: Path | str) -> Path:
+    """Write ``record`` as indented UTF-8 JSON, atomically."""
+    import json
+
+    text = json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_csv(df: pd.DataFrame, path: Path | str) -> Path:
     """Write a table atomically (temporary file in the same folder + ``os.replace``)."""
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
@@ -1102,6 +1120,8 @@ class TimeSeries:
     augment : bool, optional
         Test-time augmentation of each frame's maps (None: the card's setting; see
         :func:`atomfinder.detection.pipeline.detect_array`).
+    model_path : str, optional
+        The model's stem on disk, when known.
     """
 
     net: Any
@@ -1110,6 +1130,29 @@ class TimeSeries:
     frames: np.ndarray
     threshold: float
     augment: bool | None = None
+    model_path: str | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """What the tracked series was made from: input, pixel size and its source, model,
+        presence threshold, augmentation and atomfinder's version (``provenance.json`` of
+        :func:`track`, which adds the tracking settings it used)."""
+        from atomfinder import __version__
+        from atomfinder.detection.pipeline import uses_augmentation
+
+        s = self.sample
+        return {
+            "input": s.source,
+            "input_files": list(s.files),
+            "frames": int(len(self.frames)),
+            "sampling_A": float(s.sampling_A),
+            "sampling_source": s.sampling_source,
+            "file_sampling_A": None if s.file_sampling_A is None else float(s.file_sampling_A),
+            "model": {"name": self.card.name, "version": self.card.version, "path": self.model_path,
+                      "sampling_A": float(self.card.sampling_A)},
+            "threshold": float(self.threshold),
+            "test_time_augmentation": uses_augmentation(self.card, self.augment),
+            "atomfinder_version": __version__,
+        }
 
     def detect_frame(self, frame: np.ndarray) -> FrameDetection:
         """Detections of one frame and its atom map (``1 - p(background)``, on the model's grid)."""
@@ -1151,7 +1194,8 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     from atomfinder.detection.sample import load_sample
     from atomfinder.nn.card import load_model, resolve_model
 
-    net, card = load_model(resolve_model(model))
+    stem = resolve_model(model)
+    net, card = load_model(stem)
     if card.in_channels != 1:
         raise ValueError(f"model {card.name} needs {card.in_channels}-frame focal series; "
                          "a time series needs a single-image model")
@@ -1163,7 +1207,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     if len(frames) < 2:
         raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
     decide_at = detection_settings(card)[0] if threshold is None else float(threshold)
-    return TimeSeries(net, card, sample, frames, decide_at, augment)
+    return TimeSeries(net, card, sample, frames, decide_at, augment, str(stem))
 
 
 def track(
@@ -1184,6 +1228,7 @@ def track(
     min_frames: int = 1,
     refine: bool = False,
     gif: bool = True,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Track column sites through a time series and write every output.
 
@@ -1241,13 +1286,18 @@ def track(
         correlation; it pays off with hundreds of well-located columns.
     gif : bool
         Write ``overlay.gif``.
+    provenance : mapping, optional
+        What the series was made from (:meth:`TimeSeries.provenance`): written as
+        ``provenance.json`` with the tracking settings used (tolerance, switch cost and
+        whether it came from the noise, minimum run, frame interval, presence threshold)
+        and the units of the tables.
 
     Returns
     -------
     dict of str to Path
         Keyed by file name: ``sites.csv``, ``presence.csv``, ``events.csv``,
-        ``drift.csv``, ``occupancy.csv``, ``presence.png``, ``occupancy.png`` and
-        ``overlay.gif``. All coordinates are in the first frame's pixel grid. The
+        ``drift.csv``, ``occupancy.csv``, ``presence.png``, ``occupancy.png``,
+        ``overlay.gif`` and, with ``provenance``, ``provenance.json``. All coordinates are in the first frame's pixel grid. The
         files are written into a hidden staging folder in ``out_dir`` and renamed
         into place together at the end (:func:`publish_staged`), so a run killed at
         any point leaves no output of its own beside those of an earlier run; the
@@ -1264,9 +1314,14 @@ def track(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if switch_cost is not None:
         _check_switch_cost(switch_cost)
+    if not (np.isfinite(tolerance_A) and tolerance_A > 0):
+        raise ValueError(f"tolerance must be a positive distance in Å, got {tolerance_A:g}")
+    if frame_interval_s is not None and not (np.isfinite(frame_interval_s) and frame_interval_s > 0):
+        raise ValueError(f"frame interval must be a positive number of seconds, got {frame_interval_s:g}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)
+    check_output_dir(out)  # before any work: a file, or a folder that cannot be written, is refused now
+    if out.is_dir():
+        remove_stale_staging(out)
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
     drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
@@ -1288,6 +1343,7 @@ def track(
     pres = presence(prob, threshold, cost, min_run)
     ev = events(pres, sites, n, threshold=threshold, switch_cost=cost)
     summ = summary(pres, ev, frame_interval_s, n_frames=n, n_sites=len(sites))
+    out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX))
     try:
         paths = {
@@ -1303,6 +1359,16 @@ def track(
             images, _ = overlay_frames(stack, drift, pres, sites, ring_px=max(2.0, 0.6 * tol_px),
                                        sampling_A=sampling_A)
             paths["overlay.gif"] = write_gif(images, stage / "overlay.gif")
+        if provenance is not None:
+            record = dict(provenance) | {
+                "tracking": {"tolerance_A": float(tolerance_A), "threshold": float(threshold),
+                             "switch_cost_nats": float(cost),
+                             "switch_cost_source": "noise" if switch_cost is None else "argument",
+                             "min_run": int(min_run), "frame_interval_s": frame_interval_s,
+                             "registration": mode, "sites": int(len(sites))},
+                "units": TRACK_UNITS,
+            }
+            paths["provenance.json"] = write_json(record, stage / "provenance.json")
         return publish_staged(paths, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

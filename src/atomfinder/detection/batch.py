@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from atomfinder._files import remove_stale_temporaries
+from atomfinder._files import check_output_dir, remove_stale_temporaries
 from atomfinder.detection.io import MicrographError, write_tiff_calibrated
 from atomfinder.detection.micrograph import SampleResult, check_threshold, run_sample
 from atomfinder.detection.provenance import sidecar
@@ -47,9 +47,14 @@ from atomfinder.detection.sample import (
 __all__ = [
     "PROBABILITY_GRIDS",
     "FileReport",
+    "InputErrors",
+    "check_outputs_spare_inputs",
     "detect_files",
     "existing_outputs",
     "finished_inputs",
+    "finished_with_other_settings",
+    "recorded_settings",
+    "run_settings",
     "write_probabilities_tiff",
 ]
 
@@ -106,20 +111,6 @@ def _groups(paths: Sequence[str | os.PathLike[str]], focal_series: bool) -> list
     return [(p,) for p in items]
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder that cannot be created or written (creates nothing)."""
-    probe = out_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ValueError(f"{out_dir}: cannot be an output directory ({probe} is a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "output directory" if probe == out_dir else f"output directory (cannot create it in {probe})"
-        raise ValueError(f"{out_dir}: {what} is not writable")
-
-
 def _outputs(out_dir: Path, stem: str, probabilities: bool, overlay_format: str = "png") -> list[Path]:
     """``<stem>.csv``, ``<stem>.json``, ``<stem>.<overlay_format>`` and optionally ``<stem>_probabilities.tif``."""
     names = [f"{stem}.csv", f"{stem}.json", f"{stem}.{overlay_format}"] + (
@@ -152,7 +143,7 @@ def existing_outputs(
 
 def finished_inputs(
     paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, focal_series: bool = False,
-    probabilities: bool = False, overlay_format: str = "png",
+    probabilities: bool = False, overlay_format: str = "png", settings: dict[str, Any] | None = None,
 ) -> list[tuple[str, ...]]:
     """The inputs whose outputs are all in ``out_dir`` (what ``resume=True`` skips; reads no input).
 
@@ -166,6 +157,9 @@ def finished_inputs(
         As given to :func:`detect_files`.
     overlay_format : str
         Suffix of the overlay (``OverlayStyle.format``).
+    settings : dict, optional
+        :func:`run_settings` of the run: only inputs whose sidecar records the same
+        settings count as finished (default: any).
 
     Returns
     -------
@@ -173,7 +167,81 @@ def finished_inputs(
         The finished inputs (groups of files for a focal series), in input order.
     """
     return [group for group, outputs in _outputs_by_input(paths, out_dir, focal_series, probabilities, overlay_format)
-            if all(p.exists() for p in outputs)]
+            if all(p.exists() for p in outputs)
+            and (settings is None or recorded_settings(outputs[1]) == settings)]
+
+
+def finished_with_other_settings(
+    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], settings: dict[str, Any], *,
+    focal_series: bool = False, probabilities: bool = False, overlay_format: str = "png",
+) -> list[str]:
+    """One line per input whose outputs are all in ``out_dir`` but were made with other
+    :func:`run_settings` than ``settings`` (reads no input): ``"<sidecar>: model graphene 0.3 (now gold 0.5)"``."""
+    lines = []
+    for _, outputs in _outputs_by_input(paths, out_dir, focal_series, probabilities, overlay_format):
+        if all(p.exists() for p in outputs):
+            difference = _settings_difference(recorded_settings(outputs[1]), settings)
+            if difference:
+                lines.append(f"{outputs[1]}: made with {difference}")
+    return lines
+
+
+def run_settings(
+    card: Any, *, sampling_A: float | None = None, sampling_label: str = "argument", threshold: float | None = None,
+    augment: bool | None = None, focal_series: bool = False, focal_step_A: float | None = None,
+) -> dict[str, Any]:
+    """What makes the atom tables of a run comparable: model, pixel-size rule, threshold,
+    augmentation and focal series, as :func:`recorded_settings` reads them back from a sidecar.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The run's model.
+    sampling_A, threshold, augment, focal_series, focal_step_A
+        As given to :func:`detect_files` (None: the file's pixel size, the card's threshold
+        and augmentation).
+    sampling_label : str
+        How the pixel size was given; not part of the settings (a value given in Python or
+        with ``--sampling`` is the same setting).
+    """
+    from atomfinder.detection.pipeline import detection_settings, uses_augmentation
+
+    return {
+        "model": f"{card.name} {card.version}",
+        "pixel size": "from each file" if sampling_A is None else f"{float(sampling_A):.6g} Å/px given",
+        "threshold": round(detection_settings(card, threshold)[0], 6),
+        "test-time augmentation": uses_augmentation(card, augment),
+        "focal series": bool(focal_series),
+        "focal step": None if focal_step_A is None else round(float(focal_step_A), 6),
+    }
+
+
+def recorded_settings(sidecar_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The :func:`run_settings` an earlier run wrote into the JSON sidecar ``sidecar_path``
+    (None when it cannot be read)."""
+    import json
+
+    try:
+        with open(sidecar_path, encoding="utf-8") as f:
+            prov = json.load(f)["provenance"]
+        source = prov["sampling_source"]
+        return {
+            "model": f"{prov['model']['name']} {prov['model']['version']}",
+            "pixel size": "from each file" if source == "file" else f"{float(prov['sampling_A']):.6g} Å/px given",
+            "threshold": round(float(prov["threshold"]), 6),
+            "test-time augmentation": bool(prov.get("test_time_augmentation", False)),
+            "focal series": bool(prov["focal_series"]),
+            "focal step": None if prov.get("focal_step_A") is None else round(float(prov["focal_step_A"]), 6),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _settings_difference(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> str:
+    """``"model graphene 0.3 (now gold 0.5), ..."``: what differs ("" when nothing does)."""
+    if recorded is None:
+        return "settings unreadable"
+    return ", ".join(f"{k} {recorded.get(k)} (now {v})" for k, v in wanted.items() if recorded.get(k) != v)
 
 
 def _outputs_by_input(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], focal_series: bool,
@@ -192,21 +260,76 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
+class InputErrors(ValueError):
+    """Several inputs cannot be used: one line per input (:attr:`problems`), in input order."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
 def _validate(
     groups: list[tuple[str, ...]], card: Any, sampling_A: float | None, focal_series: bool,
     sampling_label: str = "argument",
 ) -> None:
-    """Read every input and check it against the model before anything is written."""
+    """Read every input and check it against the model before anything is written.
+
+    Raises
+    ------
+    MicrographError
+        The one input that cannot be used.
+    InputErrors
+        Several inputs cannot be used: every one is named, not only the first.
+    """
     stems: dict[str, str] = {}
+    problems: list[MicrographError] = []
     for group in groups:
-        sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
-        check_frames(sample, card, focal_series)
-        check_size(sample, card, focal_series)
-        if sample.stem in stems:
-            raise MicrographError(
-                group[0], f"has the same name as {stems[sample.stem]}; their outputs {sample.stem}.* would collide"
-            )
-        stems[sample.stem] = group[0]
+        try:
+            sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
+            check_frames(sample, card, focal_series)
+            check_size(sample, card, focal_series)
+            if sample.stem in stems:
+                raise MicrographError(
+                    group[0], f"has the same name as {stems[sample.stem]}; their outputs {sample.stem}.* would collide"
+                )
+            stems[sample.stem] = group[0]
+        except MicrographError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputErrors([str(e) for e in problems] + [f"{len(problems)} of {len(groups)} inputs cannot be used"])
+
+
+def check_outputs_spare_inputs(
+    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, focal_series: bool = False,
+    probabilities: bool = False, overlay_format: str = "png",
+) -> None:
+    """Refuse an output folder where an output would replace one of the inputs (reads no input).
+
+    ``a.png`` detected into its own folder would be overwritten by its overlay ``a.png``.
+
+    Raises
+    ------
+    ValueError
+        Naming the input and the output that would replace it.
+    """
+    inputs = {_same_file_key(Path(os.fspath(p))): os.fspath(p) for p in paths}
+    for _, outputs in _outputs_by_input(paths, out_dir, focal_series, probabilities, overlay_format):
+        for output in outputs:
+            source = inputs.get(_same_file_key(output))
+            if source is not None:
+                raise ValueError(f"{source}: is an input, and its output {output.name} would replace it in "
+                                 f"{os.fspath(out_dir)}; choose another output folder")
+
+
+def _same_file_key(path: Path) -> Any:
+    """What identifies a file: its device and inode when it exists, else its resolved path."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return str(path.resolve())
 
 
 def _check_distinct_stems(groups: list[tuple[str, ...]]) -> None:
@@ -408,6 +531,7 @@ def detect_files(
     resume: bool = False,
     overlay: Any = None,
     augment: bool | None = None,
+    overwrite: bool = True,
 ) -> list[Path]:
     """Find atoms in micrograph files and write a table and an overlay for each.
 
@@ -470,16 +594,25 @@ def detect_files(
         Focal series only: the defocus step between frames (Å, positive =
         underfocus), checked against the card's trained range (see :func:`~atomfinder.detection.micrograph.detect`).
     resume : bool
-        Continue an interrupted run: inputs whose outputs are all in ``out_dir``
-        (:func:`finished_inputs`) are skipped (neither read nor written), the others
-        are done (again), and temporary files a killed run left beside their outputs
-        are removed. ``progress`` counts the skipped inputs as done.
+        Continue an interrupted run: inputs whose outputs are all in ``out_dir`` and
+        whose sidecars record this run's settings (:func:`finished_inputs`,
+        :func:`run_settings`: model and version, pixel size, threshold, augmentation,
+        focal series) are skipped (neither read nor written), the others are done
+        (again). ``progress`` counts the skipped inputs as done.
     overlay : OverlayStyle, optional
         Format (PNG, SVG, PDF), dpi, colouring, marker size and title of the overlay
         (:class:`atomfinder.detection.overlay.OverlayStyle`; default: a 150-dpi PNG
         coloured by class, or by height for a model with a height head).
     augment : bool, optional
         Test-time augmentation (see :func:`~atomfinder.detection.micrograph.detect`; default: the card's setting).
+    overwrite : bool
+        With ``resume``: whether inputs finished with other settings may be done again
+        (replacing their outputs); ``False`` refuses them (the command line without
+        ``--overwrite``).
+
+    Temporary files that a killed run left beside the outputs about to be written are
+    removed. An output that would replace one of the inputs (``a.png`` into its own
+    folder) is refused (:func:`check_outputs_spare_inputs`).
 
     Returns
     -------
@@ -496,9 +629,12 @@ def detect_files(
     ------
     MicrographError (a ValueError)
         An unreadable or unusable input (the message names it and the problem).
+    InputErrors (a ValueError)
+        Several unusable inputs: one line each.
     ValueError
-        Unknown model (lists the shipped ones), unwritable output folder, bad
-        threshold or precision, unreachable scheduler.
+        Unknown model (lists the shipped ones), unwritable output folder, an output
+        that would replace an input, inputs finished with other settings (``resume``
+        without ``overwrite``), bad threshold or precision, unreachable scheduler.
     """
     from atomfinder.detection.validity import warn
     from atomfinder.nn.card import load_model, resolve_model
@@ -523,17 +659,27 @@ def detect_files(
     if overlay.colour_by == "height" and not card.architecture.get("height_head"):
         raise ValueError(f"model {card.name} predicts no column heights: the overlay cannot be coloured by height")
     out = Path(out_dir)
-    _check_out_dir(out)
+    check_output_dir(out)
+    check_outputs_spare_inputs(paths, out, focal_series=focal_series, probabilities=probabilities,
+                               overlay_format=overlay.format)
     todo = groups
     if resume:
         _check_distinct_stems(groups)
+        settings = run_settings(card, sampling_A=sampling_A, sampling_label=sampling_label, threshold=threshold,
+                                augment=augment, focal_series=focal_series, focal_step_A=focal_step_A)
+        if not overwrite:
+            other = finished_with_other_settings(paths, out, settings, focal_series=focal_series,
+                                                 probabilities=probabilities, overlay_format=overlay.format)
+            if other:
+                more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+                raise ValueError(f"{other[0]}{more}: --resume continues a run with the same settings; "
+                                 "give --overwrite to redo those inputs, or another --out")
         done = set(finished_inputs(paths, out, focal_series=focal_series, probabilities=probabilities,
-                                   overlay_format=overlay.format))
+                                   overlay_format=overlay.format, settings=settings))
         todo = [g for g in groups if g not in done]
     _validate(todo, card, sampling_A, focal_series, sampling_label)
-    if resume:
-        remove_stale_temporaries(*(f for g in todo for f in _outputs(out, Path(g[0]).stem, probabilities,
-                                                                      overlay.format)))
+    remove_stale_temporaries(*(f for g in todo for f in _outputs(out, Path(g[0]).stem, probabilities,
+                                                                  overlay.format)))
     skipped = len(groups) - len(todo)
 
     written: list[Path] = []

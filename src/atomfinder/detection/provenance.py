@@ -57,7 +57,8 @@ def provenance(
     dict
         ``input``, ``input_files``, ``frames``, ``focal_series``, ``focal_step_A``
         (focal series: the step given, else None), ``sampling_A``,
-        ``sampling_source``, ``model`` (``name``, ``version``, ``path``,
+        ``sampling_source``, ``file_sampling_A`` (the pixel size written in the (first) file, also
+        when a given value replaced it; None without one), ``model`` (``name``, ``version``, ``path``,
         ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
         or None), ``honeycomb`` (the card's sublattice rule, or None), ``test_time_augmentation``
@@ -78,6 +79,7 @@ def provenance(
         "focal_step_A": None if focal_step_A is None else float(focal_step_A),
         "sampling_A": float(sample.sampling_A),
         "sampling_source": sample.sampling_source,
+        "file_sampling_A": None if sample.file_sampling_A is None else float(sample.file_sampling_A),
         "model": {"name": card.name, "version": card.version, "path": model_path,
                   "sampling_A": float(card.sampling_A)},
         "threshold": used_threshold,

@@ -739,16 +739,22 @@ def resolve_model(name_or_path: str | Path) -> Path:
         a pickle-based file (``.pt``, ``.pkl``) or a directory (the message names the
         models and pickles in it; nothing in it is opened but its listing).
     """
+    available = list_models()
+    listed = ", ".join(available) if available else "(none shipped)"
+    if not str(name_or_path).strip():
+        raise ValueError(f"no model given (an empty name); available models: {listed}")
     stem = _stem(name_or_path)
     weights, card_path = _paths(stem)
     if card_path.is_file() and weights.is_file():
         return stem
-    available = list_models()
     if str(name_or_path) in available:
         return _models_dir() / str(name_or_path)
     if stem.is_dir():
         raise ModelCardError(stem, _directory_problem(stem))
-    listed = ", ".join(available) if available else "(none shipped)"
+    if weights.is_file() != card_path.is_file():
+        have, missing = (weights, card_path) if weights.is_file() else (card_path, weights)
+        raise ValueError(f"{have}: a model needs both {weights.name} (weights) and {card_path.name} (its card); "
+                         f"{missing} is missing")
     raise ValueError(
         f"unknown model {str(name_or_path)!r}: not a model file and not a shipped model; "
         f"available models: {listed}"
