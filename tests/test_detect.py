@@ -195,6 +195,10 @@ def test_cli_writes_csv_png_and_probabilities(tiny_model, tmp_path):
     assert (out / "lattice.png").stat().st_size > 5000
     probs = read_micrograph(out / "lattice_probabilities.tif")
     assert probs.data.shape == (2, 64, 64) and probs.sampling_A == pytest.approx(SAMPLING)
+    import tifffile
+
+    with tifffile.TiffFile(out / "lattice_probabilities.tif") as tif:  # classes are channels in Fiji, as for a stack
+        assert tif.series[0].axes == "CYX" and tif.imagej_metadata["channels"] == 2
 
 
 def test_cli_precision_float32_gives_the_api_atoms(tiny_model, tmp_path):

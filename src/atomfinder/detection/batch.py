@@ -375,15 +375,15 @@ def write_probabilities_tiff(path: str | os.PathLike[str], probabilities: np.nda
     path : path
         Destination ``.tif``.
     probabilities : ndarray, shape (k, h, w) or (N, k, h, w)
-        Per-class maps (class 0 = background); a 4-D array (a stack of frames) is
-        written as an ImageJ hyperstack with axes ``TCYX``.
+        Per-class maps (class 0 = background), written as an ImageJ hyperstack whose
+        classes are channels: axes ``CYX``, or ``TCYX`` for a stack of frames.
     sampling_A : float
         Pixel size of the maps in Å/px.
     """
     data = np.ascontiguousarray(probabilities, dtype=np.float32)
-    if data.ndim in (2, 3):
+    if data.ndim == 2:
         return write_tiff_calibrated(path, data, sampling_A)
-    if data.ndim != 4:
+    if data.ndim not in (3, 4):
         raise ValueError(f"{path}: probabilities must be [k, h, w] or [N, k, h, w], got {data.shape}")
     import tifffile
 
@@ -392,7 +392,7 @@ def write_probabilities_tiff(path: str | os.PathLike[str], probabilities: np.nda
     try:
         ppa = 1.0 / float(sampling_A)
         tifffile.imwrite(tmp, data, imagej=True, resolution=(ppa, ppa),
-                         metadata={"unit": "\\u00C5", "axes": "TCYX"})
+                         metadata={"unit": "\\u00C5", "axes": "TCYX" if data.ndim == 4 else "CYX"})
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
