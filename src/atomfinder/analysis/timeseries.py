@@ -44,7 +44,8 @@ of state is decoded by Viterbi (:func:`viterbi_states`). The default cost comes 
 the frame-to-frame noise of the map values of mostly present sites
 (:func:`switch_cost_from_noise`), so a noisier (lower-dose) series needs more
 evidence for a change. Each event's confidence is the posterior probability of
-that change from forward-backward (:func:`change_posteriors`).
+that change from forward-backward (:func:`change_posteriors`). The decoder is
+:mod:`atomfinder.analysis.presence` (pure NumPy); this module re-exports it.
 
 This module never imports the simulation stack (imaging, structures, datasets,
 abTEM, ase); it needs NumPy, SciPy, scikit-image, pandas, matplotlib and Pillow.
@@ -69,6 +70,15 @@ from scipy.spatial import cKDTree
 from atomfinder._files import atomic_write, check_output_dir
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.plots import CLASS_COLOURS, plt, save_figure
+from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-series API)
+    MIN_SWITCH_COST,
+    change_posteriors,
+    check_switch_cost,
+    presence_evidence,
+    smooth_states,
+    switch_cost_from_noise,
+    viterbi_states,
+)
 from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
     REGISTRATION_MODES,
     bandpass,
@@ -92,13 +102,6 @@ OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
 GIF_MAX_SIDE = 400
-#: Map values are clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] before they
-#: become evidence (:func:`presence_evidence`): no frame is surer than 99 : 1.
-PROBABILITY_FLOOR = 0.01
-#: Smallest default switching cost, nats per change of state (:func:`switch_cost_from_noise`).
-MIN_SWITCH_COST = 2.0
-#: A one-frame excursion this many noise-sigmas deep does not flip a site (:func:`switch_cost_from_noise`).
-SWITCH_NOISE_SIGMAS = 4.0
 
 
 # --------------------------------------------------------------------------- detections
@@ -498,195 +501,6 @@ def site_probabilities(
     return prob
 
 
-def presence_evidence(
-    probability: np.ndarray, threshold: float = 0.5, floor: float = PROBABILITY_FLOOR
-) -> np.ndarray:
-    """Log-likelihood ratio (nats) of *present* over *absent* given each map value.
-
-    ``logit(p) - logit(threshold)``, with ``p`` and ``threshold`` clipped to
-    ``[floor, 1 - floor]``. This reads the map value ``p`` as the network's posterior
-    probability of a column and divides out prior odds ``threshold / (1 - threshold)``
-    (a "scaled likelihood"): a frame whose map value equals the threshold says
-    nothing, every factor *e* in the odds away from the threshold's is one nat for
-    or against, and the clip keeps a single frame from being surer than
-    ``(1 - floor) : floor`` (with 0.01 and a threshold of 0.8: at most 6.0 nats
-    against and 3.2 for). NaN (no value) is no evidence (0).
-
-    Parameters
-    ----------
-    probability : ndarray
-        Map values in [0, 1], any shape.
-    threshold : float
-        Map value that separates present from absent, in [0, 1].
-    floor : float
-        Clip of the map values and the threshold, in (0, 0.5).
-
-    Returns
-    -------
-    ndarray of float64, same shape
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if not 0.0 < floor < 0.5:
-        raise ValueError(f"floor must be in (0, 0.5), got {floor}")
-    p = np.clip(np.asarray(probability, dtype=np.float64), floor, 1.0 - floor)
-    t = min(max(float(threshold), floor), 1.0 - floor)
-    ev = np.log(p / (1.0 - p)) - np.log(t / (1.0 - t))
-    return np.where(np.isnan(ev), 0.0, ev)
-
-
-def switch_cost_from_noise(
-    probability: np.ndarray,
-    threshold: float = 0.5,
-    *,
-    sigmas: float = SWITCH_NOISE_SIGMAS,
-    minimum: float = MIN_SWITCH_COST,
-    floor: float = PROBABILITY_FLOOR,
-) -> float:
-    """Default switching cost (nats per change of state), from the noise of the map values.
-
-    The frame-to-frame noise ``sigma`` of the evidence (:func:`presence_evidence`) is
-    measured on the sites that are mostly present (median map value at least the
-    threshold) as ``median |e_t - e_(t-1)| / (0.6745 sqrt 2)``, the noise of a
-    piecewise-constant signal (a real change or a slow trend moves one difference,
-    not the median). A one-frame excursion costs two changes, so with
-    ``cost = sigmas * sigma / 2`` it takes a frame ``sigmas`` noise-sigmas beyond
-    the site's evidence level to flip, even for a site sitting at the threshold.
-    Low dose (noisy maps) raises the cost; clean maps saturate the clipped evidence
-    (sigma near 0), where ``minimum`` holds: a present site then needs one frame with
-    a map value below about 0.07 at a threshold of 0.8 (evidence below -4 nats) to
-    be marked absent in that frame, or two below about 0.35.
-
-    Parameters
-    ----------
-    probability : ndarray, shape (N, S)
-        Map value of each site in each frame (:func:`site_probabilities`).
-    threshold : float
-        As in :func:`presence_evidence`.
-    sigmas : float
-        Size in noise-sigmas of a one-frame excursion that still does not flip.
-    minimum : float
-        Smallest cost returned (nats).
-    floor : float
-        As in :func:`presence_evidence`.
-
-    Returns
-    -------
-    float
-        ``max(minimum, sigmas * sigma / 2)``; ``minimum`` when fewer than 2 frames or
-        no mostly present site.
-    """
-    p = np.asarray(probability, dtype=np.float64)
-    if p.ndim != 2 or p.shape[0] < 2 or p.shape[1] == 0:
-        return float(minimum)
-    with np.errstate(all="ignore"):
-        mostly = np.nanmedian(p, axis=0) >= threshold
-    steps = np.abs(np.diff(presence_evidence(p[:, mostly], threshold, floor), axis=0))
-    if steps.size == 0:
-        return float(minimum)
-    sigma = float(np.median(steps)) / (0.6745 * np.sqrt(2.0))
-    return float(max(minimum, 0.5 * sigmas * sigma))
-
-
-def _check_switch_cost(switch_cost: float) -> float:
-    if not (np.isfinite(switch_cost) and switch_cost >= 0):
-        raise ValueError(f"switch_cost must be a finite number of nats >= 0, got {switch_cost}")
-    return float(switch_cost)
-
-
-def _as_columns(evidence: np.ndarray) -> np.ndarray:
-    ev = np.asarray(evidence, dtype=np.float64)
-    if ev.ndim not in (1, 2):
-        raise ValueError(f"expected evidence of shape (N,) or (N, S), got {ev.shape}")
-    return ev.reshape(len(ev), -1)
-
-
-def viterbi_states(evidence: np.ndarray, switch_cost: float) -> np.ndarray:
-    """Most probable present/absent sequence of each site (two-state HMM, Viterbi).
-
-    Maximises ``sum_t s_t e_t - switch_cost * (number of changes)`` over state
-    sequences ``s`` with ``s_t = +1/2`` (present) or ``-1/2`` (absent): the log
-    posterior of the sequence for emissions whose log-likelihood ratio is ``e_t``, a
-    uniform first state and a probability of change between consecutive frames of
-    ``1 / (1 + exp(switch_cost))``. So a state change needs at least ``switch_cost``
-    nats of evidence behind it, a run between two changes ``2 * switch_cost``. Ties
-    keep the state (and end absent).
-
-    Parameters
-    ----------
-    evidence : ndarray, shape (N,) or (N, S)
-        Log-likelihood ratio per frame (and site), :func:`presence_evidence`.
-    switch_cost : float
-        Nats per change of state (>= 0; 0 gives the per-frame sign of the evidence).
-
-    Returns
-    -------
-    ndarray of int64, shape (N, S)
-        1 = present, 0 = absent.
-    """
-    cost = _check_switch_cost(switch_cost)
-    ev = _as_columns(evidence)
-    n, s = ev.shape
-    if n == 0:
-        return np.zeros((0, s), dtype=np.int64)
-    emit = 0.5 * np.stack([-ev, ev], axis=-1)  # (N, S, 2): absent, present
-    score = emit[0].copy()
-    came_from_other = np.zeros((n, s, 2), dtype=bool)
-    for t in range(1, n):
-        switch = score[:, ::-1] - cost
-        came_from_other[t] = switch > score
-        score = np.maximum(score, switch) + emit[t]
-    states = np.zeros((n, s), dtype=np.int64)
-    states[-1] = score[:, 1] > score[:, 0]
-    cols = np.arange(s)
-    for t in range(n - 1, 0, -1):
-        states[t - 1] = np.where(came_from_other[t, cols, states[t]], 1 - states[t], states[t])
-    return states
-
-
-def change_posteriors(evidence: np.ndarray, switch_cost: float) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior probability of an appearance and of a disappearance at each frame.
-
-    Forward-backward on the model of :func:`viterbi_states` (in log space):
-    ``appear[t - 1, k] = P(absent in t - 1, present in t | all frames)`` for site
-    ``k``, ``disappear`` likewise. A sharp change scores near 1; a change whose frame
-    is uncertain (a frame at the threshold in between) shares its probability
-    between the candidate frames, and a change backed by little evidence scores low.
-
-    Parameters
-    ----------
-    evidence : ndarray, shape (N,) or (N, S)
-    switch_cost : float
-
-    Returns
-    -------
-    (appear, disappear) : ndarrays of float64, shape (N - 1, S), values in [0, 1]
-    """
-    cost = _check_switch_cost(switch_cost)
-    ev = _as_columns(evidence)
-    n, s = ev.shape
-    if n < 2:
-        return np.zeros((0, s)), np.zeros((0, s))
-    emit = 0.5 * np.stack([-ev, ev], axis=-1)
-    trans = np.array([[0.0, -cost], [-cost, 0.0]])  # [from, to]; the common normalisation cancels
-
-    def step(v: np.ndarray, axis: int) -> np.ndarray:  # logsumexp over one axis of (S, 2, 2)
-        return np.logaddexp(np.take(v, 0, axis=axis), np.take(v, 1, axis=axis))
-
-    alpha = np.empty((n, s, 2))
-    alpha[0] = emit[0]
-    for t in range(1, n):
-        alpha[t] = emit[t] + step(alpha[t - 1][:, :, None] + trans, axis=1)
-    beta = np.zeros((n, s, 2))
-    for t in range(n - 2, -1, -1):
-        beta[t] = step(trans + (emit[t + 1] + beta[t + 1])[:, None, :], axis=2)
-    log_z = np.logaddexp(alpha[-1, :, 0], alpha[-1, :, 1])
-    # xi[t-1, k, a, b] = log P(state a in t-1, state b in t)
-    xi = alpha[:-1, :, :, None] + trans + (emit[1:] + beta[1:])[:, :, None, :] - log_z[None, :, None, None]
-    post = np.clip(np.exp(xi), 0.0, 1.0)
-    return post[:, :, 0, 1], post[:, :, 1, 0]
-
-
 def presence(
     probability: np.ndarray,
     threshold: float = 0.5,
@@ -771,42 +585,6 @@ def probability_matrix(
 ) -> np.ndarray:
     """``probability`` (the map values) as a float array of shape (n_frames, n_sites); missing rows are NaN."""
     return _table_matrix(presence_df, "probability", n_sites, n_frames, np.nan, np.float64)
-
-
-def smooth_states(states: np.ndarray, min_run: int = 1) -> np.ndarray:
-    """Suppress flicker: a change of state counts only once it lasts ``min_run`` frames.
-
-    Hysteresis along axis 0 (frames): the smoothed state starts as the raw state of
-    frame 0 and switches at frame ``t`` only when the raw state differs from it in
-    every frame ``t .. t + min_run - 1``. So runs shorter than ``min_run`` frames
-    between two runs of the other state are ignored, and a change in the last
-    ``min_run - 1`` frames (not yet confirmed) is ignored too. ``min_run = 1``
-    returns the states unchanged.
-
-    Parameters
-    ----------
-    states : ndarray of 0/1, shape (n_frames, ...)
-    min_run : int
-        Frames a new state must last (>= 1).
-
-    Returns
-    -------
-    ndarray of int, same shape
-    """
-    s = np.asarray(states, dtype=np.int64)
-    k = max(1, int(min_run))
-    if k == 1 or len(s) == 0:
-        return s.copy()
-    out = np.empty_like(s)
-    cur = s[0].copy()
-    n = len(s)
-    for t in range(n):
-        if t + k <= n:
-            window = s[t : t + k]
-            switch = np.all(window != cur[None], axis=0)
-            cur = np.where(switch, s[t], cur)
-        out[t] = cur
-    return out
 
 
 def events(
@@ -1313,7 +1091,7 @@ def track(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if switch_cost is not None:
-        _check_switch_cost(switch_cost)
+        check_switch_cost(switch_cost)
     if not (np.isfinite(tolerance_A) and tolerance_A > 0):
         raise ValueError(f"tolerance must be a positive distance in Å, got {tolerance_A:g}")
     if frame_interval_s is not None and not (np.isfinite(frame_interval_s) and frame_interval_s > 0):
