@@ -125,6 +125,11 @@ def test_graphene_recipe_is_the_one_it_was_trained_on():
     (MICROSCOPE + "p_corrected = 1.5\n", "must be a probability"),
     (MICROSCOPE + "sampling_A = 0.05\n", "too far from the model's"),
     (MICROSCOPE + "[simulation]\nimage_px = 64\n", "reads only the [microscope] table"),
+    # values in another unit than the file's are refused, not simulated
+    (MICROSCOPE.replace("[80000]", "[300.0]"), "energies_eV (eV) must be electron energies in eV"),
+    (MICROSCOPE.replace("[-150000.0, -100000.0]", "[-25.0, -15.0]"), "Cs_corrected_A (Å) is in Å (1 µm is 1e4 Å)"),
+    (MICROSCOPE.replace("[80000]", "[300000.0]") + "p_corrected = 0.0\nCs_uncorrected_A = [1.0, 1.2]\n",
+     "Cs_uncorrected_A (Å) must be the Cs of an uncorrected lens in Å"),
 ])
 def test_bad_microscope_file_is_a_one_line_error(tmp_path, text, message):
     out = tmp_path / "run"

@@ -454,3 +454,39 @@ def test_stale_temporaries_include_a_temporary_of_a_staged_file(tmp_path):
     assert stale_temporaries(final) == sorted([staged, nested])
     assert remove_stale_temporaries(final) == 2
     assert all(p.exists() for p in keep) and not staged.exists() and not nested.exists()
+
+
+# --------------------------------------------------------------------------- simulation workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_simulation_workers_die_with_a_killed_parent():
+    """``kill -9`` of ``simulate`` (or ``finetune``) cannot stop its process pool: the workers are started
+    with :func:`atomfinder.datasets.generate._die_with_parent`, so the kernel ends them too."""
+    code = ("import os, time\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "from atomfinder.datasets.generate import _die_with_parent\n"
+            "def pid(_):\n    time.sleep(0.2)\n    return os.getpid()\n"
+            "if __name__ == '__main__':\n"
+            "    pool = ProcessPoolExecutor(2, initializer=_die_with_parent, initargs=(os.getpid(),))\n"
+            "    print(' '.join(str(p) for p in sorted(set(pool.map(pid, range(8))))), flush=True)\n"
+            "    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert workers and all(Path(f"/proc/{p}").exists() for p in workers)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -214,12 +214,39 @@ def test_export_last_writes_the_checkpoint_weights_as_the_model(tiny_graphene_st
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--export-last"])
     assert result.exit_code == 0, result.output
     card = load_card(stem)
-    assert card.training["steps"] == 4 and card.training["weights"] == "last"
+    assert card.training["steps"] == 4 and card.training["weights"] == "last" and card.training["finished"] is True
     assert card.training["last_val"]["f1"] == 0.5 and "best_val" not in card.training
     weights = load_file(f"{stem}.safetensors")
     for k, v in last.items():
         torch.testing.assert_close(weights[k], v, msg=k)
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), "--export-last"])
-    assert result.exit_code == 2 and "not a finished training run" in result.output
+    assert result.exit_code == 2 and "not a training run" in result.output
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "needs --config and --data" in result.output
+
+
+def test_resume_refuses_another_store_and_the_command_refuses_to_restart_over_a_run(tiny_graphene_store, tmp_path):
+    """A checkpoint records its store (seed, size, system): resuming it on other data is a one-line error,
+    not a silent change of training set; `train` without --resume does not overwrite a run, and --resume
+    without a checkpoint creates nothing."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    recipe = {"store": "a.zarr", "seed": 1, "n": 8, "simulation": store.meta["config"]}
+    train(cfg, data, tmp_path / "run", recipe=recipe)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["finished"] is True
+    with pytest.raises(ValueError, match=r"was trained on a\.zarr \(seed 1, 8 samples\), not on b\.zarr \(seed 2"):
+        train(cfg, data, tmp_path / "run", resume=True, recipe=recipe | {"store": "b.zarr", "seed": 2})
+    train(cfg, data, tmp_path / "run", resume=True, recipe=recipe)  # the same store: fine
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text("[train]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in TINY.items()))
+    run = ["train", "--config", str(toml), "--data", str(tiny_graphene_store)]
+    result = CliRunner().invoke(app, run + ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "holds a run (checkpoint.pt); continue it with --resume" in result.output
+    result = CliRunner().invoke(app, run + ["--out", str(tmp_path / "new"), "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output and not (tmp_path / "new").exists()

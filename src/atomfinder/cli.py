@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 _state = {"debug": False}
 
 
@@ -234,9 +234,20 @@ def train(
 
             stem = export(out)
             console.print(f"last weights: {stem}.safetensors (+ .json)")
+            from atomfinder.nn.card import load_card
+
+            training = load_card(stem).training
+            if training.get("finished") is False:
+                console.print(f"[yellow]warning:[/yellow] {escape(str(out))}: the run was stopped at step "
+                              f"{training.get('steps')}, before its end: these weights never saw the end of the "
+                              "learning-rate schedule (continue it with --resume first)", highlight=False, soft_wrap=True)
             return
         if config is None or data is None:
             raise ValueError("training needs --config and --data")
+        if resume and not (out / "checkpoint.pt").is_file():
+            raise ValueError(f"{out}: nothing to resume (no checkpoint.pt); leave out --resume to start a run")
+        if not resume and (out / "checkpoint.pt").is_file():
+            raise ValueError(f"{out}: holds a run (checkpoint.pt); continue it with --resume, or give another --out")
         from atomfinder.analysis.evaluate import samples_from_store, validation_scorer
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.train import TrainConfig, load_training_data, validation_split
@@ -316,15 +327,19 @@ def evaluate(
         from atomfinder.nn.card import load_model, resolve_model
 
         stem = resolve_model(model)
+        if write_card:
+            _check_card_writable(model, stem)
         net, card = load_model(stem)
         store = DatasetStore(data)
+        _check_not_training_store(card, store, data, write_card)
         if store.meta["frames"] != card.in_channels and card.in_channels > 1:
             raise ValueError(f"{data}: has {store.meta['frames']} frames per sample, model {card.name} needs {card.in_channels}")
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
         detectors = {"network": network_detector(net, card)}
         if versus:
-            other_net, other = load_model(resolve_model(versus))
+            other_stem = resolve_model(versus)
+            other_net, other = load_model(other_stem)
             if tuple(other.class_names) != tuple(card.class_names):
                 raise ValueError(f"--versus {versus}: classes {other.class_names} differ from model {card.name} {card.class_names}")
             if other.in_channels > 1 and other.in_channels != store.meta["frames"]:
@@ -351,7 +366,9 @@ def evaluate(
             result = compare(samples_from_store(store, structures=info), detectors, class_names=card.class_names,
                              border_A=border, defocus_edges_A=recipe_defocus_edges(store.meta.get("config")),
                              on_sample=lambda i: bar.update(task, completed=i + 1))
-        result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}
+        result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}  # the "network" detector
+        if versus:
+            result["versus"] = {"name": other.name, "version": other.version, "path": str(other_stem), "label": label}
         result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": store.meta["n"]}
         paths = write_report(result, report, title=f"{card.name} on {data.name}")
         _print_summary(result)
@@ -380,6 +397,31 @@ def _print_summary(result: dict) -> None:
     for k, v in rows.items():
         table.add_row(k, *v)
     Console().print(table)
+
+
+def _check_card_writable(model: str, stem: Path) -> None:
+    """Refuse ``--write-card`` on a model installed with atomfinder named by its name alone: the
+    card would be rewritten inside the package. Its path, given as ``--model``, says it is meant."""
+    from atomfinder.nn.card import is_shipped
+
+    if is_shipped(stem) and Path(model).name == model and not Path(model).suffix:
+        raise ValueError(f"{model} is a model installed with atomfinder: --write-card would rewrite its card "
+                         f"{Path(stem).with_suffix('.json')}; copy the model (its .json and .safetensors) and give "
+                         "the copy's path, or give that path as --model to rewrite it on purpose")
+
+
+def _check_not_training_store(card, store, data: Path, write_card: bool) -> None:
+    """Refuse to write a card's evaluation from its own training store; warn when it is scored there."""
+    from atomfinder.analysis.evaluate import is_training_store
+
+    if not is_training_store(card, store):
+        return
+    what = f"{data}: the training store of {card.name} {card.version} (seed {store.meta['seed']}, {store.meta['n']} samples)"
+    if write_card:
+        raise ValueError(f"{what}; its scores are no evaluation and are not written into the card: "
+                         "evaluate on a test store of another seed")
+    console.print(f"[yellow]warning:[/yellow] {escape(what)}: the scores below flatter the model", highlight=False,
+                  soft_wrap=True)
 
 
 def _write_card(stem: Path, card) -> None:
@@ -430,10 +472,16 @@ def tune_threshold_command(
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
-        levels = list(THRESHOLDS) if thresholds is None else [float(v) for v in thresholds.split(",") if v.strip()]
+        try:
+            levels = list(THRESHOLDS) if thresholds is None else sorted({float(v) for v in thresholds.split(",")
+                                                                         if v.strip()})
+        except ValueError:
+            levels = []
         if not levels or not all(0.0 <= v < 1.0 for v in levels):
             raise ValueError(f"--thresholds {thresholds!r}: give comma-separated values in [0, 1)")
         stem = resolve_model(model)
+        if write_card:
+            _check_card_writable(model, stem)
         net, card = load_model(stem)
         store = DatasetStore(data)
         with _progress(f"tune {card.name}") as bar:
@@ -470,7 +518,7 @@ def calibrate_command(
         import dataclasses
 
         from atomfinder.analysis.calibration import calibrate_model
-        from atomfinder.analysis.evaluate import samples_from_store, to_jsonable
+        from atomfinder.analysis.evaluate import is_training_store, samples_from_store, to_jsonable
         from atomfinder.analysis.thresholds import best_threshold
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
@@ -483,10 +531,15 @@ def calibrate_command(
             if not 0.0 <= floor <= 1.0:
                 raise ValueError(f"--min-confidence {min_confidence!r}: give 'keep', 'best' or a number in [0, 1]")
         stem = resolve_model(model)
+        if write_card:
+            _check_card_writable(model, stem)
         net, card = load_model(stem)
         store = DatasetStore(data)
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
+        if is_training_store(card, store):  # before the class priors, not after them
+            raise ValueError(f"{data}: this is the training store of {card.name} {card.version}; "
+                             "calibrate on held-out simulations (another seed)")
         if class_bias and len(card.class_names) > 1:
             from atomfinder.analysis.calibration import class_bias_data, class_bias_summary, fit_class_bias
 

@@ -151,6 +151,14 @@ def read_microscope(path: Path | str, recipe: Any) -> tuple[Any, dict[str, Any]]
     return ranges, given
 
 
+#: Electron energies (eV) a microscope file may give: 20 kV to 1.5 MV.
+ENERGY_RANGE_EV = (2e4, 1.5e6)
+#: Smallest Cs (Å) of an uncorrected objective lens a microscope file may give: 0.1 mm.
+MIN_UNCORRECTED_CS_A = 1e6
+#: A corrected Cs range whose largest |Cs| (Å) is below this (0.01 µm, but not 0) was given in µm.
+MIN_CORRECTED_CS_A = 100.0
+
+
 def check_microscope(ranges: Any, given: Mapping[str, Any], source: Path | str = "microscope") -> None:
     """Check the types and bounds of microscope ranges and that the essential fields were given.
 
@@ -203,6 +211,19 @@ def check_microscope(ranges: Any, given: Mapping[str, Any], source: Path | str =
             raise bad(name, f"must be a probability in [0, 1]; got {getattr(ranges, name)!r}")
     if ranges.sampling_jitter >= 1:
         raise bad("sampling_jitter", f"must be below 1 (a relative error); got {ranges.sampling_jitter!r}")
+    # values in the wrong unit (kV for eV, µm or mm for Å) are refused, not run for 30 minutes
+    if not all(ENERGY_RANGE_EV[0] <= e <= ENERGY_RANGE_EV[1] for e in ranges.energies_eV):
+        raise bad("energies_eV", f"must be electron energies in eV ({ENERGY_RANGE_EV[0]:g}-{ENERGY_RANGE_EV[1]:g}, "
+                                 f"e.g. 300000.0 for 300 kV); got {list(ranges.energies_eV)}")
+    if ranges.p_corrected < 1 and "Cs_uncorrected_A" in given and min(ranges.Cs_uncorrected_A) < MIN_UNCORRECTED_CS_A:
+        raise bad("Cs_uncorrected_A", f"must be the Cs of an uncorrected lens in Å (at least {MIN_UNCORRECTED_CS_A:g} Å "
+                                      f"= 0.1 mm; 1.2 mm is 1.2e7 Å); got {list(ranges.Cs_uncorrected_A)}")
+    if ranges.p_corrected > 0 and "Cs_corrected_A" in given:
+        largest = max(abs(v) for v in ranges.Cs_corrected_A)
+        if 0 < largest < MIN_CORRECTED_CS_A:
+            raise bad("Cs_corrected_A", f"is in Å (1 µm is 1e4 Å); |Cs| of at most {largest:g} Å = "
+                                        f"{largest / 1e4:g} µm is below what a corrector sets: is it in µm? got "
+                                        f"{list(ranges.Cs_corrected_A)}")
     required = list(REQUIRED_FIELDS)
     if ranges.p_corrected > 0 or min(ranges.energies_eV) < ranges.uncorrected_min_energy_eV:
         required.append("Cs_corrected_A")
@@ -693,9 +714,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     t = summary.get("training")
     if t:
         steps = f"{t['steps']} step{'' if t['steps'] == 1 else 's'}"
+        used = t.get("train_images")
+        images = (f"{t['n_train']} simulations" if used is None else
+                  f"{used} of {t['n_train']} simulations ({t['validation_images']} held out for validation)")
         lines += [f"Fine-tuned for {t['minutes']:.1f} min ({steps}; {t['total_minutes']:.0f} min of "
-                  f"training in all, the general model's included) on {t['n_train']} simulations; peak threshold "
-                  f"{t['threshold']:g}, chosen on {t['validation_images']} validation images. Calibration: "
+                  f"training in all, the general model's included) on {images}; peak threshold "
+                  f"{t['threshold']:g}, chosen on the {t['validation_images']} validation images. Calibration: "
                   f"{t['calibration']}.", ""]
     lines += ["Full reports (by defocus, class confusion, plots, the baseline): report/report.md.", ""]
     return "\n".join(lines)
@@ -841,6 +865,7 @@ def finetune(
     summary["training"] = {
         "minutes": (training["time_s"] - training.get("init_time_s", 0.0)) / 60,
         "total_minutes": training["time_s"] / 60, "steps": training.get("steps"), "n_train": n_train,
+        "train_images": training.get("train_images"),
         "threshold": card.detection["threshold"],
         "validation_images": training["threshold_scan"]["validation_images"], "calibration": calibration_note,
     }

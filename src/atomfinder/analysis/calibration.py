@@ -23,6 +23,7 @@ from atomfinder.analysis.evaluate import (
     _Record,
     _score_image,
     detection_outcomes,
+    is_training_store,
     samples_from_store,
 )
 from atomfinder.analysis.metrics import detection_rates
@@ -120,8 +121,7 @@ def calibrate_model(
     ValueError
         ``store`` is the model's training store, or holds too few detections.
     """
-    trained_on = card.training.get("data", {})
-    if (trained_on.get("seed"), trained_on.get("n")) == (store.meta["seed"], store.meta["n"]):
+    if is_training_store(card, store):
         raise ValueError(f"{store.path}: this is the training store of {card.name} {card.version}; "
                          "calibrate on held-out simulations (another seed)")
     n = len(store)

@@ -360,6 +360,16 @@ def samples_from_store(
             )
 
 
+def is_training_store(card: Any, store: Any) -> bool:
+    """Whether ``store`` is the one the card says its model was trained on (same seed and size).
+
+    Scores on it are not an evaluation, and a threshold or calibration fitted on it
+    flatters the model.
+    """
+    trained_on = (card.training or {}).get("data", {})
+    return (trained_on.get("seed"), trained_on.get("n")) == (store.meta.get("seed"), store.meta.get("n"))
+
+
 def store_specimen(index: int, samples_per_job: int, draws_per_wave: int) -> int:
     """The specimen shown by sample ``index`` of a store: each job images one structure
     after another, ``draws_per_wave`` images each (the last one fewer)."""
@@ -770,6 +780,16 @@ def _categorical(
     } for b in sorted(groups, key=key)]
 
 
+def _checked_border(samples: Iterable[EvalSample], border_A: float) -> Iterator[EvalSample]:
+    """The samples, refusing one whose field of view the edge band covers: it would score nothing."""
+    for s in samples:
+        side_A = min(s.shape) * s.sampling_A
+        if 2 * border_A >= side_A:
+            raise ValueError(f"an edge band of {border_A:g} Å on each side covers a whole {side_A:.3g} Å image: "
+                             "nothing would be scored; give a narrower --border")
+        yield s
+
+
 def _collect(
     samples: Iterable[EvalSample],
     detectors: Mapping[str, Detector],
@@ -1071,12 +1091,12 @@ def compare(
     """
     if not detectors:
         raise ValueError("no detectors given")
-    if border_A < 0:
-        raise ValueError(f"border_A must be >= 0, got {border_A}")
+    if not (math.isfinite(border_A) and border_A >= 0):
+        raise ValueError(f"border_A must be a finite width >= 0 in Å, got {border_A}")
     radii = [float(r) for r in radii_A]
     if not radii or min(radii) <= 0:
         raise ValueError(f"radii_A must be positive, got {radii_A}")
-    records = _collect(samples, detectors, on_sample)
+    records = _collect(_checked_border(samples, border_A), detectors, on_sample)
     if n_classes is None:
         n_classes = len(class_names) if class_names is not None else _infer_n_classes(records)
     settings = {
@@ -1197,6 +1217,7 @@ def to_jsonable(obj: Any) -> Any:
 
 
 __all__ = [
+    "is_training_store",
     "CS_BINS",
     "CS_CORRECTED_MAX_A",
     "DEFOCUS_EDGES_A",

@@ -643,10 +643,33 @@ def simulate_to_store(
     return out
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: on Linux, have the kernel kill this worker when its parent dies.
+
+    A parent killed with ``kill -9`` cannot stop its pool; without this the workers stay,
+    idle and holding their memory, until killed by hand.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request: go now
+        os._exit(1)
+
+
 def _run_pool(workers, cfg, seed, todo, ranges, finished) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(generate_job, cfg, seed, j, ranges[j][1] - ranges[j][0]): j for j in todo}
         try:
             for fut in as_completed(futures):

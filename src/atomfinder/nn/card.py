@@ -707,6 +707,14 @@ def _models_dir() -> Path:
     return Path(str(resources.files("atomfinder").joinpath("models")))
 
 
+def is_shipped(stem: str | os.PathLike[str]) -> bool:
+    """Whether the model ``stem`` is one installed with atomfinder (in the package's models folder)."""
+    try:
+        return Path(stem).resolve().parent == _models_dir().resolve()
+    except OSError:
+        return False
+
+
 def list_models() -> list[str]:
     """Names of the shipped models (those with both a card and weights)."""
     d = _models_dir()

@@ -551,7 +551,16 @@ def train(
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if _recipe(state["config"]) != _recipe(json.loads(json.dumps(config.to_dict()))):
             raise ValueError(f"{checkpoint}: was made with another training config")
-        model.load_state_dict(state["model"])
+        if "data" in state and json.loads(state["data"]) != _store_identity(recipe):
+            was, now = json.loads(state["data"]), _store_identity(recipe)
+            raise ValueError(f"{checkpoint}: was trained on {was.get('store')} (seed {was.get('seed')}, "
+                             f"{was.get('n')} samples), not on {now.get('store')} (seed {now.get('seed')}, "
+                             f"{now.get('n')} samples); resume with the same store")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ValueError(f"{checkpoint}: its network has other input frames or classes than these data "
+                             f"({model_config.in_channels} frames, {model_config.n_classes} classes)") from None
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -573,7 +582,7 @@ def train(
         card_training["init_time_s"] = previous_time_s
     validity = training_validity(data, recipe) if rank == 0 else {}
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(finished: bool = False) -> None:
         if rank != 0:
             return
         atomic_write(checkpoint, lambda tmp: torch.save(
@@ -587,6 +596,8 @@ def train(
                 "best": best,
                 "elapsed_s": elapsed,
                 "history": json.dumps(history),
+                "data": json.dumps(_store_identity(recipe)),
+                "finished": finished,
             },
             tmp,
         ))
@@ -641,10 +652,17 @@ def train(
         if out_of_time:
             break
     if rank == 0:
-        save_checkpoint()
+        save_checkpoint(finished=True)  # at the last step or out of time: the run's end, not a kill
     if world > 1:
         dist.barrier()
     return out_dir / "model"
+
+
+def _store_identity(recipe: dict | None) -> dict:
+    """What tells one training store from another: its seed, size and the system simulated."""
+    recipe = recipe or {}
+    return {"store": recipe.get("store"), "seed": recipe.get("seed"), "n": recipe.get("n"),
+            "system": (recipe.get("simulation") or {}).get("system")}
 
 
 def export_last(out_dir: str | os.PathLike[str]) -> Path:
@@ -654,7 +672,9 @@ def export_last(out_dir: str | os.PathLike[str]) -> Path:
     whose F1 has saturated that choice is noise, and the last, fully annealed weights
     are the better default. The card is the run's own, with the steps and training
     time of the checkpoint and the last validation scores (``last_val``) in place of
-    ``best_val``; ``training.weights`` says ``"last"``.
+    ``best_val``; ``training.weights`` says ``"last"``, and ``training.finished`` whether
+    the run had reached its end (its last step or its time limit) or was stopped before
+    (killed: the learning rate had not decayed; None for a checkpoint that does not say).
 
     Parameters
     ----------
@@ -670,7 +690,7 @@ def export_last(out_dir: str | os.PathLike[str]) -> Path:
     checkpoint, stem = out_dir / "checkpoint.pt", out_dir / "model"
     for needed in (checkpoint, stem.with_suffix(".json")):
         if not needed.exists():
-            raise FileNotFoundError(f"{needed}: not a finished training run")
+            raise FileNotFoundError(f"{needed}: not a training run (no {needed.name})")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model, card = load_model(stem)
     if _recipe(state["config"]) != _recipe(card.training.get("config", {})):
@@ -680,6 +700,7 @@ def export_last(out_dir: str | os.PathLike[str]) -> Path:
     last_val = {k.removeprefix("val_"): v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}
     training = {k: v for k, v in card.training.items() if k != "best_val"} | {
         "steps": int(state["step"]),
+        "finished": state.get("finished"),  # False: the run was stopped before its end (None: not recorded)
         "time_s": round(float(card.training.get("init_time_s", 0.0)) + float(state["elapsed_s"]), 1),
         "last_val": last_val,
         "weights": "last",

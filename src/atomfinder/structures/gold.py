@@ -565,7 +565,7 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
     if supported:
         avail[1] = box[1] - margin - cfg.support_gap_A - cfg.support_min_height_A
     if np.any(avail < _MIN_DIAMETER_A + 2):
-        raise ValueError(f"box {tuple(box)} Å is too small for a gold particle with {margin} Å margins")
+        raise ValueError(f"box {' x '.join(f'{float(b):.3g}' for b in box)} Å is too small for a gold particle with {margin} Å margins")
     orient = _orientation(shape, rng, cfg)
     in_plane = float(rng.uniform(0.0, 360.0))
     tilt_deg = float(rng.uniform(0.0, cfg.max_mistilt_deg))
@@ -602,7 +602,7 @@ def build_gold(rng: np.random.Generator, box_A: tuple[float, float], config: Gol
     # place it: on the support or free in the box
     lo, hi = pos.min(axis=0), pos.max(axis=0)
     if np.any(hi[:2] - lo[:2] > avail):
-        raise ValueError(f"box {tuple(box)} Å is too small for a {shape} particle with {margin} Å margins")
+        raise ValueError(f"box {' x '.join(f'{float(b):.3g}' for b in box)} Å is too small for a {shape} particle with {margin} Å margins")
     support_atoms = None
     support_info = None
     if supported:
