@@ -82,3 +82,14 @@ def test_an_edge_band_that_leaves_nothing_to_score_is_refused(border, message, t
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command, message", [
+    (["calibrate", "--model", "graphene", "--min-confidence", "best"],
+     "--min-confidence best: the floor is stored with --write-card; add it"),
+    (["evaluate", "--model", "graphene", "--versus-frame", "0"],
+     "--versus-frame 0: the frame a --versus model sees; give --versus too"),
+])
+def test_an_option_that_would_be_ignored_is_refused(command, message, tmp_path):
+    result = CliRunner().invoke(app, command + ["--data", str(tmp_path / "none.zarr")])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -186,8 +186,19 @@ def test_store_resumes_after_an_interrupted_run(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     # a store cannot be resumed with another seed or size
-    with pytest.raises(StoreError, match="different"):
+    with pytest.raises(StoreError, match="different configuration, seed or size; choose another --out"):
         simulate_to_store(cfg, 6, part, seed=4, workers=0)
+
+
+def test_a_store_without_a_finished_sample_says_so_when_its_configuration_differs(tmp_path):
+    """A first run whose first job failed leaves an empty store: the message says it holds nothing."""
+    from atomfinder.datasets.store import create_or_resume
+
+    meta = {"n": 2, "frames": 1, "image_px": 8, "class_names": ["C"], "max_sites": 4, "microscope_fields": ["x"],
+            "has_heights": False, "samples_per_job": 2, "seed": 0, "config": {}}
+    create_or_resume(tmp_path / "s.zarr", meta)
+    with pytest.raises(StoreError, match="it holds no finished sample .* delete it and run again"):
+        create_or_resume(tmp_path / "s.zarr", meta | {"seed": 1})
 
 
 def test_store_survives_kill_9(tmp_path):

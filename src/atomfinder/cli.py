@@ -326,6 +326,8 @@ def evaluate(
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
+        if versus_frame.strip().lower() != "middle" and not versus:
+            raise ValueError(f"--versus-frame {versus_frame}: the frame a --versus model sees; give --versus too")
         stem = resolve_model(model)
         if write_card:
             _check_card_writable(model, stem)
@@ -523,6 +525,8 @@ def calibrate_command(
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
 
+        if min_confidence != "keep" and not write_card:
+            raise ValueError(f"--min-confidence {min_confidence}: the floor is stored with --write-card; add it")
         if min_confidence not in ("keep", "best"):
             try:
                 floor = float(min_confidence)

@@ -97,9 +97,12 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
             raise StoreError(f"{path}: exists and is not a dataset store ({exc})") from None
         old = dict(group.attrs).get("atomfinder")
         if old != meta:
+            empty = old is not None and "complete" in group and not _complete_flags(group).any()
             raise StoreError(
-                f"{path}: exists with a different configuration, seed or size; "
-                "choose another --out or delete it"
+                f"{path}: exists with a different configuration, seed or size"
+                + ("; it holds no finished sample (an earlier run that failed or was stopped at once): "
+                   "delete it and run again, or choose another --out" if empty else
+                   "; choose another --out or delete it")
             )
         _remove_partial_chunks(path)
         return group
