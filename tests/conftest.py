@@ -49,6 +49,18 @@ except ImportError:  # hypothesis is in the `test` extra; only test_fuzz.py need
     pass
 
 
+def lattice_image(shape=(64, 64), spacing_px: float = 7.0, seed: int = 0):
+    """A square lattice of Gaussian atoms (sigma 1.5 px) on an offset of 100 with unit Gaussian noise, float32."""
+    import numpy as np
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    img = np.zeros(shape)
+    for cy in np.arange(3, shape[0], spacing_px):
+        for cx in np.arange(3, shape[1], spacing_px):
+            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.5**2))
+    return (100 + 50 * img + np.random.default_rng(seed).normal(0, 1.0, shape)).astype(np.float32)
+
+
 def save_untrained_model(path, sampling_A: float, *, in_channels: int = 1, class_names=("C",),
                          focal_step_A: float = 50.0, name: str = "tiny", validity: dict | None = None):
     """An untrained two-class U-Net (depth 2, width 4, seed 0) saved at ``path`` that keeps every peak

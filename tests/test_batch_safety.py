@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_untrained_model
+from conftest import lattice_image, save_untrained_model
 from typer.testing import CliRunner
 
 from atomfinder.cli import app
@@ -42,12 +42,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _lattice(shape=(64, 64), spacing_px=7.0, seed=0) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    img = np.zeros(shape)
-    for cy in np.arange(3, shape[0], spacing_px):
-        for cx in np.arange(3, shape[1], spacing_px):
-            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.5**2))
-    return (100 + 50 * img + np.random.default_rng(seed).normal(0, 1.0, shape)).astype(np.float32)
+    return lattice_image(shape, spacing_px, seed)
 
 
 def _inputs(folder: Path, n: int = 2, sampling: float = SAMPLING) -> list[Path]:

@@ -28,7 +28,7 @@ from atomfinder.cli import _pixel_size_line, app
 from atomfinder.detection.io import MicrographError, read_micrograph, write_tiff_calibrated
 from atomfinder.detection.resampling import probabilities_on_input_grid
 from atomfinder.detection.sample import load_sample
-from conftest import save_untrained_model
+from conftest import lattice_image, save_untrained_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "io-samples"
 SAMPLING = 0.2  # Å/px of the tiny model
@@ -58,12 +58,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _lattice(shape=(64, 64), spacing_px=7.0, seed=0) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    img = np.zeros(shape)
-    for cy in np.arange(3, shape[0], spacing_px):
-        for cx in np.arange(3, shape[1], spacing_px):
-            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 4.5)
-    return (100 + 50 * img + np.random.default_rng(seed).normal(0, 1.0, shape)).astype(np.float32)
+    return lattice_image(shape, spacing_px, seed)
 
 
 # --------------------------------------------------------------------------- 1. help texts

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import save_untrained_model, tiny_config
+from conftest import lattice_image, save_untrained_model, tiny_config
 
 SAMPLING = 0.2  # Å/px of the detection inputs and of the tiny model
 FAST_SEEDS = [0]
@@ -199,12 +199,7 @@ def test_train_killed_anywhere_more_seeds(training, seed, tmp_path):
 
 
 def _lattice(seed: int, shape=(64, 64), spacing_px: float = 7.0) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    img = np.zeros(shape)
-    for cy in np.arange(3, shape[0], spacing_px):
-        for cx in np.arange(3, shape[1], spacing_px):
-            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.5**2))
-    return (100 + 50 * img + np.random.default_rng(seed).normal(0, 1.0, shape)).astype(np.float32)
+    return lattice_image(shape, spacing_px, seed)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import lattice_image
 from typer.testing import CliRunner
 
 import atomfinder
 from atomfinder.cli import app
-from atomfinder.detection.io import write_tiff_calibrated
-from atomfinder.detection.peaks import TABLE_COLUMNS
 from atomfinder.detection.batch import detect_files
+from atomfinder.detection.io import write_tiff_calibrated
 from atomfinder.detection.micrograph import detect
+from atomfinder.detection.peaks import TABLE_COLUMNS
 from atomfinder.nn.card import ModelCard, save_model
 from atomfinder.nn.unet import UNetConfig, build_model
 
@@ -43,12 +44,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _lattice(shape=(64, 64), spacing_px=7.0, seed=0) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    img = np.zeros(shape)
-    for cy in np.arange(3, shape[0], spacing_px):
-        for cx in np.arange(3, shape[1], spacing_px):
-            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.5**2))
-    return (100 + 50 * img + np.random.default_rng(seed).normal(0, 1.0, shape)).astype(np.float32)
+    return lattice_image(shape, spacing_px, seed)
 
 
 def _check_provenance(prov: dict, *, source: str, sampling: float, sampling_source: str, threshold: float,

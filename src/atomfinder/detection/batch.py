@@ -153,10 +153,8 @@ def finished_inputs(
 
     Parameters
     ----------
-    paths, out_dir, focal_series, probabilities
-        As given to :func:`detect_files`.
-    overlay_format : str
-        Suffix of the overlay (``OverlayStyle.format``).
+    paths, out_dir, focal_series, probabilities, overlay_format
+        As for :func:`existing_outputs`.
     settings : dict, optional
         :func:`run_settings` of the run: only inputs whose sidecar records the same
         settings count as finished (default: any).
