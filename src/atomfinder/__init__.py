@@ -19,12 +19,18 @@ _LAZY = {
 
 def __getattr__(name: str):
     """Lazy top-level API: ``atomfinder.detect`` imports torch only when first used."""
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:  # atomfinder.nn.card... works without importing it first
+        return importlib.import_module(f"atomfinder.{name}")
     raise AttributeError(f"module 'atomfinder' has no attribute {name!r}")
 
 
+#: Subpackages reachable as attributes, imported when first used.
+_SUBPACKAGES = ("analysis", "datasets", "detection", "imaging", "napari", "nn", "structures")
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

@@ -284,7 +284,7 @@ def _validate(
     for group in groups:
         try:
             sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
-            check_frames(sample, card, focal_series)
+            check_frames(sample, card, focal_series, focal_flag(sampling_label))
             check_size(sample, card, focal_series)
             if sample.stem in stems:
                 raise MicrographError(
@@ -297,6 +297,12 @@ def _validate(
         raise problems[0]
     if problems:
         raise InputErrors([str(e) for e in problems] + [f"{len(problems)} of {len(groups)} inputs cannot be used"])
+
+
+def focal_flag(sampling_label: str) -> str:
+    """How the user says "focal series": ``--focal-series`` on the command line (whose labels are
+    options, ``--sampling``), else the Python keyword."""
+    return "--focal-series" if sampling_label.startswith("--") else "focal_series=True"
 
 
 def check_outputs_spare_inputs(
@@ -468,8 +474,9 @@ def _remote_task(
     try:
         net, card = _cached_model(model_path)
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
-        res = run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=model_path,
-                          focal_step_A=focal_step_A, keep_maps=keep_probabilities, augment=augment)
+        res = run_sample(net, card, sample, focal_series, threshold, None, precision,
+                         focal_flag=focal_flag(sampling_label), model_path=model_path,
+                         focal_step_A=focal_step_A, keep_maps=keep_probabilities, augment=augment)
     except (ValueError, OSError) as exc:
         raise ValueError(str(exc)) from None
     if not keep_probabilities:
@@ -700,8 +707,9 @@ def detect_files(
         return written
     for group in todo:
         sample = load_sample(list(group), sampling_A, sampling_label=sampling_label, lazy=True)
-        res = run_sample(net, card, sample, focal_series, threshold, None, precision, model_path=str(stem),
-                          focal_step_A=focal_step_A, keep_maps=probabilities, augment=augment)
+        res = run_sample(net, card, sample, focal_series, threshold, None, precision,
+                         focal_flag=focal_flag(sampling_label), model_path=str(stem),
+                         focal_step_A=focal_step_A, keep_maps=probabilities, augment=augment)
         del sample
         report(_write_result(res, out, probabilities, card.name, probabilities_grid, overlay))
     return written

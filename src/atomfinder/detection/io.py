@@ -339,7 +339,10 @@ def unit_to_angstrom(unit: Any) -> float | None:
     norm = _normalise_unit(unit)
     if _is_reciprocal(norm):
         raise ValueError(f"reciprocal unit {unit!r}")
-    return _ANGSTROM_PER_UNIT.get(norm)
+    factor = _ANGSTROM_PER_UNIT.get(norm)
+    if factor is None and len(norm) > 2 and norm.endswith("s"):  # plurals: "nanometers", "angstroms"
+        factor = _ANGSTROM_PER_UNIT.get(norm[:-1])
+    return factor
 
 
 def _axis_sampling_A(scale: Any, unit: Any) -> tuple[float | None, str | None]:

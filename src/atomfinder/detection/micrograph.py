@@ -25,6 +25,7 @@ the simulation stack (abTEM, ase) nor HyperSpy.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,12 @@ from atomfinder.detection.sample import (
     load_sample,
 )
 
-__all__ = ["SampleResult", "check_threshold", "detect", "run_sample", "trained_on_drift", "with_attrs"]
+__all__ = ["InputNote", "SampleResult", "check_threshold", "detect", "run_sample", "trained_on_drift", "with_attrs"]
+
+
+class InputNote(UserWarning):
+    """How :func:`detect` read its input, one line: a given pixel size that replaces the file's, grey
+    stored as RGB, atoms dropped in regions without data (also in ``provenance["notes"]``)."""
 
 
 @dataclass(frozen=True)
@@ -95,16 +101,17 @@ def trained_on_drift(card: Any) -> bool:
 def run_sample(
     net: Any, card: Any, sample: Sample, focal_series: bool, threshold: float | None, device: Any,
     precision: str = "auto", model_path: str | None = None, focal_step_A: float | None = None,
-    keep_maps: bool = True, augment: bool | None = None,
+    keep_maps: bool = True, augment: bool | None = None, focal_flag: str = "focal_series=True",
 ) -> SampleResult:
     """Detect atoms in one validated sample, with its provenance and validity checks (a focal
     series' step, when given, is checked against the card's trained range). Frames of a stack
     are taken one at a time; without ``keep_maps`` a stack's probability and height maps are
-    not kept (``None``), so that its memory is that of one frame."""
+    not kept (``None``), so that its memory is that of one frame. ``focal_flag`` is how the user
+    says "focal series" in messages (``--focal-series`` on the command line)."""
     from atomfinder.detection.pipeline import detect_array
     from atomfinder.detection.validity import card_reference, validity_record
 
-    check_frames(sample, card, focal_series)
+    check_frames(sample, card, focal_series, focal_flag)
     check_size(sample, card, focal_series)
     shifts = None
     stack = sample.data.ndim == 3 and not focal_series
@@ -132,6 +139,7 @@ def run_sample(
             heights.append(result.height)
         cnrs.append(result.contrast_to_noise)
         del result
+    tables, dropped = _without_no_data_atoms(tables, sample, stack)
     reference = card_reference(card)
     checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None, focal_series, focal_step_A)
               for i, (t, cnr) in enumerate(zip(tables, cnrs))]
@@ -143,6 +151,11 @@ def run_sample(
         height = None if not keep or heights[0] is None else np.stack(heights).astype(np.float32)
     else:
         table, probabilities, height = tables[0], probs[0], heights[0]
+    notes = sample.notes + ((f"{sample.source}: {dropped} atom{'' if dropped == 1 else 's'} in regions without data "
+                             f"(NaN or inf pixels, filled before detection) dropped",) if dropped else ())
+    record = provenance(sample, card, focal_series=focal_series, threshold=threshold, device=device,
+                        precision=precision, model_path=model_path, focal_step_A=focal_step_A, augment=augment)
+    record["notes"] = list(notes)
     return SampleResult(
         table=table,
         probabilities=probabilities,
@@ -155,12 +168,27 @@ def run_sample(
         source=sample.source,
         stem=sample.stem,
         n_frames=sample.n_frames,
-        provenance=provenance(sample, card, focal_series=focal_series, threshold=threshold, device=device,
-                              precision=precision, model_path=model_path, focal_step_A=focal_step_A,
-                              augment=augment),
+        provenance=record,
         validity=validity_record(checks),
-        notes=sample.notes,
+        notes=notes,
     )
+
+
+def _without_no_data_atoms(tables: list[pd.DataFrame], sample: Sample, stack: bool) -> tuple[list[pd.DataFrame], int]:
+    """The tables without atoms in the input's regions without data (``sample.no_data``); how many
+    were dropped. A stack's frames use their own masks; a focal series the first frame's (its grid)."""
+    from atomfinder.detection.preprocess import in_no_data
+
+    mask = sample.no_data
+    if mask is None:
+        return tables, 0
+    kept, dropped = [], 0
+    for i, table in enumerate(tables):
+        frame_mask = mask[i] if stack else (mask[0] if mask.ndim == 3 else mask)
+        out = in_no_data(table["x"].to_numpy(), table["y"].to_numpy(), frame_mask, sample.sampling_A)
+        dropped += int(out.sum())
+        kept.append(table[~out].reset_index(drop=True) if out.any() else table)
+    return kept, dropped
 
 
 def with_attrs(table: pd.DataFrame, res: SampleResult) -> pd.DataFrame:
@@ -266,6 +294,10 @@ def detect(
     ValidityWarning
         One per failed validity check (one line naming the input; for a stack, one
         per check listing the frames).
+    InputNote
+        One per note on how the input was read (a given pixel size that replaces the
+        file's; grey stored as RGB; atoms dropped where the input had NaN or inf pixels:
+        the filled pixels are flat and the network would continue the lattice into them).
 
     Raises
     ------
@@ -277,16 +309,19 @@ def detect(
         a focal step without ``focal_series``.
     """
     from atomfinder.detection.validity import warn
-    from atomfinder.nn.infer import check_precision  # imports torch, which detection needs anyway
+    from atomfinder.nn.infer import check_device, check_precision  # imports torch, which detection needs anyway
 
     check_threshold(threshold)
     check_precision(precision)
+    check_device(device)
     focal_step_A = check_focal_step_argument(focal_step_A, focal_series)
-    sample = load_sample(image, sampling, sampling_name="sampling")
+    sample = load_sample(image, sampling, sampling_name="sampling", series="focal series" if focal_series else "stack")
     net, card, stem = _load(model, device)
     res = run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem,
                       focal_step_A=focal_step_A, augment=augment)
     warn(res.validity["warnings"])
+    for note in res.notes:  # how the input was read: the command line prints these as notes
+        warnings.warn(note, InputNote, stacklevel=2)
     info = {
         "probabilities": res.probabilities,
         "height": res.height,

@@ -235,8 +235,9 @@ def _colour_scale(table: pd.DataFrame, colour_by: str, cmap: Any = None,
         return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.2, 1.0, n or 256)), name="viridis_bright")
 
     if mode == "height":
-        if heights is None:
-            raise ValueError("colour_by='height' needs a 'height' column (models with a height head)")
+        if heights is None or (len(heights) and not np.isfinite(heights).any()):
+            raise ValueError("colour_by='height' needs column heights (a model with a height head, e.g. gold); "
+                             "this table has none")
         finite = heights[np.isfinite(heights)]
         if colour_range is not None:
             lo, hi = colour_range
@@ -824,7 +825,14 @@ def plot_detection(
                 raise ValueError(f"frame {frame} is not in a stack of {img.shape[0]}")
             img = img[frame]
     else:
+        if frame not in (0, None, "all"):
+            raise ValueError(f"frame {frame!r}: the detection is of one image, not of a stack of frames")
         rows = table
+    if image is not None and len(rows):
+        height, width = img.shape[-2:]
+        if rows["x"].max() > width - 0.5 + 1e-6 or rows["y"].max() > height - 0.5 + 1e-6:
+            raise ValueError(f"image= of {height}x{width} pixels is smaller than the one the atoms were found in "
+                             "(atoms lie outside it); pass the whole input image")
     return overlay_plot(img, rows, names, sampling, **options)
 
 

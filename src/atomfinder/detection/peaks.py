@@ -144,7 +144,7 @@ class AtomTable:
                 "y": self.y,
                 "x_angstrom": self.x * sampling_A,
                 "y_angstrom": self.y * sampling_A,
-                "label": names[self.label - 1] if len(self) else np.zeros(0, dtype=object),
+                "label": names[self.label - 1] if len(self) else np.zeros(0, dtype=str),  # same dtype when empty
                 "confidence": self.confidence,
                 "sigma_angstrom": self.sigma_A,
                 "probability": self.probability,

@@ -10,13 +10,29 @@ cleaned on its own.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from atomfinder.detection.io import MicrographError
 
-__all__ = ["OUTLIER_SIGMA", "clean_image", "fill_nonfinite", "frame_cleaner", "median3x3", "repair_outliers"]
+__all__ = [
+    "NO_DATA_DISTANCE_A",
+    "OUTLIER_SIGMA",
+    "clean_image",
+    "fill_nonfinite",
+    "frame_cleaner",
+    "in_no_data",
+    "median3x3",
+    "no_data_mask",
+    "repair_outliers",
+]
+
+#: An atom farther than this (Å) from every finite pixel lies in a region without data (NaN/inf
+#: pixels, e.g. a masked area or a detector gap) and is dropped: the filled pixels are flat, and
+#: the network continues the lattice into them.
+NO_DATA_DISTANCE_A = 0.5
 
 #: Robust standard deviations (1.4826 MAD) from the 3x3 median that mark a dead/hot pixel.
 OUTLIER_SIGMA = 8.0
@@ -40,7 +56,7 @@ def fill_nonfinite(image: np.ndarray) -> tuple[np.ndarray, int]:
     ValueError
         When no pixel is finite.
     """
-    img = np.array(image, dtype=np.float32)
+    img = _as_float32(image)
     bad = ~np.isfinite(img)
     n_bad = int(bad.sum())
     if n_bad == img.size:
@@ -56,6 +72,61 @@ _MEDIAN9_NETWORK = (
     (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
     (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
 )
+
+
+def _as_float32(image: np.ndarray) -> np.ndarray:
+    """A float32 copy; a constant offset that float32 could not keep apart from the image's
+    variation (e.g. 1e6 + a few counts) is removed first, in double precision, so that the
+    grey levels survive (the network normalises locally: an offset changes nothing else)."""
+    data = np.asarray(image)
+    if data.size and data.dtype.itemsize > 4 and (np.issubdtype(data.dtype, np.floating)
+                                                  or np.issubdtype(data.dtype, np.integer)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN image is refused later
+            low, high = float(np.nanmin(data)), float(np.nanmax(data))
+        spread, largest = high - low, max(abs(low), abs(high))
+        if np.isfinite(spread) and spread > 0 and float(np.spacing(np.float32(largest))) > 1e-4 * spread:
+            return (data.astype(np.float64) - low).astype(np.float32)
+    return np.array(data, dtype=np.float32)
+
+
+def no_data_mask(image: np.ndarray) -> np.ndarray | None:
+    """Where an image holds no data (NaN or ±inf), or None when every pixel is finite."""
+    data = np.asarray(image)
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(data)
+    return bad if bad.any() else None
+
+
+def in_no_data(x_px: np.ndarray, y_px: np.ndarray, mask: np.ndarray | None, sampling_A: float,
+               distance_A: float = NO_DATA_DISTANCE_A) -> np.ndarray:
+    """Which positions lie farther than ``distance_A`` from every finite pixel of ``mask``'s image.
+
+    Parameters
+    ----------
+    x_px, y_px : ndarray
+        Positions (column, row) in pixels of the image.
+    mask : ndarray of bool, shape (H, W), or None
+        :func:`no_data_mask` of the image (None: no position is in a region without data).
+    sampling_A : float
+        Pixel size in Å/px.
+    distance_A : float
+        Distance (Å) to the nearest finite pixel beyond which a position has no data.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    x, y = np.asarray(x_px, dtype=np.float64), np.asarray(y_px, dtype=np.float64)
+    if mask is None or not len(x):
+        return np.zeros(len(x), dtype=bool)
+    from scipy.ndimage import distance_transform_edt
+
+    dist_px = distance_transform_edt(mask)  # 0 on finite pixels, else the distance to the nearest one
+    rows = np.clip(np.rint(y).astype(int), 0, mask.shape[0] - 1)
+    cols = np.clip(np.rint(x).astype(int), 0, mask.shape[1] - 1)
+    return dist_px[rows, cols] * float(sampling_A) > distance_A
 
 
 def median3x3(image: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from atomfinder.detection.io import (
     require_sampling,
     sampling_hint,
 )
-from atomfinder.detection.preprocess import clean_image, frame_cleaner
+from atomfinder.detection.preprocess import clean_image, frame_cleaner, no_data_mask
 
 __all__ = [
     "SAMPLING_RTOL",
@@ -74,6 +74,11 @@ class Sample:
     notes : tuple of str
         One line each about how the input was read (a given pixel size that replaces
         a different one of the file; grey stored as RGB), for the user to see.
+    no_data : ndarray of bool or None
+        Where the input held no data (NaN or ±inf pixels, before they were filled), same
+        shape as ``data``; None when every pixel was finite (or a stack read lazily).
+        Atoms found inside such regions are dropped
+        (:func:`~atomfinder.detection.preprocess.in_no_data`).
     """
 
     data: np.ndarray
@@ -84,6 +89,7 @@ class Sample:
     files: tuple[str, ...] = ()
     file_sampling_A: float | None = None
     notes: tuple[str, ...] = ()
+    no_data: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -108,6 +114,23 @@ def check_sampling_value(value: Any, source: str) -> float:
     if not (math.isfinite(s) and s > 0):
         raise MicrographError(source, f"sampling must be a positive number of Å per pixel, got {value!r}")
     return s
+
+
+def _grey_from_channels(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """An array whose last axis holds colour channels ([H, W, 1], [H, W, 3] RGB, [H, W, 4] RGBA,
+    as image libraries load a picture): one channel is the image; equal RGB channels are grey
+    (read with a note); real colour is refused, as for a file."""
+    if not (data.ndim == 3 and data.shape[-1] in (1, 3, 4) and min(data.shape[:2]) >= MIN_SIZE):
+        return data, ()
+    if data.shape[-1] == 1:
+        return data[..., 0], ()
+    rgb = data[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0], (f"{source}: grey image stored as {'RGBA' if data.shape[-1] == 4 else 'RGB'} "
+                             "(equal channels), read as grey",)
+    raise MicrographError(
+        source, f"a colour (RGB) image of shape {data.shape}, not a micrograph (a screenshot or an exported "
+                "figure?); give the grey-level image the microscope recorded")
 
 
 def _check_array(data: np.ndarray, source: str) -> np.ndarray:
@@ -282,7 +305,15 @@ def load_sample(
         from_file = False
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         src = source or "<array>"
-        data = _check_array(np.asarray(image), src)
+        try:
+            array = np.asarray(image)
+        except (TypeError, RuntimeError, ValueError) as exc:  # e.g. a torch tensor that needs grad, bfloat16
+            raise MicrographError(src, f"cannot be read as a NumPy array ({' '.join(str(exc).split())[:120]}); "
+                                       "give a NumPy array of numbers (for a torch tensor: t.detach().cpu().float().numpy())"
+                                  ) from None
+        array, colour_note = _grey_from_channels(array, src)
+        notes = colour_note
+        data = _check_array(array, src)
         if sampling_A is None:
             raise MicrographError(src, f"an array has no pixel size; {sampling_hint(sampling_name)}")
         s = sampling_A
@@ -299,22 +330,25 @@ def load_sample(
         origin = "file"
     else:
         origin = "signal"
+    no_data = None
     if isinstance(data, FrameStack):
         _check_input_memory(data.shape[1:], src)  # one frame at a time
         cleaned = data.with_transform(frame_cleaner(src))
     else:
         _check_input_memory(np.shape(data), src)
+        no_data = no_data_mask(data)
         cleaned = clean_image(data, src)
-    return Sample(data=cleaned, sampling_A=float(s), source=src, stem=stem,
-                  sampling_source=origin, files=files, file_sampling_A=file_sampling_A, notes=notes)
+    return Sample(data=cleaned, sampling_A=float(s), source=src, stem=stem, sampling_source=origin,
+                  files=files, file_sampling_A=file_sampling_A, notes=notes, no_data=no_data)
 
 
-def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
+def check_frames(sample: Sample, card: Any, focal_series: bool, flag: str = "--focal-series") -> None:
     """Refuse a frame count the model cannot use.
 
     A focal series needs a focal-series model (``card.in_channels`` > 1) and exactly
     ``card.in_channels`` frames (a single frame is not a series); a single image or a
-    stack of independent frames needs a single-image model.
+    stack of independent frames needs a single-image model. ``flag`` is how the user
+    says "focal series" in messages (``--focal-series``, or ``focal_series=True`` in Python).
 
     Raises
     ------
@@ -325,12 +359,12 @@ def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
     n = sample.n_frames
     if focal_series and need == 1:
         raise MicrographError(
-            sample.source, f"given as a focal series (--focal-series), but model {card.name!r} takes single images, "
-            "not a focal series; leave out --focal-series or use a focal-series model"
+            sample.source, f"given as a focal series ({flag}), but model {card.name!r} takes single images, "
+            f"not a focal series; leave out {flag} or use a focal-series model"
         )
     if focal_series and n == 1:
         raise MicrographError(
-            sample.source, f"a single frame given as a focal series (--focal-series); model {card.name!r} needs "
+            sample.source, f"a single frame given as a focal series ({flag}); model {card.name!r} needs "
             f"a focal series of {need} frames: one multi-frame file or {need} single-image files in defocus order"
         )
     if focal_series and n != need:
@@ -342,7 +376,7 @@ def check_frames(sample: Sample, card: Any, focal_series: bool) -> None:
         raise MicrographError(
             sample.source,
             f"model {card.name!r} needs a focal series of {need} frames (defocus order); "
-            f"got {n} frame(s) without --focal-series",
+            f"got {n} frame(s) without {flag}",
         )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +121,24 @@ def check_precision(precision: str) -> None:
     """Raise a one-line ``ValueError`` unless ``precision`` is one of :data:`PRECISIONS`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def check_device(device: Any) -> None:
+    """Raise a one-line ``ValueError`` unless ``device`` (None: automatic) names a device this torch can use."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device ({' '.join(str(exc).split())[:100]}); "
+                         "give 'cpu', 'cuda' or 'cuda:N', or leave it out") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; leave device out "
+                         "(the CPU is used) or give 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: atomfinder runs on 'cpu' or 'cuda'")
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

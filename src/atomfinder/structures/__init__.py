@@ -6,6 +6,7 @@ network should find (atoms for graphene, columns with heights for gold, column
 sites with vacancy classes for MoS2).
 """
 
+from atomfinder._lazy import submodule_getattr
 from atomfinder.structures.base import Sites, Structure
 from atomfinder.structures.gold import GoldConfig, build_gold
 from atomfinder.structures.graphene import GrapheneConfig, build_graphene
@@ -24,3 +25,5 @@ __all__ = [
     "build_mos2",
     "ceria_slab",
 ]
+
+__getattr__ = submodule_getattr(__name__)
