@@ -956,7 +956,7 @@ def track(
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
-                                min_run=min_run, provenance=series.provenance(),
+                                min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
                                 progress=lambda done, total: bar.update(task, completed=done))
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
 

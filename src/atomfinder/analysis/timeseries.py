@@ -79,6 +79,7 @@ from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-
     switch_cost_from_noise,
     viterbi_states,
 )
+from atomfinder.detection.preprocess import in_no_data
 from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
     REGISTRATION_MODES,
     bandpass,
@@ -1007,6 +1008,7 @@ def track(
     refine: bool = False,
     gif: bool = True,
     provenance: Mapping[str, Any] | None = None,
+    no_data: np.ndarray | None = None,
 ) -> dict[str, Path]:
     """Track column sites through a time series and write every output.
 
@@ -1070,6 +1072,13 @@ def track(
         whether it came from the noise, minimum run, frame interval, presence threshold)
         and the units of the tables.
 
+    no_data : ndarray of bool, shape (N, H, W), optional
+        Where each frame held no data (NaN or inf pixels before they were filled:
+        ``TimeSeries.sample.no_data``). Detections more than 0.5 Å inside such regions
+        are dropped, and a site that lies in one in a frame has no map value there
+        (``probability`` NaN: no evidence, the decided state carries through). The
+        registration still sees the filled (flat) pixels.
+
     Returns
     -------
     dict of str to Path
@@ -1102,11 +1111,15 @@ def track(
         remove_stale_staging(out)
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
+    masks = _no_data_frames(no_data, stack.shape)
     drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
     found = []
     for i in range(n):
         det = as_frame_detection(detect(stack[i]))
-        found.append(FrameDetection(as_detections(det.table), det.atom_map, det.map_sampling_A))
+        table = as_detections(det.table)
+        if masks[i] is not None:  # atoms the network continued into a region without data
+            table = table[~in_no_data(table["x"].to_numpy(), table["y"].to_numpy(), masks[i], sampling_A)]
+        found.append(FrameDetection(table.reset_index(drop=True), det.atom_map, det.map_sampling_A))
         if progress is not None:
             progress(i + 1, n)
     tables = [det.table for det in found]
@@ -1117,6 +1130,10 @@ def track(
     sites = sites.subset(sites_in_view(sites, drift, stack.shape[1:], border_A / sampling_A))
     prob = site_probabilities(found, drift, sites, sampling_A, tol_px)
     del found
+    for i, mask in enumerate(masks):  # no data at a site in a frame: no evidence (NaN), not an absence
+        if mask is not None and len(sites):
+            xy = sites.xy + drift[i]
+            prob[i, in_no_data(xy[:, 0], xy[:, 1], mask, sampling_A)] = np.nan
     cost = switch_cost_from_noise(prob, threshold) if switch_cost is None else switch_cost
     pres = presence(prob, threshold, cost, min_run)
     ev = events(pres, sites, n, threshold=threshold, switch_cost=cost)
@@ -1154,6 +1171,14 @@ def track(
 
 #: Name of the hidden folder :func:`track` stages its outputs in (``<prefix><random><suffix>``).
 STAGING_PREFIX, STAGING_SUFFIX = ".track-", ".partial"
+
+
+def _no_data_frames(no_data: np.ndarray | None, shape: tuple[int, ...]) -> list[np.ndarray | None]:
+    """One no-data mask (or None) per frame of a stack of ``shape``."""
+    if no_data is None:
+        return [None] * shape[0]
+    masks = np.asarray(no_data, dtype=bool).reshape(shape)
+    return [m if m.any() else None for m in masks]
 
 
 def remove_stale_staging(out_dir: Path | str) -> int:

@@ -99,7 +99,8 @@ def bandpass(image: np.ndarray, sigma_low_px: float = 1.0, sigma_high_px: float 
     return band - band.mean()
 
 
-def frame_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 10) -> np.ndarray:
+def frame_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 10,
+                max_lag_px: float | None = None) -> np.ndarray:
     """Sub-pixel displacement ``(dx, dy)`` of ``moving`` relative to ``reference`` (band-passed).
 
     Both images are multiplied by a Hann window (so the frame edges do not correlate)
@@ -109,14 +110,40 @@ def frame_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 10) -
     ``(x, y)`` in ``reference`` is at ``(x + dx, y + dy)`` in ``moving``
     (skimage returns the ``(row, col)`` shift that moves ``moving`` back, i.e. minus
     the displacement). The window favours small lags: the true displacement must be
-    under about half a lattice period (see :func:`coarse_shift`).
+    under about half a lattice period (see :func:`coarse_shift`). With ``max_lag_px``
+    (what the coarse stage leaves: a pixel or two) a peak farther out is a lattice alias
+    (it wins when part of one frame's field is missing, e.g. a band without data): the
+    highest peak within ``max_lag_px`` is taken instead, to a fraction of a pixel by a
+    parabola through it and its neighbours.
     """
     from skimage.registration import phase_cross_correlation
 
     w = hann_window(reference.shape)
     s, _, _ = phase_cross_correlation(reference * w, moving * w, upsample_factor=max(1, int(upsample)),
                                       normalization=None)
-    return np.array([-float(s[1]), -float(s[0])])
+    shift = np.array([-float(s[1]), -float(s[0])])
+    if max_lag_px is not None and np.max(np.abs(shift)) > max_lag_px:
+        shift = _nearby_peak_shift(reference * w, moving * w, max_lag_px)
+    return shift
+
+
+def _nearby_peak_shift(reference: np.ndarray, moving: np.ndarray, max_lag_px: float) -> np.ndarray:
+    """Displacement ``(dx, dy)`` at the highest cross-correlation peak within ``max_lag_px`` of zero
+    lag, refined by a parabola through the peak and its neighbours on each axis."""
+    cc = np.real(np.fft.ifft2(np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))))
+    h, w = cc.shape
+    lag_y = np.fft.fftfreq(h, 1.0 / h)
+    lag_x = np.fft.fftfreq(w, 1.0 / w)
+    near = (np.abs(lag_y)[:, None] <= max_lag_px) & (np.abs(lag_x)[None, :] <= max_lag_px)
+    r, c = np.unravel_index(np.argmax(np.where(near, cc, -np.inf)), cc.shape)
+
+    def vertex(m1: float, m0: float, p1: float) -> float:
+        curve = m1 - 2.0 * m0 + p1
+        return 0.5 * (m1 - p1) / curve if curve < 0 else 0.0
+
+    ty = lag_y[r] + vertex(cc[(r - 1) % h, c], cc[r, c], cc[(r + 1) % h, c])
+    tx = lag_x[c] + vertex(cc[r, (c - 1) % w], cc[r, c], cc[r, (c + 1) % w])
+    return np.array([-tx, -ty])  # the peak is at minus the displacement
 
 
 def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -170,7 +197,9 @@ def _pair_shift_bandpassed(
         k = coarse_bin(ref.shape)
         b_ref, b_mov = binned if binned is not None else (bin_image(ref, k), bin_image(mov, k))
         c = np.rint(coarse_shift(b_ref, b_mov) * k)
-    return c + frame_shift(ref, _shift_whole(mov, -c), upsample)
+    # after the whole-pixel stage the rest is within a binned pixel: a farther peak is an alias
+    limit = coarse_bin(ref.shape) + 1.0 if coarse else None
+    return c + frame_shift(ref, _shift_whole(mov, -c), upsample, max_lag_px=limit)
 
 
 def pair_shift(

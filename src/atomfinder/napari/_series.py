@@ -93,7 +93,7 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
                               augment=augment)
     sample = series.sample
     written = track(series.frames, series.detect_frame, sample.sampling_A, out_dir, threshold=series.threshold,
-                    progress=progress, provenance=series.provenance())
+                    progress=progress, provenance=series.provenance(), no_data=sample.no_data)
     drift = pd.read_csv(written["drift.csv"])[["dx", "dy"]].to_numpy(dtype=np.float64)
     return SeriesResult(sites=pd.read_csv(written["sites.csv"]), presence=pd.read_csv(written["presence.csv"]),
                         drift_px=drift, sampling_A=float(sample.sampling_A),
