@@ -233,3 +233,22 @@ def test_provenance_keeps_the_files_own_pixel_size_when_one_is_given(tiny_model,
     prov = json.loads((out / "img0.json").read_text(encoding="utf-8"))["provenance"]
     assert prov["sampling_A"] == pytest.approx(SAMPLING) and prov["sampling_source"] == "argument"
     assert prov["file_sampling_A"] == pytest.approx(0.21)
+
+
+def test_a_stack_read_frame_by_frame_drops_atoms_where_a_frame_has_no_data(tiny_model, tmp_path):
+    import pandas as pd
+
+    frames = np.stack([_lattice(seed=i) for i in range(3)])
+    frames[1, :, :30] = np.nan
+    np.save(tmp_path / "stack.npy", frames)  # a multi-frame .npy is read one frame at a time
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["detect", str(tmp_path / "stack.npy"), "--model", str(tiny_model),
+                                      "--sampling", str(SAMPLING), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.output and "in regions without data" in result.output
+    table = pd.read_csv(out / "stack.csv")
+    deep = table["x"] < 30 - 0.5 / SAMPLING - 0.5
+    assert deep[table["frame"] == 0].any() and deep[table["frame"] == 2].any()
+    assert not deep[table["frame"] == 1].any()
+    notes = json.loads((out / "stack.json").read_text(encoding="utf-8"))["provenance"]["notes"]
+    assert any("regions without data" in n for n in notes)

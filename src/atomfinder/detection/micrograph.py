@@ -128,18 +128,20 @@ def run_sample(
     keep = keep_maps or not stack
     tables, probs, heights, cnrs = [], [], [], []
     first = None
-    for image in images:
+    dropped = 0
+    for i, image in enumerate(images):
         if first is None:
             first = np.asarray(image[0] if image.ndim == 3 else image, dtype=np.float32)
         result = detect_array(net, card, image, sample.sampling_A, threshold=threshold, device=device,
                               precision=precision, augment=augment)
-        tables.append(result.to_frame())
+        table, n_out = _without_no_data_atoms(result.to_frame(), _no_data_of(sample, i, stack), sample.sampling_A)
+        tables.append(table)
+        dropped += n_out
         if keep:
             probs.append(result.probabilities.astype(np.float32, copy=False))
             heights.append(result.height)
         cnrs.append(result.contrast_to_noise)
         del result
-    tables, dropped = _without_no_data_atoms(tables, sample, stack)
     reference = card_reference(card)
     checks = [_image_validity(t, cnr, sample, card, reference, i if stack else None, focal_series, focal_step_A)
               for i, (t, cnr) in enumerate(zip(tables, cnrs))]
@@ -174,21 +176,27 @@ def run_sample(
     )
 
 
-def _without_no_data_atoms(tables: list[pd.DataFrame], sample: Sample, stack: bool) -> tuple[list[pd.DataFrame], int]:
-    """The tables without atoms in the input's regions without data (``sample.no_data``); how many
-    were dropped. A stack's frames use their own masks; a focal series the first frame's (its grid)."""
-    from atomfinder.detection.preprocess import in_no_data
-
+def _no_data_of(sample: Sample, i: int, stack: bool) -> np.ndarray | None:
+    """The no-data mask of frame ``i`` of a stack (taken out of a lazily read stack's dict), else of
+    the image; a focal series' masks are those of its first frame, whose grid the atoms are in."""
     mask = sample.no_data
     if mask is None:
-        return tables, 0
-    kept, dropped = [], 0
-    for i, table in enumerate(tables):
-        frame_mask = mask[i] if stack else (mask[0] if mask.ndim == 3 else mask)
-        out = in_no_data(table["x"].to_numpy(), table["y"].to_numpy(), frame_mask, sample.sampling_A)
-        dropped += int(out.sum())
-        kept.append(table[~out].reset_index(drop=True) if out.any() else table)
-    return kept, dropped
+        return None
+    if isinstance(mask, dict):
+        return mask.pop(i, None) if stack else mask.get(0)
+    return mask[i] if stack else (mask[0] if mask.ndim == 3 else mask)
+
+
+def _without_no_data_atoms(table: pd.DataFrame, mask: np.ndarray | None,
+                           sampling_A: float) -> tuple[pd.DataFrame, int]:
+    """The table without atoms in a region without data (``mask``: NaN or inf pixels before
+    filling; :func:`~atomfinder.detection.preprocess.in_no_data`), and how many were dropped."""
+    from atomfinder.detection.preprocess import in_no_data
+
+    if mask is None or not len(table):
+        return table, 0
+    out = in_no_data(table["x"].to_numpy(), table["y"].to_numpy(), mask, sampling_A)
+    return (table[~out].reset_index(drop=True), int(out.sum())) if out.any() else (table, 0)
 
 
 def with_attrs(table: pd.DataFrame, res: SampleResult) -> pd.DataFrame:

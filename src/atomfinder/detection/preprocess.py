@@ -252,10 +252,18 @@ def clean_image(
     return out
 
 
-def frame_cleaner(source: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """``clean(frame, i)``: :func:`clean_image` of one frame of a lazily read stack (errors name the frame)."""
+def frame_cleaner(source: str, no_data: dict[int, np.ndarray] | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``clean(frame, i)``: :func:`clean_image` of one frame of a lazily read stack (errors name the frame).
+
+    With ``no_data``, the :func:`no_data_mask` of a frame that has one is put in it under
+    the frame's index, for the detection of that frame to take (and remove).
+    """
 
     def clean(frame: np.ndarray, i: int) -> np.ndarray:
+        if no_data is not None:
+            mask = no_data_mask(frame)
+            if mask is not None:
+                no_data[i] = mask
         try:
             return clean_image(frame, source)
         except MicrographError as exc:

@@ -74,9 +74,10 @@ class Sample:
     notes : tuple of str
         One line each about how the input was read (a given pixel size that replaces
         a different one of the file; grey stored as RGB), for the user to see.
-    no_data : ndarray of bool or None
+    no_data : ndarray of bool, dict or None
         Where the input held no data (NaN or ±inf pixels, before they were filled), same
-        shape as ``data``; None when every pixel was finite (or a stack read lazily).
+        shape as ``data``; None when every pixel was finite. For a stack read lazily, a
+        dict that receives frame ``i``'s mask (when it has one) as the frame is read.
         Atoms found inside such regions are dropped
         (:func:`~atomfinder.detection.preprocess.in_no_data`).
     """
@@ -89,7 +90,7 @@ class Sample:
     files: tuple[str, ...] = ()
     file_sampling_A: float | None = None
     notes: tuple[str, ...] = ()
-    no_data: np.ndarray | None = None
+    no_data: np.ndarray | dict[int, np.ndarray] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -330,10 +331,11 @@ def load_sample(
         origin = "file"
     else:
         origin = "signal"
-    no_data = None
+    no_data: Any = None
     if isinstance(data, FrameStack):
         _check_input_memory(data.shape[1:], src)  # one frame at a time
-        cleaned = data.with_transform(frame_cleaner(src))
+        no_data = {}  # filled with a frame's mask when the frame is read
+        cleaned = data.with_transform(frame_cleaner(src, no_data))
     else:
         _check_input_memory(np.shape(data), src)
         no_data = no_data_mask(data)
