@@ -204,11 +204,18 @@ def run_settings(
     """
     from atomfinder.detection.pipeline import detection_settings, uses_augmentation
 
+    return _settings(f"{card.name} {card.version}", sampling_A, detection_settings(card, threshold)[0],
+                     uses_augmentation(card, augment), focal_series, focal_step_A)
+
+
+def _settings(model: str, given_sampling_A: float | None, threshold: float, augmentation: bool,
+              focal_series: bool, focal_step_A: float | None) -> dict[str, Any]:
+    """The comparable record of :func:`run_settings` (``given_sampling_A`` None: each file's own)."""
     return {
-        "model": f"{card.name} {card.version}",
-        "pixel size": "from each file" if sampling_A is None else f"{float(sampling_A):.6g} Å/px given",
-        "threshold": round(detection_settings(card, threshold)[0], 6),
-        "test-time augmentation": uses_augmentation(card, augment),
+        "model": model,
+        "pixel size": "from each file" if given_sampling_A is None else f"{float(given_sampling_A):.6g} Å/px given",
+        "threshold": round(float(threshold), 6),
+        "test-time augmentation": bool(augmentation),
         "focal series": bool(focal_series),
         "focal step": None if focal_step_A is None else round(float(focal_step_A), 6),
     }
@@ -222,15 +229,9 @@ def recorded_settings(sidecar_path: str | os.PathLike[str]) -> dict[str, Any] | 
     try:
         with open(sidecar_path, encoding="utf-8") as f:
             prov = json.load(f)["provenance"]
-        source = prov["sampling_source"]
-        return {
-            "model": f"{prov['model']['name']} {prov['model']['version']}",
-            "pixel size": "from each file" if source == "file" else f"{float(prov['sampling_A']):.6g} Å/px given",
-            "threshold": round(float(prov["threshold"]), 6),
-            "test-time augmentation": bool(prov.get("test_time_augmentation", False)),
-            "focal series": bool(prov["focal_series"]),
-            "focal step": None if prov.get("focal_step_A") is None else round(float(prov["focal_step_A"]), 6),
-        }
+        return _settings(f"{prov['model']['name']} {prov['model']['version']}",
+                         None if prov["sampling_source"] == "file" else prov["sampling_A"], prov["threshold"],
+                         prov.get("test_time_augmentation", False), prov["focal_series"], prov.get("focal_step_A"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
