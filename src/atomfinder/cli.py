@@ -519,8 +519,8 @@ def calibrate_command(
     def action() -> None:
         import dataclasses
 
-        from atomfinder.analysis.calibration import calibrate_model
-        from atomfinder.analysis.evaluate import is_training_store, samples_from_store, to_jsonable
+        from atomfinder.analysis.calibration import calibrate_model, refuse_training_store
+        from atomfinder.analysis.evaluate import samples_from_store, to_jsonable
         from atomfinder.analysis.thresholds import best_threshold
         from atomfinder.datasets.store import DatasetStore
         from atomfinder.nn.card import load_model, resolve_model
@@ -541,9 +541,7 @@ def calibrate_command(
         store = DatasetStore(data)
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
-        if is_training_store(card, store):  # before the class priors, not after them
-            raise ValueError(f"{data}: this is the training store of {card.name} {card.version}; "
-                             "calibrate on held-out simulations (another seed)")
+        refuse_training_store(card, store)  # before the class priors, not after them
         if class_bias and len(card.class_names) > 1:
             from atomfinder.analysis.calibration import class_bias_data, class_bias_summary, fit_class_bias
 

@@ -89,6 +89,13 @@ def calibration_data(
     }
 
 
+def refuse_training_store(card: Any, store: Any) -> None:
+    """Refuse to calibrate on the store the model was trained on (a ValueError naming it)."""
+    if is_training_store(card, store):
+        raise ValueError(f"{store.path}: this is the training store of {card.name} {card.version}; "
+                         "calibrate on held-out simulations (another seed)")
+
+
 def calibrate_model(
     model: Any,
     card: Any,
@@ -121,9 +128,7 @@ def calibrate_model(
     ValueError
         ``store`` is the model's training store, or holds too few detections.
     """
-    if is_training_store(card, store):
-        raise ValueError(f"{store.path}: this is the training store of {card.name} {card.version}; "
-                         "calibrate on held-out simulations (another seed)")
+    refuse_training_store(card, store)
     n = len(store)
     data = calibration_data(model, card, samples_from_store(store), radius_A=radius_A,
                             on_sample=None if on_sample is None else (lambda i: on_sample(i, n)))
@@ -329,4 +334,4 @@ def class_bias_summary(data: dict[str, np.ndarray], log_bias: np.ndarray | None)
 
 
 __all__ = ["CLASS_BIAS_L2", "CONFIDENCE_FLOORS", "calibrate_model", "calibration_data", "class_bias_data",
-           "class_bias_summary", "confidence_floor_scan", "fit_class_bias"]
+           "class_bias_summary", "confidence_floor_scan", "fit_class_bias", "refuse_training_store"]

@@ -25,6 +25,7 @@ from atomfinder.detection.io import (
     MIN_SIZE,
     FrameStack,
     MicrographError,
+    _to_grey,
     read_micrograph,
     require_sampling,
     sampling_hint,
@@ -118,20 +119,22 @@ def check_sampling_value(value: Any, source: str) -> float:
 
 
 def _grey_from_channels(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """An array whose last axis holds colour channels ([H, W, 1], [H, W, 3] RGB, [H, W, 4] RGBA,
-    as image libraries load a picture): one channel is the image; equal RGB channels are grey
-    (read with a note); real colour is refused, as for a file."""
-    if not (data.ndim == 3 and data.shape[-1] in (1, 3, 4) and min(data.shape[:2]) >= MIN_SIZE):
+    """An array whose last axis holds channels ([H, W, 1]; RGB(A) as image libraries load a picture):
+    one channel is the image; grey stored as RGB(A) is read as grey with a note; colour is refused,
+    as for a file (:func:`atomfinder.detection.io._to_grey` decides, for files and arrays alike)."""
+    if not (data.ndim == 3 and min(data.shape[:2]) >= MIN_SIZE and data.shape[-1] < MIN_SIZE):
         return data, ()
     if data.shape[-1] == 1:
         return data[..., 0], ()
-    rgb = data[..., :3]
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        return rgb[..., 0], (f"{source}: grey image stored as {'RGBA' if data.shape[-1] == 4 else 'RGB'} "
-                             "(equal channels), read as grey",)
-    raise MicrographError(
-        source, f"a colour (RGB) image of shape {data.shape}, not a micrograph (a screenshot or an exported "
-                "figure?); give the grey-level image the microscope recorded")
+    grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=True)
+    if colour == "rgb":
+        raise MicrographError(
+            source, f"a colour (RGB) image of shape {data.shape}, not a micrograph (a screenshot or an exported "
+                    "figure?); give the grey-level image the microscope recorded")
+    if colour == "grey-rgb":
+        return grey, (f"{source}: grey image stored as {'RGBA' if data.shape[-1] == 4 else 'RGB'} "
+                      "(equal channels), read as grey",)
+    return grey, ()
 
 
 def _check_array(data: np.ndarray, source: str) -> np.ndarray:
