@@ -71,6 +71,17 @@ def test_a_large_constant_offset_keeps_the_grey_levels(tiny_model, image):
     np.testing.assert_allclose(_xy(shifted), _xy(full), atol=0.05)
 
 
+def test_an_infinite_pixel_does_not_undo_the_offset_removal(tiny_model, image):
+    from atomfinder.detection.preprocess import clean_image
+
+    shifted = image.astype(np.float64) + 1e8
+    shifted[5, 5] = np.inf
+    cleaned = clean_image(shifted)
+    keep = np.ones(image.shape, bool)
+    keep[5, 5] = False
+    assert np.corrcoef(cleaned[keep], image[keep])[0, 1] > 0.999
+
+
 def test_pictures_as_image_libraries_load_them(tiny_model, image):
     full, _ = detect(image, tiny_model, SAMPLING)
     one, _ = detect(image[..., None], tiny_model, SAMPLING)

@@ -87,6 +87,13 @@ def test_aggregate_pools_counts_and_squared_errors():
     assert empty["tp"] == 0 and empty["n_images"] == 0
 
 
+def test_aggregate_refuses_confusion_matrices_of_different_sizes():
+    one = detection_scores(np.zeros((1, 2)), np.zeros((1, 2)), 0.5, pred_labels=[1], true_labels=[1])
+    two = detection_scores(np.zeros((1, 2)), np.zeros((1, 2)), 0.5, pred_labels=[2], true_labels=[2])
+    with pytest.raises(ValueError, match="same n_classes"):
+        aggregate([one, two])
+
+
 def test_scales_to_thousands():
     rng = np.random.default_rng(0)
     gx, gy = np.meshgrid(np.arange(100) * 2.5, np.arange(100) * 2.5)

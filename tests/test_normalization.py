@@ -124,3 +124,16 @@ def test_noise_floor_keeps_vacuum_below_unit_contrast():
     np.testing.assert_array_equal(apply_normalization(image, spec, SAMPLING), floored)
     with pytest.raises(ValueError, match="noise_floor"):
         normalize_local(image, SAMPLING, noise_floor=-1.0)
+
+
+def test_a_known_noise_level_sets_the_floor_per_channel():
+    """Given noise (as the pipeline passes it for a resampled image) replaces the estimate."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1.0, (2, 128, 128)).astype(np.float32)
+    estimated = normalize_local(noise, SAMPLING, noise_floor=2.0)
+    given = normalize_local(noise, SAMPLING, noise_floor=2.0, noise_std=[1.0, 4.0])
+    assert estimated[0].std() == pytest.approx(0.5, rel=0.05)
+    assert given[0].std() == pytest.approx(0.5, rel=0.05) and given[1].std() == pytest.approx(0.125, rel=0.05)
+    np.testing.assert_array_equal(normalize_local(noise[1], SAMPLING, noise_floor=2.0, noise_std=[4.0]), given[1])
+    with pytest.raises(ValueError, match="one per channel"):
+        normalize_local(noise, SAMPLING, noise_floor=2.0, noise_std=[1.0])

@@ -496,6 +496,11 @@ def tune_threshold_command(
         if write_card:
             _write_card(stem, card_with_threshold(card, rows, n_val, radius, data))
             console.print(f"card: {Path(stem).with_suffix('.json')}")
+            fitted_at = (card.calibration or {}).get("fit", {}).get("threshold")
+            if fitted_at is not None and abs(float(fitted_at) - best) > 1e-9:
+                console.print(f"note: the card's confidence calibration was fitted on the peaks above {fitted_at:g}; "
+                              f"fit it again at {best:g}: atomfinder calibrate --model {stem} --data <calibration store> "
+                              "--write-card", highlight=False)
 
     _run(action)
 

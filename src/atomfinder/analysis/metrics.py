@@ -246,6 +246,9 @@ def aggregate(scores_list: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for k in ARRAY_KEYS:
             a = s.get(k)
             if a is not None:
+                if counts[k] is not None and np.shape(a) != counts[k].shape:
+                    raise ValueError(f"cannot pool {k!r} of shapes {counts[k].shape} and {np.shape(a)}: "
+                                     "score every image with the same n_classes")
                 counts[k] = np.array(a, copy=True) if counts[k] is None else counts[k] + a
     out = _derive(counts)
     out["n_images"] = n

@@ -2,7 +2,8 @@
 
 :func:`threshold_scan` scores one detection pass at several atom-probability
 thresholds (the peak finder thins candidates greedily by descending probability, so
-keeping the atoms above a threshold equals a run at it);
+keeping the atoms above a threshold equals a run at it, up to the card's confidence
+floor: see there);
 :func:`validation_threshold_scan` does so on the validation images of a model's own
 training store; :func:`best_threshold` picks the highest F1 and
 :func:`card_with_threshold` writes it into a copy of the model card with the scan.
@@ -45,8 +46,13 @@ def threshold_scan(
 
     ``detect`` must run at (or below) the lowest threshold. Each threshold keeps
     the atoms whose probability exceeds it; the peak finder thins candidates
-    greedily by descending probability, so this equals a detection run at that
-    threshold. Scoring (matching radius, border exclusion) is that of
+    greedily by descending probability, so the peaks are those of a detection run
+    at that threshold. One difference remains with a card that drops atoms below a
+    confidence floor (``detection["min_confidence"]``): each atom's confidence is
+    computed among all the peaks of the lowest threshold (two of its features, the
+    spread of its neighbours and the map's background, depend on the others), so a
+    run at a higher threshold can keep or drop a few peaks near the floor that the
+    scan did not (6 of 47 in one noisy test image at 0.7). Scoring (matching radius, border exclusion) is that of
     :func:`~atomfinder.analysis.evaluate.compare`. Use it on validation images, never on the test set.
 
     Returns

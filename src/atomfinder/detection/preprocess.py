@@ -77,13 +77,19 @@ _MEDIAN9_NETWORK = (
 def _as_float32(image: np.ndarray) -> np.ndarray:
     """A float32 copy; a constant offset that float32 could not keep apart from the image's
     variation (e.g. 1e6 + a few counts) is removed first, in double precision, so that the
-    grey levels survive (the network normalises locally: an offset changes nothing else)."""
+    grey levels survive (the network normalises locally: an offset changes nothing else).
+    The offset and spread are those of the finite pixels (NaN and ±inf mark no data)."""
     data = np.asarray(image)
     if data.size and data.dtype.itemsize > 4 and (np.issubdtype(data.dtype, np.floating)
                                                   or np.issubdtype(data.dtype, np.integer)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN image is refused later
             low, high = float(np.nanmin(data)), float(np.nanmax(data))
+        if not (np.isfinite(low) and np.isfinite(high)):  # ±inf pixels: the finite ones' range
+            finite = data[np.isfinite(data)]
+            if not finite.size:  # no finite pixel: refused later
+                return np.array(data, dtype=np.float32)
+            low, high = float(finite.min()), float(finite.max())
         spread, largest = high - low, max(abs(low), abs(high))
         if np.isfinite(spread) and spread > 0 and float(np.spacing(np.float32(largest))) > 1e-4 * spread:
             return (data.astype(np.float64) - low).astype(np.float32)

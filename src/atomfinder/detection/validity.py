@@ -67,6 +67,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from atomfinder.nn.normalization import estimate_noise_std
 from atomfinder.nn.validity import contrast_to_noise, validity_range
 
 __all__ = [
@@ -503,7 +504,7 @@ def warn(lines: Sequence[str], stacklevel: int = 3) -> None:
         warnings.warn(line, ValidityWarning, stacklevel=stacklevel)
 
 
-def model_contrast_to_noise(normalised: np.ndarray, model_sampling_A: float) -> float:
+def model_contrast_to_noise(normalised: np.ndarray, model_sampling_A: float, noise_scale: float = 1.0) -> float:
     """Contrast-to-noise ratio of an image as the model sees it.
 
     :func:`atomfinder.nn.validity.contrast_to_noise` of the normalised network input
@@ -518,9 +519,24 @@ def model_contrast_to_noise(normalised: np.ndarray, model_sampling_A: float) -> 
         The normalised image at the model's sampling.
     model_sampling_A : float
         The model's pixel size in Å/px.
+    noise_scale : float
+        How many times the pixel noise of the network input exceeds what the
+        Laplacian estimate reads from it (1 for an image that was not resampled;
+        above 1 for one interpolated onto finer pixels, whose noise is correlated
+        between neighbours: :func:`atomfinder.detection.pipeline.detect_array`
+        passes it).
+
+    Returns
+    -------
+    float
+        The ratio, NaN for an image under 3 pixels on a side.
     """
     img = np.asarray(normalised, dtype=np.float32)
     first = img[0] if img.ndim == 3 else img
+    if min(first.shape) < 3:
+        return float("nan")
     side = CONTRAST_MAX_SIDE_PX
     r0, c0 = max(0, (first.shape[0] - side) // 2), max(0, (first.shape[1] - side) // 2)
-    return contrast_to_noise(first[r0 : r0 + side, c0 : c0 + side], float(model_sampling_A))
+    crop = first[r0 : r0 + side, c0 : c0 + side]
+    noise = None if noise_scale == 1.0 else float(noise_scale) * estimate_noise_std(crop)
+    return contrast_to_noise(crop, float(model_sampling_A), noise_std=noise)

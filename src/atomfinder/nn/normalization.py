@@ -11,7 +11,7 @@ on its own) and return ``float32``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.fft
@@ -164,7 +164,8 @@ def _standardised_float32(image: np.ndarray) -> tuple[np.ndarray, float, float, 
     return out, std, scale, unit
 
 
-def _local_2d(image: np.ndarray, sigma_px: float, noise_floor: float = 0.0) -> np.ndarray:
+def _local_2d(image: np.ndarray, sigma_px: float, noise_floor: float = 0.0,
+              noise_std: float | None = None) -> np.ndarray:
     # In float32 and in place where possible: an 8192² image costs about 4 copies of
     # 256 MB (the image, its local mean or variance, and the padded FFT buffers).
     # The image is first brought to unit global std (the result does not depend on
@@ -172,7 +173,9 @@ def _local_2d(image: np.ndarray, sigma_px: float, noise_floor: float = 0.0) -> n
     image = np.asarray(image)
     x, global_std, scale, unit = _standardised_float32(image)
     floor = max(STD_FLOOR_REL * global_std, STD_FLOOR_SCALE * scale, STD_FLOOR_ABS)
-    if noise_floor > 0 and min(image.shape) >= 3:
+    if noise_floor > 0 and noise_std is not None:
+        floor = max(floor, noise_floor * float(noise_std))
+    elif noise_floor > 0 and min(image.shape) >= 3:
         floor = max(floor, noise_floor * estimate_noise_std(image))
     x -= gaussian_blur_reflect(x, sigma_px)  # centred on the local mean
     std = gaussian_blur_reflect(np.square(x), sigma_px)  # local variance
@@ -184,7 +187,8 @@ def _local_2d(image: np.ndarray, sigma_px: float, noise_floor: float = 0.0) -> n
 
 
 def normalize_local(
-    image: np.ndarray, sampling_A: float, window_A: float = 12.0, noise_floor: float = 0.0
+    image: np.ndarray, sampling_A: float, window_A: float = 12.0, noise_floor: float = 0.0,
+    noise_std: float | Sequence[float] | None = None,
 ) -> np.ndarray:
     """Subtract a local mean and divide by a local standard deviation.
 
@@ -210,6 +214,13 @@ def normalize_local(
         amplitude ``<= 1 / noise_floor`` instead of being raised to unit contrast,
         while any region whose contrast stands above that level is unchanged.
         0 (default) keeps the plain local normalisation of the earlier models.
+    noise_std : float or sequence of float, optional
+        The pixel noise standard deviation of ``image`` (one per channel), in its
+        units, when it is known better than :func:`estimate_noise_std` can read it
+        from ``image``: an image interpolated onto finer pixels has noise correlated
+        between neighbours, which the Laplacian estimate reads as several times too
+        low (:func:`atomfinder.detection.pipeline.resampled_noise_gain`). Default:
+        estimated from ``image``.
 
     Returns
     -------
@@ -224,7 +235,19 @@ def normalize_local(
     if noise_floor < 0:
         raise ValueError("noise_floor must be >= 0")
     sigma_px = 0.5 * window_A / sampling_A
-    return _per_channel(_local_2d, image, sigma_px=sigma_px, noise_floor=float(noise_floor))
+    if noise_std is not None and np.ndim(image) == 2 and np.size(noise_std) == 1:
+        noise_std = float(np.ravel(noise_std)[0])
+    if noise_std is None or np.ndim(noise_std) == 0:
+        return _per_channel(_local_2d, image, sigma_px=sigma_px, noise_floor=float(noise_floor),
+                            noise_std=None if noise_std is None else float(noise_std))
+    image = np.asarray(image)
+    stds = [float(v) for v in np.ravel(noise_std)]
+    if image.ndim != 3 or len(stds) != image.shape[0]:
+        raise ValueError(f"noise_std has {len(stds)} values for an image of shape {image.shape}: give one per channel")
+    out = np.empty(image.shape, dtype=np.float32)
+    for i, (ch, std) in enumerate(zip(image, stds)):
+        out[i] = _local_2d(ch, sigma_px=sigma_px, noise_floor=float(noise_floor), noise_std=std)
+    return out
 
 
 def _global_2d(image: np.ndarray) -> np.ndarray:
@@ -251,7 +274,8 @@ def normalize_global(image: np.ndarray) -> np.ndarray:
 
 
 def apply_normalization(
-    image: np.ndarray, spec: Mapping[str, Any], sampling_A: float | None = None
+    image: np.ndarray, spec: Mapping[str, Any], sampling_A: float | None = None,
+    noise_std: float | Sequence[float] | None = None,
 ) -> np.ndarray:
     """Apply the normalisation described by a model card's ``normalization`` record.
 
@@ -264,13 +288,16 @@ def apply_normalization(
         optional, default 0) or ``{"kind": "global"}``.
     sampling_A : float, optional
         Pixel size in Å/pixel (required for ``"local"``).
+    noise_std : float or sequence of float, optional
+        Known pixel noise of ``image`` per channel, for the noise floor
+        (:func:`normalize_local`); default: estimated from ``image``.
     """
     kind = spec.get("kind")
     if kind == "local":
         if sampling_A is None:
             raise ValueError("local normalisation needs sampling_A")
         return normalize_local(image, sampling_A, float(spec.get("window_A", 12.0)),
-                               float(spec.get("noise_floor", 0.0)))
+                               float(spec.get("noise_floor", 0.0)), noise_std=noise_std)
     if kind == "global":
         return normalize_global(image)
     raise ValueError(f"unknown normalisation kind {kind!r} (expected 'local' or 'global')")

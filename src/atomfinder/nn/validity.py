@@ -220,7 +220,8 @@ def focal_order(step_range_A: Sequence[float]) -> str:
     return "mixed"
 
 
-def contrast_to_noise(image: np.ndarray, sampling_A: float, window_A: float = CONTRAST_WINDOW_A) -> float:
+def contrast_to_noise(image: np.ndarray, sampling_A: float, window_A: float = CONTRAST_WINDOW_A,
+                      noise_std: float | None = None) -> float:
     """Contrast-to-noise ratio of an image: structure contrast over pixel noise.
 
     ``sqrt(max(var(h) - s², 0)) / s`` with ``h`` the image less its Gaussian-blurred
@@ -237,6 +238,10 @@ def contrast_to_noise(image: np.ndarray, sampling_A: float, window_A: float = CO
         Pixel size in Å/px (compare images at one sampling: the model's).
     window_A : float
         High-pass window in Å.
+    noise_std : float, optional
+        The pixel noise of ``image`` when it is known better than the Laplacian
+        estimate can read it (an image interpolated onto finer pixels); default:
+        estimated from ``image``.
 
     Returns
     -------
@@ -245,7 +250,7 @@ def contrast_to_noise(image: np.ndarray, sampling_A: float, window_A: float = CO
         flat one).
     """
     x = np.asarray(image, dtype=np.float64)
-    noise = estimate_noise_std(x)
+    noise = estimate_noise_std(x) if noise_std is None else float(noise_std)
     high = x - gaussian_blur_reflect(x, 0.5 * window_A / float(sampling_A))
     signal_var = max(float(high.var()) - noise * noise, 0.0)
     if noise <= 0:
