@@ -229,3 +229,14 @@ def test_map_background_is_low_on_a_crisp_map_and_high_in_a_haze():
     assert fit.features[-1] == "map_background" and len(fit.logistic) == 5
     with pytest.raises(ValueError, match="features"):
         fit_calibration(f5, y, err, 4.0, names=("peak", "disk_mean", "local_noise", "map_background", "neighbour_spread"))
+
+
+def test_peak_pixels_finds_the_peak_a_refined_position_rounds_away_from():
+    from atomfinder.analysis.calibration import peak_pixels
+
+    atom = np.zeros((32, 32))
+    atom[10, 20], atom[10, 21] = 0.9, 0.8  # peak at row 10, column 20; its right neighbour nearly as high
+    atom[25, 5] = 0.7
+    rows, cols = peak_pixels(atom, np.array([[20.6, 10.4], [5.2, 24.7], [-0.4, 31.6]]))
+    assert rows.tolist()[:2] == [10, 25] and cols.tolist()[:2] == [20, 5]  # not (10, 21), not (25, 5) by luck
+    assert 0 <= rows[2] < 32 and 0 <= cols[2] < 32  # positions past the edge stay on the grid

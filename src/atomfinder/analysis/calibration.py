@@ -199,6 +199,37 @@ def confidence_floor_scan(
 CLASS_BIAS_L2 = 1e-3
 
 
+def peak_pixels(atom_map: np.ndarray, xy_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The whole pixel of each detection's peak: the highest of ``atom_map`` among the 3 x 3
+    pixels around its rounded sub-pixel position.
+
+    The peak finder labels a detection from the class maps at its peak pixel (a local
+    maximum of the atom map) and then refines the position within about a pixel of
+    it; rounding the refined position alone can land on a neighbour.
+
+    Parameters
+    ----------
+    atom_map : ndarray, shape (H, W)
+        Atom probability (1 - background) on the model's grid.
+    xy_px : ndarray, shape (n, 2)
+        Sub-pixel ``(x, y)`` positions on that grid.
+
+    Returns
+    -------
+    rows, cols : ndarray of int, shape (n,)
+    """
+    h, w = atom_map.shape
+    xy = np.asarray(xy_px, dtype=np.float64).reshape(-1, 2)
+    r0 = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
+    c0 = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
+    offsets = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)])
+    rr = np.clip(r0[:, None] + offsets[None, :, 0], 0, h - 1)
+    cc = np.clip(c0[:, None] + offsets[None, :, 1], 0, w - 1)
+    best = np.argmax(atom_map[rr, cc], axis=1)
+    pick = np.arange(len(xy))
+    return rr[pick, best], cc[pick, best]
+
+
 def class_bias_data(
     model: Any,
     card: Any,
@@ -211,7 +242,9 @@ def class_bias_data(
 
     Detections are matched to the true sites by position alone (one-to-one within
     ``radius_A``), whatever class the model gave them; the class probabilities are
-    those of the maps at the detection's model-grid pixel.
+    those of the maps at the detection's peak pixel on the model's grid
+    (:func:`peak_pixels`), where :func:`atomfinder.detection.peaks.find_atoms` reads
+    them to label it.
 
     Returns
     -------
@@ -232,9 +265,7 @@ def class_bias_data(
         frames = s.image if card.in_channels > 1 else s.image[:1]
         res = detect_array(model, card, frames, s.sampling_A, min_confidence=0.0)
         xy_A = res.atoms.xy * s.sampling_A
-        grid = np.rint(xy_A / res.model_sampling_A).astype(np.int64)
-        rows = np.clip(grid[:, 1], 0, res.probabilities.shape[-2] - 1)
-        cols = np.clip(grid[:, 0], 0, res.probabilities.shape[-1] - 1)
+        rows, cols = peak_pixels(1.0 - res.probabilities[0], xy_A / res.model_sampling_A)
         q = res.probabilities[1:, rows, cols].astype(np.float64)
         ok = np.ones((m, len(xy_A)), dtype=bool)
         if honeycomb is not None:
@@ -334,4 +365,4 @@ def class_bias_summary(data: dict[str, np.ndarray], log_bias: np.ndarray | None)
 
 
 __all__ = ["CLASS_BIAS_L2", "CONFIDENCE_FLOORS", "calibrate_model", "calibration_data", "class_bias_data",
-           "class_bias_summary", "confidence_floor_scan", "fit_class_bias", "refuse_training_store"]
+           "class_bias_summary", "confidence_floor_scan", "fit_class_bias", "peak_pixels", "refuse_training_store"]
