@@ -165,7 +165,7 @@ def test_atom_table_round_trip_through_points_layers():
     table["probability"] = rng.uniform(size=n)
     table["height"] = pd.array([1, 2, None, 3, 4, 5], dtype="Int64")
     layers = atom_layers(table, ("Au", "X"), 0.2, "img")
-    assert [kw["name"] for _, kw, _ in layers] == ["atoms: Au", "atoms: X"]
+    assert [kw["name"] for _, kw, _ in layers] == ["atoms: Au [img]", "atoms: X [img]"]
     back = atom_table(layers).sort_values(["frame", "x"], ignore_index=True)
     expected = table.sort_values(["frame", "x"], ignore_index=True)
     assert list(back.columns) == ["frame", *TABLE_COLUMNS]
@@ -189,7 +189,7 @@ def test_widget_finds_edits_and_saves_atoms(viewer, qtbot, crop_tif, tmp_path, s
     widget.threshold.value = 0.5
     _run(widget, qtbot)
     assert widget.last_error == ""
-    layer = viewer.layers["atoms: C"]
+    layer = viewer.layers["atoms: C [graphene_crop]"]
     assert isinstance(layer, Points) and len(layer.data) > 50
     assert list(layer.features.columns) == list(FEATURE_COLUMNS)
     assert np.all(layer.features["confidence"].between(0, 1))
@@ -226,6 +226,37 @@ def test_widget_finds_edits_and_saves_atoms(viewer, qtbot, crop_tif, tmp_path, s
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "writer.csv"), saved)
 
 
+def test_atoms_of_two_images_stay_apart_and_each_image_saves_its_own(viewer, qtbot, crop_tif, tmp_path):
+    first = viewer.open(crop_tif, plugin="atomfinder")[0]
+    viewer.add_image(np.ascontiguousarray(first.data[:160, :160]), name="other")
+    widget = _widget(viewer)
+    widget.image.value, widget.sampling.value = first.name, SAMPLING_A
+    _run(widget, qtbot)
+    mine = viewer.layers["atoms: C [graphene_crop]"]
+    mine.selected_data = {0}
+    mine.remove_selected()  # an edit that must survive the other image's run
+    n_mine = len(mine.data)
+
+    widget.image.value = "other"
+    widget.save_path.value = tmp_path / "other.csv"
+    widget.save_button.clicked.emit()  # no atoms found in "other" yet: refused, not the first image's atoms
+    assert widget.last_error.startswith("no atoms in other to save") and not (tmp_path / "other.csv").exists()
+    widget.sampling.value = SAMPLING_A
+    _run(widget, qtbot)
+    theirs = viewer.layers["atoms: C [other]"]
+    assert viewer.layers["atoms: C [graphene_crop]"] is mine and len(mine.data) == n_mine
+    assert theirs.metadata["atomfinder"]["image"] == "other"
+
+    widget.image.value = first.name
+    widget.save_path.value = tmp_path / "first.csv"
+    widget.save_button.clicked.emit()
+    assert len(pd.read_csv(tmp_path / "first.csv")) == n_mine
+    _run(widget, qtbot)  # a rerun replaces the first image's layers only
+    assert mine not in viewer.layers and theirs in viewer.layers
+    assert sorted(layer.name for layer in viewer.layers if layer.name.startswith("atoms: ")) == [
+        "atoms: C [graphene_crop]", "atoms: C [other]"]
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 
@@ -252,7 +283,7 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     widget.track_dir.value = tmp_path / "track"
     _run(widget, qtbot)
     assert widget.last_error == ""
-    sites = viewer.layers["sites: C"]
+    sites = viewer.layers["sites: C [graphene_series]"]
     assert sites.data.shape[1] == 3 and set(np.unique(sites.data[:, 0])) == {0.0, 1.0, 2.0}
     np.testing.assert_allclose(sites.scale, [1.0, SAMPLING_A, SAMPLING_A])
     assert widget.progress.value == widget.progress.max == 3
@@ -278,7 +309,7 @@ def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, cr
     widget.augment.value = True
     _run(widget, qtbot)
     assert widget.last_error == ""
-    found = viewer.layers["atoms: C"].data[:, ::-1]  # (row, col) -> (x, y) in pixels
+    found = viewer.layers["atoms: C [graphene_crop]"].data[:, ::-1]  # (row, col) -> (x, y) in pixels
     image = tifffile.imread(crop_tif)
     table_on, info_on = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=True)
     table_off, _ = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=False)

@@ -31,13 +31,24 @@ CLASS_COLOURS = ("#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 ERROR_BAR_SIGMAS = 2.0
 #: Smallest marker diameter in Å (most errors are far below an ångström).
 MIN_DIAMETER_A = 0.5
-#: Layer names: ``"atoms: C"``.
+#: Layer names: ``"atoms: C [image]"``.
 NAME_PREFIX = "atoms: "
 
 
-def layer_name(label: str) -> str:
-    """Name of the Points layer of class ``label``: ``"atoms: <label>"``."""
-    return f"{NAME_PREFIX}{label}"
+def layer_name(label: str, image_name: str = "", prefix: str = NAME_PREFIX) -> str:
+    """Name of the Points layer of class ``label`` found in ``image_name``: ``"atoms: <label> [<image>]"``.
+
+    Without an image name the name is ``"atoms: <label>"``.
+    """
+    return f"{prefix}{label} [{image_name}]" if image_name else f"{prefix}{label}"
+
+
+def name_label(name: str, prefix: str = NAME_PREFIX) -> str:
+    """The class in a layer name made by :func:`layer_name` (the name itself when it is not one)."""
+    if not name.startswith(prefix):
+        return name
+    label = name[len(prefix):]
+    return label.split(" [", 1)[0] if label.endswith("]") else label
 
 
 def class_colour(index: int) -> str:
@@ -102,7 +113,7 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
     lead = (1.0,) * (len(columns) - 2)
     meta = {"kind": "atoms", "label": label, "sampling_A": float(sampling_A), "image": image_name}
     kwargs = {
-        "name": layer_name(label),
+        "name": layer_name(label, image_name),
         "ndim": len(columns),
         "scale": lead + (float(sampling_A), float(sampling_A)),
         "units": ("pixel",) * len(lead) + ("angstrom", "angstrom"),
@@ -171,10 +182,9 @@ def _layer_sampling_A(kwargs: dict[str, Any]) -> float:
 
 
 def _layer_label(kwargs: dict[str, Any]) -> str:
-    """Class of a Points layer: atomfinder's metadata, else the name without ``"atoms: "``."""
+    """Class of a Points layer: atomfinder's metadata, else the name without ``"atoms: "`` and ``" [image]"``."""
     meta = (kwargs.get("metadata") or {}).get(METADATA_KEY, {})
-    name = str(kwargs.get("name", ""))
-    return str(meta.get("label") or (name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name))
+    return str(meta.get("label") or name_label(str(kwargs.get("name", ""))))
 
 
 def table_from_points(data: Any, kwargs: dict[str, Any]) -> pd.DataFrame:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from atomfinder.napari._points import class_colour
+from atomfinder.napari._points import class_colour, layer_name
 from atomfinder.napari._reader import METADATA_KEY, LayerData
 
 #: Marker diameter of a site, in Å.
 SITE_DIAMETER_A = 0.8
-#: Layer names: ``"sites: C"``.
+#: Layer names: ``"sites: C [image]"``.
 SITE_PREFIX = "sites: "
 
 
@@ -126,7 +126,7 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
         part = rows[rows["label"] == label]
         data = part[["frame", "fy", "fx"]].to_numpy(dtype=np.float64).reshape(-1, 3)
         kwargs = {
-            "name": f"{SITE_PREFIX}{label}", "ndim": 3, "scale": (1.0, s, s),
+            "name": layer_name(str(label), image_name, SITE_PREFIX), "ndim": 3, "scale": (1.0, s, s),
             "units": ("pixel", "angstrom", "angstrom"),
             "features": pd.DataFrame({"site": part["site"].to_numpy(dtype=np.int64),
                                       "probability": part["probability"].to_numpy(dtype=np.float64)}),

@@ -85,6 +85,31 @@ def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
     return np.asarray(layer.data, dtype=np.float32), sampling_A
 
 
+def image_id(layer: Any) -> str:
+    """A stable id of an image layer: napari's ``unique_id`` (it survives a rename)."""
+    return str(layer.unique_id)
+
+
+def belongs_to(layer: Any, image: Any) -> bool:
+    """Whether an atomfinder Points layer was made from ``image`` (its image id, else its image name)."""
+    meta = layer.metadata.get(METADATA_KEY, {})
+    return meta["image_id"] == image_id(image) if "image_id" in meta else meta.get("image") == image.name
+
+
+def tie_to_image(layers: list[LayerData], image: Any) -> None:
+    """Record ``image``'s id in the metadata of new Points layer-data tuples (see :func:`belongs_to`)."""
+    for _, kwargs, _ in layers:
+        kwargs["metadata"][METADATA_KEY]["image_id"] = image_id(image)
+
+
+def image_points_layers(viewer: Any, image: Any, kinds: tuple[str, ...] = ("atoms",)) -> list[Any]:
+    """The atomfinder Points layers of ``kinds`` (``"atoms"``, ``"sites"``) made from ``image``, in layer order."""
+    from napari.layers import Points
+
+    return [layer for layer in viewer.layers if isinstance(layer, Points)
+            and layer.metadata.get(METADATA_KEY, {}).get("kind") in kinds and belongs_to(layer, image)]
+
+
 class DetectionWidget(Container):
     """Find atoms in an image layer and edit and save them (napari dock widget).
 
@@ -109,6 +134,7 @@ class DetectionWidget(Container):
         self.running = False
         self.last_error = ""
         self.worker: Any = None
+        self._target: Any = None  # the image layer of the running (or last) detection
         self.image = ComboBox(label="image", choices=self._image_names)
         models = list_models()
         self.model = ComboBox(label="model", choices=models,
@@ -212,6 +238,7 @@ class DetectionWidget(Container):
             return
         image, sampling = detection_input(layer, sampling_A)
         job = self._job(image, sampling, layer.name, sampling_A)
+        self._target = layer
         self.last_error = ""
         self.running = True
         self.run_button.enabled = False
@@ -237,15 +264,14 @@ class DetectionWidget(Container):
         return job
 
     def _show_result(self, result: tuple[list[LayerData], str, list[str], float]) -> None:
-        """Replace the atom (or site) layers of the image with the new ones."""
+        """Replace the atom (or site) layers of the image the detection ran on with the new ones."""
         from napari.layers import Layer
 
         layers, message, warning_lines, sampling_A = result
-        image = self.image_layer()
-        names = {kwargs["name"] for _, kwargs, _ in layers}
-        for old in [layer for layer in self.viewer.layers if layer.name in names]:
-            self.viewer.layers.remove(old)
+        image = self._target if any(layer is self._target for layer in self.viewer.layers) else None
         if image is not None:
+            tie_to_image(layers, image)
+            self._remove_layers_of(image, tuple({kw["metadata"][METADATA_KEY]["kind"] for _, kw, _ in layers}))
             lead = (1.0,) * (image.ndim - 2)
             image.scale = lead + (sampling_A, sampling_A)
             image.units = ("pixel",) * len(lead) + ("angstrom", "angstrom")
@@ -265,6 +291,11 @@ class DetectionWidget(Container):
 
             show_warning(line)
 
+    def _remove_layers_of(self, image: Any, kinds: tuple[str, ...]) -> None:
+        """Remove the Points layers of ``kinds`` made from ``image`` (a rerun replaces them; other images' stay)."""
+        for old in image_points_layers(self.viewer, image, kinds):
+            self.viewer.layers.remove(old)
+
     def _failed(self, exc: BaseException) -> None:
         self.report_error(one_line(exc))
 
@@ -277,22 +308,19 @@ class DetectionWidget(Container):
     # ------------------------------------------------------------------ saving
 
     def atom_points_layers(self) -> list[Any]:
-        """The Points layers of atoms found in the chosen image (all atom layers when none is)."""
-        from napari.layers import Points
-
-        ours = [layer for layer in self.viewer.layers
-                if isinstance(layer, Points) and layer.metadata.get(METADATA_KEY, {}).get("kind") == "atoms"]
-        image = self.image.value
-        mine = [layer for layer in ours if layer.metadata[METADATA_KEY].get("image") == image]
-        return mine or ours
+        """The Points layers of atoms found in the chosen image (none when no image is chosen)."""
+        image = self.image_layer()
+        return [] if image is None else image_points_layers(self.viewer, image)
 
     def save(self, *_: Any) -> Path | None:
         """Save the (edited) atom layers as an atom-table CSV (asks for a file when none is set)."""
         from atomfinder.napari._points import atom_table
 
+        image = self.image_layer()
         layers = self.atom_points_layers()
         if not layers:
-            self.report_error("no atoms to save: find atoms first")
+            where = f"in {image.name}" if image is not None else "(no image chosen)"
+            self.report_error(f"no atoms {where} to save: find atoms in it first")
             return None
         path = self.save_path.value or _ask_csv_path()
         if not path:
