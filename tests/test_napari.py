@@ -152,6 +152,29 @@ def test_reader_without_calibration_keeps_pixels(crop_tif):
     assert kwargs["metadata"]["atomfinder"]["sampling_A"] is None
 
 
+def test_a_layer_is_detected_from_its_file_only_while_its_data_are_unchanged(qapp, crop_tif):
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from atomfinder.napari._widget import detection_input
+
+    viewer = ViewerModel()
+    layer = viewer.open(crop_tif, plugin="atomfinder")[0]
+    image, sampling = detection_input(layer, SAMPLING_A)
+    assert Path(image) == crop_tif and sampling == SAMPLING_A  # the file, with the typed pixel size
+    data, kwargs, kind = layer.as_layer_data_tuple()
+    copy = viewer.add_layer(Layer.create(data, kwargs | {"name": "copy"}, kind))
+    assert Path(detection_input(copy, SAMPLING_A)[0]) == crop_tif  # a duplicate with the same data: still the file
+    flipped = viewer.add_layer(Layer.create(np.ascontiguousarray(data[:, ::-1]), kwargs | {"name": "flipped"}, kind))
+    np.testing.assert_array_equal(detection_input(flipped, SAMPLING_A)[0], data[:, ::-1])  # the array shown
+    edited = data.copy()
+    edited[5, 5] += 1.0  # one pixel changed
+    layer.data = edited
+    assert isinstance(detection_input(layer, SAMPLING_A)[0], np.ndarray)
+    layer.data = np.zeros_like(data)  # replaced
+    np.testing.assert_array_equal(detection_input(layer, SAMPLING_A)[0], 0.0)
+
+
 # ------------------------------------------------------------------ points <-> table
 
 

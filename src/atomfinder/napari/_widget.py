@@ -24,7 +24,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from qtpy.QtCore import QObject, Signal
 
 from atomfinder.napari._points import atom_layers, clear_added_features
-from atomfinder.napari._reader import METADATA_KEY, LayerData
+from atomfinder.napari._reader import METADATA_KEY, LayerData, data_checksum
 from atomfinder.napari._series import site_layers, track_series
 from atomfinder.napari._writer import save_atom_table
 
@@ -70,16 +70,31 @@ def card_settings(model: str) -> tuple[float, bool]:
     return detection_settings(card)[0], uses_augmentation(card)
 
 
-def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
-    """What to give :func:`atomfinder.detect` for an image layer: ``(image, sampling_A or None)``.
+def file_of(layer: Any) -> str | None:
+    """The file an image layer was read from, while its data are still what the reader returned (else None).
 
-    A layer opened by atomfinder's reader is detected from its file (the provenance
-    names it; the file's pixel size is used unless the widget's differs); any
-    other layer from its array with the widget's pixel size.
+    The reader's checksum of the data (:func:`atomfinder.napari._reader.data_checksum`)
+    must match the layer's data now: a layer whose data were replaced or edited, or a
+    duplicate with other data, is not its file.
     """
     meta = layer.metadata.get(METADATA_KEY, {})
     path = meta.get("path")
-    if path and os.path.isfile(path):
+    if not path or not os.path.isfile(path) or not meta.get("checksum"):
+        return None
+    return path if data_checksum(layer.data) == meta["checksum"] else None
+
+
+def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
+    """What to give :func:`atomfinder.detect` for an image layer: ``(image, sampling_A or None)``.
+
+    A layer opened by atomfinder's reader whose data are unchanged is detected from
+    its file (the provenance names it; the file's pixel size is used unless the
+    widget's differs); any other layer (or one whose data changed) from the array
+    it shows, with the widget's pixel size.
+    """
+    meta = layer.metadata.get(METADATA_KEY, {})
+    path = file_of(layer)
+    if path is not None:
         same = meta.get("sampling_A") is not None and np.isclose(meta["sampling_A"], sampling_A, rtol=1e-6)
         return path, None if same else sampling_A
     return np.asarray(layer.data, dtype=np.float32), sampling_A
