@@ -280,6 +280,37 @@ def test_atoms_of_two_images_stay_apart_and_each_image_saves_its_own(viewer, qtb
         "atoms: C [graphene_crop]", "atoms: C [other]"]
 
 
+def test_points_lie_on_a_moved_and_turned_image(viewer, qtbot, crop_tif):
+    data = tifffile.imread(crop_tif)
+    image = viewer.add_image(data, name="moved", scale=(SAMPLING_A, SAMPLING_A), units="angstrom",
+                             translate=(10.0, 20.0), rotate=30.0, shear=[0.1])
+    widget = _widget(viewer)
+    assert widget.sampling.value == pytest.approx(SAMPLING_A)
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    points = viewer.layers["atoms: C [moved]"]
+    for row in points.data[:5]:
+        np.testing.assert_allclose(points.data_to_world(row), image.data_to_world(row), atol=1e-9)
+
+
+def test_site_layers_lie_on_a_moved_stack():
+    from napari.layers import Image, Layer
+
+    from atomfinder.napari._points import image_placement
+    from atomfinder.napari._series import SeriesResult, site_layers
+
+    stack = Image(np.zeros((2, 32, 32), np.float32), scale=(1.0, 0.5, 0.5), translate=(0.0, -3.0, 7.0), rotate=15.0)
+    result = SeriesResult(sites=pd.DataFrame({"site": [0], "x": [4.0], "y": [6.0], "label": ["C"]}),
+                          presence=pd.DataFrame({"frame": [0, 1], "site": [0, 0], "present": [True, True],
+                                                 "probability": [0.9, 0.8]}),
+                          drift_px=np.array([[0.0, 0.0], [1.0, 2.0]]), sampling_A=0.5, class_names=("C",),
+                          written={"sites.csv": Path("track/sites.csv")})
+    layer = Layer.create(*site_layers(result, "stack", image_placement(stack))[0])
+    np.testing.assert_allclose(layer.translate, stack.translate)
+    for row in layer.data:
+        np.testing.assert_allclose(layer.data_to_world(row), stack.data_to_world(row), atol=1e-9)
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 

@@ -85,8 +85,62 @@ def _features(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _upper_triangular(shear: Any) -> np.ndarray:
+    """A napari shear as its full upper-triangular matrix (napari gives a vector of the entries above the diagonal)."""
+    values = np.asarray(shear, dtype=np.float64)
+    if values.ndim == 2:
+        return values
+    n = int(round((1 + np.sqrt(1 + 8 * values.size)) / 2))
+    matrix = np.eye(n)
+    matrix[np.triu_indices(n, 1)] = values
+    return matrix
+
+
+def image_placement(image: Any) -> dict[str, np.ndarray]:
+    """Where an image layer lies in napari's world besides its scale.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+        The image layer.
+
+    Returns
+    -------
+    dict
+        ``translate`` (world units), ``rotate`` and ``shear`` (matrices) and
+        ``affine`` (homogeneous matrix), over all the image's axes.
+    """
+    return {"translate": np.asarray(image.translate, dtype=np.float64),
+            "rotate": np.asarray(image.rotate, dtype=np.float64),
+            "shear": _upper_triangular(image.shear),
+            "affine": np.asarray(image.affine.affine_matrix, dtype=np.float64)}
+
+
+def placement_kwargs(placement: dict[str, np.ndarray] | None, ndim: int) -> dict[str, Any]:
+    """Layer keyword arguments that place a layer of ``ndim`` axes where the image's last ``ndim`` axes are.
+
+    Parameters
+    ----------
+    placement : dict or None
+        :func:`image_placement` of the image (None: no keywords, napari's defaults).
+    ndim : int
+        Axes of the new layer (2 for ``(y, x)`` points on a stack's first frame).
+
+    Returns
+    -------
+    dict
+        ``translate``, ``rotate``, ``shear`` and ``affine``.
+    """
+    if not placement:
+        return {}
+    return {"translate": tuple(float(v) for v in placement["translate"][-ndim:]),
+            "rotate": placement["rotate"][-ndim:, -ndim:],
+            "shear": placement["shear"][-ndim:, -ndim:],
+            "affine": placement["affine"][-(ndim + 1):, -(ndim + 1):]}
+
+
 def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float, image_name: str,
-                 frames: bool) -> LayerData:
+                 frames: bool, placement: dict[str, np.ndarray] | None = None) -> LayerData:
     """One class's atoms as a Points layer-data tuple.
 
     Parameters
@@ -103,6 +157,9 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
         Name of the image layer the atoms were found in (kept in the metadata).
     frames : bool
         Points are ``(frame, y, x)`` instead of ``(y, x)``.
+    placement : dict, optional
+        :func:`image_placement` of the image layer: the points get its translate,
+        rotation, shear and affine, so that they lie on it.
 
     Returns
     -------
@@ -125,6 +182,7 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
         "size": marker_diameter_px(rows["sigma_angstrom"] if "sigma_angstrom" in rows else np.full(len(rows), np.nan),
                                    sampling_A),
         "metadata": {METADATA_KEY: meta},
+        **placement_kwargs(placement, len(columns)),
     }
     return data, kwargs, "points"
 
@@ -145,7 +203,7 @@ def clear_added_features(event: Any) -> None:
 
 
 def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], sampling_A: float,
-                image_name: str) -> list[LayerData]:
+                image_name: str, placement: dict[str, np.ndarray] | None = None) -> list[LayerData]:
     """An atom table as one Points layer per class of the model (empty classes too, to add atoms by hand).
 
     Parameters
@@ -158,6 +216,8 @@ def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], s
         Pixel size of the image in Å/px.
     image_name : str
         Name of the image layer.
+    placement : dict, optional
+        :func:`image_placement` of the image layer (its translate, rotation, ...).
 
     Returns
     -------
@@ -165,8 +225,8 @@ def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], s
     """
     frames = "frame" in table.columns
     labels = list(class_names) + [c for c in pd.unique(table["label"]) if c not in class_names]
-    return [points_layer(table[table["label"] == label], str(label), class_colour(i), sampling_A, image_name, frames)
-            for i, label in enumerate(labels)]
+    return [points_layer(table[table["label"] == label], str(label), class_colour(i), sampling_A, image_name, frames,
+                         placement) for i, label in enumerate(labels)]
 
 
 def _layer_sampling_A(kwargs: dict[str, Any]) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from atomfinder.napari._points import class_colour, layer_name
+from atomfinder.napari._points import class_colour, layer_name, placement_kwargs
 from atomfinder.napari._reader import METADATA_KEY, LayerData
 
 #: Marker diameter of a site, in Å.
@@ -100,7 +100,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
                         class_names=tuple(series.card.class_names), written=dict(written))
 
 
-def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
+def site_layers(result: SeriesResult, image_name: str,
+                placement: dict[str, np.ndarray] | None = None) -> list[LayerData]:
     """The present sites of every frame as one Points layer ``(frame, y, x)`` per class.
 
     Parameters
@@ -108,6 +109,9 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
     result : SeriesResult
     image_name : str
         Name of the image layer (the stack).
+    placement : dict, optional
+        :func:`atomfinder.napari._points.image_placement` of the stack: the points get
+        its translate, rotation, shear and affine, so that they lie on it.
 
     Returns
     -------
@@ -134,6 +138,7 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
             "size": SITE_DIAMETER_A / s,
             "metadata": {METADATA_KEY: {"kind": "sites", "label": str(label), "sampling_A": s,
                                         "image": image_name, "out_dir": os.fspath(Path(result.written["sites.csv"]).parent)}},
+            **placement_kwargs(placement, 3),
         }
         layers.append((data, kwargs, "points"))
     return layers

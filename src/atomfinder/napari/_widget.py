@@ -23,7 +23,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 from qtpy.QtCore import QObject, Signal
 
-from atomfinder.napari._points import atom_layers, clear_added_features
+from atomfinder.napari._points import atom_layers, clear_added_features, image_placement
 from atomfinder.napari._reader import METADATA_KEY, LayerData, data_checksum
 from atomfinder.napari._series import site_layers, track_series
 from atomfinder.napari._writer import save_atom_table
@@ -252,7 +252,7 @@ class DetectionWidget(Container):
             self.report_error(f"{layer.name}: no pixel size; type the pixel size in Å/px")
             return
         image, sampling = detection_input(layer, sampling_A)
-        job = self._job(image, sampling, layer.name, sampling_A)
+        job = self._job(image, sampling, layer.name, sampling_A, image_placement(layer))
         self._target = layer
         self.last_error = ""
         self.running = True
@@ -263,8 +263,9 @@ class DetectionWidget(Container):
         self.worker = create_worker(job, _connect={"returned": self._show_result, "errored": self._failed,
                                                    "finished": self._finished})
 
-    def _job(self, image: Any, sampling: float | None, image_name: str, sampling_A: float):
-        """The function the worker runs: returns ``(layers, message, warnings)``."""
+    def _job(self, image: Any, sampling: float | None, image_name: str, sampling_A: float,
+             placement: dict[str, np.ndarray]):
+        """The function the worker runs: returns ``(layers, message, warnings, sampling_A)``."""
         model, threshold, mode = self.model_name(), float(self.threshold.value), self.series.value
         augment = bool(self.augment.value)
         out_dir = os.fspath(self.track_dir.value) if self.track_dir.value else None
@@ -273,8 +274,9 @@ class DetectionWidget(Container):
         def job() -> tuple[list[LayerData], str, list[str], float]:
             if mode == TIME_SERIES:
                 return _track_job(image, model, sampling, image_name, sampling_A, out_dir, threshold,
-                                  relay.changed.emit, augment)
-            return _detect_job(image, model, sampling, image_name, threshold, mode == FOCAL_SERIES, augment)
+                                  relay.changed.emit, augment, placement)
+            return _detect_job(image, model, sampling, image_name, threshold, mode == FOCAL_SERIES, augment,
+                               placement)
 
         return job
 
@@ -366,7 +368,8 @@ def _ask_csv_path() -> str:
 
 
 def _detect_job(image: Any, model: str, sampling: float | None, image_name: str, threshold: float,
-                focal_series: bool, augment: bool | None = None) -> tuple[list[LayerData], str, list[str], float]:
+                focal_series: bool, augment: bool | None = None,
+                placement: dict[str, np.ndarray] | None = None) -> tuple[list[LayerData], str, list[str], float]:
     """Run :func:`atomfinder.detect` (in the worker thread) and make the atom layers."""
     import atomfinder
     from atomfinder.detection.validity import ValidityWarning
@@ -376,7 +379,7 @@ def _detect_job(image: Any, model: str, sampling: float | None, image_name: str,
         table, info = atomfinder.detect(image, model=model, sampling=sampling, threshold=threshold,
                                         focal_series=focal_series, augment=augment)
     sampling_A = float(info["sampling_A"])
-    layers = atom_layers(table, info["class_names"], sampling_A, image_name)
+    layers = atom_layers(table, info["class_names"], sampling_A, image_name, placement)
     counts = ", ".join(f"{(table['label'] == c).sum()} {c}" for c in info["class_names"])
     frames = f" in {table['frame'].nunique()} frames" if "frame" in table.columns else ""
     message = f"{image_name}: {len(table)} atoms{frames} ({counts}) at {sampling_A:.4g} Å/px"
@@ -384,8 +387,8 @@ def _detect_job(image: Any, model: str, sampling: float | None, image_name: str,
 
 
 def _track_job(image: Any, model: str, sampling: float | None, image_name: str, sampling_A: float,
-               out_dir: str | None, threshold: float, progress: Any,
-               augment: bool | None = None) -> tuple[list[LayerData], str, list[str], float]:
+               out_dir: str | None, threshold: float, progress: Any, augment: bool | None = None,
+               placement: dict[str, np.ndarray] | None = None) -> tuple[list[LayerData], str, list[str], float]:
     """Track a time series (in the worker thread) and make the site layers."""
     import tempfile
 
@@ -394,4 +397,4 @@ def _track_job(image: Any, model: str, sampling: float | None, image_name: str, 
     n_frames = len(result.drift_px)
     message = (f"{image_name}: {len(result.sites)} sites in {n_frames} frames; "
                f"sites.csv, presence.csv, events.csv, drift.csv in {Path(folder).name}/")
-    return site_layers(result, image_name), message, [], result.sampling_A
+    return site_layers(result, image_name, placement), message, [], result.sampling_A
