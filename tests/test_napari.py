@@ -320,8 +320,19 @@ def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot,
     widget.series.value = FOCAL_SERIES
     _run(widget, qtbot)
     assert "not a focal series" in widget.last_error and "\n" not in widget.last_error
+    assert "(frames: focal series)" in widget.last_error and "focal_series=True" not in widget.last_error
     assert widget.status.value.startswith("error:") and widget.run_button.enabled
     assert not [layer for layer in viewer.layers if layer.name.startswith("atoms: ")]
+
+
+def test_a_stack_for_a_focal_series_model_names_the_frames_setting(viewer, qtbot, stack_tif):
+    from atomfinder.napari._widget import SINGLE
+
+    viewer.open(stack_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.model.value, widget.series.value, widget.sampling.value = "mos2-focal", SINGLE, SAMPLING_A
+    _run(widget, qtbot)
+    assert widget.last_error.endswith("without frames: focal series") and "focal_series" not in widget.last_error
 
 
 def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tmp_path,

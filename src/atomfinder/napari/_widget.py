@@ -36,6 +36,8 @@ SINGLE = "image (each frame on its own)"
 TIME_SERIES = "time series (track)"
 FOCAL_SERIES = "focal series"
 SERIES_MODES = (SINGLE, TIME_SERIES, FOCAL_SERIES)
+#: How the widget's user says "focal series" in atomfinder's messages (the frames setting).
+FOCAL_FLAG = f"frames: {FOCAL_SERIES}"
 
 
 class _ProgressRelay(QObject):
@@ -370,14 +372,17 @@ def _ask_csv_path() -> str:
 def _detect_job(image: Any, model: str, sampling: float | None, image_name: str, threshold: float,
                 focal_series: bool, augment: bool | None = None,
                 placement: dict[str, np.ndarray] | None = None) -> tuple[list[LayerData], str, list[str], float]:
-    """Run :func:`atomfinder.detect` (in the worker thread) and make the atom layers."""
-    import atomfinder
+    """Run :func:`atomfinder.detect` (in the worker thread) and make the atom layers.
+
+    Its messages name the frames setting (:data:`FOCAL_FLAG`) where the API's say ``focal_series=True``.
+    """
+    from atomfinder.detection.micrograph import detect_with_flag
     from atomfinder.detection.validity import ValidityWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ValidityWarning)  # shown one line each from the validity record
-        table, info = atomfinder.detect(image, model=model, sampling=sampling, threshold=threshold,
-                                        focal_series=focal_series, augment=augment)
+        table, info = detect_with_flag(image, model=model, sampling=sampling, threshold=threshold,
+                                       focal_series=focal_series, augment=augment, focal_flag=FOCAL_FLAG)
     sampling_A = float(info["sampling_A"])
     layers = atom_layers(table, info["class_names"], sampling_A, image_name, placement)
     counts = ", ".join(f"{(table['label'] == c).sum()} {c}" for c in info["class_names"])
