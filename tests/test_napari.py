@@ -311,6 +311,20 @@ def test_site_layers_lie_on_a_moved_stack():
         np.testing.assert_allclose(layer.data_to_world(row), stack.data_to_world(row), atol=1e-9)
 
 
+def test_a_renamed_image_stays_chosen_under_its_new_name(viewer, crop_tif):
+    image = viewer.open(crop_tif, plugin="atomfinder")[0]
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    widget = _widget(viewer)
+    widget.image.value = image.name
+    widget.sampling.value = SAMPLING_A  # typed: kept through the rename
+    image.name = "renamed"
+    assert "renamed" in widget.image.choices
+    assert widget.image.value == "renamed" and widget.image_layer() is image
+    assert widget.sampling.value == pytest.approx(SAMPLING_A)
+    viewer.layers["other"].name = "other2"  # renaming another image changes nothing chosen
+    assert widget.image.choices == ("renamed", "other2") and widget.image.value == "renamed"
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 

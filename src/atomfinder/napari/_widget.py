@@ -152,6 +152,7 @@ class DetectionWidget(Container):
         self.last_error = ""
         self.worker: Any = None
         self._target: Any = None  # the image layer of the running (or last) detection
+        self._chosen: Any = None  # the image layer whose pixel size the box shows
         self.image = ComboBox(label="image", choices=self._image_names)
         models = list_models()
         self.model = ComboBox(label="model", choices=models,
@@ -180,6 +181,7 @@ class DetectionWidget(Container):
         self.save_button.changed.connect(self.save)
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
+        self.viewer.layers.events.renamed.connect(self._layers_changed)
         self._model_changed()
         self._image_changed()
 
@@ -192,13 +194,20 @@ class DetectionWidget(Container):
         return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _layers_changed(self, *_: Any) -> None:
-        self.image.reset_choices()
+        """Refresh the image choices (a layer added, removed or renamed); the chosen image stays chosen."""
+        chosen = self._chosen
+        with self.image.changed.blocked():
+            self.image.reset_choices()
+            if chosen is not None and any(layer is chosen for layer in self.viewer.layers):
+                self.image.value = chosen.name  # under its new name after a rename
+        self._image_changed()
 
     def _image_changed(self, *_: Any) -> None:
-        """Show the chosen image's pixel size (0: unknown, to be typed in)."""
+        """Show the chosen image's pixel size (0: unknown, to be typed in) when another image is chosen."""
         layer = self.image_layer()
-        if layer is not None:
+        if layer is not None and layer is not self._chosen:
             self.sampling.value = layer_sampling_A(layer) or 0.0
+        self._chosen = layer
 
     def model_name(self) -> str:
         """The model to use: the model file when one is given, else the shipped model chosen."""
