@@ -175,6 +175,18 @@ def test_a_layer_is_detected_from_its_file_only_while_its_data_are_unchanged(qap
     np.testing.assert_array_equal(detection_input(layer, SAMPLING_A)[0], 0.0)
 
 
+def test_a_multiscale_layer_is_detected_at_full_resolution(qapp):
+    from napari.components import ViewerModel
+
+    from atomfinder.napari._widget import detection_input
+
+    full = np.arange(64 * 48, dtype=np.float64).reshape(64, 48)
+    layer = ViewerModel().add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
+    image, sampling = detection_input(layer, SAMPLING_A)
+    assert image.dtype == np.float32 and sampling == SAMPLING_A
+    np.testing.assert_array_equal(image, full)
+
+
 # ------------------------------------------------------------------ points <-> table
 
 

@@ -86,20 +86,27 @@ def file_of(layer: Any) -> str | None:
     return path if data_checksum(layer.data) == meta["checksum"] else None
 
 
+def layer_pixels(layer: Any) -> np.ndarray:
+    """The pixels of an image layer as float32: its data, or the full-resolution level (``data[0]``) of a multiscale one."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.asarray(data, dtype=np.float32)
+
+
 def detection_input(layer: Any, sampling_A: float) -> tuple[Any, float | None]:
     """What to give :func:`atomfinder.detect` for an image layer: ``(image, sampling_A or None)``.
 
     A layer opened by atomfinder's reader whose data are unchanged is detected from
     its file (the provenance names it; the file's pixel size is used unless the
     widget's differs); any other layer (or one whose data changed) from the array
-    it shows, with the widget's pixel size.
+    it shows (the full-resolution level of a multiscale layer), with the widget's
+    pixel size.
     """
     meta = layer.metadata.get(METADATA_KEY, {})
     path = file_of(layer)
     if path is not None:
         same = meta.get("sampling_A") is not None and np.isclose(meta["sampling_A"], sampling_A, rtol=1e-6)
         return path, None if same else sampling_A
-    return np.asarray(layer.data, dtype=np.float32), sampling_A
+    return layer_pixels(layer), sampling_A
 
 
 def image_id(layer: Any) -> str:
