@@ -337,6 +337,34 @@ def test_a_renamed_image_stays_chosen_under_its_new_name(viewer, crop_tif):
     assert widget.image.choices == ("renamed", "other2") and widget.image.value == "renamed"
 
 
+def test_the_pixel_size_box_keeps_an_exact_calibration_and_shows_an_override(viewer, qtbot, crop_tif):
+    from atomfinder.napari._widget import detection_input
+
+    exact = 0.1034567  # Å/px: the box shows 0.1035
+    data = tifffile.imread(crop_tif)[:128, :128]
+    image = viewer.add_image(data, name="in_nm", scale=(exact / 10, exact / 10), units="nm")
+    widget = _widget(viewer)
+    assert widget.sampling.value == pytest.approx(0.1035, abs=1e-9)  # nm converted to Å, shown to 4 decimals
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    np.testing.assert_allclose(image.scale, [exact, exact], rtol=1e-12)  # the exact value was used
+
+    widget.sampling.value = 0.1  # an override: used, and shown again after switching images
+    _run(widget, qtbot)
+    np.testing.assert_allclose(image.scale, [0.1, 0.1])
+    viewer.add_image(data, name="other")
+    widget.image.value = "other"
+    widget.image.value = "in_nm"
+    assert widget.sampling.value == pytest.approx(image.scale[-1])
+
+    read = viewer.open(crop_tif, plugin="atomfinder")[0]  # as if the file said 0.1034567 Å/px
+    read.metadata["atomfinder"]["sampling_A"] = exact
+    read.scale, read.units = (exact, exact), ("angstrom", "angstrom")
+    widget.image.value = read.name
+    image_in, sampling = detection_input(read, widget.sampling_A(read))
+    assert Path(image_in) == crop_tif and sampling is None  # the file's calibration, not an override of 0.1035
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 

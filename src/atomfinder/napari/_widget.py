@@ -52,15 +52,46 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, ValueError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
-def layer_sampling_A(layer: Any) -> float | None:
-    """Pixel size (Å/px) of an image layer: what atomfinder's reader found, else an Å scale, else None."""
-    meta = layer.metadata.get(METADATA_KEY, {})
-    if meta.get("sampling_A"):
-        return float(meta["sampling_A"])
+def scale_sampling_A(layer: Any) -> float | None:
+    """Pixel size (Å/px) of a layer's scale when its last axis is in a length unit (Å, nm, pm, µm, ...), else None."""
+    from atomfinder.detection.io import unit_to_angstrom
+
     units = [str(u) for u in getattr(layer, "units", ())]
-    if units and units[-1] in ("angstrom", "Å"):
-        return float(layer.scale[-1])
-    return None
+    try:
+        factor = unit_to_angstrom(units[-1]) if units else None
+    except ValueError:  # a reciprocal unit: not a real-space image
+        return None
+    return float(layer.scale[-1]) * factor if factor else None
+
+
+def layer_sampling_A(layer: Any) -> float | None:
+    """Pixel size (Å/px) of an image layer: its scale in a length unit (converted to Å), else what
+    atomfinder's reader found, else None.
+
+    The scale comes first: after a run with another pixel size it is the one used, which the box then shows.
+    """
+    sampling = scale_sampling_A(layer)
+    if sampling:
+        return sampling
+    meta = layer.metadata.get(METADATA_KEY, {})
+    return float(meta["sampling_A"]) if meta.get("sampling_A") else None
+
+
+def shown_sampling_A(typed: float, layer: Any, step: float) -> float:
+    """The pixel size a box showing ``typed`` (to ``step``) means: the layer's exact one when it rounds to it.
+
+    The box shows a few decimals, so a file's 0.1034567 Å/px shows as 0.1035; that is
+    not the user's override. The layer's pixel size (:func:`layer_sampling_A`) or
+    the file's (reader metadata) is returned when it is within half a step of
+    ``typed``, else ``typed``.
+    """
+    if not typed > 0:
+        return typed
+    meta = layer.metadata.get(METADATA_KEY, {})
+    for exact in (layer_sampling_A(layer), meta.get("sampling_A")):
+        if exact and abs(float(exact) - typed) <= 0.5 * step * (1 + 1e-9):
+            return float(exact)
+    return typed
 
 
 def card_settings(model: str) -> tuple[float, bool]:
@@ -216,6 +247,10 @@ class DetectionWidget(Container):
             self.sampling.value = layer_sampling_A(layer) or 0.0
         self._chosen = layer
 
+    def sampling_A(self, layer: Any) -> float:
+        """The pixel size (Å/px) the box gives for ``layer``: its exact calibration when the box shows it rounded."""
+        return shown_sampling_A(float(self.sampling.value), layer, float(self.sampling.step))
+
     def model_name(self) -> str:
         """The model to use: the model file when one is given, else the shipped model chosen."""
         return os.fspath(self.model_file.value) if self.model_file.value else str(self.model.value)
@@ -265,7 +300,7 @@ class DetectionWidget(Container):
         if layer is None:
             self.report_error("no image layer: open a micrograph first")
             return
-        sampling_A = float(self.sampling.value)
+        sampling_A = self.sampling_A(layer)
         if not sampling_A > 0:
             self.report_error(f"{layer.name}: no pixel size; type the pixel size in Å/px")
             return
