@@ -365,6 +365,19 @@ def test_the_pixel_size_box_keeps_an_exact_calibration_and_shows_an_override(vie
     assert Path(image_in) == crop_tif and sampling is None  # the file's calibration, not an override of 0.1035
 
 
+def test_a_good_model_clears_the_error_of_a_bad_model_file(viewer, tmp_path):
+    lonely = tmp_path / "lonely.json"
+    lonely.write_text("{}")  # a card without its weights
+    widget = _widget(viewer)
+    widget.model_file.value = lonely
+    assert "lonely.safetensors is missing" in widget.last_error and widget.status.value.startswith("error:")
+    widget.model_file.value = None  # back to the shipped model chosen
+    assert widget.last_error == "" and widget.status.value == ""
+    widget.model_file.value = lonely
+    widget.model.value = "gold"  # the file still replaces the shipped model: its error stays
+    assert "lonely.safetensors is missing" in widget.last_error
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 

@@ -191,6 +191,7 @@ class DetectionWidget(Container):
         self.worker: Any = None
         self._target: Any = None  # the image layer of the running (or last) detection
         self._chosen: Any = None  # the image layer whose pixel size the box shows
+        self._model_error = ""  # the error of the model last chosen, while it is shown
         self.image = ComboBox(label="image", choices=self._image_names)
         models = list_models()
         self.model = ComboBox(label="model", choices=models,
@@ -256,11 +257,16 @@ class DetectionWidget(Container):
         return os.fspath(self.model_file.value) if self.model_file.value else str(self.model.value)
 
     def _model_changed(self, *_: Any) -> None:
-        """Show the model card's threshold and test-time augmentation."""
+        """Show the model card's threshold and test-time augmentation (a good model clears an earlier model's error)."""
         try:
             self.threshold.value, self.augment.value = card_settings(self.model_name())
         except ValueError as exc:
             self.report_error(one_line(exc))
+            self._model_error = self.last_error
+            return
+        if self._model_error and self.last_error == self._model_error:
+            self.last_error, self.status.value = "", ""
+        self._model_error = ""
 
     def image_layer(self) -> Any:
         """The chosen image layer, or None."""
