@@ -378,6 +378,19 @@ def test_a_good_model_clears_the_error_of_a_bad_model_file(viewer, tmp_path):
     assert "lonely.safetensors is missing" in widget.last_error
 
 
+def test_the_writer_refuses_site_layers(tmp_path):
+    from atomfinder.napari._series import SeriesResult, site_layers
+    from atomfinder.napari._writer import write_atom_table
+
+    result = SeriesResult(sites=pd.DataFrame({"site": [0], "x": [4.0], "y": [6.0], "label": ["C"]}),
+                          presence=pd.DataFrame({"frame": [0], "site": [0], "present": [True], "probability": [0.9]}),
+                          drift_px=np.zeros((1, 2)), sampling_A=0.5, class_names=("C",),
+                          written={"sites.csv": tmp_path / "sites.csv"})
+    with pytest.raises(ValueError, match=r"^'sites: C \[stack\]' holds the sites of a tracked time series") as err:
+        write_atom_table(str(tmp_path / "out.csv"), site_layers(result, "stack"))
+    assert "\n" not in str(err.value) and not (tmp_path / "out.csv").exists()
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 
