@@ -440,6 +440,29 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     _screenshot(viewer, screenshot_dir / "napari-time-series.png")
 
 
+def test_a_time_series_rerun_does_not_overwrite_an_earlier_run(viewer, qtbot, stack_tif, tmp_path):
+    from atomfinder.napari._widget import TIME_SERIES
+
+    viewer.open(stack_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.sampling.value, widget.series.value = SAMPLING_A, TIME_SERIES
+    earlier = tmp_path / "track"
+    earlier.mkdir()
+    (earlier / "sites.csv").write_text("an earlier run's\n")
+    widget.track_dir.value = earlier
+    _run(widget, qtbot)  # refused before anything runs
+    assert widget.last_error == f"{earlier}: already holds sites.csv from an earlier run; choose another track " \
+                                "output folder, or clear it for a new temporary folder"
+    assert (earlier / "sites.csv").read_text() == "an earlier run's\n"
+
+    widget.track_dir.value = None  # a new temporary folder, shown in the field afterwards
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    shown = Path(widget.track_dir.value)
+    assert (shown / "sites.csv").is_file() and shown.parent != tmp_path
+    assert widget.track_folder() is None  # a rerun makes another temporary folder instead of replacing this one
+
+
 def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, crop_tif):
     import atomfinder
 

@@ -100,6 +100,28 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
                         class_names=tuple(series.card.class_names), written=dict(written))
 
 
+def earlier_run_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The files of an earlier run of the tracker in ``folder`` (names in :data:`TRACK_OUTPUTS` order)."""
+    from atomfinder.analysis.timeseries import TRACK_OUTPUTS
+
+    return [name for name in TRACK_OUTPUTS if (Path(folder) / name).exists()]
+
+
+def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
+    """Refuse a track output folder that holds an earlier run's files (as ``atomfinder track`` without --overwrite).
+
+    Raises
+    ------
+    ValueError
+        Naming the folder and the files found (one line).
+    """
+    found = earlier_run_files(folder)
+    if found:
+        more = f" and {len(found) - shown} more" if len(found) > shown else ""
+        raise ValueError(f"{os.fspath(folder)}: already holds {', '.join(found[:shown])}{more} from an earlier run; "
+                         "choose another track output folder, or clear it for a new temporary folder")
+
+
 def site_layers(result: SeriesResult, image_name: str,
                 placement: dict[str, np.ndarray] | None = None) -> list[LayerData]:
     """The present sites of every frame as one Points layer ``(frame, y, x)`` per class.

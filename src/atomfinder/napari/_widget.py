@@ -25,7 +25,7 @@ from qtpy.QtCore import QObject, Signal
 
 from atomfinder.napari._points import atom_layers, clear_added_features, image_placement
 from atomfinder.napari._reader import METADATA_KEY, LayerData, data_checksum
-from atomfinder.napari._series import site_layers, track_series
+from atomfinder.napari._series import refuse_earlier_run, site_layers, track_series
 from atomfinder.napari._writer import save_atom_table
 
 if TYPE_CHECKING:
@@ -192,6 +192,7 @@ class DetectionWidget(Container):
         self._target: Any = None  # the image layer of the running (or last) detection
         self._chosen: Any = None  # the image layer whose pixel size the box shows
         self._model_error = ""  # the error of the model last chosen, while it is shown
+        self._temporary_track_dir = ""  # the temporary folder of the last time series, shown in track output
         self.image = ComboBox(label="image", choices=self._image_names)
         models = list_models()
         self.model = ComboBox(label="model", choices=models,
@@ -310,8 +311,15 @@ class DetectionWidget(Container):
         if not sampling_A > 0:
             self.report_error(f"{layer.name}: no pixel size; type the pixel size in Å/px")
             return
+        out_dir = self.track_folder()
+        try:
+            if self.series.value == TIME_SERIES and out_dir:
+                refuse_earlier_run(out_dir)
+        except ValueError as exc:
+            self.report_error(one_line(exc))
+            return
         image, sampling = detection_input(layer, sampling_A)
-        job = self._job(image, sampling, layer.name, sampling_A, image_placement(layer))
+        job = self._job(image, sampling, layer.name, sampling_A, image_placement(layer), out_dir)
         self._target = layer
         self.last_error = ""
         self.running = True
@@ -322,12 +330,17 @@ class DetectionWidget(Container):
         self.worker = create_worker(job, _connect={"returned": self._show_result, "errored": self._failed,
                                                    "finished": self._finished})
 
+    def track_folder(self) -> str | None:
+        """The time series' output folder: the one given, or None for a new temporary folder (also when the
+        field shows the temporary folder of the last run)."""
+        folder = os.fspath(self.track_dir.value) if self.track_dir.value else None
+        return None if folder is None or folder == self._temporary_track_dir else folder
+
     def _job(self, image: Any, sampling: float | None, image_name: str, sampling_A: float,
-             placement: dict[str, np.ndarray]):
+             placement: dict[str, np.ndarray], out_dir: str | None):
         """The function the worker runs: returns ``(layers, message, warnings, sampling_A)``."""
         model, threshold, mode = self.model_name(), float(self.threshold.value), self.series.value
         augment = bool(self.augment.value)
-        out_dir = os.fspath(self.track_dir.value) if self.track_dir.value else None
         relay = self._relay
 
         def job() -> tuple[list[LayerData], str, list[str], float]:
@@ -357,15 +370,20 @@ class DetectionWidget(Container):
             if kwargs["metadata"][METADATA_KEY]["kind"] == "atoms":
                 new.events.data.connect(clear_added_features)
             self.viewer.layers.append(new)
-        out_dirs = [kw["metadata"][METADATA_KEY].get("out_dir") for _, kw, _ in layers]
-        if out_dirs and out_dirs[0] and not self.track_dir.value:
-            self.track_dir.value = out_dirs[0]  # show where the temporary folder of a time series is
+        self._show_temporary_folder(layers)
         _scale_bar(self.viewer).visible = True  # in Å: the layers' unit
         self.report(message)
         for line in warning_lines:
             from napari.utils.notifications import show_warning
 
             show_warning(line)
+
+    def _show_temporary_folder(self, layers: list[LayerData]) -> None:
+        """Show in "track output" the new temporary folder of a time series run without a folder of its own."""
+        out_dirs = [kw["metadata"][METADATA_KEY].get("out_dir") for _, kw, _ in layers]
+        if out_dirs and out_dirs[0] and self.track_folder() is None:
+            self._temporary_track_dir = os.fspath(out_dirs[0])
+            self.track_dir.value = out_dirs[0]
 
     def _remove_layers_of(self, image: Any, kinds: tuple[str, ...]) -> None:
         """Remove the Points layers of ``kinds`` made from ``image`` (a rerun replaces them; other images' stay)."""
