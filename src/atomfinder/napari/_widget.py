@@ -53,7 +53,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def scale_sampling_A(layer: Any) -> float | None:
-    """Pixel size (Å/px) of a layer's scale when its last axis is in a length unit (Å, nm, pm, µm, ...), else None."""
+    """Pixel size (Å/px) of a layer's scale when its last axis is in a length unit (Å, nm, pm, µm), else None."""
     from atomfinder.detection.io import unit_to_angstrom
 
     units = [str(u) for u in getattr(layer, "units", ())]
@@ -118,7 +118,7 @@ def file_of(layer: Any) -> str | None:
 
 
 def layer_pixels(layer: Any) -> np.ndarray:
-    """The pixels of an image layer as float32: its data, or the full-resolution level (``data[0]``) of a multiscale one."""
+    """The pixels of an image layer as float32: its data, or a multiscale layer's full resolution (``data[0]``)."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return np.asarray(data, dtype=np.float32)
 
