@@ -89,6 +89,12 @@ def test_overlay_plot_by_class_has_no_title_a_scale_bar_and_counts():
     assert overlay_plot(_image(), _table(), ("C", "N"), SAMPLING, title="Fig. 2a").axes[0].get_title() == "Fig. 2a"
 
 
+def test_figures_show_as_png_when_a_jupyter_cell_returns_them():
+    """IPython calls _repr_png_ when no figure formatter is registered (a fresh kernel: no pyplot figure yet)."""
+    fig = overlay_plot(_image(), _table(), ("C", "N"), SAMPLING)
+    assert isinstance(fig, Figure) and fig._repr_png_().startswith(PNG)
+
+
 @pytest.mark.parametrize("colour_by, calibrated, label", [
     ("confidence", True, "confidence"),
     ("confidence", False, "probability (model not calibrated)"),

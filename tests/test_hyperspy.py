@@ -17,6 +17,7 @@ hs = pytest.importorskip("hyperspy.api")
 
 import atomfinder  # noqa: E402
 from atomfinder.detection.io import MicrographError  # noqa: E402
+from atomfinder.detection.micrograph import InputNote  # noqa: E402
 from atomfinder.detection.signals import marker_positions, signal_sampling_A  # noqa: E402
 from atomfinder.detection.validity import ValidityWarning  # noqa: E402
 
@@ -154,7 +155,8 @@ def test_signals_that_are_not_calibrated_images_are_refused(model, graphene_sign
     data = np.asarray(graphene_signal.data)
     _refusal(model, hs.signals.Signal2D(data), r"^<signal>: no pixel size in the signal's axes \(x axis: scale 1 "
              r"without a length unit\); give it with sampling=")
-    _refusal(model, hs.signals.Signal1D(data), "a Signal1D with 1 signal dimension; expected an image signal")
+    _refusal(model, hs.signals.Signal1D(data), r"a Signal1D with 1 signal dimension; expected an image signal "
+             r"\(two signal axes, e.g. a HyperSpy Signal2D; s\.as_signal2D\(\(0, 1\)\) converts others\)$")
     _refusal(model, _calibrate(hs.signals.Signal2D(data), 1.0, "1/nm"), "reciprocal unit '1/nm'")
     _refusal(model, _calibrate(hs.signals.Signal2D(data), -1.0, "nm"), r"no pixel size .*invalid scale -1 nm")
     uneven = _calibrate(hs.signals.Signal2D(data), 0.0108, "nm")
@@ -163,6 +165,23 @@ def test_signals_that_are_not_calibrated_images_are_refused(model, graphene_sign
     wide = _calibrate(hs.signals.Signal2D(data), 0.0108, "nm")
     wide.axes_manager.signal_axes[0].scale = 0.02
     _refusal(model, wide, "non-square pixels")
+
+
+def _rgb8(red, green, blue):
+    """An rgb8 signal (HyperSpy's colour image) of three uint8 channels, calibrated like the test signal."""
+    signal = hs.signals.Signal1D(np.stack([red, green, blue], axis=-1).astype(np.uint8))
+    signal.change_dtype("rgb8")
+    return _calibrate(signal, SAMPLING_A / 10, "nm")
+
+
+def test_rgb_signals_are_read_as_rgb_files_are(model, graphene_signal):
+    data = np.asarray(graphene_signal.data, dtype=np.float64)
+    grey = np.rint(255 * (data - data.min()) / np.ptp(data))
+    _refusal(model, _rgb8(grey, grey / 2, 255 - grey), r"^<signal>: a colour \(RGB\) image, not a micrograph "
+             r"\(a screenshot or an exported figure\?\); give the grey-level image the microscope recorded$")
+    with pytest.warns(InputNote, match="grey image stored as RGB"):
+        table, info = _detect_quietly(_rgb8(grey, grey, grey), model=model)
+    assert len(table) > 0 and info["sampling_A"] == pytest.approx(SAMPLING_A)
 
 
 # --------------------------------------------------------------------------- results as signals
@@ -193,6 +212,16 @@ def test_to_signal_has_calibrated_axes_and_a_marker_per_class(found, graphene_si
     assert copy.metadata.General.title == "graphene" and copy is not graphene_signal
     assert not graphene_signal.metadata.has_item("Markers")
     np.testing.assert_array_equal(copy.data, graphene_signal.data)
+
+
+def test_a_signal_of_another_shape_is_refused(found):
+    other = _calibrate(hs.signals.Signal2D(np.zeros((64, 64), np.float32)), SAMPLING_A / 10, "nm")
+    pattern = (r"^the signal's data have shape \(64, 64\), but the atoms were found in an image of shape "
+               r"\(128, 160\); give the signal the detection was made from$")
+    with pytest.raises(ValueError, match=pattern):
+        atomfinder.to_signal(found, signal=other)
+    with pytest.raises(ValueError, match=pattern):
+        found.probabilities_signal(signal=other)
 
 
 def test_markers_round_trip_to_table_positions(found):
@@ -270,6 +299,18 @@ def test_to_atomap_gives_a_sublattice_in_signal_pixels(found, graphene_signal):
     assert (own.name, own.pixel_size, own.units) == ("C", pytest.approx(SAMPLING_A), "Å")
     with pytest.raises(ValueError, match="no atoms labelled 'Mo'; the table has C"):
         atomfinder.to_atomap(found, graphene_signal, label="Mo")
+
+
+def test_to_atomap_refuses_a_frame_outside_the_stack():
+    pytest.importorskip("atomap.api")
+    import pandas as pd
+
+    table = pd.DataFrame({"frame": [0, 1, 2], "x": [10.0, 11.0, 12.0], "y": [20.0, 21.0, 22.0], "label": "C"})
+    stack = _calibrate(hs.signals.Signal2D(np.random.default_rng(0).random((3, 32, 32))), 0.0108, "nm")
+    for image in (stack, np.asarray(stack.data)):
+        with pytest.raises(ValueError, match=r"^frame 5 is not in the stack: it has 3 frames \(0 to 2\)$"):
+            atomfinder.to_atomap(table, image, frame=5)
+    assert len(atomfinder.to_atomap(table, stack, frame=2).atom_list) == 1
 
 
 def test_to_atomap_without_atomap_says_how_to_install(found, graphene_signal, monkeypatch):

@@ -152,6 +152,41 @@ def test_reader_without_calibration_keeps_pixels(crop_tif):
     assert kwargs["metadata"]["atomfinder"]["sampling_A"] is None
 
 
+def test_a_layer_is_detected_from_its_file_only_while_its_data_are_unchanged(qapp, crop_tif):
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from atomfinder.napari._widget import detection_input
+
+    viewer = ViewerModel()
+    layer = viewer.open(crop_tif, plugin="atomfinder")[0]
+    image, sampling = detection_input(layer, SAMPLING_A)
+    assert Path(image) == crop_tif and sampling == SAMPLING_A  # the file, with the typed pixel size
+    data, kwargs, kind = layer.as_layer_data_tuple()
+    copy = viewer.add_layer(Layer.create(data, kwargs | {"name": "copy"}, kind))
+    assert Path(detection_input(copy, SAMPLING_A)[0]) == crop_tif  # a duplicate with the same data: still the file
+    flipped = viewer.add_layer(Layer.create(np.ascontiguousarray(data[:, ::-1]), kwargs | {"name": "flipped"}, kind))
+    np.testing.assert_array_equal(detection_input(flipped, SAMPLING_A)[0], data[:, ::-1])  # the array shown
+    edited = data.copy()
+    edited[5, 5] += 1.0  # one pixel changed
+    layer.data = edited
+    assert isinstance(detection_input(layer, SAMPLING_A)[0], np.ndarray)
+    layer.data = np.zeros_like(data)  # replaced
+    np.testing.assert_array_equal(detection_input(layer, SAMPLING_A)[0], 0.0)
+
+
+def test_a_multiscale_layer_is_detected_at_full_resolution(qapp):
+    from napari.components import ViewerModel
+
+    from atomfinder.napari._widget import detection_input
+
+    full = np.arange(64 * 48, dtype=np.float64).reshape(64, 48)
+    layer = ViewerModel().add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
+    image, sampling = detection_input(layer, SAMPLING_A)
+    assert image.dtype == np.float32 and sampling == SAMPLING_A
+    np.testing.assert_array_equal(image, full)
+
+
 # ------------------------------------------------------------------ points <-> table
 
 
@@ -165,7 +200,7 @@ def test_atom_table_round_trip_through_points_layers():
     table["probability"] = rng.uniform(size=n)
     table["height"] = pd.array([1, 2, None, 3, 4, 5], dtype="Int64")
     layers = atom_layers(table, ("Au", "X"), 0.2, "img")
-    assert [kw["name"] for _, kw, _ in layers] == ["atoms: Au", "atoms: X"]
+    assert [kw["name"] for _, kw, _ in layers] == ["atoms: Au [img]", "atoms: X [img]"]
     back = atom_table(layers).sort_values(["frame", "x"], ignore_index=True)
     expected = table.sort_values(["frame", "x"], ignore_index=True)
     assert list(back.columns) == ["frame", *TABLE_COLUMNS]
@@ -189,7 +224,7 @@ def test_widget_finds_edits_and_saves_atoms(viewer, qtbot, crop_tif, tmp_path, s
     widget.threshold.value = 0.5
     _run(widget, qtbot)
     assert widget.last_error == ""
-    layer = viewer.layers["atoms: C"]
+    layer = viewer.layers["atoms: C [graphene_crop]"]
     assert isinstance(layer, Points) and len(layer.data) > 50
     assert list(layer.features.columns) == list(FEATURE_COLUMNS)
     assert np.all(layer.features["confidence"].between(0, 1))
@@ -226,6 +261,136 @@ def test_widget_finds_edits_and_saves_atoms(viewer, qtbot, crop_tif, tmp_path, s
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "writer.csv"), saved)
 
 
+def test_atoms_of_two_images_stay_apart_and_each_image_saves_its_own(viewer, qtbot, crop_tif, tmp_path):
+    first = viewer.open(crop_tif, plugin="atomfinder")[0]
+    viewer.add_image(np.ascontiguousarray(first.data[:160, :160]), name="other")
+    widget = _widget(viewer)
+    widget.image.value, widget.sampling.value = first.name, SAMPLING_A
+    _run(widget, qtbot)
+    mine = viewer.layers["atoms: C [graphene_crop]"]
+    mine.selected_data = {0}
+    mine.remove_selected()  # an edit that must survive the other image's run
+    n_mine = len(mine.data)
+
+    widget.image.value = "other"
+    widget.save_path.value = tmp_path / "other.csv"
+    widget.save_button.clicked.emit()  # no atoms found in "other" yet: refused, not the first image's atoms
+    assert widget.last_error.startswith("no atoms in other to save") and not (tmp_path / "other.csv").exists()
+    widget.sampling.value = SAMPLING_A
+    _run(widget, qtbot)
+    theirs = viewer.layers["atoms: C [other]"]
+    assert viewer.layers["atoms: C [graphene_crop]"] is mine and len(mine.data) == n_mine
+    assert theirs.metadata["atomfinder"]["image"] == "other"
+
+    widget.image.value = first.name
+    widget.save_path.value = tmp_path / "first.csv"
+    widget.save_button.clicked.emit()
+    assert len(pd.read_csv(tmp_path / "first.csv")) == n_mine
+    _run(widget, qtbot)  # a rerun replaces the first image's layers only
+    assert mine not in viewer.layers and theirs in viewer.layers
+    assert sorted(layer.name for layer in viewer.layers if layer.name.startswith("atoms: ")) == [
+        "atoms: C [graphene_crop]", "atoms: C [other]"]
+
+
+def test_points_lie_on_a_moved_and_turned_image(viewer, qtbot, crop_tif):
+    data = tifffile.imread(crop_tif)
+    image = viewer.add_image(data, name="moved", scale=(SAMPLING_A, SAMPLING_A), units="angstrom",
+                             translate=(10.0, 20.0), rotate=30.0, shear=[0.1])
+    widget = _widget(viewer)
+    assert widget.sampling.value == pytest.approx(SAMPLING_A)
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    points = viewer.layers["atoms: C [moved]"]
+    for row in points.data[:5]:
+        np.testing.assert_allclose(points.data_to_world(row), image.data_to_world(row), atol=1e-9)
+
+
+def test_site_layers_lie_on_a_moved_stack():
+    from napari.layers import Image, Layer
+
+    from atomfinder.napari._points import image_placement
+    from atomfinder.napari._series import SeriesResult, site_layers
+
+    stack = Image(np.zeros((2, 32, 32), np.float32), scale=(1.0, 0.5, 0.5), translate=(0.0, -3.0, 7.0), rotate=15.0)
+    result = SeriesResult(sites=pd.DataFrame({"site": [0], "x": [4.0], "y": [6.0], "label": ["C"]}),
+                          presence=pd.DataFrame({"frame": [0, 1], "site": [0, 0], "present": [True, True],
+                                                 "probability": [0.9, 0.8]}),
+                          drift_px=np.array([[0.0, 0.0], [1.0, 2.0]]), sampling_A=0.5, class_names=("C",),
+                          written={"sites.csv": Path("track/sites.csv")})
+    layer = Layer.create(*site_layers(result, "stack", image_placement(stack))[0])
+    np.testing.assert_allclose(layer.translate, stack.translate)
+    for row in layer.data:
+        np.testing.assert_allclose(layer.data_to_world(row), stack.data_to_world(row), atol=1e-9)
+
+
+def test_a_renamed_image_stays_chosen_under_its_new_name(viewer, crop_tif):
+    image = viewer.open(crop_tif, plugin="atomfinder")[0]
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    widget = _widget(viewer)
+    widget.image.value = image.name
+    widget.sampling.value = SAMPLING_A  # typed: kept through the rename
+    image.name = "renamed"
+    assert "renamed" in widget.image.choices
+    assert widget.image.value == "renamed" and widget.image_layer() is image
+    assert widget.sampling.value == pytest.approx(SAMPLING_A)
+    viewer.layers["other"].name = "other2"  # renaming another image changes nothing chosen
+    assert widget.image.choices == ("renamed", "other2") and widget.image.value == "renamed"
+
+
+def test_the_pixel_size_box_keeps_an_exact_calibration_and_shows_an_override(viewer, qtbot, crop_tif):
+    from atomfinder.napari._widget import detection_input
+
+    exact = 0.1034567  # Å/px: the box shows 0.1035
+    data = tifffile.imread(crop_tif)[:128, :128]
+    image = viewer.add_image(data, name="in_nm", scale=(exact / 10, exact / 10), units="nm")
+    widget = _widget(viewer)
+    assert widget.sampling.value == pytest.approx(0.1035, abs=1e-9)  # nm converted to Å, shown to 4 decimals
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    np.testing.assert_allclose(image.scale, [exact, exact], rtol=1e-12)  # the exact value was used
+
+    widget.sampling.value = 0.1  # an override: used, and shown again after switching images
+    _run(widget, qtbot)
+    np.testing.assert_allclose(image.scale, [0.1, 0.1])
+    viewer.add_image(data, name="other")
+    widget.image.value = "other"
+    widget.image.value = "in_nm"
+    assert widget.sampling.value == pytest.approx(image.scale[-1])
+
+    read = viewer.open(crop_tif, plugin="atomfinder")[0]  # as if the file said 0.1034567 Å/px
+    read.metadata["atomfinder"]["sampling_A"] = exact
+    read.scale, read.units = (exact, exact), ("angstrom", "angstrom")
+    widget.image.value = read.name
+    image_in, sampling = detection_input(read, widget.sampling_A(read))
+    assert Path(image_in) == crop_tif and sampling is None  # the file's calibration, not an override of 0.1035
+
+
+def test_a_good_model_clears_the_error_of_a_bad_model_file(viewer, tmp_path):
+    lonely = tmp_path / "lonely.json"
+    lonely.write_text("{}")  # a card without its weights
+    widget = _widget(viewer)
+    widget.model_file.value = lonely
+    assert "lonely.safetensors is missing" in widget.last_error and widget.status.value.startswith("error:")
+    widget.model_file.value = None  # back to the shipped model chosen
+    assert widget.last_error == "" and widget.status.value == ""
+    widget.model_file.value = lonely
+    widget.model.value = "gold"  # the file still replaces the shipped model: its error stays
+    assert "lonely.safetensors is missing" in widget.last_error
+
+
+def test_the_writer_refuses_site_layers(tmp_path):
+    from atomfinder.napari._series import SeriesResult, site_layers
+    from atomfinder.napari._writer import write_atom_table
+
+    result = SeriesResult(sites=pd.DataFrame({"site": [0], "x": [4.0], "y": [6.0], "label": ["C"]}),
+                          presence=pd.DataFrame({"frame": [0], "site": [0], "present": [True], "probability": [0.9]}),
+                          drift_px=np.zeros((1, 2)), sampling_A=0.5, class_names=("C",),
+                          written={"sites.csv": tmp_path / "sites.csv"})
+    with pytest.raises(ValueError, match=r"^'sites: C \[stack\]' holds the sites of a tracked time series") as err:
+        write_atom_table(str(tmp_path / "out.csv"), site_layers(result, "stack"))
+    assert "\n" not in str(err.value) and not (tmp_path / "out.csv").exists()
+
+
 def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot, crop_tif):
     from atomfinder.napari._widget import FOCAL_SERIES
 
@@ -235,8 +400,19 @@ def test_focal_series_with_a_single_image_model_is_one_line_error(viewer, qtbot,
     widget.series.value = FOCAL_SERIES
     _run(widget, qtbot)
     assert "not a focal series" in widget.last_error and "\n" not in widget.last_error
+    assert "(frames: focal series)" in widget.last_error and "focal_series=True" not in widget.last_error
     assert widget.status.value.startswith("error:") and widget.run_button.enabled
     assert not [layer for layer in viewer.layers if layer.name.startswith("atoms: ")]
+
+
+def test_a_stack_for_a_focal_series_model_names_the_frames_setting(viewer, qtbot, stack_tif):
+    from atomfinder.napari._widget import SINGLE
+
+    viewer.open(stack_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.model.value, widget.series.value, widget.sampling.value = "mos2-focal", SINGLE, SAMPLING_A
+    _run(widget, qtbot)
+    assert widget.last_error.endswith("without frames: focal series") and "focal_series" not in widget.last_error
 
 
 def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tmp_path,
@@ -252,7 +428,7 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     widget.track_dir.value = tmp_path / "track"
     _run(widget, qtbot)
     assert widget.last_error == ""
-    sites = viewer.layers["sites: C"]
+    sites = viewer.layers["sites: C [graphene_series]"]
     assert sites.data.shape[1] == 3 and set(np.unique(sites.data[:, 0])) == {0.0, 1.0, 2.0}
     np.testing.assert_allclose(sites.scale, [1.0, SAMPLING_A, SAMPLING_A])
     assert widget.progress.value == widget.progress.max == 3
@@ -262,6 +438,29 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     np.testing.assert_allclose(drift[["dx", "dy"]].to_numpy()[2], [-2.0, -2.0], atol=0.3)
     viewer.dims.set_current_step(0, 2)
     _screenshot(viewer, screenshot_dir / "napari-time-series.png")
+
+
+def test_a_time_series_rerun_does_not_overwrite_an_earlier_run(viewer, qtbot, stack_tif, tmp_path):
+    from atomfinder.napari._widget import TIME_SERIES
+
+    viewer.open(stack_tif, plugin="atomfinder")
+    widget = _widget(viewer)
+    widget.sampling.value, widget.series.value = SAMPLING_A, TIME_SERIES
+    earlier = tmp_path / "track"
+    earlier.mkdir()
+    (earlier / "sites.csv").write_text("an earlier run's\n")
+    widget.track_dir.value = earlier
+    _run(widget, qtbot)  # refused before anything runs
+    assert widget.last_error == f"{earlier}: already holds sites.csv from an earlier run; choose another track " \
+                                "output folder, or clear it for a new temporary folder"
+    assert (earlier / "sites.csv").read_text() == "an earlier run's\n"
+
+    widget.track_dir.value = None  # a new temporary folder, shown in the field afterwards
+    _run(widget, qtbot)
+    assert widget.last_error == ""
+    shown = Path(widget.track_dir.value)
+    assert (shown / "sites.csv").is_file() and shown.parent != tmp_path
+    assert widget.track_folder() is None  # a rerun makes another temporary folder instead of replacing this one
 
 
 def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, crop_tif):
@@ -278,7 +477,7 @@ def test_augment_switch_follows_the_card_and_reaches_detection(viewer, qtbot, cr
     widget.augment.value = True
     _run(widget, qtbot)
     assert widget.last_error == ""
-    found = viewer.layers["atoms: C"].data[:, ::-1]  # (row, col) -> (x, y) in pixels
+    found = viewer.layers["atoms: C [graphene_crop]"].data[:, ::-1]  # (row, col) -> (x, y) in pixels
     image = tifffile.imread(crop_tif)
     table_on, info_on = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=True)
     table_off, _ = atomfinder.detect(image, model="graphene", sampling=SAMPLING_A, augment=False)

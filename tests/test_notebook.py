@@ -62,4 +62,7 @@ def test_example_notebook_runs(tmp_path):
     html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
             if "text/html" in o.get("data", {})]
     assert any("atoms found" in h and "Å/px" in h for h in html)  # the result's _repr_html_
+    plots = [c for c in nb.cells if c.cell_type == "code" and "result.plot(" in c.source]
+    assert plots and all(any("image/png" in o.get("data", {}) for o in c.outputs) for c in plots), \
+        "the figure of result.plot() is not shown"  # a fresh kernel: no pyplot figure made before it
     assert NOTEBOOK.read_bytes() == stored  # executing did not write the file

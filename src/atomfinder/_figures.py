@@ -6,6 +6,7 @@ Used by detection (overlays), analysis (previews, time series) and the CLI.
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from atomfinder._files import atomic_write  # noqa: E402
 __all__ = [
     "CLASS_COLOURS",
     "FIGURE_FORMATS",
+    "NotebookFigure",
     "add_scale_bar",
     "figure_format",
     "new_figure",
@@ -44,12 +46,29 @@ CLASS_COLOURS = ("#000000", "#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de
 FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
 
 
+class NotebookFigure(Figure):
+    """A matplotlib Figure that Jupyter shows as a PNG when it is a cell's value.
+
+    Figures made outside pyplot are not shown by the inline backend's hooks, which
+    matplotlib loads only with the first pyplot figure: in a fresh kernel such a
+    figure would show as ``<Figure size ...>``. IPython calls :meth:`_repr_png_`
+    unless a formatter is registered for figures (then that one draws it).
+    """
+
+    def _repr_png_(self) -> bytes:
+        """The figure as PNG bytes (IPython's rich display)."""
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure outside pyplot (no global state, safe in threads, never shown twice in
-    Jupyter), drawn by Agg; :func:`save_figure` or ``fig.savefig`` write it."""
+    Jupyter, shown as a PNG when a cell returns it), drawn by Agg; :func:`save_figure`
+    or ``fig.savefig`` write it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = Figure(figsize=figsize)
+    fig = NotebookFigure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
 

@@ -891,11 +891,6 @@ def detect(
 _SAMPLING_SOURCES = {"file": "from the file's metadata", "signal": "from the signal's axes",
                      "argument": "given as an argument"}
 
-#: The files ``atomfinder track`` writes into --out (atomfinder.analysis.timeseries.track).
-TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
-                 "occupancy.png", "overlay.gif", "provenance.json")
-
-
 def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
     """``<source>: pixel size 0.107 Å/px (from the file's metadata)`` (or ``given with --sampling``, ...)."""
     how = _SAMPLING_SOURCES.get(origin, f"given with {origin}")
@@ -942,7 +937,7 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import load_time_series
+        from atomfinder.analysis.timeseries import TRACK_OUTPUTS, load_time_series
         from atomfinder.analysis.timeseries import track as run_track
 
         if not overwrite:

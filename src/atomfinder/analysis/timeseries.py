@@ -103,6 +103,9 @@ OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
 GIF_MAX_SIDE = 400
+#: The files :func:`track` writes into its folder (``atomfinder track`` refuses to replace them without --overwrite).
+TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
+                 "occupancy.png", "overlay.gif", "provenance.json")
 
 
 # --------------------------------------------------------------------------- detections

@@ -316,6 +316,38 @@ def detect(
         Unknown model (the message lists the shipped ones), bad threshold or precision,
         a focal step without ``focal_series``.
     """
+    return detect_with_flag(image, model, sampling, focal_series=focal_series, threshold=threshold, device=device,
+                            precision=precision, focal_step_A=focal_step_A, augment=augment)
+
+
+def detect_with_flag(
+    image: Any,
+    model: Any = "graphene",
+    sampling: float | None = None,
+    *,
+    focal_series: bool = False,
+    threshold: float | None = None,
+    device: Any = None,
+    precision: str = "auto",
+    focal_step_A: float | None = None,
+    augment: bool | None = None,
+    focal_flag: str = "focal_series=True",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`detect`, with ``focal_flag`` as the words that say "focal series" in its messages.
+
+    Parameters
+    ----------
+    image, model, sampling, focal_series, threshold, device, precision, focal_step_A, augment
+        As :func:`detect`.
+    focal_flag : str
+        How the caller's user says "focal series": ``focal_series=True`` in Python,
+        the frames setting (``frames: focal series``) in the napari widget.
+
+    Returns
+    -------
+    Detection
+        As :func:`detect`; its warnings point at the caller of :func:`detect`.
+    """
     from atomfinder.detection.validity import warn
     from atomfinder.nn.infer import check_device, check_precision  # imports torch, which detection needs anyway
 
@@ -326,10 +358,10 @@ def detect(
     sample = load_sample(image, sampling, sampling_name="sampling", series="focal series" if focal_series else "stack")
     net, card, stem = _load(model, device)
     res = run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem,
-                      focal_step_A=focal_step_A, augment=augment)
-    warn(res.validity["warnings"])
+                      focal_step_A=focal_step_A, augment=augment, focal_flag=focal_flag)
+    warn(res.validity["warnings"], stacklevel=4)  # detect_with_flag, detect, then the caller
     for note in res.notes:  # how the input was read: the command line prints these as notes
-        warnings.warn(note, InputNote, stacklevel=2)
+        warnings.warn(note, InputNote, stacklevel=3)
     info = {
         "probabilities": res.probabilities,
         "height": res.height,

@@ -297,11 +297,12 @@ def load_sample(
         stem = Path(os.fspath(paths[0])).stem
         files = tuple(os.fspath(p) for p in paths)
     elif is_signal(image):
-        from atomfinder.detection.signals import signal_image, signal_sampling_A, signal_title
+        from atomfinder.detection.signals import signal_grey, signal_sampling_A, signal_title
 
         title = signal_title(image)
         src = source or title or "<signal>"
-        data = _check_array(signal_image(image, src), src)
+        grey, notes = signal_grey(image, src)
+        data = _check_array(grey, src)
         s, why = (sampling_A, None) if sampling_A is not None else signal_sampling_A(image, src)
         if s is None:
             raise MicrographError(src, f"no pixel size in the signal's axes ({why}); {sampling_hint(sampling_name)}")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from atomfinder.detection.io import MicrographError, _axis_sampling_A, unit_to_angstrom
+from atomfinder.detection.io import MicrographError, _axis_sampling_A, _to_grey, unit_to_angstrom
 
 __all__ = [
     "AxisCalibration",
@@ -40,6 +40,7 @@ __all__ = [
     "marker_positions",
     "probabilities_signal",
     "signal_calibration",
+    "signal_grey",
     "signal_image",
     "signal_sampling_A",
     "signal_title",
@@ -97,24 +98,43 @@ def _signal_axes(signal: Any, source: str) -> list[Any]:
         kind = type(signal).__name__
         raise MicrographError(
             source, f"a {kind} with {n} signal dimension{'s' * (n != 1)}; expected an image signal "
-            "(two signal axes, e.g. a HyperSpy Signal2D; s.T or s.as_signal2D((0, 1)) converts others)"
+            "(two signal axes, e.g. a HyperSpy Signal2D; s.as_signal2D((0, 1)) converts others)"
         )
     return axes
 
 
-def signal_image(signal: Any, source: str) -> np.ndarray:
-    """The pixels of an image signal, ``[H, W]`` or ``[N, H, W]`` (navigation first).
+def signal_grey(signal: Any, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The pixels of an image signal, ``[H, W]`` or ``[N, H, W]`` (navigation first), and notes.
 
     A lazy signal is computed. At most one navigation axis is accepted (a stack of
-    frames); more are refused by the caller's shape check.
+    frames); more are refused by the caller's shape check. An RGB signal (HyperSpy's
+    ``rgb8``/``rgb16``) is treated as an RGB file is: grey stored as RGB (three equal
+    channels) is read as grey with a note, colour is refused.
 
     Raises
     ------
     MicrographError
-        Not an image signal (:func:`_signal_axes`).
+        Not an image signal (:func:`_signal_axes`), or a colour image.
     """
     _signal_axes(signal, source)
-    return np.asarray(signal.data)
+    data = np.asarray(signal.data)
+    grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=False)
+    if colour == "rgb":
+        raise MicrographError(source, "a colour (RGB) image, not a micrograph (a screenshot or an exported "
+                                      "figure?); give the grey-level image the microscope recorded")
+    notes = (f"{source}: grey image stored as RGB (three equal channels), read as grey",) if colour else ()
+    return grey, notes
+
+
+def signal_image(signal: Any, source: str) -> np.ndarray:
+    """The pixels of an image signal, ``[H, W]`` or ``[N, H, W]`` (navigation first); see :func:`signal_grey`.
+
+    Raises
+    ------
+    MicrographError
+        Not an image signal (:func:`_signal_axes`), or a colour image.
+    """
+    return signal_grey(signal, source)[0]
 
 
 def signal_sampling_A(signal: Any, source: str) -> tuple[float | None, str | None]:
@@ -336,6 +356,37 @@ def _add_class_markers(out: Any, table: pd.DataFrame, info: dict[str, Any], axes
         out.add_marker(marker, plot_marker=False, permanent=True)
 
 
+def _frame_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An image shape without leading length-1 axes (as detection reads it)."""
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def check_signal_fits(result: Any, signal: Any) -> None:
+    """Refuse a signal whose image is not the shape of the one the detection was made from.
+
+    A focal series' signal is compared by its frame size (the detection's image is its
+    first frame). A detection without an image (a bare ``(table, info)``) is not checked.
+
+    Raises
+    ------
+    ValueError
+        Naming both shapes (one line).
+    """
+    image = getattr(result, "image", None)
+    if signal is None or image is None:
+        return
+    _, info = _result_parts(result)
+    focal = bool(info.get("provenance", {}).get("focal_series"))
+    want, have = _frame_shape(tuple(np.shape(image))), _frame_shape(tuple(np.shape(signal.data)))
+    if focal:
+        want, have = want[-2:], have[-2:]
+    if have != want:
+        raise ValueError(f"the signal's data have shape {have}, but the atoms were found in an image of shape "
+                         f"{want}; give the signal the detection was made from")
+
+
 def _base_image(result: Any, signal: Any, focal_series: bool) -> tuple[np.ndarray | None, Any]:
     """``(data, None)`` from the detection's image, or ``(None, copy)`` of the given signal
     (its first frame for a focal series: the table is in that frame's grid)."""
@@ -381,9 +432,11 @@ def to_signal(result: Any, signal: Any = None, *, units: str | None = None,
     ImportError
         Without HyperSpy (one line: how to install it).
     ValueError
-        A unit that is not a length, or a detection without an image and no ``signal``.
+        A unit that is not a length, a detection without an image and no ``signal``,
+        or a ``signal`` of another shape than the detection's image (:func:`check_signal_fits`).
     """
     hs = _hyperspy()
+    check_signal_fits(result, signal)
     table, info = _result_parts(result)
     focal = bool(info.get("provenance", {}).get("focal_series"))
     data, out = _base_image(result, signal, focal)
@@ -434,10 +487,17 @@ def probabilities_signal(result: Any, signal: Any = None, *, units: str | None =
         Navigation axis ``class`` (index 0 = background, then
         ``info["class_names"]``; the names are in ``metadata.Signal.class_names``),
         and the frame axis first for a stack; None when the detection holds no maps.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``grid``, or a ``signal`` of another shape than the detection's
+        image (:func:`check_signal_fits`).
     """
     if grid not in ("model", "input"):
         raise ValueError(f"grid must be 'model' or 'input', got {grid!r}")
     hs = _hyperspy()
+    check_signal_fits(result, signal)
     table, info = _result_parts(result)
     maps = info.get("probabilities")
     if maps is None:
@@ -516,14 +576,22 @@ def _atomap_sublattice_class() -> Any:
     return Sublattice
 
 
+def _check_frame(frame: int | None, n_frames: int) -> None:
+    """Refuse a frame index outside a stack of ``n_frames`` (one line)."""
+    if frame is not None and not 0 <= int(frame) < n_frames:
+        raise ValueError(f"frame {frame} is not in the stack: it has {n_frames} frames (0 to {n_frames - 1})")
+
+
 def _atomap_image(table: pd.DataFrame, signal: Any, frame: int | None) -> tuple[pd.DataFrame, Any, dict[str, Any]]:
     """The rows of one frame, its image (a signal, or an array), and Atomap's calibration
     arguments for an array (the table's pixel size in Å)."""
     stacked = "frame" in table.columns
     image = signal
     if is_signal(signal) and signal.axes_manager.navigation_dimension:
+        _check_frame(frame, int(signal.axes_manager.navigation_size))
         image = signal.inav[frame or 0]
     elif not is_signal(signal) and np.ndim(signal) == 3:
+        _check_frame(frame, int(np.shape(signal)[0]))
         image = np.asarray(signal)[frame or 0]
     rows = table[table["frame"] == (frame or 0)] if stacked else table
     extra: dict[str, Any] = {}
@@ -565,7 +633,7 @@ def to_atomap(table: Any, signal: Any, *, label: str | None = None, frame: int |
     ImportError
         Without Atomap (one line: how to install it).
     ValueError
-        An unknown ``label``, or a table without ``x``/``y``.
+        An unknown ``label``, a table without ``x``/``y``, or a ``frame`` outside the stack.
     """
     Sublattice = _atomap_sublattice_class()
     if isinstance(table, tuple):

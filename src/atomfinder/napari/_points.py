@@ -31,13 +31,24 @@ CLASS_COLOURS = ("#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 ERROR_BAR_SIGMAS = 2.0
 #: Smallest marker diameter in Å (most errors are far below an ångström).
 MIN_DIAMETER_A = 0.5
-#: Layer names: ``"atoms: C"``.
+#: Layer names: ``"atoms: C [image]"``.
 NAME_PREFIX = "atoms: "
 
 
-def layer_name(label: str) -> str:
-    """Name of the Points layer of class ``label``: ``"atoms: <label>"``."""
-    return f"{NAME_PREFIX}{label}"
+def layer_name(label: str, image_name: str = "", prefix: str = NAME_PREFIX) -> str:
+    """Name of the Points layer of class ``label`` found in ``image_name``: ``"atoms: <label> [<image>]"``.
+
+    Without an image name the name is ``"atoms: <label>"``.
+    """
+    return f"{prefix}{label} [{image_name}]" if image_name else f"{prefix}{label}"
+
+
+def name_label(name: str, prefix: str = NAME_PREFIX) -> str:
+    """The class in a layer name made by :func:`layer_name` (the name itself when it is not one)."""
+    if not name.startswith(prefix):
+        return name
+    label = name[len(prefix):]
+    return label.split(" [", 1)[0] if label.endswith("]") else label
 
 
 def class_colour(index: int) -> str:
@@ -74,8 +85,62 @@ def _features(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _upper_triangular(shear: Any) -> np.ndarray:
+    """A napari shear as its full upper-triangular matrix (napari gives a vector of the entries above the diagonal)."""
+    values = np.asarray(shear, dtype=np.float64)
+    if values.ndim == 2:
+        return values
+    n = int(round((1 + np.sqrt(1 + 8 * values.size)) / 2))
+    matrix = np.eye(n)
+    matrix[np.triu_indices(n, 1)] = values
+    return matrix
+
+
+def image_placement(image: Any) -> dict[str, np.ndarray]:
+    """Where an image layer lies in napari's world besides its scale.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+        The image layer.
+
+    Returns
+    -------
+    dict
+        ``translate`` (world units), ``rotate`` and ``shear`` (matrices) and
+        ``affine`` (homogeneous matrix), over all the image's axes.
+    """
+    return {"translate": np.asarray(image.translate, dtype=np.float64),
+            "rotate": np.asarray(image.rotate, dtype=np.float64),
+            "shear": _upper_triangular(image.shear),
+            "affine": np.asarray(image.affine.affine_matrix, dtype=np.float64)}
+
+
+def placement_kwargs(placement: dict[str, np.ndarray] | None, ndim: int) -> dict[str, Any]:
+    """Layer keyword arguments that place a layer of ``ndim`` axes where the image's last ``ndim`` axes are.
+
+    Parameters
+    ----------
+    placement : dict or None
+        :func:`image_placement` of the image (None: no keywords, napari's defaults).
+    ndim : int
+        Axes of the new layer (2 for ``(y, x)`` points on a stack's first frame).
+
+    Returns
+    -------
+    dict
+        ``translate``, ``rotate``, ``shear`` and ``affine``.
+    """
+    if not placement:
+        return {}
+    return {"translate": tuple(float(v) for v in placement["translate"][-ndim:]),
+            "rotate": placement["rotate"][-ndim:, -ndim:],
+            "shear": placement["shear"][-ndim:, -ndim:],
+            "affine": placement["affine"][-(ndim + 1):, -(ndim + 1):]}
+
+
 def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float, image_name: str,
-                 frames: bool) -> LayerData:
+                 frames: bool, placement: dict[str, np.ndarray] | None = None) -> LayerData:
     """One class's atoms as a Points layer-data tuple.
 
     Parameters
@@ -92,6 +157,9 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
         Name of the image layer the atoms were found in (kept in the metadata).
     frames : bool
         Points are ``(frame, y, x)`` instead of ``(y, x)``.
+    placement : dict, optional
+        :func:`image_placement` of the image layer: the points get its translate,
+        rotation, shear and affine, so that they lie on it.
 
     Returns
     -------
@@ -102,7 +170,7 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
     lead = (1.0,) * (len(columns) - 2)
     meta = {"kind": "atoms", "label": label, "sampling_A": float(sampling_A), "image": image_name}
     kwargs = {
-        "name": layer_name(label),
+        "name": layer_name(label, image_name),
         "ndim": len(columns),
         "scale": lead + (float(sampling_A), float(sampling_A)),
         "units": ("pixel",) * len(lead) + ("angstrom", "angstrom"),
@@ -114,6 +182,7 @@ def points_layer(rows: pd.DataFrame, label: str, colour: str, sampling_A: float,
         "size": marker_diameter_px(rows["sigma_angstrom"] if "sigma_angstrom" in rows else np.full(len(rows), np.nan),
                                    sampling_A),
         "metadata": {METADATA_KEY: meta},
+        **placement_kwargs(placement, len(columns)),
     }
     return data, kwargs, "points"
 
@@ -134,7 +203,7 @@ def clear_added_features(event: Any) -> None:
 
 
 def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], sampling_A: float,
-                image_name: str) -> list[LayerData]:
+                image_name: str, placement: dict[str, np.ndarray] | None = None) -> list[LayerData]:
     """An atom table as one Points layer per class of the model (empty classes too, to add atoms by hand).
 
     Parameters
@@ -147,6 +216,8 @@ def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], s
         Pixel size of the image in Å/px.
     image_name : str
         Name of the image layer.
+    placement : dict, optional
+        :func:`image_placement` of the image layer (its translate, rotation, ...).
 
     Returns
     -------
@@ -154,8 +225,8 @@ def atom_layers(table: pd.DataFrame, class_names: tuple[str, ...] | list[str], s
     """
     frames = "frame" in table.columns
     labels = list(class_names) + [c for c in pd.unique(table["label"]) if c not in class_names]
-    return [points_layer(table[table["label"] == label], str(label), class_colour(i), sampling_A, image_name, frames)
-            for i, label in enumerate(labels)]
+    return [points_layer(table[table["label"] == label], str(label), class_colour(i), sampling_A, image_name, frames,
+                         placement) for i, label in enumerate(labels)]
 
 
 def _layer_sampling_A(kwargs: dict[str, Any]) -> float:
@@ -171,10 +242,9 @@ def _layer_sampling_A(kwargs: dict[str, Any]) -> float:
 
 
 def _layer_label(kwargs: dict[str, Any]) -> str:
-    """Class of a Points layer: atomfinder's metadata, else the name without ``"atoms: "``."""
+    """Class of a Points layer: atomfinder's metadata, else the name without ``"atoms: "`` and ``" [image]"``."""
     meta = (kwargs.get("metadata") or {}).get(METADATA_KEY, {})
-    name = str(kwargs.get("name", ""))
-    return str(meta.get("label") or (name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name))
+    return str(meta.get("label") or name_label(str(kwargs.get("name", ""))))
 
 
 def table_from_points(data: Any, kwargs: dict[str, Any]) -> pd.DataFrame:

@@ -11,9 +11,12 @@ widget then asks for the pixel size.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from atomfinder.detection.io import SUPPORTED_EXTENSIONS
 
@@ -40,6 +43,18 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     if not paths or any(Path(p).suffix.lower() not in SUPPORTED_EXTENSIONS for p in paths):
         return None
     return read_layers
+
+
+def data_checksum(data: Any) -> str | None:
+    """A cheap checksum of an array's values: dtype, shape and the CRC-32 of its bytes (None for a non-NumPy array).
+
+    The reader stores it (``metadata["atomfinder"]["checksum"]``) so that the widget
+    can tell whether a layer still shows what was read from its file.
+    """
+    if not isinstance(data, np.ndarray):
+        return None
+    values = np.ascontiguousarray(data)
+    return f"{values.dtype.str}{values.shape}:{zlib.crc32(values.reshape(-1).view(np.uint8)):08x}"
 
 
 def image_layer_kwargs(sampling_A: float | None, ndim: int, name: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +98,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     list of (data, kwargs, "image")
         One layer per file: float32 ``[H, W]`` or ``[N, H, W]``; ``metadata["atomfinder"]``
         holds ``path``, ``sampling_A`` (None without a pixel size), ``calibration_source``
-        and ``calibration_note`` as :func:`read_micrograph` reports them.
+        and ``calibration_note`` as :func:`read_micrograph` reports them, and the
+        ``checksum`` of the data (:func:`data_checksum`).
 
     Raises
     ------
@@ -99,6 +115,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         meta = {"path": os.fspath(p), "sampling_A": m.sampling_A,
                 "calibration_source": m.metadata.get("calibration_source"),
                 "calibration_note": m.metadata.get("calibration_note"),
-                "format": m.metadata.get("format_name", m.metadata.get("format"))}
+                "format": m.metadata.get("format_name", m.metadata.get("format")),
+                "checksum": data_checksum(m.data)}
         layers.append((m.data, image_layer_kwargs(m.sampling_A, m.data.ndim, Path(p).stem, meta), "image"))
     return layers

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from atomfinder.napari._points import class_colour
+from atomfinder.napari._points import class_colour, layer_name, placement_kwargs
 from atomfinder.napari._reader import METADATA_KEY, LayerData
 
 #: Marker diameter of a site, in Å.
 SITE_DIAMETER_A = 0.8
-#: Layer names: ``"sites: C"``.
+#: Layer names: ``"sites: C [image]"``.
 SITE_PREFIX = "sites: "
 
 
@@ -100,7 +100,30 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
                         class_names=tuple(series.card.class_names), written=dict(written))
 
 
-def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
+def earlier_run_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The files of an earlier run of the tracker in ``folder`` (names in :data:`TRACK_OUTPUTS` order)."""
+    from atomfinder.analysis.timeseries import TRACK_OUTPUTS
+
+    return [name for name in TRACK_OUTPUTS if (Path(folder) / name).exists()]
+
+
+def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
+    """Refuse a track output folder that holds an earlier run's files (as ``atomfinder track`` without --overwrite).
+
+    Raises
+    ------
+    ValueError
+        Naming the folder and the files found (one line).
+    """
+    found = earlier_run_files(folder)
+    if found:
+        more = f" and {len(found) - shown} more" if len(found) > shown else ""
+        raise ValueError(f"{os.fspath(folder)}: already holds {', '.join(found[:shown])}{more} from an earlier run; "
+                         "choose another track output folder, or clear it for a new temporary folder")
+
+
+def site_layers(result: SeriesResult, image_name: str,
+                placement: dict[str, np.ndarray] | None = None) -> list[LayerData]:
     """The present sites of every frame as one Points layer ``(frame, y, x)`` per class.
 
     Parameters
@@ -108,6 +131,9 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
     result : SeriesResult
     image_name : str
         Name of the image layer (the stack).
+    placement : dict, optional
+        :func:`atomfinder.napari._points.image_placement` of the stack: the points get
+        its translate, rotation, shear and affine, so that they lie on it.
 
     Returns
     -------
@@ -126,7 +152,7 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
         part = rows[rows["label"] == label]
         data = part[["frame", "fy", "fx"]].to_numpy(dtype=np.float64).reshape(-1, 3)
         kwargs = {
-            "name": f"{SITE_PREFIX}{label}", "ndim": 3, "scale": (1.0, s, s),
+            "name": layer_name(str(label), image_name, SITE_PREFIX), "ndim": 3, "scale": (1.0, s, s),
             "units": ("pixel", "angstrom", "angstrom"),
             "features": pd.DataFrame({"site": part["site"].to_numpy(dtype=np.int64),
                                       "probability": part["probability"].to_numpy(dtype=np.float64)}),
@@ -134,6 +160,7 @@ def site_layers(result: SeriesResult, image_name: str) -> list[LayerData]:
             "size": SITE_DIAMETER_A / s,
             "metadata": {METADATA_KEY: {"kind": "sites", "label": str(label), "sampling_A": s,
                                         "image": image_name, "out_dir": os.fspath(Path(result.written["sites.csv"]).parent)}},
+            **placement_kwargs(placement, 3),
         }
         layers.append((data, kwargs, "points"))
     return layers
