@@ -85,6 +85,108 @@ def test_config_errors():
         default_config("gold").replace(p_uniform_crop=1.5)
 
 
+BAD_SETTINGS = [
+    # (the [simulation] table, or its [simulation.microscope] table as "microscope"), the message
+    ({"draws_per_wave": 0}, "draws_per_wave (images per exit wave) must be an integer >= 1; got 0"),
+    ({"draws_per_wave": -3}, "draws_per_wave (images per exit wave) must be an integer >= 1; got -3"),
+    ({"label_radius_A": 0.0}, "label_radius_A (Å) must be a number > 0; got 0.0"),
+    ({"label_radius_A": -0.4}, "label_radius_A (Å) must be a number > 0"),
+    ({"margin_A": -50.0}, "margin_A (Å) must be a number >= 0; got -50.0"),
+    ({"wave_oversampling": 0}, "wave_oversampling (exit-wave pixels per output pixel) must be an integer >= 1"),
+    ({"frames": 2.5}, "frames (images per sample) must be an integer >= 1; got 2.5"),
+    ({"frames": "3"}, "frames (images per sample) must be an integer >= 1; got '3'"),
+    ({"image_px": "128"}, "image_px (pixels) must be an integer >= 16; got '128'"),
+    ({"image_px": 128.0}, "image_px (pixels) must be an integer >= 16; got 128.0"),
+    ({"image_px": 8}, "image_px (pixels) must be an integer >= 16; got 8"),
+    ({"samples_per_job": 0}, "samples_per_job (samples) must be an integer >= 1; got 0"),
+    ({"samples_per_job": -8}, "samples_per_job (samples) must be an integer >= 1; got -8"),
+    ({"max_sites": 0}, "max_sites (sites per sample) must be an integer >= 1"),
+    ({"frozen_phonons": -1}, "frozen_phonons (configurations) must be an integer >= 0"),
+    ({"slice_thickness_A": 0.0}, "slice_thickness_A (Å) must be a number > 0"),
+    ({"drift_px": -1.0}, "drift_px (pixels) must be a number >= 0"),
+    ({"focal_step_A": [100.0]}, "focal_step_A (Å) must be [low, high] (equal bounds fix it), two finite numbers; got [100.0]"),
+    ({"focal_step_A": 100.0}, "focal_step_A (Å) must be [low, high]"),
+    ({"focal_step_A": [120.0, 40.0]}, "focal_step_A (Å) must be [low, high] with low <= high; got [120.0, 40.0]"),
+    ({"carbon_thickness_A": [20.0, 3.0]}, "carbon_thickness_A (Å) must be [low, high] with low <= high"),
+    ({"contamination_radius_A": [-5.0, 20.0]}, "contamination_radius_A (Å) must be [low, high] with both numbers >= 0"),
+    ({"box_px": 360}, "box_px (pixels) must be a list of integers, e.g. [360]; got 360"),
+    ({"box_px": []}, "box_px (pixels) must be a list of integers"),
+    ({"box_px": [360.5]}, "box_px (pixels) must be an integer >= 1; got 360.5"),
+    ({"p_empty_field": "0.1"}, "p_empty_field (probability) must be a number in [0, 1]; got '0.1'"),
+    ({"label_kind": "box"}, "unknown label_kind 'box': use 'disk' or 'gaussian'"),
+    ({"structure": {"hole_densty_nm2": [0.0, 0.01]}}, "structure (graphene): unknown GrapheneConfig setting(s): hole_densty_nm2"),
+    # the microscope ranges
+    ({"microscope": {"dose_e_per_A2": [0.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"dose_e_per_A2": [-5.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"dose_e_per_A2": [100.0, float("inf")]}}, "[inf, inf] for no shot noise"),
+    ({"microscope": {"dose_e_per_A2": [1e5, 1e2]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with low <= high"),
+    ({"microscope": {"dose_e_per_A2": 1000.0}}, "dose_e_per_A2 (e/Å²) must be [low, high] (equal bounds fix it)"),
+    ({"microscope": {"C5_A": [5e6, 0.0]}}, "C5_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"astigmatism_A": [30.0, 0.0]}}, "astigmatism_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"astigmatism_A": [-1.0, 0.0]}}, "astigmatism_A (Å) must be [low, high] with both numbers >= 0"),
+    ({"microscope": {"coma_A": [300.0, 0.0]}}, "coma_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"focal_spread_A": 25.0}}, "focal_spread_A (Å) must be [low, high]"),
+    ({"microscope": {"angular_spread_mrad": [0.5, 0.05]}}, "angular_spread_mrad (mrad) must be [low, high] with low <= high"),
+    ({"microscope": {"aperture_resolution_A": [0.0, 1.1]}}, "aperture_resolution_A (Å) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"defocus_around_scherzer_A": [250.0, -250.0]}}, "defocus_around_scherzer_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"corrected_defocus_A": [150.0, -150.0]}}, "corrected_defocus_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"corrected_defocus_A": [1.0, 2.0, 3.0]}}, "corrected_defocus_A (Å) must be [] or [low, high]"),
+    ({"microscope": {"Cs_corrected_A": [35e4, -35e4]}}, "Cs_corrected_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"Cs_uncorrected_A": [1.2e7, 0.5e7]}}, "Cs_uncorrected_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"Cs_uncorrected_A": [1.2, 1.2]}}, "1.2 looks like mm typed as Å"),
+    ({"microscope": {"defocus_curvature_A": [60.0, -60.0]}}, "defocus_curvature_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"mtf_c0": [0.0, 1.5]}}, "mtf_c0 (MTF at high frequency) must be [low, high] with both numbers in [0, 1]"),
+    ({"microscope": {"mtf_c1": [0.0, 1.0]}}, "mtf_c1 (Nyquist) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"mtf_c2": [3.0, 1.5]}}, "mtf_c2 (exponent) must be [low, high] with low <= high"),
+    ({"microscope": {"blur_px": [-0.1, 0.6]}}, "blur_px (pixels) must be [low, high] with both numbers >= 0"),
+    ({"microscope": {"gain": [0.0, 20.0]}}, "gain (counts per electron) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"gain": [20.0, 0.5]}}, "gain (counts per electron) must be [low, high] with low <= high"),
+    ({"microscope": {"offset": [0.5, -0.2]}}, "offset (times the mean counts) must be [low, high] with low <= high"),
+    ({"microscope": {"energies_eV": []}}, "energies_eV (eV) must be a list of numbers, e.g. [300000.0]"),
+    ({"microscope": {"energies_eV": 300e3}}, "energies_eV (eV) must be a list of numbers"),
+    ({"microscope": {"energies_eV": ["80 kV"]}}, "energies_eV (eV) must be a list of numbers"),
+    ({"microscope": {"energies_eV": [300.0]}}, "300 looks like kV typed as eV"),
+    ({"microscope": {"energies_eV": [0.0]}}, "energies_eV (eV) must be electron energies in eV (>= 1000"),
+    ({"microscope": {"energies_eV": [-80e3]}}, "energies_eV (eV) must be electron energies in eV (>= 1000"),
+    ({"microscope": {"sampling_A": 0.0}}, "sampling_A (Å / pixel) must be a number > 0; got 0.0"),
+    ({"microscope": {"sampling_A": -0.1}}, "sampling_A (Å / pixel) must be a number > 0"),
+    ({"microscope": {"sampling_jitter": 2.0}}, "sampling_jitter (relative) must be a number in [0, 0.5); got 2.0"),
+    ({"microscope": {"sampling_jitter": 0.5}}, "sampling_jitter (relative) must be a number in [0, 0.5)"),
+    ({"microscope": {"sampling_jitter": -0.05}}, "sampling_jitter (relative) must be a number in [0, 0.5)"),
+    ({"microscope": {"p_corrected": 1.5}}, "p_corrected must be a probability in [0, 1]; got 1.5"),
+    ({"microscope": {"p_objective_aperture": -0.1}}, "p_objective_aperture must be a probability in [0, 1]"),
+    ({"microscope": {"p_defocus_variation": "0.3"}}, "p_defocus_variation must be a probability in [0, 1]"),
+    ({"microscope": {"uncorrected_min_energy_eV": -1.0}}, "uncorrected_min_energy_eV (eV) must be a number >= 0"),
+    ({"microscope": {"defocus_gradient_max": -1.5}}, "defocus_gradient_max (Å per Å) must be a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("settings, message", BAD_SETTINGS)
+def test_bad_settings_are_one_line_errors_naming_the_field(settings, message):
+    with pytest.raises(ValueError) as info:
+        SimulationConfig.from_dict({"system": "graphene", **settings})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_draws_per_wave_zero_is_refused_not_a_hang():
+    with pytest.raises(ValueError, match="draws_per_wave"):
+        generate_job({"system": "graphene", "draws_per_wave": 0}, 0, 0, 2)
+
+
+def test_edge_values_that_are_valid_stay_valid():
+    from atomfinder.imaging.microscope import MicroscopeRanges
+
+    # no shot noise, from TOML (inf) or JSON (the string "inf"); equal bounds fix a parameter
+    for dose in ([float("inf"), float("inf")], ["inf", "inf"]):
+        assert MicroscopeRanges.from_dict({"dose_e_per_A2": dose}).dose_e_per_A2 == (float("inf"),) * 2
+    fixed = SimulationConfig.from_dict({"system": "graphene", "margin_A": 0.0, "focal_step_A": [50.0, 50.0],
+                                        "microscope": {"dose_e_per_A2": [1e3, 1e3], "sampling_jitter": 0.0,
+                                                       "uncorrected_min_energy_eV": 0.0, "p_corrected": 0.0}})
+    assert fixed.microscope.dose_e_per_A2 == (1e3, 1e3) and fixed.margin_A == 0.0
+    for system in ("graphene", "gold", "mos2"):
+        default_config(system)
+
+
 # -- generation -----------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tomli_w
 from scipy.fft import next_fast_len
 
+from atomfinder._config import check_number, check_pair
 from atomfinder.datasets.labels import class_maps, height_map
 from atomfinder.datasets.store import create_or_resume, job_ranges, pending_jobs, write_job
 from atomfinder.imaging.hrtem import SimulatedImage, resample_spectrum, simulate_draw
@@ -38,6 +39,10 @@ SYSTEMS = ("graphene", "gold", "mos2")
 @dataclass(frozen=True)
 class SimulationConfig:
     """How to simulate one system's training data.
+
+    Every field is checked on construction (the structure table by building the
+    system's structure config); a bad value is a one-line ``ValueError`` naming
+    the field, its unit and the accepted range.
 
     Attributes
     ----------
@@ -71,7 +76,7 @@ class SimulationConfig:
     slice_thickness_A : float
         Multislice slice thickness (Å).
     draws_per_wave : int
-        Images made from one exit wave.
+        Images made from one exit wave (>= 1).
     frozen_phonons : int
         Frozen-phonon configurations per structure (0 = none).
     p_amorphous_carbon : float
@@ -134,15 +139,48 @@ class SimulationConfig:
     structure: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Check every field (one-line ``ValueError`` naming the field, its unit and range).
+
+        The structure table is checked by building the system's structure config,
+        so that a misspelt key is refused before a store is created.
+        """
         if self.system not in SYSTEMS:
             raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(SYSTEMS)}")
-        if self.frames < 1 or self.image_px < 16:
-            raise ValueError("frames must be >= 1 and image_px >= 16")
+        check_number("image_px", self.image_px, "pixels", lo=16, integer=True)
+        check_number("frames", self.frames, "images per sample", lo=1, integer=True)
+        check_pair("focal_step_A", self.focal_step_A, "Å")
+        check_number("drift_px", self.drift_px, "pixels", lo=0)
+        if not isinstance(self.box_px, (tuple, list)) or not self.box_px:
+            raise ValueError(f"box_px (pixels) must be a list of integers, e.g. [360]; got {self.box_px!r}")
+        for side in self.box_px:
+            check_number("box_px", side, "pixels", lo=1, integer=True)
+        check_number("margin_A", self.margin_A, "Å", lo=0)
         if self.crop not in ("uniform", "sites"):
-            raise ValueError(f"unknown crop mode {self.crop!r}")
+            raise ValueError(f"unknown crop mode {self.crop!r}: use 'uniform' or 'sites'")
         for name in ("p_uniform_crop", "p_amorphous_carbon", "p_empty_field", "p_empty_carbon", "p_contamination"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            check_number(name, getattr(self, name), "probability", lo=0, hi=1)
+        check_number("wave_oversampling", self.wave_oversampling, "exit-wave pixels per output pixel", lo=1,
+                     integer=True)
+        check_number("slice_thickness_A", self.slice_thickness_A, "Å", lo=0, lo_open=True)
+        check_number("draws_per_wave", self.draws_per_wave, "images per exit wave", lo=1, integer=True)
+        check_number("frozen_phonons", self.frozen_phonons, "configurations", lo=0, integer=True)
+        for name in ("carbon_thickness_A", "contamination_thickness_A", "contamination_radius_A"):
+            check_pair(name, getattr(self, name), "Å", lo=0)
+        if self.label_kind not in ("disk", "gaussian"):
+            raise ValueError(f"unknown label_kind {self.label_kind!r}: use 'disk' or 'gaussian'")
+        check_number("label_radius_A", self.label_radius_A, "Å", lo=0, lo_open=True)
+        check_number("max_sites", self.max_sites, "sites per sample", lo=1, integer=True)
+        check_number("samples_per_job", self.samples_per_job, "samples", lo=1, integer=True)
+        if not isinstance(self.microscope, MicroscopeRanges):
+            raise ValueError(f"microscope must be a MicroscopeRanges ([simulation.microscope] table); "
+                             f"got {type(self.microscope).__name__}")
+        if not isinstance(self.structure, dict):
+            raise ValueError(f"structure must be a table of {self.system} structure settings; got {self.structure!r}")
+        try:
+            _builder(self.system)[1].from_dict(self.structure)
+        except (TypeError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"structure ({self.system}): {message}") from None
         s_max = self.microscope.sampling_A * (1 + self.microscope.sampling_jitter)
         need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
         if min(self.box_px) < need:
