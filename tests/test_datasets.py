@@ -70,7 +70,8 @@ def test_config_round_trips_through_toml_and_json(system, tmp_path):
     assert SimulationConfig.from_toml(cfg.to_toml()) == cfg
     assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
     path = tmp_path / "c.toml"
-    path.write_text("[simulation]\n" + "\n".join(cfg.to_toml().split("\n")).replace("[microscope]", "[simulation.microscope]"))
+    text = cfg.to_toml().replace("[microscope]", "[simulation.microscope]").replace("[structure]", "[simulation.structure]")
+    path.write_text("[simulation]\n" + text)
     assert load_config(path, system) == cfg
 
 
@@ -185,6 +186,37 @@ def test_edge_values_that_are_valid_stay_valid():
     assert fixed.microscope.dose_e_per_A2 == (1e3, 1e3) and fixed.margin_A == 0.0
     for system in ("graphene", "gold", "mos2"):
         default_config(system)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.toml", "[simulation]\nimage_px = 128\n[microscope]\nenergies_eV = [300000.0]\n",
+     "unknown top-level table(s) or key(s) [microscope] beside [simulation]: simulation settings go in [simulation], "
+     "microscope settings in [simulation.microscope]"),
+    ("c.toml", "[simulation]\nimage_px = 128\n[simulaton.microscope]\nenergies_eV = [300000.0]\n",
+     "unknown top-level table(s) or key(s) [simulaton] beside [simulation]"),
+    ("c.toml", "image_px = 128\n[simulation]\nframes = 1\n", "unknown top-level table(s) or key(s) image_px"),
+    ("c.toml", "[simulaton]\nimage_px = 128\n", "unknown table(s) [simulaton] and no [simulation] table"),
+    ("c.toml", "[simulation]\nimage_px = \n", "c.toml: not valid TOML (Invalid value"),
+    ("c.json", '{"simulation": {"image_px": 128,}}', "c.json: not valid JSON"),
+    ("c.json", "[1, 2]", "c.json: a JSON config must be a table of settings"),
+    ("c.yaml", "simulation:\n  image_px: 128\n", "c.yaml: not valid TOML"),
+    ("c.toml", "[simulation]\ndraws_per_wave = 0\n", "c.toml: draws_per_wave (images per exit wave) must be"),
+])
+def test_config_file_errors_name_the_file(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_config(path, "graphene")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_config_file_may_hold_a_train_table_and_top_level_fields(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[simulation]\nimage_px = 128\n[train]\nepochs = 1\n")
+    assert load_config(path, "graphene").image_px == 128
+    path.write_text("image_px = 128\n[microscope]\nenergies_eV = [300000.0]\n")  # the layout of to_toml()
+    assert load_config(path, "graphene").microscope.energies_eV == (300000.0,)
 
 
 # -- generation -----------------------------------------------------------------------

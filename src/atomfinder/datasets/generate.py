@@ -357,19 +357,84 @@ def default_config(system: str) -> SimulationConfig:
     raise ValueError(f"unknown system {system!r}: choose one of {', '.join(SYSTEMS)}")
 
 
+#: Top-level tables a config file may hold beside ``[simulation]`` (read by other commands).
+OTHER_TABLES = ("train",)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The table of a TOML (or, for a ``.json`` suffix, JSON) file.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: unreadable, not valid TOML/JSON or not a table.
+    """
+    path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text ({kind}) file") from None
+    try:
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: not valid {kind} ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {kind} config must be a table of settings, not {type(data).__name__}")
+    return data
+
+
 def load_config(path: Path | str | None, system: str | None = None) -> SimulationConfig:
-    """A config from a TOML or JSON file (``[simulation]`` table or top level), or the default."""
+    """A config from a TOML or JSON file, or the default recipe of ``system``.
+
+    The file holds a ``[simulation]`` table (fields of :class:`SimulationConfig`,
+    microscope ranges in ``[simulation.microscope]``), or the same fields at the
+    top level. Its fields override those of the system's recipe
+    (:func:`default_config`).
+
+    Parameters
+    ----------
+    path : path, optional
+        The file; ``None``: the recipe itself.
+    system : str, optional
+        The system asked for (``--system``); a file for another system is refused.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: not valid TOML/JSON, a top-level table other
+        than ``[simulation]`` (and ``[train]``) beside it, a config for another
+        system, or a bad setting.
+    """
     if path is None:
         return default_config(system or "graphene")
     path = Path(path)
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    data = data.get("simulation", data)
+    data = read_config_file(path)
+    if "simulation" in data:
+        others = [k for k in data if k not in ("simulation", *OTHER_TABLES)]
+        if others:
+            names = ", ".join(f"[{k}]" if isinstance(data[k], dict) else k for k in others)
+            raise ValueError(f"{path}: unknown top-level table(s) or key(s) {names} beside [simulation]: simulation "
+                             f"settings go in [simulation], microscope settings in [simulation.microscope], "
+                             f"structure settings in [simulation.structure]")
+        data = data["simulation"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: simulation must be a table ([simulation]), not {data!r}")
+    else:
+        tables = [k for k in data if isinstance(data[k], dict) and k not in ("microscope", "structure")]
+        if tables:
+            raise ValueError(f"{path}: unknown table(s) {', '.join(f'[{k}]' for k in tables)} and no [simulation] "
+                             f"table: simulation settings go in [simulation], microscope settings in "
+                             f"[simulation.microscope]")
     if system is not None:
         if data.get("system", system) != system:
             raise ValueError(f"{path}: config is for system {data['system']!r}, not {system!r}")
         data = {**data, "system": system}
-    return SimulationConfig.from_dict(data)
+    try:
+        return SimulationConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: {message}") from None
 
 
 # -- structures --------------------------------------------------------------------
