@@ -219,6 +219,31 @@ def test_config_file_may_hold_a_train_table_and_top_level_fields(tmp_path):
     assert load_config(path, "graphene").microscope.energies_eV == (300000.0,)
 
 
+def test_structure_table_overrides_single_fields_of_the_recipe(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[simulation]\nsystem = "gold"\n[simulation.structure]\np_support = 0.0\n')
+    assert load_config(path, "gold").structure == {"column_rule": "density_peaks", "p_support": 0.0}
+    path.write_text("[simulation]\n[simulation.structure]\np_clean = 0.0\n")
+    assert load_config(path, "graphene").structure == default_config("graphene").structure | {"p_clean": 0.0}
+    # a store's recorded config is rebuilt as it is
+    assert SimulationConfig.from_dict({"system": "gold", "structure": {"p_support": 0.8}}).structure == {"p_support": 0.8}
+
+
+def test_recipes_written_for_a_replaced_structure_table_keep_their_structures():
+    """gold 0.1-0.3 were made with GoldConfig's column rule, graphene 0.2 with GrapheneConfig's holes."""
+    from pathlib import Path
+
+    from atomfinder.structures.gold import GoldConfig
+    from atomfinder.structures.graphene import GrapheneConfig
+
+    configs = Path(__file__).parent.parent / "configs"
+    for name in ("gold-0.1-simulation", "gold-0.2-simulation", "gold-0.3-simulation"):
+        structure = GoldConfig.from_dict(load_config(configs / f"{name}.toml", "gold").structure)
+        assert structure.column_rule == "separation" == GoldConfig().column_rule, name
+    graphene = load_config(configs / "graphene-0.2-simulation.toml", "graphene").structure
+    assert GrapheneConfig.from_dict(graphene) == GrapheneConfig()
+
+
 # -- generation -----------------------------------------------------------------------
 
 

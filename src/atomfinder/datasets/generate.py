@@ -211,7 +211,12 @@ class SimulationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SimulationConfig":
-        """Inverse of :meth:`to_dict`; missing keys take the system's defaults."""
+        """Inverse of :meth:`to_dict`; missing keys take the system's defaults.
+
+        Missing microscope fields take the recipe's; a ``structure`` table replaces
+        the recipe's as it is (a store's recorded config is rebuilt exactly).
+        :func:`load_config` merges a file's structure table key by key instead.
+        """
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -388,9 +393,12 @@ def load_config(path: Path | str | None, system: str | None = None) -> Simulatio
     """A config from a TOML or JSON file, or the default recipe of ``system``.
 
     The file holds a ``[simulation]`` table (fields of :class:`SimulationConfig`,
-    microscope ranges in ``[simulation.microscope]``), or the same fields at the
-    top level. Its fields override those of the system's recipe
-    (:func:`default_config`).
+    microscope ranges in ``[simulation.microscope]``, structure settings in
+    ``[simulation.structure]``), or the same fields at the top level. Its fields
+    override those of the system's recipe (:func:`default_config`), and the
+    microscope and structure tables override single fields of the recipe's: a
+    structure field the file leaves out keeps the recipe's value (to use a
+    structure builder's default where the recipe sets another, give it).
 
     Parameters
     ----------
@@ -431,6 +439,10 @@ def load_config(path: Path | str | None, system: str | None = None) -> Simulatio
             raise ValueError(f"{path}: config is for system {data['system']!r}, not {system!r}")
         data = {**data, "system": system}
     try:
+        if isinstance(data.get("structure"), dict):
+            # key by key, as the microscope table (SimulationConfig.from_dict)
+            recipe = default_config(data.get("system", "graphene")).structure
+            data = {**data, "structure": recipe | data["structure"]}
         return SimulationConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
