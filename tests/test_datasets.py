@@ -360,6 +360,55 @@ def test_a_store_without_a_finished_sample_says_so_when_its_configuration_differ
         create_or_resume(tmp_path / "s.zarr", meta | {"seed": 1})
 
 
+TINY_META = {"n": 2, "frames": 1, "image_px": 8, "class_names": ["C"], "max_sites": 4, "microscope_fields": ["x"],
+             "has_heights": False, "samples_per_job": 2, "seed": 0, "config": {}}
+
+
+@pytest.mark.parametrize("kind", ["folder with files", "empty folder", "file", "other zarr group"])
+def test_an_existing_path_that_is_not_a_store_is_refused_before_anything_is_written(tmp_path, kind):
+    import zarr
+
+    from atomfinder.datasets.store import create_or_resume
+
+    out = tmp_path / "out"
+    if kind == "folder with files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif kind == "empty folder":
+        out.mkdir()
+    elif kind == "file":
+        out.write_text("mine")
+    else:
+        zarr.open_group(str(out), mode="w").attrs["other"] = 1
+    before = sorted(p.name for p in out.rglob("*")) if out.is_dir() else out.read_text()
+    with pytest.raises(StoreError, match="not a dataset store") as info:
+        create_or_resume(out, TINY_META)
+    assert "different configuration" not in str(info.value) and "\n" not in str(info.value)
+    assert (sorted(p.name for p in out.rglob("*")) if out.is_dir() else out.read_text()) == before
+
+
+@pytest.mark.parametrize("version, message", [(2, "store version 2 is newer than this atomfinder reads (1)"),
+                                              ("1", "store version '1' is unknown"),
+                                              (None, "store version None is unknown")])
+def test_a_store_of_another_version_is_refused_on_open_and_resume(tmp_path, version, message):
+    import zarr
+
+    from atomfinder.datasets.store import create_or_resume
+
+    path = tmp_path / "s.zarr"
+    create_or_resume(path, TINY_META)
+    DatasetStore(path)  # this version's store opens
+    group = zarr.open_group(str(path), mode="a")
+    if version is None:
+        del group.attrs["store_version"]
+    else:
+        group.attrs["store_version"] = version
+    for open_it in (lambda: DatasetStore(path), lambda: create_or_resume(path, TINY_META)):
+        with pytest.raises(StoreError) as info:
+            open_it()
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_store_survives_kill_9(tmp_path):
     """A real `kill -9` in the middle of a run, then the same command again."""
     cfg = tiny()
