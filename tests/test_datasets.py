@@ -116,6 +116,8 @@ BAD_SETTINGS = [
     ({"p_empty_field": "0.1"}, "p_empty_field (probability) must be a number in [0, 1]; got '0.1'"),
     ({"label_kind": "box"}, "unknown label_kind 'box': use 'disk' or 'gaussian'"),
     ({"structure": {"hole_densty_nm2": [0.0, 0.01]}}, "structure (graphene): unknown GrapheneConfig setting(s): hole_densty_nm2"),
+    ({"system": "gold", "box_px": [200], "image_px": 32, "margin_A": 1.0, "microscope": {"sampling_A": 0.12}},
+     "box_px 200 is too small for a gold structure: the box is 22.8 Å at the smallest pixel size, the builder needs >= 25.5 Å"),
     # the microscope ranges
     ({"microscope": {"dose_e_per_A2": [0.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
     ({"microscope": {"dose_e_per_A2": [-5.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
@@ -172,6 +174,16 @@ def test_bad_settings_are_one_line_errors_naming_the_field(settings, message):
 def test_draws_per_wave_zero_is_refused_not_a_hang():
     with pytest.raises(ValueError, match="draws_per_wave"):
         generate_job({"system": "graphene", "draws_per_wave": 0}, 0, 0, 2)
+
+
+@pytest.mark.parametrize("n, seed, message", [(2, -1, "seed must be an integer >= 0; got -1"),
+                                              (2, 1.5, "seed must be an integer >= 0"),
+                                              (0, 0, "n (samples) must be an integer >= 1; got 0")])
+def test_simulate_to_store_checks_n_and_seed_before_making_the_store(tmp_path, n, seed, message):
+    with pytest.raises(ValueError) as info:
+        simulate_to_store(tiny(), n, tmp_path / "s.zarr", seed=seed, workers=0)
+    assert message in str(info.value)
+    assert not list(tmp_path.iterdir())
 
 
 def test_edge_values_that_are_valid_stay_valid():
@@ -475,3 +487,41 @@ def test_cli_simulate_with_preview(system, tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--system", "graphene" if system != "graphene" else "gold", "--n", "2",
                                       "--out", str(tmp_path / "x.zarr"), "--config", str(cfg)])
     assert result.exit_code == 2 and "config is for system" in result.output
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--seed", "-1"], None, "--seed -1: give an integer >= 0"),
+    (["--preview", "p.gif"], None, "--preview p.gif: a figure file must end in one of .png"),
+    ([], "[simulation]\n[simulation.structure]\nhole_densty_nm2 = [0.0, 0.01]\n", "unknown GrapheneConfig setting(s): hole_densty_nm2"),
+    ([], "[simulation]\ndraws_per_wave = 0\n", "draws_per_wave (images per exit wave) must be an integer >= 1"),
+    ([], "[simulation]\nimage_px = 128\n[microscope]\nenergies_eV = [300000.0]\n", "microscope settings in [simulation.microscope]"),
+    ([], "[simulation]\n[simulation.microscope]\nenergies_eV = [300.0]\n", "300 looks like kV typed as eV"),
+    (["--workers", "0", "--scheduler", "tcp://nowhere:8786"], None, "give --workers or --scheduler, not both"),
+])
+def test_cli_simulate_refuses_bad_input_before_making_a_store(tmp_path, args, config, message):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    if config is not None:
+        (tmp_path / "c.toml").write_text(config)
+        args = args + ["--config", str(tmp_path / "c.toml")]
+    out = tmp_path / "d.zarr"
+    result = CliRunner().invoke(app, ["simulate", "--system", "graphene", "--n", "2", "--out", str(out)] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not list(tmp_path.glob(".d.zarr*"))
+
+
+def test_cli_simulate_into_a_folder_that_is_not_a_store_leaves_it_alone(tmp_path):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["simulate", "--system", "graphene", "--n", "2", "--out", str(folder)])
+    assert result.exit_code == 2 and "not a dataset store" in result.output, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

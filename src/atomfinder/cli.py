@@ -166,11 +166,21 @@ def simulate(
     """Simulate labelled HRTEM training data into a zarr store."""
 
     def action() -> None:
+        # every setting is checked before the store is created (and before minutes of simulation)
+        if seed < 0:
+            raise ValueError(f"--seed {seed}: give an integer >= 0 (random seeds are not negative)")
+        if workers is not None and scheduler is not None:
+            raise ValueError("give --workers or --scheduler, not both")
+        if preview is not None:
+            from atomfinder._figures import figure_format
+
+            try:
+                figure_format(preview)
+            except ValueError as exc:
+                raise ValueError(f"--preview {exc}") from None
         from atomfinder.datasets.generate import load_config, simulate_to_store
 
         cfg = load_config(config, system)
-        if workers is not None and scheduler is not None:
-            raise ValueError("give --workers or --scheduler, not both")
         with _progress(f"simulate {cfg.system}") as bar:
             task = bar.add_task(f"simulate {cfg.system}", total=n)
             simulate_to_store(

@@ -177,7 +177,7 @@ class SimulationConfig:
         if not isinstance(self.structure, dict):
             raise ValueError(f"structure must be a table of {self.system} structure settings; got {self.structure!r}")
         try:
-            _builder(self.system)[1].from_dict(self.structure)
+            structure = _builder(self.system)[1].from_dict(self.structure)
         except (TypeError, ValueError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"structure ({self.system}): {message}") from None
@@ -185,6 +185,12 @@ class SimulationConfig:
         need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
         if min(self.box_px) < need:
             raise ValueError(f"box_px {min(self.box_px)} is too small for {self.image_px}-px images: use >= {need}")
+        # the structure builders' own limit, at the smallest pixel size drawn (as a job draws it)
+        smallest_A = _fast_even(min(self.box_px)) * self.microscope.sampling_A * (1 - self.microscope.sampling_jitter)
+        need_A = _smallest_box_A(self.system, structure)
+        if smallest_A < need_A:
+            raise ValueError(f"box_px {min(self.box_px)} is too small for a {self.system} structure: the box is "
+                             f"{smallest_A:.3g} Å at the smallest pixel size, the builder needs >= {need_A:.3g} Å")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -468,6 +474,18 @@ def _builder(system: str) -> tuple[Callable, type, tuple[str, ...]]:
     raise ValueError(f"unknown system {system!r}")
 
 
+def _smallest_box_A(system: str, structure: Any) -> float:
+    """The smallest box side (Å) the structure builder of ``system`` accepts with ``structure``'s settings."""
+    if system != "gold":
+        return math.nextafter(5.0, math.inf)  # the sheet builders want more than 5 Å
+    from atomfinder.structures.gold import _MIN_DIAMETER_A
+
+    room = 2 * structure.edge_margin_A
+    if structure.p_support > 0:  # the particle sits above the support
+        room = max(room, structure.edge_margin_A + structure.support_gap_A + structure.support_min_height_A)
+    return room + _MIN_DIAMETER_A + 2
+
+
 def build_structure(config: SimulationConfig, rng: np.random.Generator, box_A: float) -> Structure:
     """Draw a structure for a square box of side ``box_A`` (Å), with optional carbon support."""
     from atomfinder.structures.support import amorphous_carbon
@@ -719,7 +737,7 @@ def simulate_to_store(
         The ``.zarr`` directory; an unfinished store with the same config, seed
         and ``n`` is resumed.
     seed : int
-        Master seed.
+        Master seed (>= 0).
     workers : int, optional
         Local worker processes (default: the number of CPUs; 0 = in this process).
     scheduler : str, optional
@@ -728,8 +746,8 @@ def simulate_to_store(
     progress : callable, optional
         Called as ``progress(done_samples, n)`` after each job.
     """
-    if n < 1:
-        raise ValueError("n must be at least 1")
+    check_number("n", n, "samples", lo=1, integer=True)
+    check_number("seed", seed, "", lo=0, integer=True)
     out = Path(out)
     group = create_or_resume(out, store_meta(config, n, seed))
     ranges = job_ranges(n, config.samples_per_job)
