@@ -255,10 +255,11 @@ def default_config(system: str) -> SimulationConfig:
       amorphous carbon under 20 % of the sheets; as negatives, 12 % of the fields
       hold no sheet (amorphous carbon or vacuum), a quarter of the sheets carry
       contamination blobs, and holes are larger (3-15 Å) and more frequent.
-    - gold: 0.1 Å/px, 200–300 kV; 80 % aberration-corrected with Cs -40..+40 µm
-      and any defocus in -150..+150 Å (both contrast signs, through the
-      reversals), 20 % uncorrected 300 kV (Cs 0.5-1.2 mm) within 60 Å of Scherzer
-      focus; doses 1e2-1e5 e/Å²; Au waves at 0.05 Å; crops around the particle,
+    - gold: 0.1 Å/px, 200 or 300 kV (half each); aberration-corrected with Cs
+      -40..+40 µm and any defocus in -150..+150 Å (both contrast signs, through
+      the reversals), except 20 % of the 300 kV images (10 % of all: uncorrected
+      lenses are drawn only at 300 kV, ``uncorrected_min_energy_eV``), which are
+      uncorrected (Cs 0.5-1.2 mm) within 60 Å of Scherzer focus; doses 1e2-1e5 e/Å²; Au waves at 0.05 Å; crops around the particle,
       a quarter anywhere in the box (support and vacuum views as negatives), 5 % of
       the fields without a particle; amorphous carbon (5-30 Å) under half of the
       particles, CeO2 in profile ([110], [100]) under half; the columns labelled

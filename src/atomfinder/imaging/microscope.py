@@ -94,7 +94,10 @@ class Microscope:
     gain : float
         Detector counts per electron.
     offset : float
-        Detector dark offset (counts).
+        Detector offset relative to the image's mean signal, not in counts: the
+        recorded image is ``gain * counts + offset * gain * mean(counts)``
+        (:func:`atomfinder.imaging.noise.detect`), so ``offset = 0.1`` raises every
+        pixel by a tenth of the mean level whatever the dose and gain.
     """
 
     energy_eV: float = 80e3
