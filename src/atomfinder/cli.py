@@ -264,6 +264,16 @@ def train(
         from atomfinder.nn.train import train as run_training
 
         cfg = TrainConfig.from_toml(config)
+        if cfg.init_from:  # before minutes of loading the data
+            from atomfinder.nn.card import resolve_model
+
+            try:
+                resolve_model(cfg.init_from)
+            except ValueError as exc:
+                raise ValueError(f"{config}: init_from = {cfg.init_from!r} (the model this recipe fine-tunes) cannot be "
+                                 f"used: {str(exc).splitlines()[0]}; make that run first (the recipe's first lines say "
+                                 "how), set init_from to a shipped model's name, or remove it to train from random "
+                                 "weights") from None
         store = DatasetStore(data)
         if len(store) < 2:
             raise ValueError(f"{data}: needs at least 2 finished samples, has {len(store)}")
