@@ -145,7 +145,7 @@ BAD_SETTINGS = [
     ({"microscope": {"gain": [0.0, 20.0]}}, "gain (counts per electron) must be [low, high] with both numbers > 0"),
     ({"microscope": {"gain": [20.0, 0.5]}}, "gain (counts per electron) must be [low, high] with low <= high"),
     ({"microscope": {"offset": [0.5, -0.2]}}, "offset (times the mean counts) must be [low, high] with low <= high"),
-    ({"microscope": {"energies_eV": []}}, "energies_eV (eV) must be a list of numbers, e.g. [300000.0]"),
+    ({"microscope": {"energies_eV": []}}, "energies_eV (eV) must be a list of numbers, e.g. [300000.0] for 300 kV; got []"),
     ({"microscope": {"energies_eV": 300e3}}, "energies_eV (eV) must be a list of numbers"),
     ({"microscope": {"energies_eV": ["80 kV"]}}, "energies_eV (eV) must be a list of numbers"),
     ({"microscope": {"energies_eV": [300.0]}}, "300 looks like kV typed as eV"),

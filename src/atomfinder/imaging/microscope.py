@@ -290,7 +290,8 @@ class MicroscopeRanges(ConfigMixin):
         energies = self.energies_eV
         if (not isinstance(energies, (tuple, list)) or not energies
                 or not all(_is_real(e) and math.isfinite(e) for e in energies)):
-            raise ValueError(f"energies_eV (eV) must be a list of numbers, e.g. [300000.0] for 300 kV; got {energies!r}")
+            shown = list(energies) if isinstance(energies, tuple) else energies
+            raise ValueError(f"energies_eV (eV) must be a list of numbers, e.g. [300000.0] for 300 kV; got {shown!r}")
         if min(energies) < MIN_ENERGY_EV:
             hint = f": {min(energies):g} looks like kV typed as eV" if min(energies) > 0 else ""
             raise ValueError(f"energies_eV (eV) must be electron energies in eV (>= {MIN_ENERGY_EV:g}; 300 kV is "
