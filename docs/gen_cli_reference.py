@@ -36,7 +36,8 @@ _HEADER = f"""\
      Do not edit by hand: run `make docs` (tests/test_docs.py fails when this page is stale). -->
 
 This page is generated from the `{PROG}` program itself; `{PROG} --help` and
-`{PROG} COMMAND --help` print the same texts in a terminal. Options marked
+`{PROG} COMMAND --help` print the same texts in a terminal (`python -m {PROG}` runs the
+same program where the `{PROG}` script is not on the PATH). Options marked
 *required* must be given; a default of "—" means that the option is unset unless
 given (its description says what happens then). Every command also takes `--help`.
 """

@@ -98,6 +98,20 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == f"atomfinder {atomfinder.__version__}"
 
 
+def test_python_dash_m_atomfinder_runs_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    import atomfinder
+
+    version = subprocess.run([sys.executable, "-m", "atomfinder", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"atomfinder {atomfinder.__version__}", version
+    # its errors and exit codes are the command line's
+    refused = subprocess.run([sys.executable, "-m", "atomfinder", "simulate", "--system", "graphene", "--n", "1",
+                              "--out", str(tmp_path / "d.zarr"), "--seed", "-1"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--seed -1" in refused.stderr, refused
+
+
 def test_debug_after_the_command_name_shows_the_traceback(tmp_path):
     missing = tmp_path / "missing.tif"
     _one_line_error(_invoke("info", str(missing)), "missing.tif", "no such file")

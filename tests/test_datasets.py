@@ -70,7 +70,8 @@ def test_config_round_trips_through_toml_and_json(system, tmp_path):
     assert SimulationConfig.from_toml(cfg.to_toml()) == cfg
     assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
     path = tmp_path / "c.toml"
-    path.write_text("[simulation]\n" + "\n".join(cfg.to_toml().split("\n")).replace("[microscope]", "[simulation.microscope]"))
+    text = cfg.to_toml().replace("[microscope]", "[simulation.microscope]").replace("[structure]", "[simulation.structure]")
+    path.write_text("[simulation]\n" + text)
     assert load_config(path, system) == cfg
 
 
@@ -83,6 +84,176 @@ def test_config_errors():
         SimulationConfig.from_dict({"system": "graphene", "voltage": 3})
     with pytest.raises(ValueError, match="p_uniform_crop"):
         default_config("gold").replace(p_uniform_crop=1.5)
+
+
+BAD_SETTINGS = [
+    # (the [simulation] table, or its [simulation.microscope] table as "microscope"), the message
+    ({"draws_per_wave": 0}, "draws_per_wave (images per exit wave) must be an integer >= 1; got 0"),
+    ({"draws_per_wave": -3}, "draws_per_wave (images per exit wave) must be an integer >= 1; got -3"),
+    ({"label_radius_A": 0.0}, "label_radius_A (Å) must be a number > 0; got 0.0"),
+    ({"label_radius_A": -0.4}, "label_radius_A (Å) must be a number > 0"),
+    ({"margin_A": -50.0}, "margin_A (Å) must be a number >= 0; got -50.0"),
+    ({"wave_oversampling": 0}, "wave_oversampling (exit-wave pixels per output pixel) must be an integer >= 1"),
+    ({"frames": 2.5}, "frames (images per sample) must be an integer >= 1; got 2.5"),
+    ({"frames": "3"}, "frames (images per sample) must be an integer >= 1; got '3'"),
+    ({"image_px": "128"}, "image_px (pixels) must be an integer >= 16; got '128'"),
+    ({"image_px": 128.0}, "image_px (pixels) must be an integer >= 16; got 128.0"),
+    ({"image_px": 8}, "image_px (pixels) must be an integer >= 16; got 8"),
+    ({"samples_per_job": 0}, "samples_per_job (samples) must be an integer >= 1; got 0"),
+    ({"samples_per_job": -8}, "samples_per_job (samples) must be an integer >= 1; got -8"),
+    ({"max_sites": 0}, "max_sites (sites per sample) must be an integer >= 1"),
+    ({"frozen_phonons": -1}, "frozen_phonons (configurations) must be an integer >= 0"),
+    ({"slice_thickness_A": 0.0}, "slice_thickness_A (Å) must be a number > 0"),
+    ({"drift_px": -1.0}, "drift_px (pixels) must be a number >= 0"),
+    ({"focal_step_A": [100.0]}, "focal_step_A (Å) must be [low, high] (equal bounds fix it), two finite numbers; got [100.0]"),
+    ({"focal_step_A": 100.0}, "focal_step_A (Å) must be [low, high]"),
+    ({"focal_step_A": [120.0, 40.0]}, "focal_step_A (Å) must be [low, high] with low <= high; got [120.0, 40.0]"),
+    ({"carbon_thickness_A": [20.0, 3.0]}, "carbon_thickness_A (Å) must be [low, high] with low <= high"),
+    ({"contamination_radius_A": [-5.0, 20.0]}, "contamination_radius_A (Å) must be [low, high] with both numbers >= 0"),
+    ({"box_px": 360}, "box_px (pixels) must be a list of integers, e.g. [360]; got 360"),
+    ({"box_px": []}, "box_px (pixels) must be a list of integers"),
+    ({"box_px": [360.5]}, "box_px (pixels) must be an integer >= 1; got 360.5"),
+    ({"p_empty_field": "0.1"}, "p_empty_field (probability) must be a number in [0, 1]; got '0.1'"),
+    ({"label_kind": "box"}, "unknown label_kind 'box': use 'disk' or 'gaussian'"),
+    ({"structure": {"hole_densty_nm2": [0.0, 0.01]}}, "structure (graphene): unknown GrapheneConfig setting(s): hole_densty_nm2"),
+    ({"system": "gold", "box_px": [200], "image_px": 32, "margin_A": 1.0, "microscope": {"sampling_A": 0.12}},
+     "box_px 200 is too small for a gold structure: the box is 22.8 Å at the smallest pixel size, the builder needs >= 25.5 Å"),
+    # the microscope ranges
+    ({"microscope": {"dose_e_per_A2": [0.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"dose_e_per_A2": [-5.0, 100.0]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"dose_e_per_A2": [100.0, float("inf")]}}, "[inf, inf] for no shot noise"),
+    ({"microscope": {"dose_e_per_A2": [1e5, 1e2]}}, "dose_e_per_A2 (e/Å²) must be [low, high] with low <= high"),
+    ({"microscope": {"dose_e_per_A2": 1000.0}}, "dose_e_per_A2 (e/Å²) must be [low, high] (equal bounds fix it)"),
+    ({"microscope": {"C5_A": [5e6, 0.0]}}, "C5_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"astigmatism_A": [30.0, 0.0]}}, "astigmatism_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"astigmatism_A": [-1.0, 0.0]}}, "astigmatism_A (Å) must be [low, high] with both numbers >= 0"),
+    ({"microscope": {"coma_A": [300.0, 0.0]}}, "coma_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"focal_spread_A": 25.0}}, "focal_spread_A (Å) must be [low, high]"),
+    ({"microscope": {"angular_spread_mrad": [0.5, 0.05]}}, "angular_spread_mrad (mrad) must be [low, high] with low <= high"),
+    ({"microscope": {"aperture_resolution_A": [0.0, 1.1]}}, "aperture_resolution_A (Å) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"defocus_around_scherzer_A": [250.0, -250.0]}}, "defocus_around_scherzer_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"corrected_defocus_A": [150.0, -150.0]}}, "corrected_defocus_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"corrected_defocus_A": [1.0, 2.0, 3.0]}}, "corrected_defocus_A (Å) must be [] or [low, high]"),
+    ({"microscope": {"Cs_corrected_A": [35e4, -35e4]}}, "Cs_corrected_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"Cs_uncorrected_A": [1.2e7, 0.5e7]}}, "Cs_uncorrected_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"Cs_uncorrected_A": [1.2, 1.2]}}, "1.2 looks like mm typed as Å"),
+    ({"microscope": {"defocus_curvature_A": [60.0, -60.0]}}, "defocus_curvature_A (Å) must be [low, high] with low <= high"),
+    ({"microscope": {"mtf_c0": [0.0, 1.5]}}, "mtf_c0 (MTF at high frequency) must be [low, high] with both numbers in [0, 1]"),
+    ({"microscope": {"mtf_c1": [0.0, 1.0]}}, "mtf_c1 (Nyquist) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"mtf_c2": [3.0, 1.5]}}, "mtf_c2 (exponent) must be [low, high] with low <= high"),
+    ({"microscope": {"blur_px": [-0.1, 0.6]}}, "blur_px (pixels) must be [low, high] with both numbers >= 0"),
+    ({"microscope": {"gain": [0.0, 20.0]}}, "gain (counts per electron) must be [low, high] with both numbers > 0"),
+    ({"microscope": {"gain": [20.0, 0.5]}}, "gain (counts per electron) must be [low, high] with low <= high"),
+    ({"microscope": {"offset": [0.5, -0.2]}}, "offset (times the mean counts) must be [low, high] with low <= high"),
+    ({"microscope": {"energies_eV": []}}, "energies_eV (eV) must be a list of numbers, e.g. [300000.0] for 300 kV; got []"),
+    ({"microscope": {"energies_eV": 300e3}}, "energies_eV (eV) must be a list of numbers"),
+    ({"microscope": {"energies_eV": ["80 kV"]}}, "energies_eV (eV) must be a list of numbers"),
+    ({"microscope": {"energies_eV": [300.0]}}, "300 looks like kV typed as eV"),
+    ({"microscope": {"energies_eV": [0.0]}}, "energies_eV (eV) must be electron energies in eV (>= 1000"),
+    ({"microscope": {"energies_eV": [-80e3]}}, "energies_eV (eV) must be electron energies in eV (>= 1000"),
+    ({"microscope": {"sampling_A": 0.0}}, "sampling_A (Å / pixel) must be a number > 0; got 0.0"),
+    ({"microscope": {"sampling_A": -0.1}}, "sampling_A (Å / pixel) must be a number > 0"),
+    ({"microscope": {"sampling_jitter": 2.0}}, "sampling_jitter (relative) must be a number in [0, 0.5); got 2.0"),
+    ({"microscope": {"sampling_jitter": 0.5}}, "sampling_jitter (relative) must be a number in [0, 0.5)"),
+    ({"microscope": {"sampling_jitter": -0.05}}, "sampling_jitter (relative) must be a number in [0, 0.5)"),
+    ({"microscope": {"p_corrected": 1.5}}, "p_corrected must be a probability in [0, 1]; got 1.5"),
+    ({"microscope": {"p_objective_aperture": -0.1}}, "p_objective_aperture must be a probability in [0, 1]"),
+    ({"microscope": {"p_defocus_variation": "0.3"}}, "p_defocus_variation must be a probability in [0, 1]"),
+    ({"microscope": {"uncorrected_min_energy_eV": -1.0}}, "uncorrected_min_energy_eV (eV) must be a number >= 0"),
+    ({"microscope": {"defocus_gradient_max": -1.5}}, "defocus_gradient_max (Å per Å) must be a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("settings, message", BAD_SETTINGS)
+def test_bad_settings_are_one_line_errors_naming_the_field(settings, message):
+    with pytest.raises(ValueError) as info:
+        SimulationConfig.from_dict({"system": "graphene", **settings})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_draws_per_wave_zero_is_refused_not_a_hang():
+    with pytest.raises(ValueError, match="draws_per_wave"):
+        generate_job({"system": "graphene", "draws_per_wave": 0}, 0, 0, 2)
+
+
+@pytest.mark.parametrize("n, seed, message", [(2, -1, "seed must be an integer >= 0; got -1"),
+                                              (2, 1.5, "seed must be an integer >= 0"),
+                                              (0, 0, "n (samples) must be an integer >= 1; got 0")])
+def test_simulate_to_store_checks_n_and_seed_before_making_the_store(tmp_path, n, seed, message):
+    with pytest.raises(ValueError) as info:
+        simulate_to_store(tiny(), n, tmp_path / "s.zarr", seed=seed, workers=0)
+    assert message in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_edge_values_that_are_valid_stay_valid():
+    from atomfinder.imaging.microscope import MicroscopeRanges
+
+    # no shot noise, from TOML (inf) or JSON (the string "inf"); equal bounds fix a parameter
+    for dose in ([float("inf"), float("inf")], ["inf", "inf"]):
+        assert MicroscopeRanges.from_dict({"dose_e_per_A2": dose}).dose_e_per_A2 == (float("inf"),) * 2
+    fixed = SimulationConfig.from_dict({"system": "graphene", "margin_A": 0.0, "focal_step_A": [50.0, 50.0],
+                                        "microscope": {"dose_e_per_A2": [1e3, 1e3], "sampling_jitter": 0.0,
+                                                       "uncorrected_min_energy_eV": 0.0, "p_corrected": 0.0}})
+    assert fixed.microscope.dose_e_per_A2 == (1e3, 1e3) and fixed.margin_A == 0.0
+    for system in ("graphene", "gold", "mos2"):
+        default_config(system)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.toml", "[simulation]\nimage_px = 128\n[microscope]\nenergies_eV = [300000.0]\n",
+     "unknown top-level table(s) or key(s) [microscope] beside [simulation]: simulation settings go in [simulation], "
+     "microscope settings in [simulation.microscope]"),
+    ("c.toml", "[simulation]\nimage_px = 128\n[simulaton.microscope]\nenergies_eV = [300000.0]\n",
+     "unknown top-level table(s) or key(s) [simulaton] beside [simulation]"),
+    ("c.toml", "image_px = 128\n[simulation]\nframes = 1\n", "unknown top-level table(s) or key(s) image_px"),
+    ("c.toml", "[simulaton]\nimage_px = 128\n", "unknown table(s) [simulaton] and no [simulation] table"),
+    ("c.toml", "[simulation]\nimage_px = \n", "c.toml: not valid TOML (Invalid value"),
+    ("c.json", '{"simulation": {"image_px": 128,}}', "c.json: not valid JSON"),
+    ("c.json", "[1, 2]", "c.json: a JSON config must be a table of settings"),
+    ("c.yaml", "simulation:\n  image_px: 128\n", "c.yaml: not valid TOML"),
+    ("c.toml", "[simulation]\ndraws_per_wave = 0\n", "c.toml: draws_per_wave (images per exit wave) must be"),
+])
+def test_config_file_errors_name_the_file(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_config(path, "graphene")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_config_file_may_hold_a_train_table_and_top_level_fields(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[simulation]\nimage_px = 128\n[train]\nepochs = 1\n")
+    assert load_config(path, "graphene").image_px == 128
+    path.write_text("image_px = 128\n[microscope]\nenergies_eV = [300000.0]\n")  # the layout of to_toml()
+    assert load_config(path, "graphene").microscope.energies_eV == (300000.0,)
+
+
+def test_structure_table_overrides_single_fields_of_the_recipe(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[simulation]\nsystem = "gold"\n[simulation.structure]\np_support = 0.0\n')
+    assert load_config(path, "gold").structure == {"column_rule": "density_peaks", "p_support": 0.0}
+    path.write_text("[simulation]\n[simulation.structure]\np_clean = 0.0\n")
+    assert load_config(path, "graphene").structure == default_config("graphene").structure | {"p_clean": 0.0}
+    # a store's recorded config is rebuilt as it is
+    assert SimulationConfig.from_dict({"system": "gold", "structure": {"p_support": 0.8}}).structure == {"p_support": 0.8}
+
+
+def test_recipes_written_for_a_replaced_structure_table_keep_their_structures():
+    """gold 0.1-0.3 were made with GoldConfig's column rule, graphene 0.2 with GrapheneConfig's holes."""
+    from pathlib import Path
+
+    from atomfinder.structures.gold import GoldConfig
+    from atomfinder.structures.graphene import GrapheneConfig
+
+    configs = Path(__file__).parent.parent / "configs"
+    for name in ("gold-0.1-simulation", "gold-0.2-simulation", "gold-0.3-simulation"):
+        structure = GoldConfig.from_dict(load_config(configs / f"{name}.toml", "gold").structure)
+        assert structure.column_rule == "separation" == GoldConfig().column_rule, name
+    graphene = load_config(configs / "graphene-0.2-simulation.toml", "graphene").structure
+    assert GrapheneConfig.from_dict(graphene) == GrapheneConfig()
 
 
 # -- generation -----------------------------------------------------------------------
@@ -201,6 +372,55 @@ def test_a_store_without_a_finished_sample_says_so_when_its_configuration_differ
         create_or_resume(tmp_path / "s.zarr", meta | {"seed": 1})
 
 
+TINY_META = {"n": 2, "frames": 1, "image_px": 8, "class_names": ["C"], "max_sites": 4, "microscope_fields": ["x"],
+             "has_heights": False, "samples_per_job": 2, "seed": 0, "config": {}}
+
+
+@pytest.mark.parametrize("kind", ["folder with files", "empty folder", "file", "other zarr group"])
+def test_an_existing_path_that_is_not_a_store_is_refused_before_anything_is_written(tmp_path, kind):
+    import zarr
+
+    from atomfinder.datasets.store import create_or_resume
+
+    out = tmp_path / "out"
+    if kind == "folder with files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif kind == "empty folder":
+        out.mkdir()
+    elif kind == "file":
+        out.write_text("mine")
+    else:
+        zarr.open_group(str(out), mode="w").attrs["other"] = 1
+    before = sorted(p.name for p in out.rglob("*")) if out.is_dir() else out.read_text()
+    with pytest.raises(StoreError, match="not a dataset store") as info:
+        create_or_resume(out, TINY_META)
+    assert "different configuration" not in str(info.value) and "\n" not in str(info.value)
+    assert (sorted(p.name for p in out.rglob("*")) if out.is_dir() else out.read_text()) == before
+
+
+@pytest.mark.parametrize("version, message", [(2, "store version 2 is newer than this atomfinder reads (1)"),
+                                              ("1", "store version '1' is unknown"),
+                                              (None, "store version None is unknown")])
+def test_a_store_of_another_version_is_refused_on_open_and_resume(tmp_path, version, message):
+    import zarr
+
+    from atomfinder.datasets.store import create_or_resume
+
+    path = tmp_path / "s.zarr"
+    create_or_resume(path, TINY_META)
+    DatasetStore(path)  # this version's store opens
+    group = zarr.open_group(str(path), mode="a")
+    if version is None:
+        del group.attrs["store_version"]
+    else:
+        group.attrs["store_version"] = version
+    for open_it in (lambda: DatasetStore(path), lambda: create_or_resume(path, TINY_META)):
+        with pytest.raises(StoreError) as info:
+            open_it()
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_store_survives_kill_9(tmp_path):
     """A real `kill -9` in the middle of a run, then the same command again."""
     cfg = tiny()
@@ -267,3 +487,41 @@ def test_cli_simulate_with_preview(system, tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--system", "graphene" if system != "graphene" else "gold", "--n", "2",
                                       "--out", str(tmp_path / "x.zarr"), "--config", str(cfg)])
     assert result.exit_code == 2 and "config is for system" in result.output
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--seed", "-1"], None, "--seed -1: give an integer >= 0"),
+    (["--preview", "p.gif"], None, "--preview p.gif: a figure file must end in one of .png"),
+    ([], "[simulation]\n[simulation.structure]\nhole_densty_nm2 = [0.0, 0.01]\n", "unknown GrapheneConfig setting(s): hole_densty_nm2"),
+    ([], "[simulation]\ndraws_per_wave = 0\n", "draws_per_wave (images per exit wave) must be an integer >= 1"),
+    ([], "[simulation]\nimage_px = 128\n[microscope]\nenergies_eV = [300000.0]\n", "microscope settings in [simulation.microscope]"),
+    ([], "[simulation]\n[simulation.microscope]\nenergies_eV = [300.0]\n", "300 looks like kV typed as eV"),
+    (["--workers", "0", "--scheduler", "tcp://nowhere:8786"], None, "give --workers or --scheduler, not both"),
+])
+def test_cli_simulate_refuses_bad_input_before_making_a_store(tmp_path, args, config, message):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    if config is not None:
+        (tmp_path / "c.toml").write_text(config)
+        args = args + ["--config", str(tmp_path / "c.toml")]
+    out = tmp_path / "d.zarr"
+    result = CliRunner().invoke(app, ["simulate", "--system", "graphene", "--n", "2", "--out", str(out)] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not list(tmp_path.glob(".d.zarr*"))
+
+
+def test_cli_simulate_into_a_folder_that_is_not_a_store_leaves_it_alone(tmp_path):
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["simulate", "--system", "graphene", "--n", "2", "--out", str(folder)])
+    assert result.exit_code == 2 and "not a dataset store" in result.output, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

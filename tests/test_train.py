@@ -29,6 +29,30 @@ def test_config_round_trip(tmp_path):
         TrainConfig.from_dict({"learning_rate": 1})
 
 
+@pytest.mark.parametrize("text, message", [("[train]\ndepth = \n", "t.toml: not valid TOML (Invalid value"),
+                                           ("[train]\nlearning_rate = 1\n", "t.toml: unknown training setting(s): learning_rate")])
+def test_recipe_errors_name_the_file(tmp_path, text, message):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_toml(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_recipe_whose_init_from_model_is_missing_is_refused_naming_it_and_the_file(tmp_path, monkeypatch):
+    """configs/graphene.toml fine-tunes runs/graphene-0.2/model, an earlier run (docs/guide/training.md)."""
+    from pathlib import Path
+
+    recipe = Path(__file__).parent.parent / "configs" / "graphene.toml"
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    result = CliRunner().invoke(app, ["train", "--config", str(recipe), "--data", str(tmp_path / "none.zarr"),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert f"{recipe}: init_from = 'runs/graphene-0.2/model'" in result.output
+    assert "remove it to train from random weights" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_capped_validation_set_takes_images_from_every_validation_job_in_turn():
     from types import SimpleNamespace
 

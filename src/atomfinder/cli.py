@@ -166,11 +166,21 @@ def simulate(
     """Simulate labelled HRTEM training data into a zarr store."""
 
     def action() -> None:
+        # every setting is checked before the store is created (and before minutes of simulation)
+        if seed < 0:
+            raise ValueError(f"--seed {seed}: give an integer >= 0 (random seeds are not negative)")
+        if workers is not None and scheduler is not None:
+            raise ValueError("give --workers or --scheduler, not both")
+        if preview is not None:
+            from atomfinder._figures import figure_format
+
+            try:
+                figure_format(preview)
+            except ValueError as exc:
+                raise ValueError(f"--preview {exc}") from None
         from atomfinder.datasets.generate import load_config, simulate_to_store
 
         cfg = load_config(config, system)
-        if workers is not None and scheduler is not None:
-            raise ValueError("give --workers or --scheduler, not both")
         with _progress(f"simulate {cfg.system}") as bar:
             task = bar.add_task(f"simulate {cfg.system}", total=n)
             simulate_to_store(
@@ -254,6 +264,16 @@ def train(
         from atomfinder.nn.train import train as run_training
 
         cfg = TrainConfig.from_toml(config)
+        if cfg.init_from:  # before minutes of loading the data
+            from atomfinder.nn.card import resolve_model
+
+            try:
+                resolve_model(cfg.init_from)
+            except ValueError as exc:
+                raise ValueError(f"{config}: init_from = {cfg.init_from!r} (the model this recipe fine-tunes) cannot be "
+                                 f"used: {str(exc).splitlines()[0]}; make that run first (the recipe's first lines say "
+                                 "how), set init_from to a shipped model's name, or remove it to train from random "
+                                 "weights") from None
         store = DatasetStore(data)
         if len(store) < 2:
             raise ValueError(f"{data}: needs at least 2 finished samples, has {len(store)}")

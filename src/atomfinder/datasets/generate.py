@@ -25,6 +25,7 @@ import numpy as np
 import tomli_w
 from scipy.fft import next_fast_len
 
+from atomfinder._config import check_number, check_pair
 from atomfinder.datasets.labels import class_maps, height_map
 from atomfinder.datasets.store import create_or_resume, job_ranges, pending_jobs, write_job
 from atomfinder.imaging.hrtem import SimulatedImage, resample_spectrum, simulate_draw
@@ -38,6 +39,10 @@ SYSTEMS = ("graphene", "gold", "mos2")
 @dataclass(frozen=True)
 class SimulationConfig:
     """How to simulate one system's training data.
+
+    Every field is checked on construction (the structure table by building the
+    system's structure config); a bad value is a one-line ``ValueError`` naming
+    the field, its unit and the accepted range.
 
     Attributes
     ----------
@@ -71,7 +76,7 @@ class SimulationConfig:
     slice_thickness_A : float
         Multislice slice thickness (Å).
     draws_per_wave : int
-        Images made from one exit wave.
+        Images made from one exit wave (>= 1).
     frozen_phonons : int
         Frozen-phonon configurations per structure (0 = none).
     p_amorphous_carbon : float
@@ -134,19 +139,58 @@ class SimulationConfig:
     structure: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Check every field (one-line ``ValueError`` naming the field, its unit and range).
+
+        The structure table is checked by building the system's structure config,
+        so that a misspelt key is refused before a store is created.
+        """
         if self.system not in SYSTEMS:
             raise ValueError(f"unknown system {self.system!r}: choose one of {', '.join(SYSTEMS)}")
-        if self.frames < 1 or self.image_px < 16:
-            raise ValueError("frames must be >= 1 and image_px >= 16")
+        check_number("image_px", self.image_px, "pixels", lo=16, integer=True)
+        check_number("frames", self.frames, "images per sample", lo=1, integer=True)
+        check_pair("focal_step_A", self.focal_step_A, "Å")
+        check_number("drift_px", self.drift_px, "pixels", lo=0)
+        if not isinstance(self.box_px, (tuple, list)) or not self.box_px:
+            raise ValueError(f"box_px (pixels) must be a list of integers, e.g. [360]; got {self.box_px!r}")
+        for side in self.box_px:
+            check_number("box_px", side, "pixels", lo=1, integer=True)
+        check_number("margin_A", self.margin_A, "Å", lo=0)
         if self.crop not in ("uniform", "sites"):
-            raise ValueError(f"unknown crop mode {self.crop!r}")
+            raise ValueError(f"unknown crop mode {self.crop!r}: use 'uniform' or 'sites'")
         for name in ("p_uniform_crop", "p_amorphous_carbon", "p_empty_field", "p_empty_carbon", "p_contamination"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            check_number(name, getattr(self, name), "probability", lo=0, hi=1)
+        check_number("wave_oversampling", self.wave_oversampling, "exit-wave pixels per output pixel", lo=1,
+                     integer=True)
+        check_number("slice_thickness_A", self.slice_thickness_A, "Å", lo=0, lo_open=True)
+        check_number("draws_per_wave", self.draws_per_wave, "images per exit wave", lo=1, integer=True)
+        check_number("frozen_phonons", self.frozen_phonons, "configurations", lo=0, integer=True)
+        for name in ("carbon_thickness_A", "contamination_thickness_A", "contamination_radius_A"):
+            check_pair(name, getattr(self, name), "Å", lo=0)
+        if self.label_kind not in ("disk", "gaussian"):
+            raise ValueError(f"unknown label_kind {self.label_kind!r}: use 'disk' or 'gaussian'")
+        check_number("label_radius_A", self.label_radius_A, "Å", lo=0, lo_open=True)
+        check_number("max_sites", self.max_sites, "sites per sample", lo=1, integer=True)
+        check_number("samples_per_job", self.samples_per_job, "samples", lo=1, integer=True)
+        if not isinstance(self.microscope, MicroscopeRanges):
+            raise ValueError(f"microscope must be a MicroscopeRanges ([simulation.microscope] table); "
+                             f"got {type(self.microscope).__name__}")
+        if not isinstance(self.structure, dict):
+            raise ValueError(f"structure must be a table of {self.system} structure settings; got {self.structure!r}")
+        try:
+            structure = _builder(self.system)[1].from_dict(self.structure)
+        except (TypeError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"structure ({self.system}): {message}") from None
         s_max = self.microscope.sampling_A * (1 + self.microscope.sampling_jitter)
         need = self.image_px + 2 * math.ceil(self.margin_A / s_max * (1 + self.microscope.sampling_jitter))
         if min(self.box_px) < need:
             raise ValueError(f"box_px {min(self.box_px)} is too small for {self.image_px}-px images: use >= {need}")
+        # the structure builders' own limit, at the smallest pixel size drawn (as a job draws it)
+        smallest_A = _fast_even(min(self.box_px)) * self.microscope.sampling_A * (1 - self.microscope.sampling_jitter)
+        need_A = _smallest_box_A(self.system, structure)
+        if smallest_A < need_A:
+            raise ValueError(f"box_px {min(self.box_px)} is too small for a {self.system} structure: the box is "
+                             f"{smallest_A:.3g} Å at the smallest pixel size, the builder needs >= {need_A:.3g} Å")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -173,7 +217,12 @@ class SimulationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SimulationConfig":
-        """Inverse of :meth:`to_dict`; missing keys take the system's defaults."""
+        """Inverse of :meth:`to_dict`; missing keys take the system's defaults.
+
+        Missing microscope fields take the recipe's; a ``structure`` table replaces
+        the recipe's as it is (a store's recorded config is rebuilt exactly).
+        :func:`load_config` merges a file's structure table key by key instead.
+        """
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -206,10 +255,11 @@ def default_config(system: str) -> SimulationConfig:
       amorphous carbon under 20 % of the sheets; as negatives, 12 % of the fields
       hold no sheet (amorphous carbon or vacuum), a quarter of the sheets carry
       contamination blobs, and holes are larger (3-15 Å) and more frequent.
-    - gold: 0.1 Å/px, 200–300 kV; 80 % aberration-corrected with Cs -40..+40 µm
-      and any defocus in -150..+150 Å (both contrast signs, through the
-      reversals), 20 % uncorrected 300 kV (Cs 0.5-1.2 mm) within 60 Å of Scherzer
-      focus; doses 1e2-1e5 e/Å²; Au waves at 0.05 Å; crops around the particle,
+    - gold: 0.1 Å/px, 200 or 300 kV (half each); aberration-corrected with Cs
+      -40..+40 µm and any defocus in -150..+150 Å (both contrast signs, through
+      the reversals), except 20 % of the 300 kV images (10 % of all: uncorrected
+      lenses are drawn only at 300 kV, ``uncorrected_min_energy_eV``), which are
+      uncorrected (Cs 0.5-1.2 mm) within 60 Å of Scherzer focus; doses 1e2-1e5 e/Å²; Au waves at 0.05 Å; crops around the particle,
       a quarter anywhere in the box (support and vacuum views as negatives), 5 % of
       the fields without a particle; amorphous carbon (5-30 Å) under half of the
       particles, CeO2 in profile ([110], [100]) under half; the columns labelled
@@ -319,19 +369,91 @@ def default_config(system: str) -> SimulationConfig:
     raise ValueError(f"unknown system {system!r}: choose one of {', '.join(SYSTEMS)}")
 
 
+#: Top-level tables a config file may hold beside ``[simulation]`` (read by other commands).
+OTHER_TABLES = ("train",)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The table of a TOML (or, for a ``.json`` suffix, JSON) file.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: unreadable, not valid TOML/JSON or not a table.
+    """
+    path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text ({kind}) file") from None
+    try:
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: not valid {kind} ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {kind} config must be a table of settings, not {type(data).__name__}")
+    return data
+
+
 def load_config(path: Path | str | None, system: str | None = None) -> SimulationConfig:
-    """A config from a TOML or JSON file (``[simulation]`` table or top level), or the default."""
+    """A config from a TOML or JSON file, or the default recipe of ``system``.
+
+    The file holds a ``[simulation]`` table (fields of :class:`SimulationConfig`,
+    microscope ranges in ``[simulation.microscope]``, structure settings in
+    ``[simulation.structure]``), or the same fields at the top level. Its fields
+    override those of the system's recipe (:func:`default_config`), and the
+    microscope and structure tables override single fields of the recipe's: a
+    structure field the file leaves out keeps the recipe's value (to use a
+    structure builder's default where the recipe sets another, give it).
+
+    Parameters
+    ----------
+    path : path, optional
+        The file; ``None``: the recipe itself.
+    system : str, optional
+        The system asked for (``--system``); a file for another system is refused.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: not valid TOML/JSON, a top-level table other
+        than ``[simulation]`` (and ``[train]``) beside it, a config for another
+        system, or a bad setting.
+    """
     if path is None:
         return default_config(system or "graphene")
     path = Path(path)
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    data = data.get("simulation", data)
+    data = read_config_file(path)
+    if "simulation" in data:
+        others = [k for k in data if k not in ("simulation", *OTHER_TABLES)]
+        if others:
+            names = ", ".join(f"[{k}]" if isinstance(data[k], dict) else k for k in others)
+            raise ValueError(f"{path}: unknown top-level table(s) or key(s) {names} beside [simulation]: simulation "
+                             f"settings go in [simulation], microscope settings in [simulation.microscope], "
+                             f"structure settings in [simulation.structure]")
+        data = data["simulation"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: simulation must be a table ([simulation]), not {data!r}")
+    else:
+        tables = [k for k in data if isinstance(data[k], dict) and k not in ("microscope", "structure")]
+        if tables:
+            raise ValueError(f"{path}: unknown table(s) {', '.join(f'[{k}]' for k in tables)} and no [simulation] "
+                             f"table: simulation settings go in [simulation], microscope settings in "
+                             f"[simulation.microscope]")
     if system is not None:
         if data.get("system", system) != system:
             raise ValueError(f"{path}: config is for system {data['system']!r}, not {system!r}")
         data = {**data, "system": system}
-    return SimulationConfig.from_dict(data)
+    try:
+        if isinstance(data.get("structure"), dict):
+            # key by key, as the microscope table (SimulationConfig.from_dict)
+            recipe = default_config(data.get("system", "graphene")).structure
+            data = {**data, "structure": recipe | data["structure"]}
+        return SimulationConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: {message}") from None
 
 
 # -- structures --------------------------------------------------------------------
@@ -351,6 +473,18 @@ def _builder(system: str) -> tuple[Callable, type, tuple[str, ...]]:
 
         return build_mos2, MoS2Config, ("Mo", "S", "S1", "Mo_vacancy", "S_vacancy")
     raise ValueError(f"unknown system {system!r}")
+
+
+def _smallest_box_A(system: str, structure: Any) -> float:
+    """The smallest box side (Å) the structure builder of ``system`` accepts with ``structure``'s settings."""
+    if system != "gold":
+        return math.nextafter(5.0, math.inf)  # the sheet builders want more than 5 Å
+    from atomfinder.structures.gold import _MIN_DIAMETER_A
+
+    room = 2 * structure.edge_margin_A
+    if structure.p_support > 0:  # the particle sits above the support
+        room = max(room, structure.edge_margin_A + structure.support_gap_A + structure.support_min_height_A)
+    return room + _MIN_DIAMETER_A + 2
 
 
 def build_structure(config: SimulationConfig, rng: np.random.Generator, box_A: float) -> Structure:
@@ -604,7 +738,7 @@ def simulate_to_store(
         The ``.zarr`` directory; an unfinished store with the same config, seed
         and ``n`` is resumed.
     seed : int
-        Master seed.
+        Master seed (>= 0).
     workers : int, optional
         Local worker processes (default: the number of CPUs; 0 = in this process).
     scheduler : str, optional
@@ -613,8 +747,8 @@ def simulate_to_store(
     progress : callable, optional
         Called as ``progress(done_samples, n)`` after each job.
     """
-    if n < 1:
-        raise ValueError("n must be at least 1")
+    check_number("n", n, "samples", lo=1, integer=True)
+    check_number("seed", seed, "", lo=0, integer=True)
     out = Path(out)
     group = create_or_resume(out, store_meta(config, n, seed))
     ranges = job_ranges(n, config.samples_per_job)

@@ -23,6 +23,10 @@ folder beside ``DIR.zarr`` and renamed into place, so a run killed while creatin
 it leaves no store that cannot be resumed; resuming removes the temporary chunk
 files (``*.partial``) and folders a killed run left.
 
+A store records its layout's version (``store_version``); a store of another
+version (made by a newer atomfinder) is refused on opening and on resuming, as
+is an existing folder that is not a store (nothing is written into it).
+
 This module knows arrays and zarr only (no physics, no abTEM): training reads
 samples through it.
 """
@@ -91,6 +95,7 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
         _remove_partial_stores(path)
         _create_beside(path, meta)
     if path.exists():
+        check_store(path)  # before anything is written into a folder that is not a store
         try:
             group = zarr.open_group(str(path), mode="a")
         except Exception as exc:  # noqa: BLE001 - any failure means "not our store"
@@ -107,6 +112,54 @@ def create_or_resume(path: Path, meta: dict[str, Any]) -> zarr.Group:
         _remove_partial_chunks(path)
         return group
     raise StoreError(f"{path}: could not be created")
+
+
+def check_store(path: Path) -> dict[str, Any]:
+    """Check that the existing ``path`` is a dataset store this version can read, writing nothing.
+
+    Parameters
+    ----------
+    path : Path
+        An existing file or folder.
+
+    Returns
+    -------
+    dict
+        The store's attributes.
+
+    Raises
+    ------
+    StoreError
+        One line: ``path`` is a file, a folder that is not a zarr group, a zarr
+        group that atomfinder did not make, or a store of another
+        ``store_version`` (made by a newer atomfinder).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"{path}: exists and is not a dataset store (a file); choose another --out")
+    if not (path / "zarr.json").is_file():
+        if any(path.iterdir()):
+            raise StoreError(f"{path}: exists and is not a dataset store (a folder without zarr.json); "
+                             "choose another --out")
+        raise StoreError(f"{path}: exists and is not a dataset store (an empty folder); choose another --out "
+                         "or remove the folder")
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not our store"
+        raise StoreError(f"{path}: exists and is not a dataset store ({exc})") from None
+    if "atomfinder" not in attrs:
+        raise StoreError(f"{path}: a zarr group but not a dataset store (made by something other than "
+                         "atomfinder simulate); choose another --out")
+    version = attrs.get("store_version")
+    integer = isinstance(version, int) and not isinstance(version, bool)
+    if not (integer and version == STORE_VERSION):
+        newer = integer and version > STORE_VERSION
+        raise StoreError(
+            f"{path}: store version {version!r} "
+            + (f"is newer than this atomfinder reads ({STORE_VERSION}): update atomfinder" if newer else
+               f"is unknown (this atomfinder reads and writes version {STORE_VERSION})")
+        )
+    return attrs
 
 
 def _partial_name(path: Path) -> str:
@@ -212,6 +265,7 @@ class DatasetStore:
             self.meta = dict(self.group.attrs["atomfinder"])
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"{self.path}: not an atomfinder dataset store ({exc})") from None
+        check_store(self.path)
         done = _complete_flags(self.group)
         ranges = job_ranges(self.meta["n"], self.meta["samples_per_job"])
         self.indices = np.concatenate(

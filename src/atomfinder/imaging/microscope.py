@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from atomfinder._config import ConfigMixin
+from atomfinder._config import ConfigMixin, check_number, check_pair
 
 #: Physical constants (CODATA) for the relativistic electron wavelength.
 _H = 6.62607015e-34  # J s
@@ -94,7 +94,10 @@ class Microscope:
     gain : float
         Detector counts per electron.
     offset : float
-        Detector dark offset (counts).
+        Detector offset relative to the image's mean signal, not in counts: the
+        recorded image is ``gain * counts + offset * gain * mean(counts)``
+        (:func:`atomfinder.imaging.noise.detect`), so ``offset = 0.1`` raises every
+        pixel by a tenth of the mean level whatever the dose and gain.
     """
 
     energy_eV: float = 80e3
@@ -147,6 +150,25 @@ class Microscope:
         return cls(**d)
 
 
+#: Smallest electron energy (eV) accepted in :attr:`MicroscopeRanges.energies_eV`: a smaller
+#: value is most likely kV typed as eV.
+MIN_ENERGY_EV = 1e3
+#: Smallest uncorrected Cs (Å) accepted in :attr:`MicroscopeRanges.Cs_uncorrected_A` (0.1 µm;
+#: an uncorrected lens has 0.5-2 mm = 5e6-2e7 Å): a smaller value is most likely mm typed as Å.
+MIN_UNCORRECTED_CS_A = 1e3
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _inf_or_value(value: Any) -> Any:
+    """``"inf"``, ``"+inf"`` or ``"Infinity"`` (any case) as ``float("inf")``; anything else unchanged."""
+    if isinstance(value, str) and value.strip().lower().lstrip("+") in ("inf", "infinity"):
+        return math.inf
+    return value
+
+
 def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
     lo, hi = lo_hi
     return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
@@ -162,16 +184,19 @@ class MicroscopeRanges(ConfigMixin):
     """Ranges from which :meth:`sample` draws a :class:`Microscope`.
 
     Every draw is uniform in the given ``(low, high)`` range unless noted; pass
-    equal bounds to fix a parameter.
+    equal bounds to fix a parameter. Every field is checked on construction
+    (``low <= high``, the bounds given below); a bad value is a one-line
+    ``ValueError`` naming the field and its unit.
 
     Attributes
     ----------
     energies_eV : tuple of float
-        Acceleration energies to choose from (eV), uniformly.
+        Acceleration energies to choose from (eV), uniformly; at least one, each
+        >= :data:`MIN_ENERGY_EV` (300 kV is ``300000.0``).
     sampling_A : float
-        Nominal pixel size (Å / pixel), the model's sampling.
+        Nominal pixel size (Å / pixel, > 0), the model's sampling.
     sampling_jitter : float
-        Relative jitter of the pixel size: drawn uniformly in
+        Relative jitter of the pixel size, in [0, 0.5): drawn uniformly in
         ``sampling_A * (1 ± sampling_jitter)`` (a calibration error).
     p_corrected : float
         Probability of an aberration-corrected microscope (Cs drawn from
@@ -181,7 +206,8 @@ class MicroscopeRanges(ConfigMixin):
         their point resolution (> 2.3 Å at 120 kV and Cs = 0.5 mm) cannot separate
         the atoms or columns the labels mark, so such images would teach guessing.
     Cs_corrected_A, Cs_uncorrected_A : (float, float)
-        Cs ranges (Å): corrected -35..+35 µm by default, uncorrected 0.5-1.2 mm.
+        Cs ranges (Å): corrected -35..+35 µm by default, uncorrected 0.5-1.2 mm
+        (at least :data:`MIN_UNCORRECTED_CS_A`: 1.2 mm is ``1.2e7``).
     C5_A : (float, float)
         C50 range (Å).
     defocus_around_scherzer_A : (float, float)
@@ -216,12 +242,13 @@ class MicroscopeRanges(ConfigMixin):
     blur_px : (float, float)
         Gaussian detector blur range (pixels).
     dose_e_per_A2 : (float, float)
-        Dose range (e/Å²), drawn log-uniformly.
+        Dose range (e/Å², > 0), drawn log-uniformly; ``(inf, inf)``: no shot noise.
     gain : (float, float)
-        Counts per electron, drawn log-uniformly.
+        Counts per electron (> 0), drawn log-uniformly.
     offset : (float, float)
-        Detector offset range (counts per pixel, relative to the mean counts:
-        the offset is ``offset * mean counts``).
+        Detector offset range, relative to the mean counts of the image: the
+        offset added to every pixel is ``offset * gain * mean electrons per
+        pixel`` (see :class:`Microscope`).
     """
 
     _config_label = "microscope range"
@@ -254,8 +281,74 @@ class MicroscopeRanges(ConfigMixin):
     offset: tuple[float, float] = (-0.2, 0.5)
 
     def __post_init__(self) -> None:
-        if len(self.corrected_defocus_A) not in (0, 2):
-            raise ValueError(f"corrected_defocus_A must be empty or (low, high) in Å, got {self.corrected_defocus_A}")
+        """Check every field: one-line ``ValueError`` naming the field, its unit and range.
+
+        Values that look typed in another unit are refused with a hint: energies
+        below :data:`MIN_ENERGY_EV` (kV typed as eV) and an uncorrected Cs below
+        :data:`MIN_UNCORRECTED_CS_A` (mm typed as Å).
+        """
+        energies = self.energies_eV
+        if (not isinstance(energies, (tuple, list)) or not energies
+                or not all(_is_real(e) and math.isfinite(e) for e in energies)):
+            shown = list(energies) if isinstance(energies, tuple) else energies
+            raise ValueError(f"energies_eV (eV) must be a list of numbers, e.g. [300000.0] for 300 kV; got {shown!r}")
+        if min(energies) < MIN_ENERGY_EV:
+            hint = f": {min(energies):g} looks like kV typed as eV" if min(energies) > 0 else ""
+            raise ValueError(f"energies_eV (eV) must be electron energies in eV (>= {MIN_ENERGY_EV:g}; 300 kV is "
+                             f"300000.0){hint}; got {list(energies)!r}")
+        check_number("sampling_A", self.sampling_A, "Å / pixel", lo=0, lo_open=True)
+        check_number("sampling_jitter", self.sampling_jitter, "relative", lo=0, hi=0.5, hi_open=True)
+        for name in ("p_corrected", "p_objective_aperture", "p_defocus_variation"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a probability in [0, 1]; got {value!r}")
+        check_number("uncorrected_min_energy_eV", self.uncorrected_min_energy_eV, "eV", lo=0)
+        check_pair("Cs_corrected_A", self.Cs_corrected_A, "Å")
+        check_pair("Cs_uncorrected_A", self.Cs_uncorrected_A, "Å")
+        if self.Cs_uncorrected_A[0] < MIN_UNCORRECTED_CS_A:
+            raise ValueError(f"Cs_uncorrected_A (Å) must be the Cs of an uncorrected lens in Å (>= "
+                             f"{MIN_UNCORRECTED_CS_A:g} Å; 1.2 mm is 1.2e7 Å): {self.Cs_uncorrected_A[0]:g} looks "
+                             f"like mm typed as Å; got {list(self.Cs_uncorrected_A)!r}")
+        check_pair("C5_A", self.C5_A, "Å")
+        check_pair("defocus_around_scherzer_A", self.defocus_around_scherzer_A, "Å")
+        if not (isinstance(self.corrected_defocus_A, (tuple, list)) and len(self.corrected_defocus_A) in (0, 2)):
+            raise ValueError(f"corrected_defocus_A (Å) must be [] or [low, high]; got {self.corrected_defocus_A!r}")
+        if self.corrected_defocus_A:
+            check_pair("corrected_defocus_A", self.corrected_defocus_A, "Å")
+        check_pair("focal_spread_A", self.focal_spread_A, "Å", lo=0)
+        check_pair("angular_spread_mrad", self.angular_spread_mrad, "mrad", lo=0)
+        check_pair("aperture_resolution_A", self.aperture_resolution_A, "Å", lo=0, lo_open=True)
+        check_pair("astigmatism_A", self.astigmatism_A, "Å", lo=0)
+        check_pair("coma_A", self.coma_A, "Å", lo=0)
+        check_number("defocus_gradient_max", self.defocus_gradient_max, "Å per Å", lo=0)
+        check_pair("defocus_curvature_A", self.defocus_curvature_A, "Å")
+        check_pair("mtf_c0", self.mtf_c0, "MTF at high frequency", lo=0, hi=1)
+        check_pair("mtf_c1", self.mtf_c1, "Nyquist", lo=0, lo_open=True)
+        check_pair("mtf_c2", self.mtf_c2, "exponent", lo=0, lo_open=True)
+        check_pair("blur_px", self.blur_px, "pixels", lo=0)
+        dose = self.dose_e_per_A2
+        no_noise = isinstance(dose, (tuple, list)) and len(dose) == 2 and all(_is_real(d) and d == math.inf for d in dose)
+        if not no_noise:
+            try:
+                check_pair("dose_e_per_A2", dose, "e/Å²", lo=0, lo_open=True)
+            except ValueError as exc:
+                inf = isinstance(dose, (tuple, list)) and any(_is_real(d) and math.isinf(d) for d in dose)
+                raise ValueError(f"{exc}{'; [inf, inf] for no shot noise' if inf else ''}") from None
+        check_pair("gain", self.gain, "counts per electron", lo=0, lo_open=True)
+        check_pair("offset", self.offset, "times the mean counts")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MicroscopeRanges":
+        """Build the ranges from :meth:`to_dict` output or a TOML/JSON table.
+
+        The strings ``"inf"`` in ``dose_e_per_A2`` (JSON has no infinity) are read
+        as numbers.
+        """
+        data = dict(data)
+        dose = data.get("dose_e_per_A2")
+        if isinstance(dose, (list, tuple)):
+            data["dose_e_per_A2"] = [_inf_or_value(d) for d in dose]
+        return super().from_dict(data)
 
     def sample(
         self,

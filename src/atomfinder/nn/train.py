@@ -150,8 +150,25 @@ class TrainConfig(ConfigMixin):
 
     @classmethod
     def from_toml(cls, path: Path | str) -> "TrainConfig":
-        data = tomllib.loads(Path(path).read_text())
-        return cls.from_dict(data.get("train", data))
+        """The ``[train]`` table (or the top level) of the TOML file ``path``.
+
+        Raises
+        ------
+        ValueError
+            One line naming the file: not valid TOML, or a bad setting.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text (TOML) file") from None
+        try:
+            return cls.from_dict(data.get("train", data))
+        except (TypeError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: {message}") from None
 
 
 # -- data ---------------------------------------------------------------------------
