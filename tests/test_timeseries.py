@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.timeseries import (
+    DRIFT_COLUMNS,
     MIN_SWITCH_COST,
     FrameDetection,
+    RegistrationWarning,
     Sites,
     change_posteriors,
     events,
@@ -25,6 +28,7 @@ from atomfinder.analysis.timeseries import (
     presence_matrix,
     refine_drift,
     register_frames,
+    register_series,
     site_probabilities,
     sites_in_view,
     smooth_states,
@@ -34,6 +38,7 @@ from atomfinder.analysis.timeseries import (
     viterbi_states,
 )
 from atomfinder.detection.baseline import conventional_atoms
+from atomfinder.detection.registration import MIN_CORRELATION_SIGMAS
 from conftest import save_untrained_model
 
 SAMPLING_A = 0.2  # Å/px: column spacing 10.37 px = 2.07 Å, tolerance 0.7 Å = 3.5 px
@@ -159,6 +164,81 @@ def test_register_reference_and_errors(series):
         register_frames(frames, mode="sideways")
     with pytest.raises(ValueError):
         register_frames(frames[0])
+
+
+def blob_field(shape=(200, 200), n=160, seed=3) -> np.ndarray:
+    """Randomly placed round spots: content that is not periodic, so every shift is unambiguous."""
+    rng = np.random.default_rng(seed)
+    return render(rng.uniform(0, shape[1], (n, 2)), shape, sigma_px=2.0)
+
+
+def test_registration_checks_pass_on_a_well_registered_series(series):
+    """The checked registration gives the very drift of register_frames, and no doubt."""
+    frames, drift, *_ = series
+    for mode in ("first", "previous"):
+        reg = register_series(frames, mode=mode)
+        np.testing.assert_array_equal(reg.drift, register_frames(frames, mode=mode))
+        assert reg.reliable.all() and reg.problems() == []
+        assert np.nanmin(reg.sigmas) > 2 * MIN_CORRELATION_SIGMAS and np.nanmax(reg.disagreement_px) < 0.5
+
+
+def test_registration_flags_a_drift_beyond_half_the_field_and_previous_follows_it():
+    """Frame 3 keeps only 33 % of frame 0's field: against frame 0 the whole-pixel stage does not
+    search that far and finds a wrong drift; the check through frame 2 says so in one line, and
+    mode "previous" (steps of at most 24 x 16 px) finds the true drift without a doubt."""
+    field = blob_field()
+    offsets = np.array([[0, 0], [12, 8], [24, 16], [48, 32]])  # (dx, dy) of each frame's window
+    frames = np.stack([field[y : y + 96, x : x + 96] for x, y in offsets])
+    truth = -offsets.astype(float)  # the window moves right: the content moves left
+    first = register_series(frames)
+    assert np.abs(first.drift[3] - truth[3]).max() > 5  # silently wrong before the check
+    np.testing.assert_array_equal(first.reliable, [True, True, True, False])
+    (line,) = first.problems()
+    assert line.startswith("frame 3: registration doubtful: drift") and "through frame 2" in line
+    assert "--registration previous" in line and "\n" not in line
+    np.testing.assert_allclose(first.second[3], truth[3], atol=0.3)
+    previous = register_series(frames, mode="previous")
+    np.testing.assert_allclose(previous.drift, truth, atol=0.3)
+    assert previous.problems() == []
+
+
+def test_registration_flags_frames_of_noise():
+    """Unrelated frames correlate at a few noise sigmas at their best shift: every frame is doubtful."""
+    frames = np.random.default_rng(0).normal(size=(3, 128, 128))
+    reg = register_series(frames)
+    assert (reg.sigmas[1:] < 6).all() and not reg.reliable[1:].any()
+    assert all("noise sigmas" in line for line in reg.problems()) and len(reg.problems()) == 2
+
+
+def test_track_warns_of_a_doubtful_registration_and_records_it(tmp_path):
+    frames = np.random.default_rng(0).normal(size=(3, 64, 64))
+    with pytest.warns(RegistrationWarning, match=r"^frame 1: registration doubtful"):
+        paths = track(frames, lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path / "out", gif=False,
+                      provenance={})
+    table = pd.read_csv(paths["drift.csv"])
+    assert table.columns.tolist() == list(DRIFT_COLUMNS) and table["reliable"].tolist() == [1, 0, 0]
+    record = json.loads(paths["provenance.json"].read_text(encoding="utf-8"))
+    assert record["tracking"]["registration_doubtful_frames"] == [1, 2]
+
+
+def test_cli_track_registration_mode(tmp_path):
+    """`--registration previous` reaches the tracker (recorded in provenance.json); doubtful frames are
+    printed as one warning line each."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    src = write_tiff_calibrated(tmp_path / "noise.tif", np.random.default_rng(1).normal(100, 5, (3, 64, 64)),
+                                SAMPLING_A)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["track", str(src), "--model", str(tmp_path / "tiny"), "--out", str(out),
+                                      "--registration", "previous"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "provenance.json").read_text())["tracking"]["registration"] == "previous"
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: frame")]
+    assert len(warned) == 2 and all("registration doubtful" in line for line in warned)
 
 
 # --------------------------------------------------------------------------- full chain

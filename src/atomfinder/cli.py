@@ -7,9 +7,10 @@ instead.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -919,6 +920,26 @@ def _refuse_existing(out: Path, existing: list[Path], shown: int = 4) -> None:
                      "or another --out")
 
 
+@contextlib.contextmanager
+def _warning_lines(category: type[Warning]) -> Iterator[None]:
+    """Print each warning of ``category`` raised inside as one ``warning:`` line, as it comes."""
+    import warnings
+
+    from rich.markup import escape
+
+    shown = warnings.showwarning
+
+    def show(message: Any, cat: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(cat, category):
+            return shown(message, cat, *args, **kwargs)
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        warnings.showwarning = show
+        yield
+
+
 @app.command(cls=_Command)
 def track(
     inputs: list[Path] = typer.Argument(..., help="Frames in time order: one multi-frame file or several image files."),
@@ -935,6 +956,10 @@ def track(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
     min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
+    registration: Literal["first", "previous"] = typer.Option(
+        "first", "--registration",
+        help="Register every frame to the first (errors do not add up; each frame must keep at least half of the "
+             "field in common with it), or to the frame before (a field that changes a lot or drifts farther)."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Test-time augmentation of every frame (8 views, 8x the network time). Default: the model card's setting."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
 ) -> None:
@@ -942,7 +967,7 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import load_time_series
+        from atomfinder.analysis.timeseries import RegistrationWarning, load_time_series
         from atomfinder.analysis.timeseries import track as run_track
 
         if not overwrite:
@@ -955,12 +980,12 @@ def track(
         for note in sample.notes:
             console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False, soft_wrap=True)
 
-        with _progress(f"track {len(frames)} frames") as bar:
+        with _progress(f"track {len(frames)} frames") as bar, _warning_lines(RegistrationWarning):
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
                                 min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
-                                progress=lambda done, total: bar.update(task, completed=done))
+                                mode=registration, progress=lambda done, total: bar.update(task, completed=done))
         console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
 
     _run(action)

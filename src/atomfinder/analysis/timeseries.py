@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-
 from atomfinder.detection.preprocess import in_no_data
 from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
     REGISTRATION_MODES,
+    Registration,
+    RegistrationWarning,
     bandpass,
     bin_image,
     coarse_bin,
@@ -91,6 +94,7 @@ from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the 
     pair_shift,
     register_frames,
     register_images,
+    register_series,
     smooth,
 )
 
@@ -98,7 +102,7 @@ from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the 
 SITES_COLUMNS = ("site", "x", "y", "x_angstrom", "y_angstrom", "label")
 PRESENCE_COLUMNS = ("frame", "site", "present", "probability")
 EVENTS_COLUMNS = ("frame", "site", "event", "x", "y", "confidence")
-DRIFT_COLUMNS = ("frame", "dx", "dy")
+DRIFT_COLUMNS = ("frame", "dx", "dy", "correlation", "correlation_sigmas", "disagreement_px", "reliable")
 OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
@@ -687,11 +691,40 @@ def summary(
 # --------------------------------------------------------------------------- outputs
 
 
-def drift_table(drift_px: np.ndarray) -> pd.DataFrame:
-    """``drift.csv`` table: ``frame, dx, dy`` (pixels, sign as in :func:`register_frames`)."""
+def drift_table(drift_px: np.ndarray, registration: Registration | None = None) -> pd.DataFrame:
+    """``drift.csv`` table: the drift of every frame and the checks of its registration.
+
+    Parameters
+    ----------
+    drift_px : ndarray, shape (N, 2)
+        ``(dx, dy)`` in pixels, sign as in :func:`register_frames` (the drift used,
+        e.g. refined by :func:`refine_drift`).
+    registration : Registration, optional
+        The image registration's checks (:func:`register_series`); without it the
+        check columns are empty and every frame counts as reliable.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, dx, dy, correlation, correlation_sigmas, disagreement_px, reliable``
+        (:class:`atomfinder.detection.registration.Registration`; ``reliable`` 1 or 0).
+    """
     d = np.asarray(drift_px, dtype=np.float64).reshape(-1, 2)
-    frame = np.arange(len(d), dtype=np.int64)
-    return pd.DataFrame({"frame": frame, "dx": d[:, 0], "dy": d[:, 1]}, columns=list(DRIFT_COLUMNS))
+    n = len(d)
+    nan = np.full(n, np.nan)
+    reg = registration
+    return pd.DataFrame(
+        {
+            "frame": np.arange(n, dtype=np.int64),
+            "dx": d[:, 0],
+            "dy": d[:, 1],
+            "correlation": nan if reg is None else reg.correlation,
+            "correlation_sigmas": nan if reg is None else reg.sigmas,
+            "disagreement_px": nan if reg is None else reg.disagreement_px,
+            "reliable": np.ones(n, dtype=np.int64) if reg is None else reg.reliable.astype(np.int64),
+        },
+        columns=list(DRIFT_COLUMNS),
+    )
 
 
 #: Units of the time-series tables, as written into ``provenance.json``.
@@ -699,6 +732,8 @@ TRACK_UNITS = {
     "x, y": "pixels of the first frame (x = column, y = row; pixel centres at integers)",
     "x_angstrom, y_angstrom": "Å in the first frame's grid",
     "drift dx, dy": "pixels: a feature at (x, y) in frame 0 is at (x + dx, y + dy) in the frame",
+    "drift correlation_sigmas": "the registration's correlation in noise sigmas (unrelated frames: 4-5)",
+    "drift disagreement_px": "pixels between two measurements of the frame's drift",
     "probability": "the atom map's value (1 - p(background)) at the site in that frame",
     "switch_cost_nats": "nats of evidence a change of presence must overcome",
 }
@@ -1012,7 +1047,8 @@ def track(
 ) -> dict[str, Path]:
     """Track column sites through a time series and write every output.
 
-    Steps: :func:`register_frames` → ``detect`` on each raw frame →
+    Steps: :func:`register_series` (the drift, and a :class:`RegistrationWarning` of
+    one line for each frame whose registration fails a check) → ``detect`` on each raw frame →
     :func:`link_sites` → (:func:`refine_drift` → :func:`link_sites` again) → drop
     sites not in every frame's view (:func:`sites_in_view`) → the map's value at
     every site in every frame (:func:`site_probabilities`) → decided presence
@@ -1054,7 +1090,9 @@ def track(
     border_A : float
         Sites closer than this (Å) to the edge of any frame's field are dropped.
     mode : {"first", "previous"}
-        Registration mode (:func:`register_frames`).
+        Registration mode (:func:`register_frames`; ``--registration`` of
+        ``atomfinder track``): every frame against the first, or against the frame
+        before (for a field that changes a lot, or drifts by more than half of it).
     upsample : int
         Registration resolution ``1 / upsample`` pixels.
     min_frames : int
@@ -1112,7 +1150,10 @@ def track(
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
     masks = _no_data_frames(no_data, stack.shape)
-    drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
+    registration = register_series(stack, reference=0, upsample=upsample, mode=mode)
+    for line in registration.problems():
+        warnings.warn(line, RegistrationWarning, stacklevel=2)
+    drift = registration.drift
     found = []
     for i in range(n):
         det = as_frame_detection(detect(stack[i]))
@@ -1145,7 +1186,7 @@ def track(
             "sites.csv": write_csv(sites.to_frame(sampling_A), stage / "sites.csv"),
             "presence.csv": write_csv(pres, stage / "presence.csv"),
             "events.csv": write_csv(ev, stage / "events.csv"),
-            "drift.csv": write_csv(drift_table(drift), stage / "drift.csv"),
+            "drift.csv": write_csv(drift_table(drift, registration), stage / "drift.csv"),
             "occupancy.csv": write_csv(summ, stage / "occupancy.csv"),
             "presence.png": plot_presence(pres, sites, stage / "presence.png", frame_interval_s, n_frames=n),
             "occupancy.png": plot_occupancy(summ, stage / "occupancy.png", frame_interval_s),
@@ -1160,7 +1201,9 @@ def track(
                              "switch_cost_nats": float(cost),
                              "switch_cost_source": "noise" if switch_cost is None else "argument",
                              "min_run": int(min_run), "frame_interval_s": frame_interval_s,
-                             "registration": mode, "sites": int(len(sites))},
+                             "registration": mode,
+                             "registration_doubtful_frames": np.flatnonzero(~registration.reliable).tolist(),
+                             "sites": int(len(sites))},
                 "units": TRACK_UNITS,
             }
             paths["provenance.json"] = write_json(record, stage / "provenance.json")
@@ -1220,6 +1263,8 @@ def publish_staged(staged: dict[str, Path], out_dir: Path | str) -> dict[str, Pa
 
 __all__ = [
     "FrameDetection",
+    "Registration",
+    "RegistrationWarning",
     "Sites",
     "as_detections",
     "as_frame_detection",
@@ -1248,6 +1293,7 @@ __all__ = [
     "refine_drift",
     "register_frames",
     "register_images",
+    "register_series",
     "registered_xy",
     "sample_map",
     "site_probabilities",
