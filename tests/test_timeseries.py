@@ -257,7 +257,9 @@ def test_track_outputs(series, tracked):
     assert list(read["sites.csv"].columns) == ["site", "x", "y", "x_angstrom", "y_angstrom", "label"]
     assert list(read["presence.csv"].columns) == ["frame", "site", "present", "probability"]
     assert list(read["events.csv"].columns) == ["frame", "site", "event", "x", "y", "confidence"]
-    assert list(read["drift.csv"].columns) == ["frame", "dx", "dy"]
+    assert list(read["drift.csv"].columns) == ["frame", "dx", "dy", "correlation", "correlation_sigmas",
+                                               "disagreement_px", "reliable"]
+    assert (read["drift.csv"]["reliable"] == 1).all()
     assert list(read["occupancy.csv"].columns) == ["frame", "occupancy", "events", "event_rate"]
     assert np.abs(read["drift.csv"][["dx", "dy"]].to_numpy() - drift).max() < 0.2
     with Image.open(paths["overlay.gif"]) as gif:
