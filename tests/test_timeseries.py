@@ -21,6 +21,7 @@ from atomfinder.analysis.timeseries import (
     RegistrationWarning,
     Sites,
     change_posteriors,
+    evidence_cap,
     events,
     link_sites,
     presence,
@@ -463,6 +464,28 @@ def test_static_noisy_sites_give_no_events():
     assert (pres["present"] == 1).all()
     sites = Sites(np.arange(50.0), np.zeros(50), ["Au"] * 50, np.full(50, 40))
     assert len(events(pres, sites, threshold=0.5)) == 0
+
+
+def test_evidence_is_capped_symmetrically_about_the_threshold():
+    """At T = 0.85 a clean map (0.999 / 0.001) gives +-4.6 nats either way. With p clipped to
+    [0.01, 0.99] instead, present was capped at 2.86 nats, under the 2 x 2 nats a one-frame run
+    needs: a column present in one frame only was never marked present, while the mirror image
+    (absent in one frame) was; and clean events topped out at a confidence of about 0.94."""
+    cap = evidence_cap()
+    assert cap == pytest.approx(np.log(99.0))
+    np.testing.assert_allclose(presence_evidence([0.999, 0.001, 1.0, 0.0], 0.85), [cap, -cap, cap, -cap])
+    assert presence_evidence(0.85, 0.85) == pytest.approx(0.0) and presence_evidence(np.nan, 0.85) == 0.0
+    blip = np.full((8, 2), 0.001)
+    blip[:, 1] = 0.999
+    blip[4, 0], blip[4, 1] = 0.999, 0.001  # site 0 present in frame 4 only, site 1 absent in frame 4 only
+    states = presence_matrix(presence(blip, 0.85, MIN_SWITCH_COST), 2)
+    np.testing.assert_array_equal(states[:, 0], [0, 0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(states[:, 1], [1, 1, 1, 1, 0, 1, 1, 1])
+    step = np.where(np.arange(8)[:, None] < 4, 0.999, 0.001) * np.ones((1, 2))
+    step[:, 1] = step[::-1, 0]
+    appear, disappear = change_posteriors(presence_evidence(step, 0.85), MIN_SWITCH_COST)
+    assert disappear[3, 0] > 0.97 and appear[3, 1] > 0.97  # the same confidence both ways
+    assert disappear[3, 0] == pytest.approx(appear[3, 1])
 
 
 def test_known_pattern_recovered_exactly():
