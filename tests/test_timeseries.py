@@ -439,6 +439,27 @@ def test_smooth_states():
     np.testing.assert_array_equal(smooth_states(s, 4), np.ones(10))
 
 
+def test_min_run_ignores_a_change_in_the_last_frames_and_says_so():
+    """With K = 3 a column that leaves in the second-to-last frame stays present to the end (the
+    change cannot last 3 frames); the CLI help, the guide and the README say so."""
+    from pathlib import Path
+
+    import typer
+
+    from atomfinder.cli import app
+
+    leaves = np.array([1, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(smooth_states(leaves, 3), np.ones(7))
+    np.testing.assert_array_equal(smooth_states(leaves, 2), leaves)
+    track_command = typer.main.get_command(app).commands["track"]
+    (option,) = [p for p in track_command.params if "--min-run" in p.opts]
+    assert "a change in the last K-1 frames" in option.help
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "docs" / "guide" / "time-series.md", root / "README.md"):
+        text = " ".join(doc.read_text(encoding="utf-8").split())
+        assert "`--min-run K`" in text and "in the last K − 1 frames" in text, doc
+
+
 # --------------------------------------------------------------------------- presence decoding
 
 

@@ -955,7 +955,10 @@ def track(
     switch_cost: Optional[float] = typer.Option(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
-    min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
+    min_run: int = typer.Option(
+        1, "--min-run", min=1,
+        help="Frames a decided change must also last to count as an event (K); a change in the last K-1 frames "
+             "cannot last that long and is ignored."),
     registration: Literal["first", "previous"] = typer.Option(
         "first", "--registration",
         help="Register every frame to the first (errors do not add up; each frame must keep at least half of the "

@@ -534,7 +534,8 @@ def presence(
     switch_cost : float, optional
         Nats per change of state; default :func:`switch_cost_from_noise`.
     min_run : int
-        Frames a change must last (1: no extra smoothing).
+        Frames a change must last (1: no extra smoothing); a change in the last
+        ``min_run - 1`` frames is ignored.
 
     Returns
     -------
@@ -1087,7 +1088,8 @@ def track(
         Nats of evidence a change of state must overcome (:func:`viterbi_states`);
         default :func:`switch_cost_from_noise` of this series' map values.
     min_run : int
-        Frames a decided change must also last (:func:`smooth_states`; 1 = off).
+        Frames a decided change must also last (:func:`smooth_states`; 1 = off); a
+        change in the last ``min_run - 1`` frames is ignored (it cannot last that long).
     border_A : float
         Sites closer than this (Å) to the edge of any frame's field are dropped.
     mode : {"first", "previous"}
