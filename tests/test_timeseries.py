@@ -20,6 +20,7 @@ from atomfinder.analysis.timeseries import (
     FrameDetection,
     RegistrationWarning,
     Sites,
+    TrackWarning,
     change_posteriors,
     evidence_cap,
     events,
@@ -242,6 +243,32 @@ def test_cli_track_registration_mode(tmp_path):
     assert len(warned) == 2 and all("registration doubtful" in line for line in warned)
 
 
+def test_cli_track_counts_sites_and_events_and_warns_when_there_is_no_site(tmp_path, monkeypatch):
+    """The last line gives the sites and events; no site at all (nothing detected) is one warning line."""
+    from typer.testing import CliRunner
+
+    from atomfinder.analysis import timeseries
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    frames = np.stack([100 + 50 * render(lattice() * 0.6, (64, 64)) for _ in range(3)]).astype(np.float32)
+    src = write_tiff_calibrated(tmp_path / "series.tif", frames, SAMPLING_A)
+    args = ["track", str(src), "--model", str(tmp_path / "tiny")]
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    n_sites = len(pd.read_csv(tmp_path / "a" / "sites.csv"))
+    n_events = len(pd.read_csv(tmp_path / "a" / "events.csv"))
+    assert n_sites > 0
+    assert f"3 frames: {n_sites} sites, {n_events} event" in result.output.splitlines()[-1]
+    monkeypatch.setattr(timeseries.TimeSeries, "detect_frame", lambda self, frame: pd.DataFrame({"x": [], "y": []}))
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    (warned,) = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert "no column found in any of the 3 frames" in warned
+    assert "3 frames: 0 sites, 0 events" in result.output.splitlines()[-1]
+
+
 # --------------------------------------------------------------------------- full chain
 
 
@@ -399,7 +426,8 @@ def test_empty_detection_frame(series):
 
 def test_no_detections_at_all(series, tmp_path):
     frames, *_ = series
-    paths = track(frames[:3], lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path)
+    with pytest.warns(TrackWarning, match="^no column found in any of the 3 frames"):
+        paths = track(frames[:3], lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path)
     assert len(pd.read_csv(paths["sites.csv"])) == 0
     assert len(pd.read_csv(paths["presence.csv"])) == 0
     assert len(pd.read_csv(paths["events.csv"])) == 0

@@ -920,9 +920,20 @@ def _refuse_existing(out: Path, existing: list[Path], shown: int = 4) -> None:
                      "or another --out")
 
 
+def _track_summary_line(n_frames: int, written: dict, out: Path) -> str:
+    """``12 frames: 52 sites, 6 events -> out/: drift.csv, ...`` (the last line of ``track``)."""
+    import pandas as pd
+
+    n_sites = len(pd.read_csv(written["sites.csv"]))
+    n_events = len(pd.read_csv(written["events.csv"]))
+    files = ", ".join(sorted(Path(p).name for p in written.values()))
+    return (f"{n_frames} frames: {n_sites} site{'' if n_sites == 1 else 's'}, {n_events} "
+            f"event{'' if n_events == 1 else 's'} -> {out}: {files}")
+
+
 @contextlib.contextmanager
-def _warning_lines(category: type[Warning]) -> Iterator[None]:
-    """Print each warning of ``category`` raised inside as one ``warning:`` line, as it comes."""
+def _warning_lines(*categories: type[Warning]) -> Iterator[None]:
+    """Print each warning of ``categories`` raised inside as one ``warning:`` line, as it comes."""
     import warnings
 
     from rich.markup import escape
@@ -930,12 +941,13 @@ def _warning_lines(category: type[Warning]) -> Iterator[None]:
     shown = warnings.showwarning
 
     def show(message: Any, cat: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if not issubclass(cat, category):
+        if not issubclass(cat, categories):
             return shown(message, cat, *args, **kwargs)
         console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", category)
+        for category in categories:
+            warnings.simplefilter("always", category)
         warnings.showwarning = show
         yield
 
@@ -970,7 +982,7 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import RegistrationWarning, load_time_series
+        from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning, load_time_series
         from atomfinder.analysis.timeseries import track as run_track
 
         if not overwrite:
@@ -983,13 +995,13 @@ def track(
         for note in sample.notes:
             console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False, soft_wrap=True)
 
-        with _progress(f"track {len(frames)} frames") as bar, _warning_lines(RegistrationWarning):
+        with _progress(f"track {len(frames)} frames") as bar, _warning_lines(RegistrationWarning, TrackWarning):
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
                                 min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
                                 mode=registration, progress=lambda done, total: bar.update(task, completed=done))
-        console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
+        console.print(escape(_track_summary_line(len(frames), written, out)), highlight=False, soft_wrap=True)
 
     _run(action)
 

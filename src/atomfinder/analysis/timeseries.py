@@ -1052,7 +1052,8 @@ def track(
     Steps: :func:`register_series` (the drift, and a :class:`RegistrationWarning` of
     one line for each frame whose registration fails a check) → ``detect`` on each raw frame →
     :func:`link_sites` → (:func:`refine_drift` → :func:`link_sites` again) → drop
-    sites not in every frame's view (:func:`sites_in_view`) → the map's value at
+    sites not in every frame's view (:func:`sites_in_view`; a :class:`TrackWarning`
+    when none is left, :func:`no_sites_reason`) → the map's value at
     every site in every frame (:func:`site_probabilities`) → decided presence
     (:func:`presence`: a two-state hidden Markov model per site) → :func:`events`
     → :func:`summary`.
@@ -1171,7 +1172,10 @@ def track(
     if refine:
         drift = refine_drift(tables, drift, sites, tol_px)
         sites = link_sites(tables, drift, tol_px, min_frames=min_frames)
+    linked = len(sites)
     sites = sites.subset(sites_in_view(sites, drift, stack.shape[1:], border_A / sampling_A))
+    if len(sites) == 0:
+        warnings.warn(no_sites_reason(n, linked, border_A), TrackWarning, stacklevel=2)
     prob = site_probabilities(found, drift, sites, sampling_A, tol_px)
     del found
     for i, mask in enumerate(masks):  # no data at a site in a frame: no evidence (NaN), not an absence
@@ -1213,6 +1217,19 @@ def track(
         return publish_staged(paths, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+class TrackWarning(UserWarning):
+    """Something :func:`track` found that makes its outputs doubtful (one line), e.g. no site at all."""
+
+
+def no_sites_reason(n_frames: int, n_linked: int, border_A: float) -> str:
+    """Why :func:`track` kept no site, in one line: nothing was detected, or every site was near an edge."""
+    if n_linked == 0:
+        return (f"no column found in any of the {n_frames} frames: no lattice (noise, vacuum) or a material the "
+                "model was not trained on; every output is empty")
+    return (f"none of the {n_linked} sites found stays {border_A:g} Å inside the field of every frame (a large "
+            "drift or a small field); every output is empty")
 
 
 #: Name of the hidden folder :func:`track` stages its outputs in (``<prefix><random><suffix>``).
@@ -1269,6 +1286,7 @@ __all__ = [
     "Registration",
     "RegistrationWarning",
     "Sites",
+    "TrackWarning",
     "as_detections",
     "as_frame_detection",
     "bandpass",
@@ -1284,6 +1302,7 @@ __all__ = [
     "hann_window",
     "link_sites",
     "matched_probability",
+    "no_sites_reason",
     "overlay_frames",
     "pair_shift",
     "plot_occupancy",
