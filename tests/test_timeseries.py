@@ -381,16 +381,40 @@ def test_refine_drift_keeps_accuracy(series):
 # --------------------------------------------------------------------------- edge cases
 
 
-def test_single_frame(series, tmp_path):
+def _never_detect(frame):
+    raise AssertionError("a frame was detected before the input was checked")
+
+
+def test_track_refuses_a_single_frame_and_nan_pixels_in_one_line(series, tmp_path):
+    """One frame is refused as the command line refuses it; NaN pixels, which reached skimage's
+    registration and its own error text, are refused with a pointer to no_data; before any work."""
     frames, *_ = series
-    paths = track(frames[:1], detector, SAMPLING_A, tmp_path)
-    assert pd.read_csv(paths["drift.csv"])[["dx", "dy"]].to_numpy().tolist() == [[0.0, 0.0]]
-    assert len(pd.read_csv(paths["events.csv"])) == 0
-    assert len(pd.read_csv(paths["sites.csv"])) == int(schedule()[0].sum())
-    occ = pd.read_csv(paths["occupancy.csv"])
-    assert occ["occupancy"].tolist() == [1.0] and occ["events"].tolist() == [0]
-    with Image.open(paths["overlay.gif"]) as gif:
-        assert gif.n_frames == 1
+    with pytest.raises(ValueError, match=r"^a time series needs at least 2 frames, got 1$"):
+        track(frames[:1], _never_detect, SAMPLING_A, tmp_path / "one")
+    with pytest.raises(ValueError, match=r"^a time series needs at least 2 frames, got 1$"):
+        track(frames[0], _never_detect, SAMPLING_A, tmp_path / "one")
+    holed = frames[:3].copy()
+    holed[1, :, :10] = np.nan
+    holed[2, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^frame 1 has 960 NaN or inf pixels \(2 frames have some\); fill them "
+                                         r"and pass where they were as no_data") as info:
+        track(holed, _never_detect, SAMPLING_A, tmp_path / "nan")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "nan").exists()
+
+
+def test_track_refuses_an_earlier_run_unless_overwrite_and_then_removes_its_stale_files(series, tmp_path):
+    frames, *_ = series
+    out = tmp_path / "out"
+    first = track(frames[:3], detector, SAMPLING_A, out, provenance={})
+    assert {"overlay.gif", "provenance.json"} <= set(first)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"out: already holds sites.csv, presence.csv, events.csv, drift.csv and 5 "
+                                         r"more from an earlier run; give overwrite=True to replace them"):
+        track(frames[:3], _never_detect, SAMPLING_A, out)
+    second = track(frames[:3], detector, SAMPLING_A, out, gif=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*second, "notes.txt"])  # no stale GIF or provenance
+    assert "overlay.gif" not in second and "provenance.json" not in second
 
 
 def test_empty_detection_frame(series):

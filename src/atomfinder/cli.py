@@ -892,10 +892,6 @@ def detect(
 _SAMPLING_SOURCES = {"file": "from the file's metadata", "signal": "from the signal's axes",
                      "argument": "given as an argument"}
 
-#: The files ``atomfinder track`` writes into --out (atomfinder.analysis.timeseries.track).
-TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
-                 "occupancy.png", "overlay.gif", "provenance.json")
-
 
 def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
     """``<source>: pixel size 0.107 Å/px (from the file's metadata)`` (or ``given with --sampling``, ...)."""
@@ -982,11 +978,11 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning, load_time_series
+        from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning, earlier_outputs, load_time_series
         from atomfinder.analysis.timeseries import track as run_track
 
         if not overwrite:
-            _refuse_existing(out, [out / name for name in TRACK_OUTPUTS if (out / name).exists()])
+            _refuse_existing(out, earlier_outputs(out))
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
                                   sampling_label="--sampling", augment=augment)
         sample, frames = series.sample, series.frames
@@ -1000,7 +996,8 @@ def track(
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
                                 min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
-                                mode=registration, progress=lambda done, total: bar.update(task, completed=done))
+                                mode=registration, overwrite=overwrite,
+                                progress=lambda done, total: bar.update(task, completed=done))
         console.print(escape(_track_summary_line(len(frames), written, out)), highlight=False, soft_wrap=True)
 
     _run(action)

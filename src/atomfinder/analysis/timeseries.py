@@ -1046,6 +1046,7 @@ def track(
     gif: bool = True,
     provenance: Mapping[str, Any] | None = None,
     no_data: np.ndarray | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Track column sites through a time series and write every output.
 
@@ -1061,7 +1062,9 @@ def track(
     Parameters
     ----------
     frames_images : ndarray, shape (N, H, W)
-        The series, in time order.
+        The series, in time order: at least 2 frames, all pixels finite (fill NaN
+        or inf and pass where they were as ``no_data``; :func:`load_time_series`
+        does both).
     detect : callable
         ``detect(frame) -> FrameDetection``: the frame's detections (``x, y`` in
         pixels of that frame, ``label``, ``probability``; DataFrame or AtomTable) and
@@ -1075,7 +1078,8 @@ def track(
     sampling_A : float
         Pixel size in Å/pixel.
     out_dir : path
-        Folder for the outputs (created).
+        Folder for the outputs (created). One that holds files of an earlier run
+        (:data:`TRACK_OUTPUTS`) is refused unless ``overwrite``.
     tolerance_A : float
         Largest distance in Å between a detection and its site.
     frame_interval_s : float, optional
@@ -1120,6 +1124,11 @@ def track(
         are dropped, and a site that lies in one in a frame has no map value there
         (``probability`` NaN: no evidence, the decided state carries through). The
         registration still sees the filled (flat) pixels.
+    overwrite : bool
+        Replace the files of an earlier run in ``out_dir`` (``--overwrite`` of
+        ``atomfinder track``); those this run does not write (``overlay.gif`` with
+        ``gif=False``, ``provenance.json`` without ``provenance``) are removed, so
+        that every file in the folder is from this run. Other files are left alone.
 
     Returns
     -------
@@ -1132,11 +1141,7 @@ def track(
         any point leaves no output of its own beside those of an earlier run; the
         staging folders of killed runs are removed when the next run starts.
     """
-    stack = np.asarray(frames_images)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim != 3 or stack.shape[0] == 0:
-        raise ValueError(f"expected frames of shape (N, H, W) with N >= 1, got {np.shape(frames_images)}")
+    stack = check_frames(frames_images)
     if not (np.isfinite(sampling_A) and sampling_A > 0):
         raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {sampling_A}")
     if not 0.0 <= threshold <= 1.0:
@@ -1149,6 +1154,8 @@ def track(
         raise ValueError(f"frame interval must be a positive number of seconds, got {frame_interval_s:g}")
     out = Path(out_dir)
     check_output_dir(out)  # before any work: a file, or a folder that cannot be written, is refused now
+    if not overwrite:
+        refuse_earlier_outputs(out)
     if out.is_dir():
         remove_stale_staging(out)
     n = stack.shape[0]
@@ -1214,9 +1221,75 @@ def track(
                 "units": TRACK_UNITS,
             }
             paths["provenance.json"] = write_json(record, stage / "provenance.json")
-        return publish_staged(paths, out)
+        published = publish_staged(paths, out)
+        for name in set(TRACK_OUTPUTS) - set(published):  # an earlier run's file this run does not write
+            (out / name).unlink(missing_ok=True)
+        return published
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+#: Every file :func:`track` may write into its output folder.
+TRACK_OUTPUTS = ("sites.csv", "presence.csv", "events.csv", "drift.csv", "occupancy.csv", "presence.png",
+                 "occupancy.png", "overlay.gif", "provenance.json")
+
+
+def check_frames(frames_images: Any) -> np.ndarray:
+    """The frames of a time series as an ``(N, H, W)`` array, refused in one line when unusable.
+
+    Raises
+    ------
+    ValueError
+        Not ``(N, H, W)``, fewer than 2 frames, or NaN or inf pixels (fill them and
+        pass where they were as ``no_data``, as :func:`load_time_series` does).
+    """
+    stack = np.asarray(frames_images)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected frames of shape (N, H, W), got {np.shape(frames_images)}")
+    if stack.shape[0] < 2:
+        raise ValueError(f"a time series needs at least 2 frames, got {stack.shape[0]}")
+    if np.issubdtype(stack.dtype, np.inexact):
+        counts = (~np.isfinite(stack)).reshape(len(stack), -1).sum(axis=1)
+        if counts.any():
+            first = int(np.flatnonzero(counts)[0])
+            raise ValueError(
+                f"frame {first} has {counts[first]} NaN or inf pixels ({int((counts > 0).sum())} frames have some); "
+                "fill them and pass where they were as no_data: atomfinder.detection.sample.load_sample (or "
+                "load_time_series) does both, as sample.data and sample.no_data")
+    return stack
+
+
+def earlier_outputs(out_dir: Path | str) -> list[Path]:
+    """The files of an earlier :func:`track` run in ``out_dir`` (:data:`TRACK_OUTPUTS` that exist)."""
+    out = Path(out_dir)
+    return [out / name for name in TRACK_OUTPUTS if (out / name).exists()]
+
+
+def refuse_earlier_outputs(out_dir: Path | str, flag: str = "overwrite=True", shown: int = 4) -> None:
+    """Refuse, in one line naming them, to replace the files of an earlier :func:`track` run.
+
+    Parameters
+    ----------
+    out_dir : path
+    flag : str
+        How the user asks to replace them (``--overwrite`` on the command line).
+    shown : int
+        Files named at most.
+
+    Raises
+    ------
+    ValueError
+        When ``out_dir`` holds any of :data:`TRACK_OUTPUTS`.
+    """
+    existing = earlier_outputs(out_dir)
+    if not existing:
+        return
+    names = ", ".join(p.name for p in existing[:shown])
+    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
+    raise ValueError(f"{out_dir}: already holds {names}{more} from an earlier run; give {flag} to replace them, "
+                     "or another output folder")
 
 
 class TrackWarning(UserWarning):
@@ -1284,6 +1357,7 @@ def publish_staged(staged: dict[str, Path], out_dir: Path | str) -> dict[str, Pa
 __all__ = [
     "FrameDetection",
     "Registration",
+    "TRACK_OUTPUTS",
     "RegistrationWarning",
     "Sites",
     "TrackWarning",
@@ -1292,9 +1366,11 @@ __all__ = [
     "bandpass",
     "bin_image",
     "change_posteriors",
+    "check_frames",
     "coarse_bin",
     "coarse_shift",
     "drift_table",
+    "earlier_outputs",
     "events",
     "evidence_cap",
     "frame_shift",
@@ -1314,6 +1390,7 @@ __all__ = [
     "remove_stale_staging",
     "probability_matrix",
     "refine_drift",
+    "refuse_earlier_outputs",
     "register_frames",
     "register_images",
     "register_series",
