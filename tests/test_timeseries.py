@@ -637,7 +637,7 @@ def test_switch_cost_grows_with_noise():
 def test_cli_track_threshold_reaches_decoder(tmp_path):
     """`atomfinder track --threshold`: below every map value all sites are present, above every
     value all absent; the map values themselves do not change; the default is the card's
-    peak threshold (0 for this tiny untrained model: everything present)."""
+    peak threshold, or 0.5 when that is out of range (0 for this tiny untrained model)."""
     import torch
     from typer.testing import CliRunner
 
@@ -658,13 +658,43 @@ def test_cli_track_threshold_reaches_decoder(tmp_path):
         return pd.read_csv(out / "presence.csv")
 
     default = run()
-    assert len(default) > 0 and (default["present"] == 1).all()
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["tracking"]["threshold"] == 0.5
     low, high = default["probability"].min(), default["probability"].max()
-    assert 0.0 < low <= high < 1.0
-    below = run("--threshold", f"{low - 0.5 * low:.6f}")
-    above = run("--threshold", f"{high + 0.5 * (1 - high):.6f}")
+    assert 0.02 < low <= high < 0.98
+    below = run("--threshold", f"{0.01 + 0.5 * (low - 0.01):.6f}")
+    above = run("--threshold", f"{high + 0.5 * (0.99 - high):.6f}")
     assert (below["present"] == 1).all() and (above["present"] == 0).all()
     np.testing.assert_allclose(above["probability"], default["probability"])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 0.99, 0.995, 1.0])
+def test_thresholds_outside_the_trusted_odds_are_refused_in_one_line(series, threshold, tmp_path):
+    """At 0.99 or above every site was marked absent, at 0.01 or below every site present (the evidence
+    was clipped at 99 : 1): refused before any work, in Python and on the command line."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    frames, *_ = series
+    message = rf"threshold must be above 0.01 and below 0.99, got {threshold:g}: no frame's map value counts"
+    with pytest.raises(ValueError, match="^" + message):
+        track(frames[:3], _never_detect, SAMPLING_A, tmp_path / "out", threshold=threshold)
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["track", str(tmp_path / "a.tif"), "--model", "no-such-model", "--out",
+                                      str(tmp_path / "cli"), "--threshold", str(threshold)])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: --threshold must be above 0.01 and below 0.99, got {threshold:g}")
+
+
+def test_default_presence_threshold_is_the_cards_when_in_range():
+    from types import SimpleNamespace
+
+    from atomfinder.analysis.timeseries import default_presence_threshold
+
+    assert default_presence_threshold(SimpleNamespace(detection={"threshold": 0.85})) == 0.85
+    assert default_presence_threshold(SimpleNamespace(detection={"threshold": 0.0})) == 0.5
+    assert default_presence_threshold(SimpleNamespace(detection={})) == 0.5
 
 
 def test_sites_in_view():

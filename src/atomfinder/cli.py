@@ -957,9 +957,10 @@ def track(
     tolerance: float = typer.Option(0.7, "--tolerance", min=0.0, help="Linking distance between frames (Å)."),
     frame_interval: Optional[float] = typer.Option(None, "--frame-interval", help="Seconds between frames (rates per second)."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, max=1.0,
-        help="Atom-map value that separates present from absent when presence is decided over the series "
-             "(default: the model card's peak threshold; the sites are still found with the card's)."),
+        None, "--threshold",
+        help="Atom-map value that separates present from absent when presence is decided over the series, above "
+             "0.01 and below 0.99 (no frame counts for more than 99 : 1 odds) (default: the model card's peak "
+             "threshold, or 0.5 when that is outside; the sites are still found with the card's)."),
     switch_cost: Optional[float] = typer.Option(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
@@ -984,7 +985,7 @@ def track(
         if not overwrite:
             _refuse_existing(out, earlier_outputs(out))
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
-                                  sampling_label="--sampling", augment=augment)
+                                  sampling_label="--sampling", augment=augment, threshold_name="--threshold")
         sample, frames = series.sample, series.frames
         console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
                       highlight=False, soft_wrap=True)

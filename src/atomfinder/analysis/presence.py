@@ -26,6 +26,7 @@ __all__ = [
     "SWITCH_NOISE_SIGMAS",
     "change_posteriors",
     "check_switch_cost",
+    "check_threshold",
     "evidence_cap",
     "presence_evidence",
     "smooth_states",
@@ -94,6 +95,23 @@ def presence_evidence(
     p = np.clip(np.asarray(probability, dtype=np.float64), LOGIT_GUARD, 1.0 - LOGIT_GUARD)
     ev = np.clip(np.log(p / (1.0 - p)) - np.log(t / (1.0 - t)), -cap, cap)
     return np.where(np.isnan(ev), 0.0, ev)
+
+
+def check_threshold(threshold: float, name: str = "threshold", floor: float = PROBABILITY_FLOOR) -> float:
+    """``threshold`` as a float; a one-line ValueError unless ``floor < threshold < 1 - floor``.
+
+    No frame counts for more than ``(1 - floor) : floor`` odds (:func:`presence_evidence`),
+    so a threshold at or beyond those odds would ask for more certainty than any frame
+    can give (the old clipped evidence then marked every site absent at 0.99 and
+    present at 0.01). ``name`` is how the user gives it (``--threshold`` on the
+    command line).
+    """
+    t = float(threshold)
+    if not floor < t < 1.0 - floor:
+        raise ValueError(f"{name} must be above {floor:g} and below {1 - floor:g}, got {threshold:g}: no frame's map "
+                         f"value counts for more than {1 - floor:g} : {floor:g} odds either way, so a threshold at or "
+                         "beyond them asks for more certainty than any frame can give")
+    return t
 
 
 def switch_cost_from_noise(

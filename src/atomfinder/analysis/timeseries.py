@@ -75,6 +75,7 @@ from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-
     MIN_SWITCH_COST,
     change_posteriors,
     check_switch_cost,
+    check_threshold,
     evidence_cap,
     presence_evidence,
     smooth_states,
@@ -978,9 +979,22 @@ class TimeSeries:
         return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
 
 
+def default_presence_threshold(card: Any) -> float:
+    """The presence threshold of a time series when none is given: the card's peak threshold, or
+    0.5 when that lies outside the range :func:`check_threshold` accepts (e.g. 0: every peak)."""
+    from atomfinder.detection.pipeline import detection_settings
+
+    peak = detection_settings(card)[0]
+    try:
+        return check_threshold(peak)
+    except ValueError:
+        return 0.5
+
+
 def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
                      threshold: float | None = None, sampling_label: str = "argument",
-                     sampling_name: str | None = None, augment: bool | None = None) -> TimeSeries:
+                     sampling_name: str | None = None, augment: bool | None = None,
+                     threshold_name: str = "threshold") -> TimeSeries:
     """Read a time series and its model, checking that they fit together.
 
     Parameters
@@ -993,23 +1007,28 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     sampling_A : float, optional
         Pixel size in Å/px; overrides the files' (required for arrays).
     threshold : float, optional
-        Present/absent threshold of the atom map (default: the card's peak threshold).
+        Present/absent threshold of the atom map, above 0.01 and below 0.99
+        (:func:`check_threshold`; default :func:`default_presence_threshold`: the
+        card's peak threshold, or 0.5 when that is outside).
     sampling_label, sampling_name : str
         How a given pixel size is recorded as its source, and how the user gives one, in
         messages (:func:`atomfinder.detection.sample.load_sample`; the command line passes
         ``"--sampling"``).
     augment : bool, optional
         Test-time augmentation of every frame (default: the card's setting).
+    threshold_name : str
+        How the user gives ``threshold``, in messages (``--threshold`` on the command line).
 
     Raises
     ------
     ValueError
-        A focal-series model, fewer than 2 frames, or an unusable input (one line).
+        A threshold out of range, a focal-series model, fewer than 2 frames, or an
+        unusable input (one line).
     """
-    from atomfinder.detection.pipeline import detection_settings
     from atomfinder.detection.sample import load_sample
     from atomfinder.nn.card import load_model, resolve_model
 
+    given = None if threshold is None else check_threshold(threshold, threshold_name)  # before reading anything
     stem = resolve_model(model)
     net, card = load_model(stem)
     if card.in_channels != 1:
@@ -1022,7 +1041,7 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     frames = sample.data if sample.data.ndim == 3 else sample.data[None]
     if len(frames) < 2:
         raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
-    decide_at = detection_settings(card)[0] if threshold is None else float(threshold)
+    decide_at = default_presence_threshold(card) if given is None else given
     return TimeSeries(net, card, sample, frames, decide_at, augment, str(stem))
 
 
@@ -1088,7 +1107,9 @@ def track(
         ``progress(done, total)`` after each frame is detected.
     threshold : float
         Map value that separates present from absent in the presence decoder
-        (:func:`presence_evidence`), e.g. the model card's peak threshold.
+        (:func:`presence_evidence`), e.g. the model card's peak threshold; above 0.01
+        and below 0.99 (:func:`check_threshold`: no frame counts for more than 99 : 1
+        odds, so a threshold beyond asks for more certainty than any frame gives).
     switch_cost : float, optional
         Nats of evidence a change of state must overcome (:func:`viterbi_states`);
         default :func:`switch_cost_from_noise` of this series' map values.
@@ -1144,8 +1165,7 @@ def track(
     stack = check_frames(frames_images)
     if not (np.isfinite(sampling_A) and sampling_A > 0):
         raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {sampling_A}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    check_threshold(threshold)
     if switch_cost is not None:
         check_switch_cost(switch_cost)
     if not (np.isfinite(tolerance_A) and tolerance_A > 0):
@@ -1367,8 +1387,10 @@ __all__ = [
     "bin_image",
     "change_posteriors",
     "check_frames",
+    "check_threshold",
     "coarse_bin",
     "coarse_shift",
+    "default_presence_threshold",
     "drift_table",
     "earlier_outputs",
     "events",
