@@ -733,7 +733,7 @@ def test_load_time_series_checks_model_and_frames(tmp_path):
 
     series = load_time_series(stack, str(single), 0.2)
     assert series.frames.shape == (3, 48, 48)
-    assert series.threshold == 0.0  # the tiny model's card
+    assert series.threshold == 0.5  # the tiny model's card says 0, outside (0.01, 0.99): 0.5
     assert load_time_series(stack, str(single), 0.2, threshold=0.3).threshold == 0.3
     frame = series.detect_frame(series.frames[0])
     assert isinstance(frame, FrameDetection) and frame.atom_map.ndim == 2
