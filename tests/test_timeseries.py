@@ -687,6 +687,37 @@ def test_thresholds_outside_the_trusted_odds_are_refused_in_one_line(series, thr
     assert line.startswith(f"error: --threshold must be above 0.01 and below 0.99, got {threshold:g}")
 
 
+def test_track_messages_name_the_option_the_input_and_the_unit(tmp_path, monkeypatch):
+    """--switch-cost (not switch_cost) on the command line; a pixel size far from the model's is
+    refused naming the input before any frame is registered; different pixel sizes say Å/px."""
+    from typer.testing import CliRunner
+
+    from atomfinder.analysis import timeseries
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+    from atomfinder.detection.sample import load_sample
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    frames = np.stack([100 + 50 * render(lattice() * 0.6, (64, 64)) for _ in range(2)]).astype(np.float32)
+    src = write_tiff_calibrated(tmp_path / "series.tif", frames, SAMPLING_A)
+    base = ["track", str(src), "--model", str(tmp_path / "tiny")]
+
+    def never(*args, **kwargs):
+        raise AssertionError("registered before the pixel size was checked")
+
+    monkeypatch.setattr(timeseries, "register_series", never)
+    for extra, start in [(["--switch-cost", "inf"], "error: --switch-cost must be a finite number of nats >= 0"),
+                         (["--sampling", "5"], f"error: {src}: pixel size 5 Å/px is far too coarse")]:
+        result = CliRunner().invoke(app, base + ["--out", str(tmp_path / "out"), *extra])
+        assert result.exit_code == 2
+        (line,) = result.output.strip().splitlines()[-1:]
+        assert line.startswith(start), line
+    a = write_tiff_calibrated(tmp_path / "a.tif", frames[0], SAMPLING_A)
+    b = write_tiff_calibrated(tmp_path / "b.tif", frames[1], 0.24)
+    with pytest.raises(ValueError, match=rf"b.tif: pixel size 0.24 Å/px differs from 0.2 Å/px of {a}; "):
+        load_sample([str(a), str(b)], series="time series")
+
+
 def test_default_presence_threshold_is_the_cards_when_in_range():
     from types import SimpleNamespace
 

@@ -979,9 +979,12 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning, earlier_outputs, load_time_series
+        from atomfinder.analysis.timeseries import (RegistrationWarning, TrackWarning, check_switch_cost,
+                                                    earlier_outputs, load_time_series)
         from atomfinder.analysis.timeseries import track as run_track
 
+        if switch_cost is not None:
+            check_switch_cost(switch_cost, "--switch-cost")
         if not overwrite:
             _refuse_existing(out, earlier_outputs(out))
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,

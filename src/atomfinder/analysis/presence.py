@@ -168,10 +168,13 @@ def switch_cost_from_noise(
     return float(max(minimum, 0.5 * sigmas * sigma))
 
 
-def check_switch_cost(switch_cost: float) -> float:
-    """``switch_cost`` as a float; a ValueError unless it is a finite number of nats >= 0."""
+def check_switch_cost(switch_cost: float, name: str = "switch_cost") -> float:
+    """``switch_cost`` as a float; a ValueError unless it is a finite number of nats >= 0.
+
+    ``name`` is how the user gives it, in the message (``--switch-cost`` on the command line).
+    """
     if not (np.isfinite(switch_cost) and switch_cost >= 0):
-        raise ValueError(f"switch_cost must be a finite number of nats >= 0, got {switch_cost}")
+        raise ValueError(f"{name} must be a finite number of nats >= 0, got {switch_cost}")
     return float(switch_cost)
 
 

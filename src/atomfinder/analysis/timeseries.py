@@ -1022,9 +1022,11 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     Raises
     ------
     ValueError
-        A threshold out of range, a focal-series model, fewer than 2 frames, or an
-        unusable input (one line).
+        A threshold out of range, a focal-series model, fewer than 2 frames, a
+        pixel size too far from the model's, or an unusable input (one line naming it).
     """
+    from atomfinder.detection.io import MicrographError
+    from atomfinder.detection.pipeline import pixel_size_problem
     from atomfinder.detection.sample import load_sample
     from atomfinder.nn.card import load_model, resolve_model
 
@@ -1041,6 +1043,9 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     frames = sample.data if sample.data.ndim == 3 else sample.data[None]
     if len(frames) < 2:
         raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
+    problem = pixel_size_problem(sample.sampling_A, card.sampling_A)
+    if problem:  # before any frame is registered or detected
+        raise MicrographError(sample.source, problem)
     decide_at = default_presence_threshold(card) if given is None else given
     return TimeSeries(net, card, sample, frames, decide_at, augment, str(stem))
 
