@@ -638,6 +638,20 @@ def card_validity_lines(validity: dict) -> list[str]:
     return lines
 
 
+def _focal_note(card) -> str:
+    """`` (focal series trained on steps of 40…120 Å between frames; offsets 0, 80, 160 Å at the mean step)``.
+
+    The card's defocus offsets are those of the mean step only; the trained range of
+    steps (``focal_step_A`` of its validity) is what a series must lie in.
+    """
+    offsets = ", ".join(f"{d:g}" for d in card.defocus_offsets_A)
+    step = (card.validity or {}).get("focal_step_A")
+    if step is None:
+        return f" (defocus offsets {offsets} Å)" if offsets else ""
+    nominal = f"; nominal defocus offsets {offsets} Å at the mean step" if offsets else ""
+    return f" (a focal series, trained on focal steps of {_span(step, 'Å')} between frames{nominal})"
+
+
 def _training_lines(card) -> list[str]:
     """Training time and data recipe of a card."""
     t = card.training
@@ -729,8 +743,7 @@ def models_command(
         det = card.detection
         lines = [
             f"{card.name} {card.version} (created {card.created})",
-            f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}"
-            + (f" (defocus offsets {', '.join(f'{d:g}' for d in card.defocus_offsets_A)} Å)" if card.defocus_offsets_A else ""),
+            f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}{_focal_note(card)}",
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
             f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
             + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
