@@ -104,3 +104,18 @@ def test_guide_builds_without_warnings(tmp_path):
     assert "WARNING" not in log, log
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "cli" / "index.html").is_file()
+
+
+def test_focal_series_guide_commands_can_run_one_after_another():
+    """The `detect` lines of the focal-series guide wrote the same `series.*` outputs into the same
+    folder, so the third was refused (no --overwrite): each line needs outputs of its own."""
+    text = (GUIDE / "focal-series.md").read_text(encoding="utf-8")
+    targets = []
+    for line in re.findall(r"^atomfinder detect .*$", text, re.M):
+        words = line.split("#")[0].split()
+        out = words[words.index("--out") + 1] if "--out" in words else "atomfinder-results"
+        first_input = next(w for w in words[2:] if not w.startswith("-"))
+        if "--overwrite" not in words:
+            targets.append((out, Path(first_input).stem))
+    assert len(targets) >= 3
+    assert len(set(targets)) == len(targets), targets

@@ -287,3 +287,25 @@ def test_save_figure_closes_and_leaves_no_temporary_file(tmp_path):
     fig.add_subplot().plot([0, 1])
     out = save_figure(fig, tmp_path / "f.pdf", dpi=72)
     assert out.read_bytes().startswith(PDF) and [p.name for p in tmp_path.iterdir()] == ["f.pdf"]
+
+
+def test_pillow_scale_bar_draws_the_angstrom_sign():
+    """The GIF's scale bar read "5 □": Pillow's default font has no Å. matplotlib's DejaVu Sans is
+    used instead (its Å is not the empty box of a missing letter); without it the label says "5 A"."""
+    from PIL import Image, ImageDraw
+
+    from atomfinder import _figures
+
+    img = Image.new("RGB", (100, 100), (60, 60, 60))
+    assert pil_scale_bar(ImageDraw.Draw(img), img.size, sampling_A=0.25) == "5 Å"  # 25 Å wide
+    font, has_units = _figures._pil_font(None, 12)
+    assert has_units
+    missing = np.asarray(font.getmask("\ue000"))  # a private-use letter: drawn as the font's empty box
+    assert np.asarray(font.getmask("Å")).tobytes() != missing.tobytes()
+    _figures._truetype_font.cache_clear()
+    try:
+        _figures.PIL_FONT_FAMILY = "no such font family"
+        assert pil_scale_bar(ImageDraw.Draw(img), img.size, sampling_A=0.25) == "5 A"
+    finally:
+        _figures.PIL_FONT_FAMILY = "DejaVu Sans"
+        _figures._truetype_font.cache_clear()

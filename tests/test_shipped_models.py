@@ -126,6 +126,23 @@ def test_models_name_prints_the_card():
     assert f"{f1:.3f}" in text
 
 
+@pytest.mark.parametrize("name", ["gold-focal", "mos2-focal"])
+def test_models_prints_the_focal_steps_a_focal_model_was_trained_on(name):
+    """The input-channel line said "defocus offsets 0, 80, 160 Å", the offsets at the mean step only,
+    for models trained on steps of 40-120 Å: it gives the trained range of steps."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    card = load_card(resolve_model(name))
+    lo, hi = card.validity["focal_step_A"]
+    result = CliRunner().invoke(app, ["models", name], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    (line,) = [t for t in result.output.splitlines() if "input channels" in t]
+    assert f"input channels: 3 (a focal series, trained on focal steps of {lo:g}…{hi:g} Å between frames" in line
+    assert "nominal defocus offsets 0, 80, 160 Å at the mean step" in line
+
+
 def test_models_unknown_name_is_a_one_line_error():
     from typer.testing import CliRunner
 

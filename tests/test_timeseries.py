@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 
@@ -14,10 +15,14 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from atomfinder.analysis.matching import match_positions
 from atomfinder.analysis.timeseries import (
+    DRIFT_COLUMNS,
     MIN_SWITCH_COST,
     FrameDetection,
+    RegistrationWarning,
     Sites,
+    TrackWarning,
     change_posteriors,
+    evidence_cap,
     events,
     link_sites,
     presence,
@@ -25,6 +30,7 @@ from atomfinder.analysis.timeseries import (
     presence_matrix,
     refine_drift,
     register_frames,
+    register_series,
     site_probabilities,
     sites_in_view,
     smooth_states,
@@ -34,6 +40,7 @@ from atomfinder.analysis.timeseries import (
     viterbi_states,
 )
 from atomfinder.detection.baseline import conventional_atoms
+from atomfinder.detection.registration import MIN_CORRELATION_SIGMAS
 from conftest import save_untrained_model
 
 SAMPLING_A = 0.2  # Å/px: column spacing 10.37 px = 2.07 Å, tolerance 0.7 Å = 3.5 px
@@ -161,6 +168,107 @@ def test_register_reference_and_errors(series):
         register_frames(frames[0])
 
 
+def blob_field(shape=(200, 200), n=160, seed=3) -> np.ndarray:
+    """Randomly placed round spots: content that is not periodic, so every shift is unambiguous."""
+    rng = np.random.default_rng(seed)
+    return render(rng.uniform(0, shape[1], (n, 2)), shape, sigma_px=2.0)
+
+
+def test_registration_checks_pass_on_a_well_registered_series(series):
+    """The checked registration gives the very drift of register_frames, and no doubt."""
+    frames, drift, *_ = series
+    for mode in ("first", "previous"):
+        reg = register_series(frames, mode=mode)
+        np.testing.assert_array_equal(reg.drift, register_frames(frames, mode=mode))
+        assert reg.reliable.all() and reg.problems() == []
+        assert np.nanmin(reg.sigmas) > 2 * MIN_CORRELATION_SIGMAS and np.nanmax(reg.disagreement_px) < 0.5
+
+
+def test_registration_flags_a_drift_beyond_half_the_field_and_previous_follows_it():
+    """Frame 3 keeps only 33 % of frame 0's field: against frame 0 the whole-pixel stage does not
+    search that far and finds a wrong drift; the check through frame 2 says so in one line, and
+    mode "previous" (steps of at most 24 x 16 px) finds the true drift without a doubt."""
+    field = blob_field()
+    offsets = np.array([[0, 0], [12, 8], [24, 16], [48, 32]])  # (dx, dy) of each frame's window
+    frames = np.stack([field[y : y + 96, x : x + 96] for x, y in offsets])
+    truth = -offsets.astype(float)  # the window moves right: the content moves left
+    first = register_series(frames)
+    assert np.abs(first.drift[3] - truth[3]).max() > 5  # silently wrong before the check
+    np.testing.assert_array_equal(first.reliable, [True, True, True, False])
+    (line,) = first.problems()
+    assert line.startswith("frame 3: registration doubtful: drift") and "through frame 2" in line
+    assert "--registration previous" in line and "\n" not in line
+    np.testing.assert_allclose(first.second[3], truth[3], atol=0.3)
+    previous = register_series(frames, mode="previous")
+    np.testing.assert_allclose(previous.drift, truth, atol=0.3)
+    assert previous.problems() == []
+
+
+def test_registration_flags_frames_of_noise():
+    """Unrelated frames correlate at a few noise sigmas at their best shift: every frame is doubtful."""
+    frames = np.random.default_rng(0).normal(size=(3, 128, 128))
+    reg = register_series(frames)
+    assert (reg.sigmas[1:] < 6).all() and not reg.reliable[1:].any()
+    assert all("noise sigmas" in line for line in reg.problems()) and len(reg.problems()) == 2
+
+
+def test_track_warns_of_a_doubtful_registration_and_records_it(tmp_path):
+    frames = np.random.default_rng(0).normal(size=(3, 64, 64))
+    with pytest.warns(RegistrationWarning, match=r"^frame 1: registration doubtful"):
+        paths = track(frames, lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path / "out", gif=False,
+                      provenance={})
+    table = pd.read_csv(paths["drift.csv"])
+    assert table.columns.tolist() == list(DRIFT_COLUMNS) and table["reliable"].tolist() == [1, 0, 0]
+    record = json.loads(paths["provenance.json"].read_text(encoding="utf-8"))
+    assert record["tracking"]["registration_doubtful_frames"] == [1, 2]
+
+
+def test_cli_track_registration_mode(tmp_path):
+    """`--registration previous` reaches the tracker (recorded in provenance.json); doubtful frames are
+    printed as one warning line each."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    src = write_tiff_calibrated(tmp_path / "noise.tif", np.random.default_rng(1).normal(100, 5, (3, 64, 64)),
+                                SAMPLING_A)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["track", str(src), "--model", str(tmp_path / "tiny"), "--out", str(out),
+                                      "--registration", "previous"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "provenance.json").read_text())["tracking"]["registration"] == "previous"
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: frame")]
+    assert len(warned) == 2 and all("registration doubtful" in line for line in warned)
+
+
+def test_cli_track_counts_sites_and_events_and_warns_when_there_is_no_site(tmp_path, monkeypatch):
+    """The last line gives the sites and events; no site at all (nothing detected) is one warning line."""
+    from typer.testing import CliRunner
+
+    from atomfinder.analysis import timeseries
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    frames = np.stack([100 + 50 * render(lattice() * 0.6, (64, 64)) for _ in range(3)]).astype(np.float32)
+    src = write_tiff_calibrated(tmp_path / "series.tif", frames, SAMPLING_A)
+    args = ["track", str(src), "--model", str(tmp_path / "tiny")]
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    n_sites = len(pd.read_csv(tmp_path / "a" / "sites.csv"))
+    n_events = len(pd.read_csv(tmp_path / "a" / "events.csv"))
+    assert n_sites > 0
+    assert f"3 frames: {n_sites} sites, {n_events} event" in result.output.splitlines()[-1]
+    monkeypatch.setattr(timeseries.TimeSeries, "detect_frame", lambda self, frame: pd.DataFrame({"x": [], "y": []}))
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    (warned,) = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert "no column found in any of the 3 frames" in warned
+    assert "3 frames: 0 sites, 0 events" in result.output.splitlines()[-1]
+
+
 # --------------------------------------------------------------------------- full chain
 
 
@@ -177,7 +285,9 @@ def test_track_outputs(series, tracked):
     assert list(read["sites.csv"].columns) == ["site", "x", "y", "x_angstrom", "y_angstrom", "label"]
     assert list(read["presence.csv"].columns) == ["frame", "site", "present", "probability"]
     assert list(read["events.csv"].columns) == ["frame", "site", "event", "x", "y", "confidence"]
-    assert list(read["drift.csv"].columns) == ["frame", "dx", "dy"]
+    assert list(read["drift.csv"].columns) == ["frame", "dx", "dy", "correlation", "correlation_sigmas",
+                                               "disagreement_px", "reliable"]
+    assert (read["drift.csv"]["reliable"] == 1).all()
     assert list(read["occupancy.csv"].columns) == ["frame", "occupancy", "events", "event_rate"]
     assert np.abs(read["drift.csv"][["dx", "dy"]].to_numpy() - drift).max() < 0.2
     with Image.open(paths["overlay.gif"]) as gif:
@@ -271,16 +381,40 @@ def test_refine_drift_keeps_accuracy(series):
 # --------------------------------------------------------------------------- edge cases
 
 
-def test_single_frame(series, tmp_path):
+def _never_detect(frame):
+    raise AssertionError("a frame was detected before the input was checked")
+
+
+def test_track_refuses_a_single_frame_and_nan_pixels_in_one_line(series, tmp_path):
+    """One frame is refused as the command line refuses it; NaN pixels, which reached skimage's
+    registration and its own error text, are refused with a pointer to no_data; before any work."""
     frames, *_ = series
-    paths = track(frames[:1], detector, SAMPLING_A, tmp_path)
-    assert pd.read_csv(paths["drift.csv"])[["dx", "dy"]].to_numpy().tolist() == [[0.0, 0.0]]
-    assert len(pd.read_csv(paths["events.csv"])) == 0
-    assert len(pd.read_csv(paths["sites.csv"])) == int(schedule()[0].sum())
-    occ = pd.read_csv(paths["occupancy.csv"])
-    assert occ["occupancy"].tolist() == [1.0] and occ["events"].tolist() == [0]
-    with Image.open(paths["overlay.gif"]) as gif:
-        assert gif.n_frames == 1
+    with pytest.raises(ValueError, match=r"^a time series needs at least 2 frames, got 1$"):
+        track(frames[:1], _never_detect, SAMPLING_A, tmp_path / "one")
+    with pytest.raises(ValueError, match=r"^a time series needs at least 2 frames, got 1$"):
+        track(frames[0], _never_detect, SAMPLING_A, tmp_path / "one")
+    holed = frames[:3].copy()
+    holed[1, :, :10] = np.nan
+    holed[2, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^frame 1 has 960 NaN or inf pixels \(2 frames have some\); fill them "
+                                         r"and pass where they were as no_data") as info:
+        track(holed, _never_detect, SAMPLING_A, tmp_path / "nan")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "nan").exists()
+
+
+def test_track_refuses_an_earlier_run_unless_overwrite_and_then_removes_its_stale_files(series, tmp_path):
+    frames, *_ = series
+    out = tmp_path / "out"
+    first = track(frames[:3], detector, SAMPLING_A, out, provenance={})
+    assert {"overlay.gif", "provenance.json"} <= set(first)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"out: already holds sites.csv, presence.csv, events.csv, drift.csv and 5 "
+                                         r"more from an earlier run; give overwrite=True to replace them"):
+        track(frames[:3], _never_detect, SAMPLING_A, out)
+    second = track(frames[:3], detector, SAMPLING_A, out, gif=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*second, "notes.txt"])  # no stale GIF or provenance
+    assert "overlay.gif" not in second and "provenance.json" not in second
 
 
 def test_empty_detection_frame(series):
@@ -316,7 +450,8 @@ def test_empty_detection_frame(series):
 
 def test_no_detections_at_all(series, tmp_path):
     frames, *_ = series
-    paths = track(frames[:3], lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path)
+    with pytest.warns(TrackWarning, match="^no column found in any of the 3 frames"):
+        paths = track(frames[:3], lambda img: pd.DataFrame({"x": [], "y": []}), SAMPLING_A, tmp_path)
     assert len(pd.read_csv(paths["sites.csv"])) == 0
     assert len(pd.read_csv(paths["presence.csv"])) == 0
     assert len(pd.read_csv(paths["events.csv"])) == 0
@@ -356,6 +491,27 @@ def test_smooth_states():
     np.testing.assert_array_equal(smooth_states(s, 4), np.ones(10))
 
 
+def test_min_run_ignores_a_change_in_the_last_frames_and_says_so():
+    """With K = 3 a column that leaves in the second-to-last frame stays present to the end (the
+    change cannot last 3 frames); the CLI help, the guide and the README say so."""
+    from pathlib import Path
+
+    import typer
+
+    from atomfinder.cli import app
+
+    leaves = np.array([1, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(smooth_states(leaves, 3), np.ones(7))
+    np.testing.assert_array_equal(smooth_states(leaves, 2), leaves)
+    track_command = typer.main.get_command(app).commands["track"]
+    (option,) = [p for p in track_command.params if "--min-run" in p.opts]
+    assert "a change in the last K-1 frames" in option.help
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "docs" / "guide" / "time-series.md", root / "README.md"):
+        text = " ".join(doc.read_text(encoding="utf-8").split())
+        assert "`--min-run K`" in text and "in the last K − 1 frames" in text, doc
+
+
 # --------------------------------------------------------------------------- presence decoding
 
 
@@ -381,6 +537,28 @@ def test_static_noisy_sites_give_no_events():
     assert (pres["present"] == 1).all()
     sites = Sites(np.arange(50.0), np.zeros(50), ["Au"] * 50, np.full(50, 40))
     assert len(events(pres, sites, threshold=0.5)) == 0
+
+
+def test_evidence_is_capped_symmetrically_about_the_threshold():
+    """At T = 0.85 a clean map (0.999 / 0.001) gives +-4.6 nats either way. With p clipped to
+    [0.01, 0.99] instead, present was capped at 2.86 nats, under the 2 x 2 nats a one-frame run
+    needs: a column present in one frame only was never marked present, while the mirror image
+    (absent in one frame) was; and clean events topped out at a confidence of about 0.94."""
+    cap = evidence_cap()
+    assert cap == pytest.approx(np.log(99.0))
+    np.testing.assert_allclose(presence_evidence([0.999, 0.001, 1.0, 0.0], 0.85), [cap, -cap, cap, -cap])
+    assert presence_evidence(0.85, 0.85) == pytest.approx(0.0) and presence_evidence(np.nan, 0.85) == 0.0
+    blip = np.full((8, 2), 0.001)
+    blip[:, 1] = 0.999
+    blip[4, 0], blip[4, 1] = 0.999, 0.001  # site 0 present in frame 4 only, site 1 absent in frame 4 only
+    states = presence_matrix(presence(blip, 0.85, MIN_SWITCH_COST), 2)
+    np.testing.assert_array_equal(states[:, 0], [0, 0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(states[:, 1], [1, 1, 1, 1, 0, 1, 1, 1])
+    step = np.where(np.arange(8)[:, None] < 4, 0.999, 0.001) * np.ones((1, 2))
+    step[:, 1] = step[::-1, 0]
+    appear, disappear = change_posteriors(presence_evidence(step, 0.85), MIN_SWITCH_COST)
+    assert disappear[3, 0] > 0.97 and appear[3, 1] > 0.97  # the same confidence both ways
+    assert disappear[3, 0] == pytest.approx(appear[3, 1])
 
 
 def test_known_pattern_recovered_exactly():
@@ -459,7 +637,7 @@ def test_switch_cost_grows_with_noise():
 def test_cli_track_threshold_reaches_decoder(tmp_path):
     """`atomfinder track --threshold`: below every map value all sites are present, above every
     value all absent; the map values themselves do not change; the default is the card's
-    peak threshold (0 for this tiny untrained model: everything present)."""
+    peak threshold, or 0.5 when that is out of range (0 for this tiny untrained model)."""
     import torch
     from typer.testing import CliRunner
 
@@ -480,13 +658,74 @@ def test_cli_track_threshold_reaches_decoder(tmp_path):
         return pd.read_csv(out / "presence.csv")
 
     default = run()
-    assert len(default) > 0 and (default["present"] == 1).all()
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["tracking"]["threshold"] == 0.5
     low, high = default["probability"].min(), default["probability"].max()
-    assert 0.0 < low <= high < 1.0
-    below = run("--threshold", f"{low - 0.5 * low:.6f}")
-    above = run("--threshold", f"{high + 0.5 * (1 - high):.6f}")
+    assert 0.02 < low <= high < 0.98
+    below = run("--threshold", f"{0.01 + 0.5 * (low - 0.01):.6f}")
+    above = run("--threshold", f"{high + 0.5 * (0.99 - high):.6f}")
     assert (below["present"] == 1).all() and (above["present"] == 0).all()
     np.testing.assert_allclose(above["probability"], default["probability"])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 0.99, 0.995, 1.0])
+def test_thresholds_outside_the_trusted_odds_are_refused_in_one_line(series, threshold, tmp_path):
+    """At 0.99 or above every site was marked absent, at 0.01 or below every site present (the evidence
+    was clipped at 99 : 1): refused before any work, in Python and on the command line."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    frames, *_ = series
+    message = rf"threshold must be above 0.01 and below 0.99, got {threshold:g}: no frame's map value counts"
+    with pytest.raises(ValueError, match="^" + message):
+        track(frames[:3], _never_detect, SAMPLING_A, tmp_path / "out", threshold=threshold)
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["track", str(tmp_path / "a.tif"), "--model", "no-such-model", "--out",
+                                      str(tmp_path / "cli"), "--threshold", str(threshold)])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: --threshold must be above 0.01 and below 0.99, got {threshold:g}")
+
+
+def test_track_messages_name_the_option_the_input_and_the_unit(tmp_path, monkeypatch):
+    """--switch-cost (not switch_cost) on the command line; a pixel size far from the model's is
+    refused naming the input before any frame is registered; different pixel sizes say Å/px."""
+    from typer.testing import CliRunner
+
+    from atomfinder.analysis import timeseries
+    from atomfinder.cli import app
+    from atomfinder.detection.io import write_tiff_calibrated
+    from atomfinder.detection.sample import load_sample
+
+    save_untrained_model(tmp_path / "tiny", SAMPLING_A, class_names=("Au",))
+    frames = np.stack([100 + 50 * render(lattice() * 0.6, (64, 64)) for _ in range(2)]).astype(np.float32)
+    src = write_tiff_calibrated(tmp_path / "series.tif", frames, SAMPLING_A)
+    base = ["track", str(src), "--model", str(tmp_path / "tiny")]
+
+    def never(*args, **kwargs):
+        raise AssertionError("registered before the pixel size was checked")
+
+    monkeypatch.setattr(timeseries, "register_series", never)
+    for extra, start in [(["--switch-cost", "inf"], "error: --switch-cost must be a finite number of nats >= 0"),
+                         (["--sampling", "5"], f"error: {src}: pixel size 5 Å/px is far too coarse")]:
+        result = CliRunner().invoke(app, base + ["--out", str(tmp_path / "out"), *extra])
+        assert result.exit_code == 2
+        (line,) = result.output.strip().splitlines()[-1:]
+        assert line.startswith(start), line
+    a = write_tiff_calibrated(tmp_path / "a.tif", frames[0], SAMPLING_A)
+    b = write_tiff_calibrated(tmp_path / "b.tif", frames[1], 0.24)
+    with pytest.raises(ValueError, match=rf"b.tif: pixel size 0.24 Å/px differs from 0.2 Å/px of {a}; "):
+        load_sample([str(a), str(b)], series="time series")
+
+
+def test_default_presence_threshold_is_the_cards_when_in_range():
+    from types import SimpleNamespace
+
+    from atomfinder.analysis.timeseries import default_presence_threshold
+
+    assert default_presence_threshold(SimpleNamespace(detection={"threshold": 0.85})) == 0.85
+    assert default_presence_threshold(SimpleNamespace(detection={"threshold": 0.0})) == 0.5
+    assert default_presence_threshold(SimpleNamespace(detection={})) == 0.5
 
 
 def test_sites_in_view():
@@ -525,7 +764,7 @@ def test_load_time_series_checks_model_and_frames(tmp_path):
 
     series = load_time_series(stack, str(single), 0.2)
     assert series.frames.shape == (3, 48, 48)
-    assert series.threshold == 0.0  # the tiny model's card
+    assert series.threshold == 0.5  # the tiny model's card says 0, outside (0.01, 0.99): 0.5
     assert load_time_series(stack, str(single), 0.2, threshold=0.3).threshold == 0.3
     frame = series.detect_frame(series.frames[0])
     assert isinstance(frame, FrameDetection) and frame.atom_map.ndim == 2

@@ -6,6 +6,7 @@ Used by detection (overlays), analysis (previews, time series) and the CLI.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import sys
@@ -209,15 +210,46 @@ def add_scale_bar(ax: Any, shape: tuple[int, int], sampling_A: float, *, fractio
 # --------------------------------------------------------------------------- Pillow (GIF frames)
 
 
-def _pil_font(font: Any, size_px: int) -> Any:
+#: The TrueType font of the Pillow labels (scale bar, legend): matplotlib's, which has Å and µ.
+PIL_FONT_FAMILY = "DejaVu Sans"
+
+
+@functools.lru_cache(maxsize=32)
+def _truetype_font(size_px: int) -> Any:
+    """matplotlib's DejaVu Sans at ``size_px`` as a Pillow font, or None when it cannot be loaded."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    try:
+        path = font_manager.findfont(PIL_FONT_FAMILY, fallback_to_default=False)
+        return ImageFont.truetype(path, size_px)
+    except (ValueError, OSError):
+        return None
+
+
+def _pil_font(font: Any, size_px: int) -> tuple[Any, bool]:
+    """The font to draw with, and whether it has Å and µ.
+
+    A given font is used as it is (assumed to have them); else matplotlib's DejaVu
+    Sans (:func:`_truetype_font`); else Pillow's default font, which draws Å and µ as
+    empty boxes: labels then spell them ``A`` and ``u`` (:func:`_ascii_units`).
+    """
     from PIL import ImageFont
 
     if font is not None:
-        return font
+        return font, True
+    truetype = _truetype_font(int(size_px))
+    if truetype is not None:
+        return truetype, True
     try:
-        return ImageFont.load_default(size=size_px)  # a scalable font (Pillow >= 10.1)
+        return ImageFont.load_default(size=size_px), False  # a scalable font (Pillow >= 10.1)
     except TypeError:  # pragma: no cover - older Pillow
-        return ImageFont.load_default()
+        return ImageFont.load_default(), False
+
+
+def _ascii_units(label: str) -> str:
+    """``"5 Å"`` -> ``"5 A"``, ``"2 µm"`` -> ``"2 um"``: for a font without those letters."""
+    return label.replace("Å", "A").replace("µ", "u")
 
 
 def pil_scale_bar(draw: Any, size: tuple[int, int], sampling_A: float, *, fraction: float = 0.2,
@@ -235,12 +267,14 @@ def pil_scale_bar(draw: Any, size: tuple[int, int], sampling_A: float, *, fracti
     fraction : float
         Target length as a fraction of the width.
     font : PIL font, optional
-        Default: Pillow's default font at about 1/25 of the height (at least 10 px).
+        Default: matplotlib's DejaVu Sans (it has Å and µ) at about 1/25 of the height
+        (at least 10 px); when it cannot be loaded, Pillow's default font, with the
+        unit spelt ``A`` or ``um``.
 
     Returns
     -------
     str
-        The label drawn (``"1 nm"``...).
+        The label drawn (``"1 nm"``, ``"5 Å"``...).
     """
     w, h = size
     length_A = scale_bar_length_A(w * sampling_A, fraction)
@@ -251,8 +285,8 @@ def pil_scale_bar(draw: Any, size: tuple[int, int], sampling_A: float, *, fracti
     y0 = y1 - thick
     draw.rectangle((x0 - 1, y0 - 1, x0 + length, y1 + 1), fill=(0, 0, 0))
     draw.rectangle((x0, y0, x0 + length - 1, y1), fill=(255, 255, 255))
-    label = scale_bar_label(length_A)
-    font = _pil_font(font, max(10, h // 25))
+    font, has_units = _pil_font(font, max(10, h // 25))
+    label = scale_bar_label(length_A) if has_units else _ascii_units(scale_bar_label(length_A))
     box = draw.textbbox((0, 0), label, font=font)
     tx = x0 + length / 2 - (box[2] - box[0]) / 2
     ty = y0 - 3 - (box[3] - box[1]) - box[1]
@@ -278,7 +312,7 @@ def pil_legend(draw: Any, entries: Sequence[tuple[str, tuple[int, int, int], str
         The box drawn.
     """
     w, h = size
-    font = _pil_font(font, max(10, h // 30))
+    font, _ = _pil_font(font, max(10, h // 30))
     boxes = [draw.textbbox((0, 0), label, font=font) for label, _, _ in entries]
     line = max([b[3] - b[1] for b in boxes] + [8]) + 4
     sym = line - 4

@@ -7,9 +7,10 @@ instead.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -657,6 +658,20 @@ def card_validity_lines(validity: dict) -> list[str]:
     return lines
 
 
+def _focal_note(card) -> str:
+    """`` (focal series trained on steps of 40…120 Å between frames; offsets 0, 80, 160 Å at the mean step)``.
+
+    The card's defocus offsets are those of the mean step only; the trained range of
+    steps (``focal_step_A`` of its validity) is what a series must lie in.
+    """
+    offsets = ", ".join(f"{d:g}" for d in card.defocus_offsets_A)
+    step = (card.validity or {}).get("focal_step_A")
+    if step is None:
+        return f" (defocus offsets {offsets} Å)" if offsets else ""
+    nominal = f"; nominal defocus offsets {offsets} Å at the mean step" if offsets else ""
+    return f" (a focal series, trained on focal steps of {_span(step, 'Å')} between frames{nominal})"
+
+
 def _training_lines(card) -> list[str]:
     """Training time and data recipe of a card."""
     t = card.training
@@ -748,8 +763,7 @@ def models_command(
         det = card.detection
         lines = [
             f"{card.name} {card.version} (created {card.created})",
-            f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}"
-            + (f" (defocus offsets {', '.join(f'{d:g}' for d in card.defocus_offsets_A)} Å)" if card.defocus_offsets_A else ""),
+            f"  classes: {', '.join(card.class_names)}; input channels: {card.in_channels}{_focal_note(card)}",
             f"  pixel size: {card.sampling_A:.4f} Å/px (inputs are resampled to it)",
             f"  peak threshold: {det.get('threshold', 0.5):g}; minimum distance {det.get('min_distance_A', 1.0):g} Å"
             + (f"; detections below confidence {det['min_confidence']:g} dropped" if det.get("min_confidence") else ""),
@@ -911,6 +925,7 @@ def detect(
 _SAMPLING_SOURCES = {"file": "from the file's metadata", "signal": "from the signal's axes",
                      "argument": "given as an argument"}
 
+
 def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
     """``<source>: pixel size 0.107 Å/px (from the file's metadata)`` (or ``given with --sampling``, ...)."""
     how = _SAMPLING_SOURCES.get(origin, f"given with {origin}")
@@ -934,6 +949,38 @@ def _refuse_existing(out: Path, existing: list[Path], shown: int = 4) -> None:
                      "or another --out")
 
 
+def _track_summary_line(n_frames: int, written: dict, out: Path) -> str:
+    """``12 frames: 52 sites, 6 events -> out/: drift.csv, ...`` (the last line of ``track``)."""
+    import pandas as pd
+
+    n_sites = len(pd.read_csv(written["sites.csv"]))
+    n_events = len(pd.read_csv(written["events.csv"]))
+    files = ", ".join(sorted(Path(p).name for p in written.values()))
+    return (f"{n_frames} frames: {n_sites} site{'' if n_sites == 1 else 's'}, {n_events} "
+            f"event{'' if n_events == 1 else 's'} -> {out}: {files}")
+
+
+@contextlib.contextmanager
+def _warning_lines(*categories: type[Warning]) -> Iterator[None]:
+    """Print each warning of ``categories`` raised inside as one ``warning:`` line, as it comes."""
+    import warnings
+
+    from rich.markup import escape
+
+    shown = warnings.showwarning
+
+    def show(message: Any, cat: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(cat, categories):
+            return shown(message, cat, *args, **kwargs)
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        for category in categories:
+            warnings.simplefilter("always", category)
+        warnings.showwarning = show
+        yield
+
+
 @app.command(cls=_Command)
 def track(
     inputs: list[Path] = typer.Argument(..., help="Frames in time order: one multi-frame file or several image files."),
@@ -943,13 +990,21 @@ def track(
     tolerance: float = typer.Option(0.7, "--tolerance", min=0.0, help="Linking distance between frames (Å)."),
     frame_interval: Optional[float] = typer.Option(None, "--frame-interval", help="Seconds between frames (rates per second)."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, max=1.0,
-        help="Atom-map value that separates present from absent when presence is decided over the series "
-             "(default: the model card's peak threshold; the sites are still found with the card's)."),
+        None, "--threshold",
+        help="Atom-map value that separates present from absent when presence is decided over the series, above "
+             "0.01 and below 0.99 (no frame counts for more than 99 : 1 odds) (default: the model card's peak "
+             "threshold, or 0.5 when that is outside; the sites are still found with the card's)."),
     switch_cost: Optional[float] = typer.Option(
         None, "--switch-cost", min=0.0,
         help="Evidence (nats) a change of presence must overcome (default: from the noise of the map values, at least 2)."),
-    min_run: int = typer.Option(1, "--min-run", min=1, help="Frames a decided change must also last to count as an event."),
+    min_run: int = typer.Option(
+        1, "--min-run", min=1,
+        help="Frames a decided change must also last to count as an event (K); a change in the last K-1 frames "
+             "cannot last that long and is ignored."),
+    registration: Literal["first", "previous"] = typer.Option(
+        "first", "--registration",
+        help="Register every frame to the first (errors do not add up; each frame must keep at least half of the "
+             "field in common with it), or to the frame before (a field that changes a lot or drifts farther)."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Test-time augmentation of every frame (8 views, 8x the network time). Default: the model card's setting."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier run in --out (refused otherwise)."),
 ) -> None:
@@ -957,26 +1012,30 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import TRACK_OUTPUTS, load_time_series
+        from atomfinder.analysis.timeseries import (RegistrationWarning, TrackWarning, check_switch_cost,
+                                                    earlier_outputs, load_time_series)
         from atomfinder.analysis.timeseries import track as run_track
 
+        if switch_cost is not None:
+            check_switch_cost(switch_cost, "--switch-cost")
         if not overwrite:
-            _refuse_existing(out, [out / name for name in TRACK_OUTPUTS if (out / name).exists()])
+            _refuse_existing(out, earlier_outputs(out))
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
-                                  sampling_label="--sampling", augment=augment)
+                                  sampling_label="--sampling", augment=augment, threshold_name="--threshold")
         sample, frames = series.sample, series.frames
         console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
                       highlight=False, soft_wrap=True)
         for note in sample.notes:
             console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False, soft_wrap=True)
 
-        with _progress(f"track {len(frames)} frames") as bar:
+        with _progress(f"track {len(frames)} frames") as bar, _warning_lines(RegistrationWarning, TrackWarning):
             task = bar.add_task(f"track {len(frames)} frames", total=len(frames))
             written = run_track(frames, series.detect_frame, sample.sampling_A, out, tolerance_A=tolerance,
                                 frame_interval_s=frame_interval, threshold=series.threshold, switch_cost=switch_cost,
                                 min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
+                                mode=registration, overwrite=overwrite,
                                 progress=lambda done, total: bar.update(task, completed=done))
-        console.print(f"{len(frames)} frames -> {out}: " + ", ".join(sorted(Path(p).name for p in written.values())))
+        console.print(escape(_track_summary_line(len(frames), written, out)), highlight=False, soft_wrap=True)
 
     _run(action)
 

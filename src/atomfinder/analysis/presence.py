@@ -1,7 +1,8 @@
 """Decide, site by site, whether a column is present in each frame of a series: a two-state hidden Markov model.
 
 Each frame's atom-map value at a site becomes evidence, a log-likelihood ratio
-``logit(p) - logit(threshold)`` in nats (:func:`presence_evidence`); a change of
+``logit(p) - logit(threshold)`` in nats, capped at 4.6 nats either way
+(:func:`presence_evidence`); a change of
 state costs ``switch_cost`` nats, set by default from the frame-to-frame noise of the
 map values of mostly present sites (:func:`switch_cost_from_noise`), so a noisier
 (lower-dose) series needs more evidence for a change. :func:`viterbi_states` decodes
@@ -19,24 +20,36 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "LOGIT_GUARD",
     "MIN_SWITCH_COST",
     "PROBABILITY_FLOOR",
     "SWITCH_NOISE_SIGMAS",
     "change_posteriors",
     "check_switch_cost",
+    "check_threshold",
+    "evidence_cap",
     "presence_evidence",
     "smooth_states",
     "switch_cost_from_noise",
     "viterbi_states",
 ]
 
-#: Map values are clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] before they
-#: become evidence (:func:`presence_evidence`): no frame is surer than 99 : 1.
+#: No frame's evidence counts for more than odds of (1 - PROBABILITY_FLOOR) : PROBABILITY_FLOOR,
+#: for present or against: 4.6 nats either way (:func:`presence_evidence`, :func:`evidence_cap`).
 PROBABILITY_FLOOR = 0.01
+#: Map values are kept this far from 0 and 1 before their logit is taken (:func:`presence_evidence`).
+LOGIT_GUARD = 1e-12
 #: Smallest default switching cost, nats per change of state (:func:`switch_cost_from_noise`).
 MIN_SWITCH_COST = 2.0
 #: A one-frame excursion this many noise-sigmas deep does not flip a site (:func:`switch_cost_from_noise`).
 SWITCH_NOISE_SIGMAS = 4.0
+
+
+def evidence_cap(floor: float = PROBABILITY_FLOOR) -> float:
+    """Most evidence (nats) one frame can give either way: ``logit(1 - floor)`` (4.6 for 0.01)."""
+    if not 0.0 < floor < 0.5:
+        raise ValueError(f"floor must be in (0, 0.5), got {floor}")
+    return float(np.log((1.0 - floor) / floor))
 
 
 def presence_evidence(
@@ -44,36 +57,61 @@ def presence_evidence(
 ) -> np.ndarray:
     """Log-likelihood ratio (nats) of *present* over *absent* given each map value.
 
-    ``logit(p) - logit(threshold)``, with ``p`` and ``threshold`` clipped to
-    ``[floor, 1 - floor]``. This reads the map value ``p`` as the network's posterior
-    probability of a column and divides out prior odds ``threshold / (1 - threshold)``
-    (a "scaled likelihood"): a frame whose map value equals the threshold says
-    nothing, every factor *e* in the odds away from the threshold's is one nat for
-    or against, and the clip keeps a single frame from being surer than
-    ``(1 - floor) : floor`` (with 0.01 and a threshold of 0.8: at most 6.0 nats
-    against and 3.2 for). NaN (no value) is no evidence (0).
+    ``logit(p) - logit(threshold)``, clipped to ``[-L, +L]`` with
+    ``L = logit(1 - floor)`` (:func:`evidence_cap`). This reads the map value ``p`` as
+    the network's posterior probability of a column and divides out prior odds
+    ``threshold / (1 - threshold)`` (a "scaled likelihood"): a frame whose map value
+    equals the threshold says nothing, and every factor *e* in the odds away from the
+    threshold's is one nat for or against. The cap keeps a single frame from counting
+    for more than odds of ``(1 - floor) : floor`` either way (4.6 nats for 0.01),
+    the same for and against whatever the threshold: so a one-frame appearance and a
+    one-frame disappearance are equally possible (each needs ``2 * switch_cost`` nats,
+    :func:`viterbi_states`; at the smallest cost of 2 a map value above
+    ``1 / (1 + e^-4 (1 - T) / T)``, 0.9968 at T = 0.85, or below 0.094). (Clipping
+    ``p`` to ``[floor, 1 - floor]`` instead, as before, capped the evidence for
+    present at ``logit(1 - floor) - logit(T)``, 2.9 nats at T = 0.85, so that a
+    column present in a single frame could never be marked present.) ``p`` itself is
+    only kept off 0 and 1 (1e-12), where the logit is infinite. NaN (no value) is no
+    evidence (0).
 
     Parameters
     ----------
     probability : ndarray
         Map values in [0, 1], any shape.
     threshold : float
-        Map value that separates present from absent, in [0, 1].
+        Map value that separates present from absent, in [0, 1] (taken as
+        ``floor`` or ``1 - floor`` beyond those).
     floor : float
-        Clip of the map values and the threshold, in (0, 0.5).
+        Sets the cap ``logit(1 - floor)`` and the clip of the threshold, in (0, 0.5).
 
     Returns
     -------
-    ndarray of float64, same shape
+    ndarray of float64, same shape, values in ``[-L, L]``
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if not 0.0 < floor < 0.5:
-        raise ValueError(f"floor must be in (0, 0.5), got {floor}")
-    p = np.clip(np.asarray(probability, dtype=np.float64), floor, 1.0 - floor)
+    cap = evidence_cap(floor)
     t = min(max(float(threshold), floor), 1.0 - floor)
-    ev = np.log(p / (1.0 - p)) - np.log(t / (1.0 - t))
+    p = np.clip(np.asarray(probability, dtype=np.float64), LOGIT_GUARD, 1.0 - LOGIT_GUARD)
+    ev = np.clip(np.log(p / (1.0 - p)) - np.log(t / (1.0 - t)), -cap, cap)
     return np.where(np.isnan(ev), 0.0, ev)
+
+
+def check_threshold(threshold: float, name: str = "threshold", floor: float = PROBABILITY_FLOOR) -> float:
+    """``threshold`` as a float; a one-line ValueError unless ``floor < threshold < 1 - floor``.
+
+    No frame counts for more than ``(1 - floor) : floor`` odds (:func:`presence_evidence`),
+    so a threshold at or beyond those odds would ask for more certainty than any frame
+    can give (the old clipped evidence then marked every site absent at 0.99 and
+    present at 0.01). ``name`` is how the user gives it (``--threshold`` on the
+    command line).
+    """
+    t = float(threshold)
+    if not floor < t < 1.0 - floor:
+        raise ValueError(f"{name} must be above {floor:g} and below {1 - floor:g}, got {threshold:g}: no frame's map "
+                         f"value counts for more than {1 - floor:g} : {floor:g} odds either way, so a threshold at or "
+                         "beyond them asks for more certainty than any frame can give")
+    return t
 
 
 def switch_cost_from_noise(
@@ -93,10 +131,11 @@ def switch_cost_from_noise(
     not the median). A one-frame excursion costs two changes, so with
     ``cost = sigmas * sigma / 2`` it takes a frame ``sigmas`` noise-sigmas beyond
     the site's evidence level to flip, even for a site sitting at the threshold.
-    Low dose (noisy maps) raises the cost; clean maps saturate the clipped evidence
+    Low dose (noisy maps) raises the cost; clean maps saturate the capped evidence
     (sigma near 0), where ``minimum`` holds: a present site then needs one frame with
     a map value below about 0.07 at a threshold of 0.8 (evidence below -4 nats) to
-    be marked absent in that frame, or two below about 0.35.
+    be marked absent in that frame, or two below about 0.35; an absent site one frame
+    above about 0.995 to be marked present in it, or two above about 0.97.
 
     Parameters
     ----------
@@ -129,10 +168,13 @@ def switch_cost_from_noise(
     return float(max(minimum, 0.5 * sigmas * sigma))
 
 
-def check_switch_cost(switch_cost: float) -> float:
-    """``switch_cost`` as a float; a ValueError unless it is a finite number of nats >= 0."""
+def check_switch_cost(switch_cost: float, name: str = "switch_cost") -> float:
+    """``switch_cost`` as a float; a ValueError unless it is a finite number of nats >= 0.
+
+    ``name`` is how the user gives it, in the message (``--switch-cost`` on the command line).
+    """
     if not (np.isfinite(switch_cost) and switch_cost >= 0):
-        raise ValueError(f"switch_cost must be a finite number of nats >= 0, got {switch_cost}")
+        raise ValueError(f"{name} must be a finite number of nats >= 0, got {switch_cost}")
     return float(switch_cost)
 
 

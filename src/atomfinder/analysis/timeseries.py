@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-
     MIN_SWITCH_COST,
     change_posteriors,
     check_switch_cost,
+    check_threshold,
+    evidence_cap,
     presence_evidence,
     smooth_states,
     switch_cost_from_noise,
@@ -82,6 +85,8 @@ from atomfinder.analysis.presence import (  # noqa: F401 (re-exported: the time-
 from atomfinder.detection.preprocess import in_no_data
 from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the time-series API)
     REGISTRATION_MODES,
+    Registration,
+    RegistrationWarning,
     bandpass,
     bin_image,
     coarse_bin,
@@ -91,6 +96,7 @@ from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the 
     pair_shift,
     register_frames,
     register_images,
+    register_series,
     smooth,
 )
 
@@ -98,7 +104,7 @@ from atomfinder.detection.registration import (  # noqa: F401 (re-exported: the 
 SITES_COLUMNS = ("site", "x", "y", "x_angstrom", "y_angstrom", "label")
 PRESENCE_COLUMNS = ("frame", "site", "present", "probability")
 EVENTS_COLUMNS = ("frame", "site", "event", "x", "y", "confidence")
-DRIFT_COLUMNS = ("frame", "dx", "dy")
+DRIFT_COLUMNS = ("frame", "dx", "dy", "correlation", "correlation_sigmas", "disagreement_px", "reliable")
 OCCUPANCY_COLUMNS = ("frame", "occupancy", "events", "event_rate")
 #: Largest number of frames and largest side (display pixels) of ``overlay.gif``.
 GIF_MAX_FRAMES = 50
@@ -532,7 +538,8 @@ def presence(
     switch_cost : float, optional
         Nats per change of state; default :func:`switch_cost_from_noise`.
     min_run : int
-        Frames a change must last (1: no extra smoothing).
+        Frames a change must last (1: no extra smoothing); a change in the last
+        ``min_run - 1`` frames is ignored.
 
     Returns
     -------
@@ -690,11 +697,40 @@ def summary(
 # --------------------------------------------------------------------------- outputs
 
 
-def drift_table(drift_px: np.ndarray) -> pd.DataFrame:
-    """``drift.csv`` table: ``frame, dx, dy`` (pixels, sign as in :func:`register_frames`)."""
+def drift_table(drift_px: np.ndarray, registration: Registration | None = None) -> pd.DataFrame:
+    """``drift.csv`` table: the drift of every frame and the checks of its registration.
+
+    Parameters
+    ----------
+    drift_px : ndarray, shape (N, 2)
+        ``(dx, dy)`` in pixels, sign as in :func:`register_frames` (the drift used,
+        e.g. refined by :func:`refine_drift`).
+    registration : Registration, optional
+        The image registration's checks (:func:`register_series`); without it the
+        check columns are empty and every frame counts as reliable.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, dx, dy, correlation, correlation_sigmas, disagreement_px, reliable``
+        (:class:`atomfinder.detection.registration.Registration`; ``reliable`` 1 or 0).
+    """
     d = np.asarray(drift_px, dtype=np.float64).reshape(-1, 2)
-    frame = np.arange(len(d), dtype=np.int64)
-    return pd.DataFrame({"frame": frame, "dx": d[:, 0], "dy": d[:, 1]}, columns=list(DRIFT_COLUMNS))
+    n = len(d)
+    nan = np.full(n, np.nan)
+    reg = registration
+    return pd.DataFrame(
+        {
+            "frame": np.arange(n, dtype=np.int64),
+            "dx": d[:, 0],
+            "dy": d[:, 1],
+            "correlation": nan if reg is None else reg.correlation,
+            "correlation_sigmas": nan if reg is None else reg.sigmas,
+            "disagreement_px": nan if reg is None else reg.disagreement_px,
+            "reliable": np.ones(n, dtype=np.int64) if reg is None else reg.reliable.astype(np.int64),
+        },
+        columns=list(DRIFT_COLUMNS),
+    )
 
 
 #: Units of the time-series tables, as written into ``provenance.json``.
@@ -702,6 +738,8 @@ TRACK_UNITS = {
     "x, y": "pixels of the first frame (x = column, y = row; pixel centres at integers)",
     "x_angstrom, y_angstrom": "Å in the first frame's grid",
     "drift dx, dy": "pixels: a feature at (x, y) in frame 0 is at (x + dx, y + dy) in the frame",
+    "drift correlation_sigmas": "the registration's correlation in noise sigmas (unrelated frames: 4-5)",
+    "drift disagreement_px": "pixels between two measurements of the frame's drift",
     "probability": "the atom map's value (1 - p(background)) at the site in that frame",
     "switch_cost_nats": "nats of evidence a change of presence must overcome",
 }
@@ -944,9 +982,22 @@ class TimeSeries:
         return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
 
 
+def default_presence_threshold(card: Any) -> float:
+    """The presence threshold of a time series when none is given: the card's peak threshold, or
+    0.5 when that lies outside the range :func:`check_threshold` accepts (e.g. 0: every peak)."""
+    from atomfinder.detection.pipeline import detection_settings
+
+    peak = detection_settings(card)[0]
+    try:
+        return check_threshold(peak)
+    except ValueError:
+        return 0.5
+
+
 def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
                      threshold: float | None = None, sampling_label: str = "argument",
-                     sampling_name: str | None = None, augment: bool | None = None) -> TimeSeries:
+                     sampling_name: str | None = None, augment: bool | None = None,
+                     threshold_name: str = "threshold") -> TimeSeries:
     """Read a time series and its model, checking that they fit together.
 
     Parameters
@@ -959,23 +1010,30 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     sampling_A : float, optional
         Pixel size in Å/px; overrides the files' (required for arrays).
     threshold : float, optional
-        Present/absent threshold of the atom map (default: the card's peak threshold).
+        Present/absent threshold of the atom map, above 0.01 and below 0.99
+        (:func:`check_threshold`; default :func:`default_presence_threshold`: the
+        card's peak threshold, or 0.5 when that is outside).
     sampling_label, sampling_name : str
         How a given pixel size is recorded as its source, and how the user gives one, in
         messages (:func:`atomfinder.detection.sample.load_sample`; the command line passes
         ``"--sampling"``).
     augment : bool, optional
         Test-time augmentation of every frame (default: the card's setting).
+    threshold_name : str
+        How the user gives ``threshold``, in messages (``--threshold`` on the command line).
 
     Raises
     ------
     ValueError
-        A focal-series model, fewer than 2 frames, or an unusable input (one line).
+        A threshold out of range, a focal-series model, fewer than 2 frames, a
+        pixel size too far from the model's, or an unusable input (one line naming it).
     """
-    from atomfinder.detection.pipeline import detection_settings
+    from atomfinder.detection.io import MicrographError
+    from atomfinder.detection.pipeline import pixel_size_problem
     from atomfinder.detection.sample import load_sample
     from atomfinder.nn.card import load_model, resolve_model
 
+    given = None if threshold is None else check_threshold(threshold, threshold_name)  # before reading anything
     stem = resolve_model(model)
     net, card = load_model(stem)
     if card.in_channels != 1:
@@ -988,7 +1046,10 @@ def load_time_series(image: Any, model: Any, sampling_A: float | None = None, *,
     frames = sample.data if sample.data.ndim == 3 else sample.data[None]
     if len(frames) < 2:
         raise ValueError(f"{sample.source}: a time series needs at least 2 frames, got {len(frames)}")
-    decide_at = detection_settings(card)[0] if threshold is None else float(threshold)
+    problem = pixel_size_problem(sample.sampling_A, card.sampling_A)
+    if problem:  # before any frame is registered or detected
+        raise MicrographError(sample.source, problem)
+    decide_at = default_presence_threshold(card) if given is None else given
     return TimeSeries(net, card, sample, frames, decide_at, augment, str(stem))
 
 
@@ -1012,12 +1073,15 @@ def track(
     gif: bool = True,
     provenance: Mapping[str, Any] | None = None,
     no_data: np.ndarray | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Track column sites through a time series and write every output.
 
-    Steps: :func:`register_frames` → ``detect`` on each raw frame →
+    Steps: :func:`register_series` (the drift, and a :class:`RegistrationWarning` of
+    one line for each frame whose registration fails a check) → ``detect`` on each raw frame →
     :func:`link_sites` → (:func:`refine_drift` → :func:`link_sites` again) → drop
-    sites not in every frame's view (:func:`sites_in_view`) → the map's value at
+    sites not in every frame's view (:func:`sites_in_view`; a :class:`TrackWarning`
+    when none is left, :func:`no_sites_reason`) → the map's value at
     every site in every frame (:func:`site_probabilities`) → decided presence
     (:func:`presence`: a two-state hidden Markov model per site) → :func:`events`
     → :func:`summary`.
@@ -1025,7 +1089,9 @@ def track(
     Parameters
     ----------
     frames_images : ndarray, shape (N, H, W)
-        The series, in time order.
+        The series, in time order: at least 2 frames, all pixels finite (fill NaN
+        or inf and pass where they were as ``no_data``; :func:`load_time_series`
+        does both).
     detect : callable
         ``detect(frame) -> FrameDetection``: the frame's detections (``x, y`` in
         pixels of that frame, ``label``, ``probability``; DataFrame or AtomTable) and
@@ -1039,7 +1105,8 @@ def track(
     sampling_A : float
         Pixel size in Å/pixel.
     out_dir : path
-        Folder for the outputs (created).
+        Folder for the outputs (created). One that holds files of an earlier run
+        (:data:`TRACK_OUTPUTS`) is refused unless ``overwrite``.
     tolerance_A : float
         Largest distance in Å between a detection and its site.
     frame_interval_s : float, optional
@@ -1048,16 +1115,21 @@ def track(
         ``progress(done, total)`` after each frame is detected.
     threshold : float
         Map value that separates present from absent in the presence decoder
-        (:func:`presence_evidence`), e.g. the model card's peak threshold.
+        (:func:`presence_evidence`), e.g. the model card's peak threshold; above 0.01
+        and below 0.99 (:func:`check_threshold`: no frame counts for more than 99 : 1
+        odds, so a threshold beyond asks for more certainty than any frame gives).
     switch_cost : float, optional
         Nats of evidence a change of state must overcome (:func:`viterbi_states`);
         default :func:`switch_cost_from_noise` of this series' map values.
     min_run : int
-        Frames a decided change must also last (:func:`smooth_states`; 1 = off).
+        Frames a decided change must also last (:func:`smooth_states`; 1 = off); a
+        change in the last ``min_run - 1`` frames is ignored (it cannot last that long).
     border_A : float
         Sites closer than this (Å) to the edge of any frame's field are dropped.
     mode : {"first", "previous"}
-        Registration mode (:func:`register_frames`).
+        Registration mode (:func:`register_frames`; ``--registration`` of
+        ``atomfinder track``): every frame against the first, or against the frame
+        before (for a field that changes a lot, or drifts by more than half of it).
     upsample : int
         Registration resolution ``1 / upsample`` pixels.
     min_frames : int
@@ -1081,6 +1153,11 @@ def track(
         are dropped, and a site that lies in one in a frame has no map value there
         (``probability`` NaN: no evidence, the decided state carries through). The
         registration still sees the filled (flat) pixels.
+    overwrite : bool
+        Replace the files of an earlier run in ``out_dir`` (``--overwrite`` of
+        ``atomfinder track``); those this run does not write (``overlay.gif`` with
+        ``gif=False``, ``provenance.json`` without ``provenance``) are removed, so
+        that every file in the folder is from this run. Other files are left alone.
 
     Returns
     -------
@@ -1093,15 +1170,10 @@ def track(
         any point leaves no output of its own beside those of an earlier run; the
         staging folders of killed runs are removed when the next run starts.
     """
-    stack = np.asarray(frames_images)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim != 3 or stack.shape[0] == 0:
-        raise ValueError(f"expected frames of shape (N, H, W) with N >= 1, got {np.shape(frames_images)}")
+    stack = check_frames(frames_images)
     if not (np.isfinite(sampling_A) and sampling_A > 0):
         raise ValueError(f"sampling must be a positive finite number of Å/pixel, got {sampling_A}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    check_threshold(threshold)
     if switch_cost is not None:
         check_switch_cost(switch_cost)
     if not (np.isfinite(tolerance_A) and tolerance_A > 0):
@@ -1110,12 +1182,17 @@ def track(
         raise ValueError(f"frame interval must be a positive number of seconds, got {frame_interval_s:g}")
     out = Path(out_dir)
     check_output_dir(out)  # before any work: a file, or a folder that cannot be written, is refused now
+    if not overwrite:
+        refuse_earlier_outputs(out)
     if out.is_dir():
         remove_stale_staging(out)
     n = stack.shape[0]
     tol_px = tolerance_A / sampling_A
     masks = _no_data_frames(no_data, stack.shape)
-    drift = register_frames(stack, reference=0, upsample=upsample, mode=mode)
+    registration = register_series(stack, reference=0, upsample=upsample, mode=mode)
+    for line in registration.problems():
+        warnings.warn(line, RegistrationWarning, stacklevel=2)
+    drift = registration.drift
     found = []
     for i in range(n):
         det = as_frame_detection(detect(stack[i]))
@@ -1130,7 +1207,10 @@ def track(
     if refine:
         drift = refine_drift(tables, drift, sites, tol_px)
         sites = link_sites(tables, drift, tol_px, min_frames=min_frames)
+    linked = len(sites)
     sites = sites.subset(sites_in_view(sites, drift, stack.shape[1:], border_A / sampling_A))
+    if len(sites) == 0:
+        warnings.warn(no_sites_reason(n, linked, border_A), TrackWarning, stacklevel=2)
     prob = site_probabilities(found, drift, sites, sampling_A, tol_px)
     del found
     for i, mask in enumerate(masks):  # no data at a site in a frame: no evidence (NaN), not an absence
@@ -1148,7 +1228,7 @@ def track(
             "sites.csv": write_csv(sites.to_frame(sampling_A), stage / "sites.csv"),
             "presence.csv": write_csv(pres, stage / "presence.csv"),
             "events.csv": write_csv(ev, stage / "events.csv"),
-            "drift.csv": write_csv(drift_table(drift), stage / "drift.csv"),
+            "drift.csv": write_csv(drift_table(drift, registration), stage / "drift.csv"),
             "occupancy.csv": write_csv(summ, stage / "occupancy.csv"),
             "presence.png": plot_presence(pres, sites, stage / "presence.png", frame_interval_s, n_frames=n),
             "occupancy.png": plot_occupancy(summ, stage / "occupancy.png", frame_interval_s),
@@ -1163,13 +1243,89 @@ def track(
                              "switch_cost_nats": float(cost),
                              "switch_cost_source": "noise" if switch_cost is None else "argument",
                              "min_run": int(min_run), "frame_interval_s": frame_interval_s,
-                             "registration": mode, "sites": int(len(sites))},
+                             "registration": mode,
+                             "registration_doubtful_frames": np.flatnonzero(~registration.reliable).tolist(),
+                             "sites": int(len(sites))},
                 "units": TRACK_UNITS,
             }
             paths["provenance.json"] = write_json(record, stage / "provenance.json")
-        return publish_staged(paths, out)
+        published = publish_staged(paths, out)
+        for name in set(TRACK_OUTPUTS) - set(published):  # an earlier run's file this run does not write
+            (out / name).unlink(missing_ok=True)
+        return published
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_frames(frames_images: Any) -> np.ndarray:
+    """The frames of a time series as an ``(N, H, W)`` array, refused in one line when unusable.
+
+    Raises
+    ------
+    ValueError
+        Not ``(N, H, W)``, fewer than 2 frames, or NaN or inf pixels (fill them and
+        pass where they were as ``no_data``, as :func:`load_time_series` does).
+    """
+    stack = np.asarray(frames_images)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected frames of shape (N, H, W), got {np.shape(frames_images)}")
+    if stack.shape[0] < 2:
+        raise ValueError(f"a time series needs at least 2 frames, got {stack.shape[0]}")
+    if np.issubdtype(stack.dtype, np.inexact):
+        counts = (~np.isfinite(stack)).reshape(len(stack), -1).sum(axis=1)
+        if counts.any():
+            first = int(np.flatnonzero(counts)[0])
+            raise ValueError(
+                f"frame {first} has {counts[first]} NaN or inf pixels ({int((counts > 0).sum())} frames have some); "
+                "fill them and pass where they were as no_data: atomfinder.detection.sample.load_sample (or "
+                "load_time_series) does both, as sample.data and sample.no_data")
+    return stack
+
+
+def earlier_outputs(out_dir: Path | str) -> list[Path]:
+    """The files of an earlier :func:`track` run in ``out_dir`` (:data:`TRACK_OUTPUTS` that exist)."""
+    out = Path(out_dir)
+    return [out / name for name in TRACK_OUTPUTS if (out / name).exists()]
+
+
+def refuse_earlier_outputs(out_dir: Path | str, flag: str = "overwrite=True", shown: int = 4) -> None:
+    """Refuse, in one line naming them, to replace the files of an earlier :func:`track` run.
+
+    Parameters
+    ----------
+    out_dir : path
+    flag : str
+        How the user asks to replace them (``--overwrite`` on the command line).
+    shown : int
+        Files named at most.
+
+    Raises
+    ------
+    ValueError
+        When ``out_dir`` holds any of :data:`TRACK_OUTPUTS`.
+    """
+    existing = earlier_outputs(out_dir)
+    if not existing:
+        return
+    names = ", ".join(p.name for p in existing[:shown])
+    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
+    raise ValueError(f"{out_dir}: already holds {names}{more} from an earlier run; give {flag} to replace them, "
+                     "or another output folder")
+
+
+class TrackWarning(UserWarning):
+    """Something :func:`track` found that makes its outputs doubtful (one line), e.g. no site at all."""
+
+
+def no_sites_reason(n_frames: int, n_linked: int, border_A: float) -> str:
+    """Why :func:`track` kept no site, in one line: nothing was detected, or every site was near an edge."""
+    if n_linked == 0:
+        return (f"no column found in any of the {n_frames} frames: no lattice (noise, vacuum) or a material the "
+                "model was not trained on; every output is empty")
+    return (f"none of the {n_linked} sites found stays {border_A:g} Å inside the field of every frame (a large "
+            "drift or a small field); every output is empty")
 
 
 #: Name of the hidden folder :func:`track` stages its outputs in (``<prefix><random><suffix>``).
@@ -1223,21 +1379,31 @@ def publish_staged(staged: dict[str, Path], out_dir: Path | str) -> dict[str, Pa
 
 __all__ = [
     "FrameDetection",
+    "Registration",
+    "TRACK_OUTPUTS",
+    "RegistrationWarning",
     "Sites",
+    "TrackWarning",
     "as_detections",
     "as_frame_detection",
     "bandpass",
     "bin_image",
     "change_posteriors",
+    "check_frames",
+    "check_threshold",
     "coarse_bin",
     "coarse_shift",
+    "default_presence_threshold",
     "drift_table",
+    "earlier_outputs",
     "events",
+    "evidence_cap",
     "frame_shift",
     "gif_frame_indices",
     "hann_window",
     "link_sites",
     "matched_probability",
+    "no_sites_reason",
     "overlay_frames",
     "pair_shift",
     "plot_occupancy",
@@ -1249,8 +1415,10 @@ __all__ = [
     "remove_stale_staging",
     "probability_matrix",
     "refine_drift",
+    "refuse_earlier_outputs",
     "register_frames",
     "register_images",
+    "register_series",
     "registered_xy",
     "sample_map",
     "site_probabilities",

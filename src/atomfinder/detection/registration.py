@@ -12,6 +12,10 @@ measurements live here, because the frames of the two kinds of series differ:
   ``(dx, dy)`` of each frame: a feature at ``(x, y)`` in the reference frame is at
   ``(x + dx, y + dy)`` in frame ``i``. Detection then runs on the raw frames
   (:func:`register_images` resamples them for display only).
+  :func:`register_series` also checks every frame's registration
+  (:class:`Registration`): the correlation at the measured shift must stand above
+  the noise, and a second measurement of the drift through another frame must
+  agree with the first.
 * **Focal series** (:func:`register_focal_series`, used by
   :mod:`atomfinder.detection.micrograph` before inference): frames at different defoci,
   whose contrast differs and may invert. Phase correlation (only the Fourier phase,
@@ -26,30 +30,51 @@ This module needs NumPy, SciPy and scikit-image only; it never imports
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.ndimage import shift as nd_shift
 
 __all__ = [
+    "MAX_DISAGREEMENT_PX",
+    "MIN_CORRELATION_SIGMAS",
     "REGISTRATION_MODES",
     "UPSAMPLE",
+    "Registration",
+    "RegistrationWarning",
     "bandpass",
     "bin_image",
     "coarse_bin",
     "coarse_shift",
+    "correlation_sigmas",
     "frame_shift",
     "hann_window",
+    "overlap_fraction",
     "pair_shift",
     "register_focal_series",
+    "overlap_correlation",
     "register_frames",
     "register_images",
+    "register_series",
     "smooth",
 ]
+
+class RegistrationWarning(UserWarning):
+    """A frame's registration failed a check of :func:`register_series` (one line per frame)."""
+
 
 #: Registration modes of :func:`register_frames`.
 REGISTRATION_MODES = ("first", "previous")
 #: Sub-pixel precision of the focal-series registration: 1/UPSAMPLE pixels.
 UPSAMPLE = 10
+#: A frame's registration is trusted when the correlation at its shift stands at least this many
+#: noise sigmas above zero (:func:`correlation_sigmas`); two unrelated frames reach about 4-5 at
+#: the best of all the shifts searched.
+MIN_CORRELATION_SIGMAS = 8.0
+#: Two measurements of a frame's drift (through different frames, :func:`register_series`) must
+#: agree within this many pixels; a wrong lattice peak is a lattice period (several pixels) away.
+MAX_DISAGREEMENT_PX = 2.0
 
 
 # --------------------------------------------------------------------------- time series
@@ -242,6 +267,217 @@ def pair_shift(
     return _pair_shift_bandpassed(band_ref, band_mov, upsample, coarse)
 
 
+def overlap_correlation(reference: np.ndarray, moving: np.ndarray, shift_xy: np.ndarray) -> tuple[float, int]:
+    """Correlation coefficient of two frames over their overlap at a whole-pixel displacement.
+
+    Parameters
+    ----------
+    reference, moving : ndarray, shape (H, W)
+        E.g. band-passed frames (:func:`bandpass`).
+    shift_xy : array of 2 numbers
+        ``(dx, dy)``, rounded to whole pixels: a feature at ``(x, y)`` in
+        ``reference`` is at ``(x + dx, y + dy)`` in ``moving``.
+
+    Returns
+    -------
+    (float, int)
+        Pearson's correlation over the overlapping pixels (0 when either is flat or
+        fewer than 2 overlap), and the number of those pixels.
+    """
+    h, w = reference.shape
+    dx, dy = (int(round(float(v))) for v in shift_xy)
+    rows, cols = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
+    a = np.asarray(reference, dtype=np.float64)[rows, cols]
+    b = np.asarray(moving, dtype=np.float64)[rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx]
+    if a.size < 2:
+        return 0.0, int(a.size)
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return (float((a * b).sum()) / norm if norm > 0 else 0.0), int(a.size)
+
+
+def correlation_sigmas(correlation: float, n_pixels: int, sigma_px: float) -> float:
+    """A correlation coefficient in units of its noise for two unrelated band-passed frames.
+
+    White noise smoothed by a Gaussian of ``sigma_px`` pixels has a correlation area of
+    ``2 pi sigma_px^2`` pixels (at least 1), so the coefficient of two unrelated
+    such frames over ``n_pixels`` has a standard deviation of about
+    ``sqrt(area / n_pixels)``; the coefficient is returned in those units. The best of
+    all the shifts a registration searches reaches about 4-5 for unrelated frames.
+    """
+    area = max(1.0, 2.0 * np.pi * float(sigma_px) ** 2)
+    return float(correlation) * float(np.sqrt(max(int(n_pixels), 0) / area))
+
+
+def overlap_fraction(shape: tuple[int, int], shift_xy: np.ndarray) -> float:
+    """Share of a frame's area that a frame displaced by ``(dx, dy)`` pixels still covers."""
+    h, w = shape
+    dx, dy = np.abs(np.asarray(shift_xy, dtype=np.float64))
+    return float(max(0.0, w - dx) * max(0.0, h - dy) / (h * w))
+
+
+def _xy(v: np.ndarray) -> str:
+    return f"({v[0]:+.1f}, {v[1]:+.1f}) px"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The drift of every frame of a series and how far each registration can be trusted.
+
+    Made by :func:`register_series`. Frame ``i``'s drift is measured against frame
+    ``partner[i]`` (the reference in mode ``"first"``, the frame before in mode
+    ``"previous"``); ``second`` holds a second measurement of it through another frame
+    (``route[i]``: frame ``i - 1`` towards the reference in mode ``"first"``, frame
+    ``i - 2`` in mode ``"previous"``).
+
+    Attributes
+    ----------
+    drift : ndarray, shape (N, 2)
+        ``(dx, dy)`` in pixels, as :func:`register_frames` returns it.
+    correlation : ndarray, shape (N,)
+        Correlation coefficient of the band-passed (binned) frame and its partner over
+        their overlap at the measured whole-pixel shift (:func:`overlap_correlation`);
+        NaN where nothing was measured (the reference in mode ``"first"``, frame 0).
+    sigmas : ndarray, shape (N,)
+        ``correlation`` in noise sigmas (:func:`correlation_sigmas`).
+    second : ndarray, shape (N, 2)
+        The drift measured again through frame ``route[i]``; NaN where there is no such
+        frame or the check was not run.
+    partner, route : ndarray of int, shape (N,)
+        The frames described above (-1: none).
+    mode : str
+        ``"first"`` or ``"previous"``.
+    shape : (int, int)
+        ``(H, W)`` of the frames.
+    """
+
+    drift: np.ndarray
+    correlation: np.ndarray
+    sigmas: np.ndarray
+    second: np.ndarray
+    partner: np.ndarray
+    route: np.ndarray
+    mode: str
+    shape: tuple[int, int]
+
+    @property
+    def disagreement_px(self) -> np.ndarray:
+        """Distance in pixels between the two measurements of each drift (NaN where only one)."""
+        return np.hypot(*(self.second - self.drift).T)
+
+    @property
+    def reliable(self) -> np.ndarray:
+        """Frames whose registration passed both checks (or had nothing to check), shape (N,)."""
+        with np.errstate(invalid="ignore"):
+            weak = self.sigmas < MIN_CORRELATION_SIGMAS
+            split = self.disagreement_px > MAX_DISAGREEMENT_PX
+        return ~(weak | split)
+
+    def problems(self) -> list[str]:
+        """One line per frame whose registration failed a check: what was measured and what to try."""
+        return [self._problem(i) for i in np.flatnonzero(~self.reliable)]
+
+    def _problem(self, i: int) -> str:
+        doubts = []
+        if self.sigmas[i] < MIN_CORRELATION_SIGMAS:
+            doubts.append(f"the frames correlate at only {self.sigmas[i]:.1f} noise sigmas (correlation "
+                          f"{self.correlation[i]:.2f}; at least {MIN_CORRELATION_SIGMAS:g} expected)")
+        hint = ""
+        if self.disagreement_px[i] > MAX_DISAGREEMENT_PX:
+            doubts.append(f"{_xy(self.second[i])} through frame {self.route[i]}")
+            if self.mode == "first" and overlap_fraction(self.shape, self.second[i]) < 0.5:
+                hint = ("; a drift leaving less than half of the field in common with the reference is not "
+                        "searched, registering each frame to the one before follows it (--registration previous; "
+                        "mode='previous')")
+        return (f"frame {i}: registration doubtful: drift {_xy(self.drift[i])} against frame {self.partner[i]} but "
+                + " and ".join(doubts) + hint)
+
+
+def _second_route(i: int, ref: int, mode: str) -> int:
+    """The frame through which frame ``i``'s drift is measured a second time (-1: none)."""
+    if mode == "previous":
+        return i - 2 if i >= 2 else -1
+    j = i - 1 if i > ref else i + 1
+    return -1 if i == ref or j == ref else j
+
+
+def register_series(
+    frames: np.ndarray,
+    reference: int = 0,
+    upsample: int = 10,
+    mode: str = "first",
+    *,
+    sigma_low_px: float = 1.0,
+    sigma_high_px: float | None = None,
+    coarse: bool = True,
+    check: bool = True,
+) -> Registration:
+    """Drift of every frame of a series relative to the reference frame, with its checks.
+
+    Measures the drift as :func:`register_frames` does (same numbers) and checks each
+    frame's registration twice:
+
+    * the correlation coefficient of the band-passed frames over their overlap at the
+      measured shift must stand :data:`MIN_CORRELATION_SIGMAS` noise sigmas above zero
+      (:func:`correlation_sigmas`): unrelated frames (pure noise, another field)
+      reach 4-5 at the best of all the shifts searched;
+    * with ``check``, the drift is measured a second time through another frame (in
+      mode ``"first"``: ``drift[i - 1] + shift(i - 1 -> i)``, the neighbour towards
+      the reference; in mode ``"previous"``: ``drift[i - 2] + shift(i - 2 -> i)``); the
+      two must agree within :data:`MAX_DISAGREEMENT_PX`. This catches a wrong lattice
+      peak, noise, and in mode ``"first"`` a drift leaving less than half of the field
+      in common with the reference, which the whole-pixel stage does not search
+      (:func:`coarse_shift`). It costs one more pair registration per frame.
+
+    Parameters are those of :func:`register_frames`, and ``check`` (run the second
+    measurement).
+
+    Returns
+    -------
+    Registration
+        The drift, the checks' figures, :attr:`Registration.reliable` and
+        :meth:`Registration.problems` (one line per doubtful frame).
+    """
+    stack = np.asarray(frames, dtype=np.float64)
+    if stack.ndim != 3:
+        raise ValueError(f"expected frames of shape (N, H, W), got {stack.shape}")
+    n = stack.shape[0]
+    if n and not -n <= reference < n:
+        raise ValueError(f"reference {reference} out of range for {n} frames")
+    if mode not in REGISTRATION_MODES:
+        raise ValueError(f"mode must be one of {REGISTRATION_MODES}, got {mode!r}")
+    band = [bandpass(f, sigma_low_px, sigma_high_px) for f in stack]
+    k = coarse_bin(stack.shape[1:])
+    binned = [bin_image(b, k) for b in band]
+    ref = reference % n if n else 0
+    drift, corr, sigmas = np.zeros((n, 2)), np.full(n, np.nan), np.full(n, np.nan)
+    partner = np.full(n, -1, dtype=np.int64)
+
+    def step(a: int, b: int) -> np.ndarray:
+        pair = (binned[a], binned[b]) if coarse else None
+        return _pair_shift_bandpassed(band[a], band[b], upsample, coarse, pair)
+
+    def measure(a: int, b: int) -> np.ndarray:
+        shift = step(a, b)
+        r, n_px = overlap_correlation(binned[a], binned[b], np.rint(shift / k))
+        partner[b], corr[b], sigmas[b] = a, r, correlation_sigmas(r, n_px, sigma_low_px / k)
+        return shift
+
+    if mode == "first":
+        for i in range(n):
+            if i != ref:
+                drift[i] = measure(ref, i)
+    else:
+        for i in range(1, n):
+            drift[i] = drift[i - 1] + measure(i - 1, i)
+        drift = drift - drift[ref] if n else drift
+    route = np.array([_second_route(i, ref, mode) if check else -1 for i in range(n)], dtype=np.int64)
+    second = np.full((n, 2), np.nan)
+    for i in np.flatnonzero(route >= 0):
+        second[i] = drift[route[i]] + step(int(route[i]), int(i))
+    return Registration(drift, corr, sigmas, second, partner, route, mode, tuple(stack.shape[1:]))
+
+
 def register_frames(
     frames: np.ndarray,
     reference: int = 0,
@@ -256,6 +492,7 @@ def register_frames(
 
     Each pair of frames is registered as in :func:`pair_shift` (band-pass; whole-pixel
     masked normalised cross-correlation; sub-pixel Hann-windowed cross-correlation).
+    :func:`register_series` gives the same drift with a check of every frame.
 
     Parameters
     ----------
@@ -268,10 +505,12 @@ def register_frames(
         Sub-pixel resolution of the correlation peak: ``1 / upsample`` pixels.
     mode : {"first", "previous"}
         ``"first"``: each frame is correlated with the reference frame directly
-        (errors do not accumulate; best when the field changes little).
+        (errors do not accumulate; best when the field changes little; the frame
+        must keep at least half of its field in common with the reference).
         ``"previous"``: each frame is correlated with the frame before it and the
-        steps are summed (follows a field that evolves a lot, at the cost of a
-        random-walk error of about ``sqrt(N)`` times the per-step error).
+        steps are summed (follows a field that evolves a lot, or drifts farther than
+        half the field, at the cost of a random-walk error of about ``sqrt(N)``
+        times the per-step error).
     sigma_low_px, sigma_high_px : float
         Band-pass (:func:`bandpass`), in pixels.
     coarse : bool
@@ -290,36 +529,16 @@ def register_frames(
     overlap, so non-periodic content (particle outline, surface, support) picks the
     right lattice peak; a crystal filling the whole field with no such content can
     still be ambiguous for drifts above half a lattice period between the correlated
-    frames (``mode="previous"`` keeps that step small).
+    frames (``mode="previous"`` keeps that step small). Shifts leaving less than half
+    of the field in common are not searched (:func:`coarse_shift`).
     """
     stack = np.asarray(frames, dtype=np.float64)
     if stack.ndim != 3:
         raise ValueError(f"expected frames of shape (N, H, W), got {stack.shape}")
-    n = stack.shape[0]
-    if n == 0:
+    if stack.shape[0] == 0:
         return np.zeros((0, 2))
-    if not -n <= reference < n:
-        raise ValueError(f"reference {reference} out of range for {n} frames")
-    if mode not in REGISTRATION_MODES:
-        raise ValueError(f"mode must be one of {REGISTRATION_MODES}, got {mode!r}")
-    band = [bandpass(f, sigma_low_px, sigma_high_px) for f in stack]
-    k = coarse_bin(stack.shape[1:])
-    binned = [bin_image(b, k) for b in band] if coarse else [None] * n
-    ref = reference % n
-    drift = np.zeros((n, 2))
-
-    def step(a: int, b: int) -> np.ndarray:
-        pair = (binned[a], binned[b]) if coarse else None
-        return _pair_shift_bandpassed(band[a], band[b], upsample, coarse, pair)
-
-    if mode == "first":
-        for i in range(n):
-            if i != ref:
-                drift[i] = step(ref, i)
-        return drift
-    for i in range(1, n):
-        drift[i] = drift[i - 1] + step(i - 1, i)
-    return drift - drift[ref]
+    return register_series(stack, reference, upsample, mode, sigma_low_px=sigma_low_px,
+                           sigma_high_px=sigma_high_px, coarse=coarse, check=False).drift
 
 
 def register_images(frames: np.ndarray, drift_px: np.ndarray, order: int = 1) -> np.ndarray:

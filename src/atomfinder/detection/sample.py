@@ -225,7 +225,7 @@ def _stack_files(
             )
         if samplings and abs(s - samplings[0]) > SAMPLING_RTOL * samplings[0]:
             raise MicrographError(
-                p, f"pixel size {s:.6g} Å differs from {samplings[0]:.6g} Å of {os.fspath(paths[0])}; "
+                p, f"pixel size {s:.6g} Å/px differs from {samplings[0]:.6g} Å/px of {os.fspath(paths[0])}; "
                 f"{series.replace(' ', '-')} frames must have the same pixel size"
             )
         frames.append(data)

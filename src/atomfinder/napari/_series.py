@@ -70,7 +70,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
     sampling_A : float, optional
         Pixel size in Å/px (overrides a file's; required for an array).
     out_dir : path
-        Folder for ``sites.csv``, ``presence.csv``, ``events.csv``, ``drift.csv`` and the plots.
+        Folder for ``sites.csv``, ``presence.csv``, ``events.csv``, ``drift.csv`` and the plots
+        (the files of an earlier run there are replaced, as each press of the button runs again).
     threshold : float, optional
         Map value that separates present from absent (default: the card's peak threshold).
     progress : callable, optional
@@ -93,18 +94,11 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
                               augment=augment)
     sample = series.sample
     written = track(series.frames, series.detect_frame, sample.sampling_A, out_dir, threshold=series.threshold,
-                    progress=progress, provenance=series.provenance(), no_data=sample.no_data)
+                    progress=progress, provenance=series.provenance(), no_data=sample.no_data, overwrite=True)
     drift = pd.read_csv(written["drift.csv"])[["dx", "dy"]].to_numpy(dtype=np.float64)
     return SeriesResult(sites=pd.read_csv(written["sites.csv"]), presence=pd.read_csv(written["presence.csv"]),
                         drift_px=drift, sampling_A=float(sample.sampling_A),
                         class_names=tuple(series.card.class_names), written=dict(written))
-
-
-def earlier_run_files(folder: str | os.PathLike[str]) -> list[str]:
-    """The files of an earlier run of the tracker in ``folder`` (names in :data:`TRACK_OUTPUTS` order)."""
-    from atomfinder.analysis.timeseries import TRACK_OUTPUTS
-
-    return [name for name in TRACK_OUTPUTS if (Path(folder) / name).exists()]
 
 
 def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
@@ -115,7 +109,9 @@ def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
     ValueError
         Naming the folder and the files found (one line).
     """
-    found = earlier_run_files(folder)
+    from atomfinder.analysis.timeseries import earlier_outputs
+
+    found = [p.name for p in earlier_outputs(folder)]
     if found:
         more = f" and {len(found) - shown} more" if len(found) > shown else ""
         raise ValueError(f"{os.fspath(folder)}: already holds {', '.join(found[:shown])}{more} from an earlier run; "
