@@ -316,38 +316,37 @@ def detect(
         Unknown model (the message lists the shipped ones), bad threshold or precision,
         a focal step without ``focal_series``.
     """
-    return detect_with_flag(image, model, sampling, focal_series=focal_series, threshold=threshold, device=device,
-                            precision=precision, focal_step_A=focal_step_A, augment=augment)
+    return detect_with_flag(image, model, sampling, "focal_series=True", focal_series=focal_series,
+                            threshold=threshold, device=device, precision=precision, focal_step_A=focal_step_A,
+                            augment=augment)
 
 
-def detect_with_flag(
-    image: Any,
-    model: Any = "graphene",
-    sampling: float | None = None,
-    *,
-    focal_series: bool = False,
-    threshold: float | None = None,
-    device: Any = None,
-    precision: str = "auto",
-    focal_step_A: float | None = None,
-    augment: bool | None = None,
-    focal_flag: str = "focal_series=True",
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def detect_with_flag(image: Any, model: Any, sampling: float | None, focal_flag: str, *, focal_series: bool = False,
+                     **options: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     """:func:`detect`, with ``focal_flag`` as the words that say "focal series" in its messages.
 
     Parameters
     ----------
-    image, model, sampling, focal_series, threshold, device, precision, focal_step_A, augment
+    image, model, sampling, focal_series
         As :func:`detect`.
     focal_flag : str
         How the caller's user says "focal series": ``focal_series=True`` in Python,
         the frames setting (``frames: focal series``) in the napari widget.
+    **options
+        ``threshold``, ``device``, ``precision``, ``focal_step_A``, ``augment``: as
+        :func:`detect`.
 
     Returns
     -------
     Detection
         As :func:`detect`; its warnings point at the caller of :func:`detect`.
     """
+    unknown = set(options) - {"threshold", "device", "precision", "focal_step_A", "augment"}
+    if unknown:
+        raise TypeError(f"detect_with_flag() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    threshold, device = options.get("threshold"), options.get("device")
+    precision, augment = options.get("precision", "auto"), options.get("augment")
+    focal_step_A = options.get("focal_step_A")
     from atomfinder.detection.validity import warn
     from atomfinder.nn.infer import check_device, check_precision  # imports torch, which detection needs anyway
 

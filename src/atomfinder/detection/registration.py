@@ -50,15 +50,16 @@ __all__ = [
     "correlation_sigmas",
     "frame_shift",
     "hann_window",
+    "overlap_correlation",
     "overlap_fraction",
     "pair_shift",
     "register_focal_series",
-    "overlap_correlation",
     "register_frames",
     "register_images",
     "register_series",
     "smooth",
 ]
+
 
 class RegistrationWarning(UserWarning):
     """A frame's registration failed a check of :func:`register_series` (one line per frame)."""
