@@ -151,3 +151,16 @@ def test_models_unknown_name_is_a_one_line_error():
     result = CliRunner().invoke(app, ["models", "no-such-model"])
     assert result.exit_code != 0
     assert len(result.output.strip().splitlines()) == 1 and "no-such-model" in result.output
+
+
+def test_models_says_when_a_version_reuses_earlier_weights():
+    """gold 0.5 is gold 0.4's weights with other detection settings: `models gold` says so."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    for name in list_models():
+        card = load_card(resolve_model(name))
+        trained_as = str(card.training.get("config", {}).get("version", card.version))
+        out = CliRunner().invoke(app, ["models", name]).output
+        assert (f"those trained as {card.name} {trained_as}; {card.version}" in out) == (trained_as != str(card.version))

@@ -690,6 +690,11 @@ def _training_lines(card) -> list[str]:
         lines.append(f"  recipe: {cfg.get('name', card.name)} {cfg.get('version', card.version)}, "
                      f"{cfg.get('epochs', '?')} epochs of batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, "
                      f"normalisation {cfg.get('normalization', card.normalization)}")
+        trained_as = str(cfg.get("version", card.version))
+        if trained_as != str(card.version):
+            settings = ", ".join(f"{k} {v}" for k, v in card.detection.items() if not isinstance(v, (dict, list)))
+            lines.append(f"  weights: those trained as {cfg.get('name', card.name)} {trained_as}; {card.version} "
+                         f"changes how they are used (detection: {settings})")
     return lines
 
 
