@@ -440,6 +440,17 @@ def test_time_series_tracks_sites_through_the_stack(viewer, qtbot, stack_tif, tm
     _screenshot(viewer, screenshot_dir / "napari-time-series.png")
 
 
+def test_a_time_series_of_noise_reports_its_doubtful_registrations(tmp_path):
+    """The track warnings (doubtful registration, no site) come back as the widget's warning lines."""
+    from atomfinder.napari._widget import _track_job
+
+    noise = np.random.default_rng(3).normal(100.0, 5.0, (3, 128, 128)).astype(np.float32)
+    _, message, lines, _ = _track_job(noise, "graphene", SAMPLING_A, "noise", SAMPLING_A, str(tmp_path / "t"),
+                                      0.5, progress=None)
+    assert "noise: " in message
+    assert lines and any("registration" in line for line in lines)
+
+
 def test_a_time_series_rerun_does_not_overwrite_an_earlier_run(viewer, qtbot, stack_tif, tmp_path):
     from atomfinder.napari._widget import TIME_SERIES
 

@@ -472,9 +472,19 @@ def _track_job(image: Any, model: str, sampling: float | None, image_name: str, 
     """Track a time series (in the worker thread) and make the site layers."""
     import tempfile
 
+    from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning
+
     folder = out_dir or tempfile.mkdtemp(prefix=f"atomfinder-track-{image_name}-")
-    result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress, augment=augment)
+    with warnings.catch_warnings(record=True) as caught:  # doubtful registrations, no site: shown as warnings
+        warnings.simplefilter("always", RegistrationWarning)
+        warnings.simplefilter("always", TrackWarning)
+        result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress,
+                              augment=augment)
+    lines = [str(w.message) for w in caught if issubclass(w.category, (RegistrationWarning, TrackWarning))]
+    for w in caught:  # anything else goes on as it would have
+        if not issubclass(w.category, (RegistrationWarning, TrackWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n_frames = len(result.drift_px)
     message = (f"{image_name}: {len(result.sites)} sites in {n_frames} frames; "
                f"sites.csv, presence.csv, events.csv, drift.csv in {Path(folder).name}/")
-    return site_layers(result, image_name, placement), message, [], result.sampling_A
+    return site_layers(result, image_name, placement), message, lines, result.sampling_A
