@@ -241,6 +241,9 @@ def test_cli_track_registration_mode(tmp_path):
     assert json.loads((out / "provenance.json").read_text())["tracking"]["registration"] == "previous"
     warned = [line for line in result.output.splitlines() if line.startswith("warning: frame")]
     assert len(warned) == 2 and all("registration doubtful" in line for line in warned)
+    # the frames' validity checks, one line per failed check naming the frames, as detect gives them
+    checks = [line for line in result.output.splitlines() if line.startswith(f"warning: {src} frame")]
+    assert checks and all("of 3)" in line for line in checks), result.output
 
 
 def test_cli_track_counts_sites_and_events_and_warns_when_there_is_no_site(tmp_path, monkeypatch):

@@ -1040,6 +1040,8 @@ def track(
                                 min_run=min_run, provenance=series.provenance(), no_data=sample.no_data,
                                 mode=registration, overwrite=overwrite,
                                 progress=lambda done, total: bar.update(task, completed=done))
+        for line in series.validity_warnings():  # as detect prints a stack's failed checks
+            console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
         console.print(escape(_track_summary_line(len(frames), written, out)), highlight=False, soft_wrap=True)
 
     _run(action)

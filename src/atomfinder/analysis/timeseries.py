@@ -59,7 +59,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -942,6 +942,10 @@ class TimeSeries:
         :func:`atomfinder.detection.pipeline.detect_array`).
     model_path : str, optional
         The model's stem on disk, when known.
+    checks : list
+        The validity checks of each frame :meth:`detect_frame` has detected, in order
+        (:func:`atomfinder.detection.validity.check_image`); :meth:`validity_warnings`
+        turns them into lines.
     """
 
     net: Any
@@ -951,6 +955,7 @@ class TimeSeries:
     threshold: float
     augment: bool | None = None
     model_path: str | None = None
+    checks: list = field(default_factory=list, compare=False, repr=False)
 
     def provenance(self) -> dict[str, Any]:
         """What the tracked series was made from: input, pixel size and its source, model,
@@ -978,8 +983,22 @@ class TimeSeries:
         """Detections of one frame and its atom map (``1 - p(background)``, on the model's grid)."""
         from atomfinder.detection.pipeline import detect_array
 
+        from atomfinder.detection.validity import card_reference, check_image
+
         result = detect_array(self.net, self.card, frame, self.sample.sampling_A, augment=self.augment)
-        return FrameDetection(result.to_frame(), 1.0 - result.probabilities[0], result.model_sampling_A)
+        table = result.to_frame()
+        # frames come in order (track detects frame 0, 1, ...): the check's frame is the count so far
+        self.checks.append(check_image(table, card_reference(self.card), contrast_to_noise_ratio=result.contrast_to_noise,
+                                       sampling_A=self.sample.sampling_A, model_sampling_A=float(self.card.sampling_A),
+                                       source=self.sample.source, frame=len(self.checks)))
+        return FrameDetection(table, 1.0 - result.probabilities[0], result.model_sampling_A)
+
+    def validity_warnings(self) -> list[str]:
+        """The failed validity checks of the frames detected so far (:mod:`atomfinder.detection.validity`), one
+        line per check naming the frames where it failed, as ``atomfinder detect`` gives them for a stack."""
+        from atomfinder.detection.validity import warning_lines
+
+        return warning_lines(self.checks)
 
 
 def default_presence_threshold(card: Any) -> float:

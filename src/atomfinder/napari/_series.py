@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class SeriesResult:
         The model's classes.
     written : dict of str to Path
         The files written, by name.
+    validity_warnings : list of str
+        The frames' failed validity checks, one line per check (as ``atomfinder track`` prints them).
     """
 
     sites: pd.DataFrame
@@ -53,6 +55,7 @@ class SeriesResult:
     sampling_A: float
     class_names: tuple[str, ...]
     written: dict[str, Path]
+    validity_warnings: list[str] = field(default_factory=list)
 
 
 def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str | os.PathLike[str],
@@ -98,7 +101,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
     drift = pd.read_csv(written["drift.csv"])[["dx", "dy"]].to_numpy(dtype=np.float64)
     return SeriesResult(sites=pd.read_csv(written["sites.csv"]), presence=pd.read_csv(written["presence.csv"]),
                         drift_px=drift, sampling_A=float(sample.sampling_A),
-                        class_names=tuple(series.card.class_names), written=dict(written))
+                        class_names=tuple(series.card.class_names), written=dict(written),
+                        validity_warnings=series.validity_warnings())
 
 
 def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:

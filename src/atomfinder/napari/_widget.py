@@ -481,6 +481,7 @@ def _track_job(image: Any, model: str, sampling: float | None, image_name: str, 
         result = track_series(image, model, sampling, folder, threshold=threshold, progress=progress,
                               augment=augment)
     lines = [str(w.message) for w in caught if issubclass(w.category, (RegistrationWarning, TrackWarning))]
+    lines += result.validity_warnings
     for w in caught:  # anything else goes on as it would have
         if not issubclass(w.category, (RegistrationWarning, TrackWarning)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
