@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -143,3 +145,14 @@ def check_pair(
             raise ValueError(f"{_label(name, unit)} must be [low, high] with both {both}; got {list(value)!r}") from None
     if value[0] > value[1]:
         raise ValueError(f"{_label(name, unit)} must be [low, high] with low <= high; got {list(value)!r}")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML file; a one-line ``ValueError`` naming the file when it is not valid TOML text."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (TOML) file") from None

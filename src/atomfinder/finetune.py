@@ -38,12 +38,12 @@ import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atomfinder._config import read_toml
 from atomfinder._files import atomic_write
 
 #: The documented example of a microscope file.
@@ -124,12 +124,7 @@ def read_microscope(path: Path | str, recipe: Any) -> tuple[Any, dict[str, Any]]
     from atomfinder.imaging.microscope import MicroscopeRanges
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text (TOML) file") from None
+    data = read_toml(path)
     simulation = data.get("simulation") if isinstance(data.get("simulation"), dict) else {}
     if isinstance(data.get("microscope"), dict):
         table, others = data["microscope"], set(data) - {"microscope"}

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atomfinder._config import ConfigMixin
+from atomfinder._config import ConfigMixin, read_toml
 from atomfinder._files import atomic_write, remove_stale_temporaries
 from atomfinder.nn.card import ModelCard, load_model, resolve_model, save_model
 from atomfinder.nn.losses import segmentation_loss
@@ -158,12 +157,7 @@ class TrainConfig(ConfigMixin):
             One line naming the file: not valid TOML, or a bad setting.
         """
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not a text (TOML) file") from None
+        data = read_toml(path)
         try:
             return cls.from_dict(data.get("train", data))
         except (TypeError, ValueError) as exc:
