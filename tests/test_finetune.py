@@ -242,3 +242,10 @@ def test_finetune_shipped_graphene_from_the_command_line(tmp_path):
         assert card.calibration != general.calibration
     summary = json.loads((out / "comparison.json").read_text())
     assert {summary["overall"][n]["n_images"] for n in (FINE_TUNED, GENERAL)} == {8}
+
+
+def test_a_negative_seed_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["finetune", "--model", "gold", "--microscope", str(tmp_path / "m.toml"),
+                                      "--out", str(tmp_path / "run"), "--seed", "-1"])
+    assert result.exit_code == 2 and "--seed -1" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

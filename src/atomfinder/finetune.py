@@ -816,6 +816,8 @@ def finetune(
         raise ValueError(f"--minutes must be positive, got {minutes:g}")
     if n_test < 1:
         raise ValueError(f"--n-test must be at least 1, got {n_test}")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: give an integer >= 0 (random seeds are not negative)")
     stem = resolve_model(model)
     general_model, general = load_model(stem)
     recipe = shipped_recipe(general)
