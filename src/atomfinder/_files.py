@@ -97,3 +97,22 @@ def check_output_dir(out_dir: Path | str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "output directory" if probe == out_dir else f"output directory (cannot create it in {probe})"
         raise ValueError(f"{out_dir}: {what} is not writable")
+
+
+def refuse_earlier_files(out_dir: Path | str, existing: list[Path], advice: str, shown: int = 4) -> None:
+    """Refuse, in one line naming them, to replace the files an earlier run left in ``out_dir``.
+
+    The message is ``"<out_dir>: already holds a, b, c, d and 2 more from an earlier run; <advice>"``:
+    ``advice`` says how the caller's user replaces them or goes elsewhere (``--overwrite``,
+    ``overwrite=True``, another folder).
+
+    Raises
+    ------
+    ValueError
+        When ``existing`` is not empty.
+    """
+    if not existing:
+        return
+    names = ", ".join(Path(p).name for p in existing[:shown])
+    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
+    raise ValueError(f"{out_dir}: already holds {names}{more} from an earlier run; {advice}")

@@ -939,19 +939,10 @@ def _pixel_size_line(source: str, sampling_A: float | None, origin: str) -> str:
 
 
 def _refuse_existing(out: Path, existing: list[Path], shown: int = 4) -> None:
-    """Refuse to replace files of an earlier run in ``out`` without --overwrite (one line naming them).
+    """Refuse to replace files of an earlier run in ``out`` without --overwrite (one line naming them)."""
+    from atomfinder._files import refuse_earlier_files
 
-    Raises
-    ------
-    ValueError
-        When ``existing`` is not empty.
-    """
-    if not existing:
-        return
-    names = ", ".join(p.name for p in existing[:shown])
-    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
-    raise ValueError(f"{out}: already holds {names}{more} from an earlier run; give --overwrite to replace them, "
-                     "or another --out")
+    refuse_earlier_files(out, existing, "give --overwrite to replace them, or another --out", shown)
 
 
 def _track_summary_line(n_frames: int, written: dict, out: Path) -> str:

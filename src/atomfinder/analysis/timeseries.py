@@ -1325,13 +1325,10 @@ def refuse_earlier_outputs(out_dir: Path | str, flag: str = "overwrite=True", sh
     ValueError
         When ``out_dir`` holds any of :data:`TRACK_OUTPUTS`.
     """
-    existing = earlier_outputs(out_dir)
-    if not existing:
-        return
-    names = ", ".join(p.name for p in existing[:shown])
-    more = f" and {len(existing) - shown} more" if len(existing) > shown else ""
-    raise ValueError(f"{out_dir}: already holds {names}{more} from an earlier run; give {flag} to replace them, "
-                     "or another output folder")
+    from atomfinder._files import refuse_earlier_files
+
+    refuse_earlier_files(out_dir, earlier_outputs(out_dir), f"give {flag} to replace them, or another output folder",
+                         shown)
 
 
 class TrackWarning(UserWarning):

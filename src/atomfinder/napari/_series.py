@@ -113,13 +113,11 @@ def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
     ValueError
         Naming the folder and the files found (one line).
     """
+    from atomfinder._files import refuse_earlier_files
     from atomfinder.analysis.timeseries import earlier_outputs
 
-    found = [p.name for p in earlier_outputs(folder)]
-    if found:
-        more = f" and {len(found) - shown} more" if len(found) > shown else ""
-        raise ValueError(f"{os.fspath(folder)}: already holds {', '.join(found[:shown])}{more} from an earlier run; "
-                         "choose another track output folder, or clear it for a new temporary folder")
+    refuse_earlier_files(os.fspath(folder), earlier_outputs(folder),
+                         "choose another track output folder, or clear it for a new temporary folder", shown)
 
 
 def site_layers(result: SeriesResult, image_name: str,
