@@ -611,8 +611,8 @@ def detect_array(
     if noise is not None and min(model_img.shape[-2:]) >= 3:
         gain = resampled_noise_gain(img.shape[-2:], sampling_A, card.sampling_A)
         noise = [v * gain for v in noise]
-        read = estimate_noise_std(model_img[0])
-        if gain != 1.0 and read > 0 and noise[0] > 0:
+        read = estimate_noise_std(model_img[0]) if gain != 1.0 else 0.0  # not resampled: the read is right
+        if read > 0 and noise[0] > 0:
             noise_scale = noise[0] / read
     else:
         noise = None

@@ -25,14 +25,16 @@ STD_FLOOR_SCALE = 1e-7
 STD_FLOOR_ABS = 1e-30
 
 
-def _per_channel(func, image: np.ndarray, **kwargs) -> np.ndarray:
+def _per_channel(func, image: np.ndarray, channel_kwargs: Sequence[Mapping[str, Any]] | None = None,
+                 **kwargs) -> np.ndarray:
+    # ``channel_kwargs[i]``: further arguments of channel i (one mapping for an [H, W] image)
     image = np.asarray(image)
     if image.ndim == 2:
-        return func(image, **kwargs).astype(np.float32, copy=False)
+        return func(image, **kwargs, **(channel_kwargs[0] if channel_kwargs else {})).astype(np.float32, copy=False)
     if image.ndim == 3:
         out = np.empty(image.shape, dtype=np.float32)
         for i, ch in enumerate(image):
-            out[i] = func(ch, **kwargs)
+            out[i] = func(ch, **kwargs, **(channel_kwargs[i] if channel_kwargs else {}))
         return out
     raise ValueError(f"expected an [H, W] or [C, H, W] image, got shape {image.shape}")
 
@@ -235,19 +237,18 @@ def normalize_local(
     if noise_floor < 0:
         raise ValueError("noise_floor must be >= 0")
     sigma_px = 0.5 * window_A / sampling_A
-    if noise_std is not None and np.ndim(image) == 2 and np.size(noise_std) == 1:
-        noise_std = float(np.ravel(noise_std)[0])
-    if noise_std is None or np.ndim(noise_std) == 0:
-        return _per_channel(_local_2d, image, sigma_px=sigma_px, noise_floor=float(noise_floor),
-                            noise_std=None if noise_std is None else float(noise_std))
     image = np.asarray(image)
-    stds = [float(v) for v in np.ravel(noise_std)]
-    if image.ndim != 3 or len(stds) != image.shape[0]:
-        raise ValueError(f"noise_std has {len(stds)} values for an image of shape {image.shape}: give one per channel")
-    out = np.empty(image.shape, dtype=np.float32)
-    for i, (ch, std) in enumerate(zip(image, stds)):
-        out[i] = _local_2d(ch, sigma_px=sigma_px, noise_floor=float(noise_floor), noise_std=std)
-    return out
+    per_channel = None
+    if noise_std is not None:
+        stds = np.ravel(np.asarray(noise_std, dtype=np.float64))
+        n = image.shape[0] if image.ndim == 3 else 1
+        if np.ndim(noise_std) == 0:  # one value for every channel; a sequence gives one per channel
+            stds = np.repeat(stds, n)
+        if stds.size != n:
+            raise ValueError(f"noise_std has {stds.size} values for an image of shape {image.shape}: "
+                             "give one per channel")
+        per_channel = [{"noise_std": float(v)} for v in stds]
+    return _per_channel(_local_2d, image, per_channel, sigma_px=sigma_px, noise_floor=float(noise_floor))
 
 
 def _global_2d(image: np.ndarray) -> np.ndarray:
