@@ -695,7 +695,7 @@ def test_track_messages_name_the_option_the_input_and_the_unit(tmp_path, monkeyp
     refused naming the input before any frame is registered; different pixel sizes say Å/px."""
     from typer.testing import CliRunner
 
-    from atomfinder.analysis import timeseries
+    from atomfinder.analysis.timeseries import tracking
     from atomfinder.cli import app
     from atomfinder.detection.io import write_tiff_calibrated
     from atomfinder.detection.sample import load_sample
@@ -708,7 +708,7 @@ def test_track_messages_name_the_option_the_input_and_the_unit(tmp_path, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("registered before the pixel size was checked")
 
-    monkeypatch.setattr(timeseries, "register_series", never)
+    monkeypatch.setattr(tracking, "register_series", never)  # where track() looks it up
     for extra, start in [(["--switch-cost", "inf"], "error: --switch-cost must be a finite number of nats >= 0"),
                          (["--sampling", "5"], f"error: {src}: pixel size 5 Å/px is far too coarse")]:
         result = CliRunner().invoke(app, base + ["--out", str(tmp_path / "out"), *extra])

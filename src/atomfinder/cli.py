@@ -1008,9 +1008,12 @@ def track(
     (two-state hidden Markov model on the atom map at each site), report presence and events."""
 
     def action() -> None:
-        from atomfinder.analysis.timeseries import (RegistrationWarning, TrackWarning, check_switch_cost,
-                                                    earlier_outputs, load_time_series)
-        from atomfinder.analysis.timeseries import track as run_track
+        from atomfinder.analysis.presence import check_switch_cost
+        from atomfinder.analysis.timeseries.outputs import earlier_outputs
+        from atomfinder.analysis.timeseries.series import load_time_series
+        from atomfinder.analysis.timeseries.tracking import TrackWarning
+        from atomfinder.analysis.timeseries.tracking import track as run_track
+        from atomfinder.detection.registration import RegistrationWarning
 
         if switch_cost is not None:
             check_switch_cost(switch_cost, "--switch-cost")

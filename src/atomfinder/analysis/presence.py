@@ -11,7 +11,7 @@ the posterior probability of each change (forward-backward, an event's confidenc
 and :func:`smooth_states` optionally ignores changes shorter than a number of frames.
 
 Pure NumPy on arrays of shape ``(n_frames, n_sites)``;
-:func:`atomfinder.analysis.timeseries.presence` turns the decision into the
+:func:`atomfinder.analysis.timeseries.occupancy.presence` turns the decision into the
 ``presence.csv`` table.
 """
 
@@ -140,7 +140,7 @@ def switch_cost_from_noise(
     Parameters
     ----------
     probability : ndarray, shape (N, S)
-        Map value of each site in each frame (:func:`atomfinder.analysis.timeseries.site_probabilities`).
+        Map value of each site in each frame (:func:`atomfinder.analysis.timeseries.occupancy.site_probabilities`).
     threshold : float
         As in :func:`presence_evidence`.
     sigmas : float

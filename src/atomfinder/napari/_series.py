@@ -91,7 +91,8 @@ def track_series(image: Any, model: str, sampling_A: float | None, out_dir: str 
     ValueError
         A focal-series model, fewer than 2 frames, or an unusable input (one line).
     """
-    from atomfinder.analysis.timeseries import load_time_series, track
+    from atomfinder.analysis.timeseries.series import load_time_series
+    from atomfinder.analysis.timeseries.tracking import track
 
     series = load_time_series(image, model, sampling_A, threshold=threshold, sampling_name="pixel size",
                               augment=augment)
@@ -114,7 +115,7 @@ def refuse_earlier_run(folder: str | os.PathLike[str], shown: int = 4) -> None:
         Naming the folder and the files found (one line).
     """
     from atomfinder._files import refuse_earlier_files
-    from atomfinder.analysis.timeseries import earlier_outputs
+    from atomfinder.analysis.timeseries.outputs import earlier_outputs
 
     refuse_earlier_files(os.fspath(folder), earlier_outputs(folder),
                          "choose another track output folder, or clear it for a new temporary folder", shown)

@@ -472,7 +472,8 @@ def _track_job(image: Any, model: str, sampling: float | None, image_name: str, 
     """Track a time series (in the worker thread) and make the site layers."""
     import tempfile
 
-    from atomfinder.analysis.timeseries import RegistrationWarning, TrackWarning
+    from atomfinder.analysis.timeseries.tracking import TrackWarning
+    from atomfinder.detection.registration import RegistrationWarning
 
     folder = out_dir or tempfile.mkdtemp(prefix=f"atomfinder-track-{image_name}-")
     with warnings.catch_warnings(record=True) as caught:  # doubtful registrations, no site: shown as warnings
