@@ -274,3 +274,45 @@ def test_resume_refuses_another_store_and_the_command_refuses_to_restart_over_a_
     assert result.exit_code == 2 and "holds a run (checkpoint.pt); continue it with --resume" in result.output
     result = CliRunner().invoke(app, run + ["--out", str(tmp_path / "new"), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("line, field", [
+    ("epochs = 0", "epochs"), ("epochs = -3", "epochs"), ("batch_size = 0", "batch_size"),
+    ("num_threads = 0", "num_threads"), ("crop_px = 0", "crop_px"), ("crop_px = 2", "crop_px"),
+    ("validation_fraction = 1.5", "validation_fraction"), ("lr = -1", "lr"), ("match_radius_A = -1", "match_radius_A"),
+    ("max_minutes = -1", "max_minutes"), ("depth = 0", "depth"), ("width = 0", "width"), ('norm = "layer"', "norm"),
+    ("max_validation_images = 0", "max_validation_images"), ("checkpoint_every = 0", "checkpoint_every"),
+    ("seed = -1", "seed"), ("warmup_steps = -1", "warmup_steps"), ("weight_decay = -0.1", "weight_decay"),
+    ("threshold = 1.5", "threshold"), ("min_distance_A = 0", "min_distance_A"), ("gain_range = [0, 1]", "gain_range"),
+    ("extra_noise_std = [0.3, 0.1]", "extra_noise_std"), ('class_weights = "none"', "class_weights"),
+    ("class_weights = [1, -1]", "class_weights"), ('normalization = {kind = "loc"}', "normalization.kind"),
+    ("normalization = {window_A = 12.0}", "normalization"), ("height_head = 1", "height_head"),
+    ("height_head = true", "max_height"), ("depth = 30", "depth"), ('name = ""', "name"),
+    ("honeycomb = {bond_A = [1, 2]}", "honeycomb"), ("init_from = 3", "init_from"),
+])
+def test_every_training_setting_is_checked_in_one_line_naming_the_file_and_field(tmp_path, line, field):
+    """Bad settings were caught late (a traceback, or 'error: high <= 0') or never (epochs 0 wrote no model
+    but said it did; max_minutes -1 trained one step)."""
+    path = tmp_path / "t.toml"
+    path.write_text(f"[train]\nname = \"tiny\"\n{line}\n".replace('name = "tiny"\nname', "name"))
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_toml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}") and "\n" not in message, message
+
+
+def test_a_refused_start_makes_no_run_folder(tiny_graphene_store, tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[train]\nname = "tiny"\ndepth = 2\nwidth = 4\ncrop_px = 32\nbatch_size = 4\nepochs = 0\n')
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(tiny_graphene_store),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"{cfg}: epochs must be an integer >= 1; got 0" in result.output
+    assert "best model" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    # a start that train() itself refuses (another architecture than init_from's) leaves none either
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
+    first = train(TrainConfig(**TINY | {"epochs": 1}), data, tmp_path / "a")
+    with pytest.raises(ValueError, match="architecture"):
+        train(TrainConfig(**TINY | {"init_from": str(first), "width": 8}), data, tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -296,6 +296,8 @@ def train(
 
             stem = run_training(cfg, training_data, out, validate=validate, resume=resume, recipe=recipe,
                                 defocus_offsets_A=offsets, progress=progress)
+        if not stem.with_suffix(".safetensors").is_file():
+            raise ValueError(f"{out}: the run wrote no model ({stem.name}.safetensors)")
         console.print(f"best model: {stem}.safetensors (+ .json); curves: {out / 'learning_curves.png'}")
 
     _run(action, resume_hint="continue with the same command and --resume")

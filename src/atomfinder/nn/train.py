@@ -40,37 +40,49 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atomfinder._config import ConfigMixin, read_toml
+from atomfinder._config import ConfigMixin, check_number, check_pair, read_toml
 from atomfinder._files import atomic_write, remove_stale_temporaries
-from atomfinder.nn.card import ModelCard, load_model, resolve_model, save_model
+from atomfinder.nn.card import (
+    MAX_PARAMETERS,
+    NESTED_FIELDS,
+    ModelCard,
+    estimated_parameters,
+    load_model,
+    resolve_model,
+    save_model,
+)
 from atomfinder.nn.losses import segmentation_loss
 from atomfinder.nn.normalization import apply_normalization
-from atomfinder.nn.unet import UNetConfig, build_model, count_parameters
+from atomfinder.nn.unet import NORMS, UNetConfig, build_model, count_parameters
 
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
     """A training recipe (``[train]`` table of a TOML file).
 
+    Every field is checked when the config is made: a bad value is a one-line
+    ``ValueError`` naming the field and what it must be (:meth:`from_toml` adds the
+    file), before any data are read or a run folder is made.
+
     Attributes
     ----------
     name, version : str
         Model name and version written to the card.
     depth, width, norm : int, int, str
-        U-Net levels, channels of the first level, normalisation layer.
+        U-Net levels (at least 1), channels of the first level, normalisation layer.
     height_head : bool
         Predict column heights (gold) as classes ``0..max_height``.
     max_height : int
         Largest column height the head can predict.
     crop_px : int
-        Side of the random training crops (pixels).
+        Side of the random training crops (pixels; at least ``2**depth``).
     batch_size : int
         Crops per optimiser step (per process under DDP).
     epochs : int
-        Passes over the training images (one random crop per image per pass).
+        Passes over the training images (one random crop per image per pass; at least 1).
     validation_fraction : float
         Share of the store's jobs held out for validation (whole jobs, so that no
-        structure is both trained on and validated).
+        structure is both trained on and validated), in [0, 1).
     max_validation_images : int
         Validation images scored per epoch.
     lr, weight_decay : float
@@ -79,7 +91,8 @@ class TrainConfig(ConfigMixin):
     warmup_steps : int
         Linear warm-up length.
     class_weights : str or list of float
-        ``"batch"`` (inverse class frequencies per batch) or fixed weights.
+        ``"batch"`` (inverse class frequencies per batch), fixed weights (>= 0,
+        background first) or None (unweighted).
     dice_weight, height_weight : float
         Weights of the soft Dice and column-height losses.
     gain_range, offset_range : (float, float)
@@ -147,6 +160,58 @@ class TrainConfig(ConfigMixin):
     max_minutes: float = 0.0
     init_from: str = ""
 
+    def __post_init__(self) -> None:
+        """Check every field (one-line ``ValueError`` naming the first bad one and what it must be)."""
+        for name in ("name", "version"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{name} must be a non-empty string; got {value!r}")
+        check_number("depth", self.depth, "levels", lo=1, integer=True)
+        check_number("width", self.width, "channels", lo=1, integer=True)
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}; got {self.norm!r}")
+        for name in ("height_head", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        check_number("max_height", self.max_height, "atoms", lo=1 if self.height_head else 0, integer=True)
+        size = estimated_parameters({"depth": self.depth, "width": self.width, "max_height": self.max_height})
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"depth {self.depth} and width {self.width} make a network of about {size:.3g} "
+                             f"parameters; at most {MAX_PARAMETERS:.0e} can be loaded as a model")
+        check_number("crop_px", self.crop_px, "pixels", lo=1, integer=True)
+        if self.crop_px < 2**self.depth:
+            raise ValueError(f"crop_px (pixels) must be at least 2**depth = {2**self.depth} (one pixel at the "
+                             f"network's lowest level); got {self.crop_px}")
+        for name in ("batch_size", "epochs", "max_validation_images", "checkpoint_every", "num_threads"):
+            check_number(name, getattr(self, name), lo=1, integer=True)
+        for name in ("warmup_steps", "seed"):
+            check_number(name, getattr(self, name), lo=0, integer=True)
+        check_number("validation_fraction", self.validation_fraction, "share of the jobs", lo=0, hi=1, hi_open=True)
+        for name in ("lr", "weight_decay", "dice_weight", "height_weight"):
+            check_number(name, getattr(self, name), lo=0)
+        check_number("max_minutes", self.max_minutes, "minutes, 0 = no limit", lo=0)
+        if not (self.class_weights is None or self.class_weights == "batch" or (
+                isinstance(self.class_weights, (list, tuple)) and self.class_weights
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                        for w in self.class_weights))):
+            raise ValueError(f"class_weights must be \"batch\" or a list of numbers >= 0, one per class "
+                             f"(background first); got {self.class_weights!r}")
+        check_pair("gain_range", self.gain_range, lo=0, lo_open=True)
+        check_pair("offset_range", self.offset_range)
+        check_pair("extra_noise_std", self.extra_noise_std, "normalised units", lo=0)
+        _check_table("normalization", self.normalization, NESTED_FIELDS["normalization"], required=("kind",))
+        check_number("min_distance_A", self.min_distance_A, "Å", lo=0, lo_open=True)
+        check_number("threshold", self.threshold, lo=0, hi=1)
+        check_number("match_radius_A", self.match_radius_A, "Å", lo=0, lo_open=True)
+        if not isinstance(self.honeycomb, dict):
+            raise ValueError(f"honeycomb must be a table; got {self.honeycomb!r}")
+        if self.honeycomb:
+            test, what = NESTED_FIELDS["detection"]["honeycomb"]
+            if not test(self.honeycomb):
+                raise ValueError(f"honeycomb must be {what}; got {self.honeycomb!r}")
+        if not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a model name or path (a string); got {self.init_from!r}")
+
     @classmethod
     def from_toml(cls, path: Path | str) -> "TrainConfig":
         """The ``[train]`` table (or the top level) of the TOML file ``path``.
@@ -163,6 +228,22 @@ class TrainConfig(ConfigMixin):
         except (TypeError, ValueError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"{path}: {message}") from None
+
+
+def _check_table(name: str, value: Any, checks: dict, required: tuple[str, ...] = ()) -> None:
+    """Refuse a config table that is not a dict, lacks a ``required`` key, has a key ``checks`` does not
+    know or a value its check refuses (``checks``: ``{key: (test, what it must be)}``, as the card's)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a table; got {value!r}")
+    for key in required:
+        if key not in value:
+            raise ValueError(f"{name} needs {key!r}; got {value!r}")
+    unknown = sorted(set(value) - set(checks))
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {', '.join(unknown)} (known: {', '.join(checks)})")
+    for key, (test, what) in checks.items():
+        if key in value and not test(value[key]):
+            raise ValueError(f"{name}.{key} must be {what}; got {value[key]!r}")
 
 
 # -- data ---------------------------------------------------------------------------
@@ -522,11 +603,15 @@ def train(
     -------
     Path
         The best model's stem (``out_dir/model``).
+
+    Warns
+    -----
+    TrainingWarning
+        ``config.init_from`` names a model of other class names than ``data``'s.
     """
     out_dir = Path(out_dir)
     rank, local_rank, world = _distributed()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the folder itself is made once the run is sure to start (a refused start leaves none)
         remove_stale_temporaries(*(out_dir / name for name in RUN_FILES))
     torch.set_num_threads(config.num_threads)
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -592,6 +677,8 @@ def train(
         card_training["init_from"] = config.init_from
         card_training["init_time_s"] = previous_time_s
     validity = training_validity(data, recipe) if rank == 0 else {}
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(finished: bool = False) -> None:
         if rank != 0:
