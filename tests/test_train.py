@@ -316,3 +316,24 @@ def test_a_refused_start_makes_no_run_folder(tiny_graphene_store, tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         train(TrainConfig(**TINY | {"init_from": str(first), "width": 8}), data, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_init_from_a_model_of_other_class_names_warns(tiny_graphene_store, tmp_path):
+    """init_from = "graphene" on a gold store (['Au']) trained without a word."""
+    import dataclasses
+
+    from atomfinder.nn.train import TrainingWarning
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    first = train(cfg, data, tmp_path / "a")
+    with pytest.warns(TrainingWarning) as record:
+        train(TrainConfig(**TINY | {"epochs": 1, "init_from": str(first)}),
+              dataclasses.replace(data, class_names=("Au",)), tmp_path / "b")
+    assert len(record) == 1 and "trained on the classes C, these data have Au" in str(record[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)  # the same classes: no warning
+        train(TrainConfig(**TINY | {"epochs": 1, "init_from": str(first)}), data, tmp_path / "c")

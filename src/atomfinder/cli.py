@@ -261,7 +261,7 @@ def train(
             raise ValueError(f"{out}: holds a run (checkpoint.pt); continue it with --resume, or give another --out")
         from atomfinder.analysis.evaluate import samples_from_store, validation_scorer
         from atomfinder.datasets.store import DatasetStore
-        from atomfinder.nn.train import TrainConfig, load_training_data, validation_split
+        from atomfinder.nn.train import TrainConfig, TrainingWarning, load_training_data, validation_split
         from atomfinder.nn.train import train as run_training
 
         cfg = TrainConfig.from_toml(config)
@@ -288,7 +288,7 @@ def train(
             step = float(np.mean(sim["focal_step_A"]))
             offsets = tuple(i * step for i in range(store.meta["frames"]))
         recipe = {"store": str(data), "n": store.meta["n"], "seed": store.meta["seed"], "simulation": sim}
-        with _progress(f"train {cfg.name}") as bar:
+        with _progress(f"train {cfg.name}") as bar, _warning_lines(TrainingWarning):
             task = bar.add_task(f"train {cfg.name}", total=None)
 
             def progress(step: int, total: int, parts: dict) -> None:

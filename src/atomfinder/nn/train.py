@@ -435,7 +435,12 @@ def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) ->
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_path: str) -> float:
+class TrainingWarning(UserWarning):
+    """Something about a training run the user should know (one line; the CLI prints it as a warning)."""
+
+
+def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_path: str,
+                    class_names: tuple[str, ...] | None = None) -> float:
     """Copy the weights of a saved model into ``model`` (fine-tuning).
 
     Parameters
@@ -446,17 +451,32 @@ def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_pa
         Its architecture; the saved model's must be identical.
     name_or_path : str
         Shipped model name or model path.
+    class_names : tuple of str, optional
+        The classes of the training data; other class names than the saved model's
+        (as many, but named otherwise: gold's ``Au`` for graphene's ``C``) warn.
 
     Returns
     -------
     float
         The saved model's total training time (s), so that the new card states the
         whole time spent on it.
+
+    Warns
+    -----
+    TrainingWarning
+        The saved model was trained on classes of other names than ``class_names``.
     """
     source, card = load_model(resolve_model(name_or_path))
     if UNetConfig.from_dict(card.architecture) != model_config:
         raise ValueError(f"init_from {name_or_path!r}: its architecture {card.architecture} differs from the "
                          f"recipe's {model_config.to_dict()}")
+    if class_names is not None and tuple(card.class_names) != tuple(class_names):
+        import warnings
+
+        warnings.warn(f"init_from {name_or_path!r} was trained on the classes {', '.join(card.class_names)}, "
+                      f"these data have {', '.join(class_names)}: its outputs for "
+                      f"{', '.join(card.class_names)} start as those for {', '.join(class_names)}",
+                      TrainingWarning, stacklevel=2)
     model.load_state_dict(source.state_dict())
     return float(card.training.get("time_s", 0.0))
 
@@ -634,13 +654,15 @@ def train(
     model = build_model(model_config).to(device)
     previous_time_s = 0.0
     if config.init_from:
-        previous_time_s = initialise_from(model, model_config, config.init_from)
+        previous_time_s = initialise_from(model, model_config, config.init_from,
+                                          class_names=data.class_names if rank == 0 else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / (config.batch_size * world)))
     total_steps = steps_per_epoch * config.epochs
     rng = np.random.default_rng([config.seed, 0])  # the same stream on every rank: one global batch
     step, best, history, elapsed = 0, -1.0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
+    deadline = config.max_minutes * 60 if config.max_minutes else math.inf
     if resume:
         if not checkpoint.exists():
             raise FileNotFoundError(f"{checkpoint}: nothing to resume")
