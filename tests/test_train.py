@@ -318,6 +318,94 @@ def test_a_refused_start_makes_no_run_folder(tiny_graphene_store, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def _weights(stem) -> dict:
+    return {k: v.clone() for k, v in load_file(f"{stem}.safetensors").items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_run_that_reached_its_end_trains_nothing(tiny_graphene_store, tmp_path, capsys):
+    """A run that stopped at its time limit trained one more step on every --resume (lr 0, but the BatchNorm
+    statistics moved) and replaced its best model; a larger time budget still continues it."""
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
+    timed = TrainConfig(**TINY | {"epochs": 50, "max_minutes": 1e-6})  # out of time after the first step
+    stem = train(timed, data, tmp_path / "t")
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
+    assert state["finished"] is True and state["step"] == 1
+    before = _weights(stem)
+    for _ in range(2):
+        assert train(timed, data, tmp_path / "t", resume=True) == stem
+        assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 1
+        assert _same_weights(before, _weights(stem))
+    assert "the run had finished (its time limit" in capsys.readouterr().out
+    # a run at its last step: the same
+    full = TrainConfig(**TINY | {"epochs": 1})
+    stem = train(full, data, tmp_path / "s")
+    before = _weights(stem)
+    train(full, data, tmp_path / "s", resume=True)
+    assert torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert _same_weights(before, _weights(stem))
+    # killed at the end (checkpoint not yet marked finished): resumed, it is marked, and nothing is trained
+    state = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
+    torch.save(state | {"finished": False}, tmp_path / "s" / "checkpoint.pt")
+    train(full, data, tmp_path / "s", resume=True)
+    assert torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["finished"] is True
+    assert _same_weights(before, _weights(stem))
+    # a larger time budget is a request to go on
+    train(TrainConfig(**TINY | {"epochs": 50, "max_minutes": 0.0}), data, tmp_path / "t", resume=True)
+    assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 100
+
+
+def test_a_killed_run_leaves_a_model_marked_unfinished(tiny_graphene_store, tmp_path):
+    """A killed `train` left RUN/model.* that `models` and `detect` took for a finished model."""
+    from atomfinder.cli import unfinished_model_warning
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+
+    def kill(step, total, parts):
+        if step == 3:  # after the first epoch's model (step 2)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, tmp_path / "run", progress=kill)
+    stem = tmp_path / "run" / "model"
+    card = load_card(stem)
+    assert card.training["finished"] is False and card.training["steps"] == 2
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", str(stem)])
+    assert result.exit_code == 0 and "run: NOT finished: stopped at step 2" in result.output, result.output
+    assert "weights kept: the best by validation F1" not in result.output  # no validation: none claimed
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((48, 48)).astype(np.float32))
+    result = runner.invoke(app, ["detect", str(img), "--model", str(stem), "--sampling", "0.12",
+                                 "--out", str(tmp_path / "det")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "training run had not finished" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: model tiny 1.0: its training run had not finished")
+
+    train(cfg, data, tmp_path / "run", resume=True)
+    card = load_card(stem)
+    assert card.training["finished"] is True and card.training["steps"] == 4
+    result = runner.invoke(app, ["models", str(stem)])
+    assert "run: finished" in result.output and "NOT finished" not in result.output
+    # exported last weights say so too
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--export-last"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["models", str(stem)])
+    assert "weights kept: the run's last (step 4" in result.output and "run: finished" in result.output
+    # shipped cards record neither: no warning, no note
+    for name in list_models():
+        assert unfinished_model_warning(load_card(resolve_model(name))) is None
+    result = runner.invoke(app, ["models", "graphene"])
+    assert result.exit_code == 0 and "run:" not in result.output and "NOT finished" not in result.output
+
+
 def test_init_from_a_model_of_other_class_names_warns(tiny_graphene_store, tmp_path):
     """init_from = "graphene" on a gold store (['Au']) trained without a word."""
     import dataclasses

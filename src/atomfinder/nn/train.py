@@ -13,7 +13,11 @@ import); its ``"f1"`` decides which model is kept as the best.
 
 Resumable: ``RUN/checkpoint.pt`` (model, optimiser, step, random states, history)
 is written atomically every ``checkpoint_every`` steps and at every epoch end;
-``resume=True`` continues from it after any interruption, ``kill -9`` included.
+``resume=True`` continues from it after any interruption, ``kill -9`` included, and
+returns at once (training nothing) from a run that had reached its end: its last step,
+or its time limit when ``max_minutes`` is not raised. The cards saved during a run
+say ``training.finished = False``; the run's end sets it to True, so the model a
+killed run leaves behind says that it is not the end of its schedule.
 Uses CUDA with mixed precision when present and DistributedDataParallel under
 ``torchrun`` (one process per GPU, or per CPU share with the gloo backend). Every
 process draws the same global batch of ``batch_size * world_size`` crops from the
@@ -47,6 +51,7 @@ from atomfinder.nn.card import (
     NESTED_FIELDS,
     ModelCard,
     estimated_parameters,
+    load_card,
     load_model,
     resolve_model,
     save_model,
@@ -611,9 +616,12 @@ def train(
         ``validate(model, card) -> {"f1": ..., ...}``, run at each epoch end; without it
         the last model is kept.
     resume : bool
-        Continue from ``out_dir/checkpoint.pt``.
+        Continue from ``out_dir/checkpoint.pt``; a run that had reached its last step, or
+        its time limit (``config.max_minutes`` not raised), is not trained further: its
+        model is returned as it is (and marked finished, for a run killed at its end).
     recipe : dict, optional
-        How the training data was made (store path, simulation config, seed), for the card.
+        How the training data was made (store path, simulation config, seed), for the card;
+        its ``simulation.microscope.sampling_A`` is the card's pixel size (:func:`card_sampling_A`).
     defocus_offsets_A : tuple of float
         Focal-series models: defocus of each input channel relative to the first (Å).
     progress : callable, optional
@@ -684,6 +692,20 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, best, elapsed = int(state["step"]), float(state["best"]), float(state["elapsed_s"])
         history = json.loads(state["history"])
+        if step >= total_steps or elapsed > deadline:
+            # the run had reached its end (or a larger time budget was not given): one more step
+            # would move the BatchNorm statistics and replace the best model
+            if rank == 0:
+                end = (f"all {total_steps} steps" if step >= total_steps
+                       else f"its time limit of {config.max_minutes:g} min")
+                print(f"{out_dir}: the run had finished ({end}, at step {step}); nothing more to train", flush=True)
+                if not state.get("finished"):
+                    state["finished"] = True
+                    atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+                mark_finished(out_dir / "model", step)
+            if world > 1:
+                dist.barrier()
+            return out_dir / "model"
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -724,7 +746,6 @@ def train(
 
     epoch_losses: list[float] = []
     t_start = time.perf_counter() - elapsed
-    deadline = config.max_minutes * 60 if config.max_minutes else math.inf
     while step < total_steps:
         net.train()
         lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, (time.perf_counter() - t_start) / deadline)
@@ -753,7 +774,8 @@ def train(
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
-            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}
+            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1),
+                                      "finished": False}  # True once the run has reached its end
             card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A, validity)
             scores = validate(model, card) if validate is not None else {}
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
@@ -773,9 +795,29 @@ def train(
             break
     if rank == 0:
         save_checkpoint(finished=True)  # at the last step or out of time: the run's end, not a kill
+        mark_finished(out_dir / "model", step)
     if world > 1:
         dist.barrier()
     return out_dir / "model"
+
+
+def mark_finished(stem: Path, step: int) -> None:
+    """Write ``training.finished = True`` into the card of a run's model once the run has reached its end.
+
+    The cards saved during a run say ``False`` (a killed run leaves a model that is not the end
+    of its schedule); the weights are not touched. A card of exported last weights
+    (``training.weights == "last"``) of another step than ``step`` is left as it is: those weights
+    are not the run's end. Nothing happens without a card.
+    """
+    card_path = Path(stem).with_suffix(".json")
+    if not card_path.exists():
+        return
+    card = load_card(stem)
+    training = card.training
+    if training.get("finished") is True or (training.get("weights") == "last" and training.get("steps") != step):
+        return
+    card = dataclasses.replace(card, training=dict(training) | {"finished": True})
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
 
 
 def _store_identity(recipe: dict | None) -> dict:
