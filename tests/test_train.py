@@ -406,6 +406,22 @@ def test_a_killed_run_leaves_a_model_marked_unfinished(tiny_graphene_store, tmp_
     assert result.exit_code == 0 and "run:" not in result.output and "NOT finished" not in result.output
 
 
+def test_export_last_refuses_the_options_it_would_ignore(tiny_graphene_store, tmp_path):
+    """--export-last silently ignored --resume, --config and --data (even a store that does not exist)."""
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    train(cfg, load_training_data(store, np.arange(len(store)), cfg.normalization), tmp_path / "run")
+    before = _weights(tmp_path / "run" / "model")
+    base = ["train", "--out", str(tmp_path / "run"), "--export-last"]
+    for extra, named in ((["--resume"], "--resume"), (["--config", str(tmp_path / "none.toml")], "--config"),
+                         (["--data", str(tmp_path / "none.zarr")], "--data")):
+        result = CliRunner().invoke(app, base + extra)
+        text = result.output.strip()
+        assert result.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+        assert f"leave out {named}" in text
+    assert _same_weights(before, _weights(tmp_path / "run" / "model"))
+
+
 def test_init_from_a_model_of_other_class_names_warns(tiny_graphene_store, tmp_path):
     """init_from = "graphene" on a gold store (['Au']) trained without a word."""
     import dataclasses

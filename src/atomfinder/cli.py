@@ -241,6 +241,10 @@ def train(
 
     def action() -> None:
         if export_last:
+            given = [flag for flag, value in (("--resume", resume), ("--config", config), ("--data", data)) if value]
+            if given:
+                raise ValueError(f"--export-last does not train: it writes {out}/checkpoint.pt's weights as the model "
+                                 f"and reads nothing else; leave out {', '.join(given)}")
             from atomfinder.nn.train import export_last as export
 
             stem = export(out)
