@@ -422,6 +422,26 @@ def test_export_last_refuses_the_options_it_would_ignore(tiny_graphene_store, tm
     assert _same_weights(before, _weights(tmp_path / "run" / "model"))
 
 
+def test_a_new_card_records_the_nominal_pixel_size_of_the_simulation(tiny_graphene_store, tmp_path):
+    """The card's pixel size was the median of the jittered training pixel sizes (0.1039 Å/px for a 0.1 Å/px
+    recipe); it is the simulation's nominal one. Without a recipe, the median; written cards keep theirs."""
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+    from atomfinder.nn.train import card_sampling_A
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    sim = store.meta["config"]
+    nominal = sim["microscope"]["sampling_A"]
+    data.sampling_A = nominal * np.array([1.04, 1.03, 1.05, 0.99, 1.02, 1.04, 1.01, 1.03])  # a drawn jitter
+    stem = train(cfg, data, tmp_path / "run", recipe={"store": "s.zarr", "n": 8, "seed": 0, "simulation": sim})
+    assert load_card(stem).sampling_A == nominal
+    assert card_sampling_A(data, None) == pytest.approx(float(np.median(data.sampling_A)))
+    for name in list_models():  # shipped cards are read as stored
+        stored = json.loads(resolve_model(name).with_suffix(".json").read_text())["sampling_A"]
+        assert load_card(resolve_model(name)).sampling_A == stored
+
+
 def test_init_from_a_model_of_other_class_names_warns(tiny_graphene_store, tmp_path):
     """init_from = "graphene" on a gold store (['Au']) trained without a word."""
     import dataclasses

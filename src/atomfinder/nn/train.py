@@ -572,16 +572,33 @@ def training_validity(data: TrainingData, recipe: dict | None) -> dict:
                          source=f"training images of {store} that hold atoms")
 
 
+def card_sampling_A(data: TrainingData, recipe: dict | None) -> float:
+    """The pixel size a new card records: the simulation's nominal ``microscope.sampling_A``.
+
+    The training images' pixel sizes are jittered around it (``sampling_jitter``, a
+    calibration error); their median, which older cards recorded, drifts with the draw
+    (0.1039 Å/px for a 0.1 Å/px recipe in a small store). Without a recipe that names
+    it (training from the Python API on other data), the median of ``data.sampling_A``.
+    Cards already written keep the value they hold.
+    """
+    simulation = (recipe or {}).get("simulation") or {}
+    nominal = (simulation.get("microscope") or {}).get("sampling_A") if isinstance(simulation, dict) else None
+    if isinstance(nominal, (int, float)) and not isinstance(nominal, bool) and math.isfinite(nominal) and nominal > 0:
+        return float(nominal)
+    return float(np.median(data.sampling_A))
+
+
 def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData, training: dict, evaluation: dict,
               defocus_offsets_A: tuple[float, ...] = (), validity: dict | None = None) -> ModelCard:
-    """The model card for a trained model (``validity``: see :func:`training_validity`)."""
+    """The model card for a trained model (``validity``: see :func:`training_validity`; pixel size: see
+    :func:`card_sampling_A`, from ``training["data"]``, the recipe)."""
     return ModelCard(
         name=config.name,
         version=config.version,
         architecture=model_config.to_dict(),
         in_channels=model_config.in_channels,
         class_names=data.class_names,
-        sampling_A=float(np.median(data.sampling_A)),
+        sampling_A=card_sampling_A(data, training.get("data")),
         normalization=dict(config.normalization),
         defocus_offsets_A=defocus_offsets_A,
         training=training,
