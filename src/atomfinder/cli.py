@@ -691,6 +691,15 @@ def _training_lines(card) -> list[str]:
     steps = t.get("steps", "?")
     lines = [f"  time: {minutes}, {steps} step{'' if steps == 1 else 's'} on {t.get('device', '?')}"]
     lines += _run_state_lines(t)
+    finetune = t.get("finetune") if isinstance(t.get("finetune"), dict) else {}
+    run = finetune.get("run") if isinstance(finetune.get("run"), dict) else {}
+    if run.get("steps") is not None and run.get("time_s") is not None:
+        from atomfinder.finetune import training_sentence
+
+        lines.append("  fine-tuning: " + training_sentence({
+            "steps": run.get("best_steps"), "minutes": (run.get("best_time_s") or 0.0) / 60,
+            "run_steps": run["steps"], "run_minutes": run["time_s"] / 60,
+            "budget_minutes": finetune.get("budget_minutes")}))
     if data:
         lines.append(f"  data: {data.get('store', '?')} ({data.get('n', '?')} {sim.get('system', '')} images of "
                      f"{sim.get('image_px', '?')} px, seed {data.get('seed', '?')}), {t.get('train_images', '?')} for training")
