@@ -13,7 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from atomfinder.cli import app
-from atomfinder.finetune import FINE_TUNED, GENERAL, absolute_defocus_A, finetune, read_microscope, shipped_recipe
+from atomfinder.finetune import (
+    FINE_TUNED,
+    GENERAL,
+    PARENT,
+    absolute_defocus_A,
+    finetune,
+    general_label,
+    read_microscope,
+    shipped_recipe,
+)
 from atomfinder.nn.card import load_card, load_model, resolve_model
 
 pytest.importorskip("abtem")
@@ -206,21 +215,54 @@ def test_finetune_end_to_end_with_resume(source_model, tmp_path):
     # both models' figures, computed on the same test images
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["test_store"]["seed"] == 6 and summary["test_store"]["n"] == 4
-    for name in (FINE_TUNED, GENERAL):
+    assert set(summary["overall"]) == {FINE_TUNED, PARENT}  # the user's own model is no shipped one
+    for name in (FINE_TUNED, PARENT):
         m = summary["overall"][name]
         assert m["n_images"] == 4 and all(k in m for k in ("f1", "precision", "recall", "rmse_pm"))
         assert sum(r["n_images"] for r in summary["by_dose"]) == 4 and all(name in r for r in summary["by_dose"])
     report = json.loads((out / "report" / "report.json").read_text())
-    assert report["n_images"] == 4 and set(report["detectors"]) == {FINE_TUNED, GENERAL, "baseline"}
-    for name in (FINE_TUNED, GENERAL):  # the summary's figures are the report's
+    assert report["n_images"] == 4 and set(report["detectors"]) == {FINE_TUNED, PARENT, "baseline"}
+    for name in (FINE_TUNED, PARENT):  # the summary's figures are the report's
         assert report["detectors"][name]["overall"]["0.5"]["f1"] == summary["overall"][name]["f1"]
     markdown = (out / "comparison.md").read_text()
-    assert "| fine-tuned (tiny" in markdown and "| shipped (tiny" in markdown and "By dose" in markdown
+    assert "| fine-tuned (tiny" in markdown and "| parent (tiny" in markdown and "By dose" in markdown
+    assert "shipped" not in markdown and "F1 parent" in markdown
+    # the time and steps of the run, not only those of the kept (best) model
+    training = summary["training"]
+    assert training["run_steps"] == 10 and training["budget_minutes"] == 1.0 and training["steps"] <= 10
+    assert training["minutes"] <= training["run_minutes"]
+    assert f"best after {training['steps']} of 10 steps (" in markdown and "budget 1 min)" in markdown
+    run = card.training["finetune"]["run"]
+    assert run["steps"] == 10 and run["best_steps"] == card.training["steps"] and run["time_s"] >= run["best_time_s"]
+    assert card.training["finetune"]["budget_minutes"] == 1.0 and card.training["finished"] is True
 
     # the card reads like any other, and the model detects
     result = runner.invoke(app, ["models", str(out / "model")])
     assert result.exit_code == 0 and "80 kV" in result.output and "-15…-10 µm" in result.output
     assert sum(p.numel() for p in model.parameters()) == card.training["parameters"]
+    assert "fine-tuning: best after" in result.output and "run: finished" in result.output
+
+    # killed after training, before finetune.json said so: resumed, nothing more is trained
+    weights = (out / "train" / "model.safetensors").read_bytes()
+    state = json.loads((out / "finetune.json").read_text())
+    del state["trained_minutes"]
+    (out / "finetune.json").write_text(json.dumps(state))
+    result = runner.invoke(app, cli + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert (out / "train" / "model.safetensors").read_bytes() == weights
+    assert torch.load(out / "train" / "checkpoint.pt", weights_only=True)["step"] == 10
+    # resumed with another --minutes: the card keeps the budget it was trained with
+    result = runner.invoke(app, cli[:-10] + ["--minutes", "0.5", "--n-train", "8", "--n-test", "4", "--seed", "5",
+                                            "--workers", "0", "--resume"])
+    assert result.exit_code == 0 and "not resumed" in result.output, result.output
+    assert load_card(out / "model").training["finetune"]["budget_minutes"] == 1.0
+    assert (out / "train" / "model.safetensors").read_bytes() == weights
+
+
+def test_the_comparison_says_shipped_only_for_a_shipped_model(source_model):
+    """A user's own parent model was called "shipped" in comparison.md."""
+    assert general_label(resolve_model("graphene")) == GENERAL == "shipped"
+    assert general_label(source_model) == PARENT == "parent"
 
 
 @pytest.mark.slow

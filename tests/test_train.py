@@ -274,3 +274,190 @@ def test_resume_refuses_another_store_and_the_command_refuses_to_restart_over_a_
     assert result.exit_code == 2 and "holds a run (checkpoint.pt); continue it with --resume" in result.output
     result = CliRunner().invoke(app, run + ["--out", str(tmp_path / "new"), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("line, field", [
+    ("epochs = 0", "epochs"), ("epochs = -3", "epochs"), ("batch_size = 0", "batch_size"),
+    ("num_threads = 0", "num_threads"), ("crop_px = 0", "crop_px"), ("crop_px = 2", "crop_px"),
+    ("validation_fraction = 1.5", "validation_fraction"), ("lr = -1", "lr"), ("match_radius_A = -1", "match_radius_A"),
+    ("max_minutes = -1", "max_minutes"), ("depth = 0", "depth"), ("width = 0", "width"), ('norm = "layer"', "norm"),
+    ("max_validation_images = 0", "max_validation_images"), ("checkpoint_every = 0", "checkpoint_every"),
+    ("seed = -1", "seed"), ("warmup_steps = -1", "warmup_steps"), ("weight_decay = -0.1", "weight_decay"),
+    ("threshold = 1.5", "threshold"), ("min_distance_A = 0", "min_distance_A"), ("gain_range = [0, 1]", "gain_range"),
+    ("extra_noise_std = [0.3, 0.1]", "extra_noise_std"), ('class_weights = "none"', "class_weights"),
+    ("class_weights = [1, -1]", "class_weights"), ('normalization = {kind = "loc"}', "normalization.kind"),
+    ("normalization = {window_A = 12.0}", "normalization"), ("height_head = 1", "height_head"),
+    ("height_head = true", "max_height"), ("depth = 30", "depth"), ('name = ""', "name"),
+    ("honeycomb = {bond_A = [1, 2]}", "honeycomb"), ("init_from = 3", "init_from"),
+])
+def test_every_training_setting_is_checked_in_one_line_naming_the_file_and_field(tmp_path, line, field):
+    """Bad settings were caught late (a traceback, or 'error: high <= 0') or never (epochs 0 wrote no model
+    but said it did; max_minutes -1 trained one step)."""
+    path = tmp_path / "t.toml"
+    path.write_text(f"[train]\nname = \"tiny\"\n{line}\n".replace('name = "tiny"\nname', "name"))
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_toml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}") and "\n" not in message, message
+
+
+def test_a_refused_start_makes_no_run_folder(tiny_graphene_store, tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[train]\nname = "tiny"\ndepth = 2\nwidth = 4\ncrop_px = 32\nbatch_size = 4\nepochs = 0\n')
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(tiny_graphene_store),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"{cfg}: epochs must be an integer >= 1; got 0" in result.output
+    assert "best model" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    # a start that train() itself refuses (another architecture than init_from's) leaves none either
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
+    first = train(TrainConfig(**TINY | {"epochs": 1}), data, tmp_path / "a")
+    with pytest.raises(ValueError, match="architecture"):
+        train(TrainConfig(**TINY | {"init_from": str(first), "width": 8}), data, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def _weights(stem) -> dict:
+    return {k: v.clone() for k, v in load_file(f"{stem}.safetensors").items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_run_that_reached_its_end_trains_nothing(tiny_graphene_store, tmp_path, capsys):
+    """A run that stopped at its time limit trained one more step on every --resume (lr 0, but the BatchNorm
+    statistics moved) and replaced its best model; a larger time budget still continues it."""
+    store = DatasetStore(tiny_graphene_store)
+    data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
+    timed = TrainConfig(**TINY | {"epochs": 50, "max_minutes": 1e-6})  # out of time after the first step
+    stem = train(timed, data, tmp_path / "t")
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
+    assert state["finished"] is True and state["step"] == 1
+    before = _weights(stem)
+    for _ in range(2):
+        assert train(timed, data, tmp_path / "t", resume=True) == stem
+        assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 1
+        assert _same_weights(before, _weights(stem))
+    assert "the run had finished (its time limit" in capsys.readouterr().out
+    # a run at its last step: the same
+    full = TrainConfig(**TINY | {"epochs": 1})
+    stem = train(full, data, tmp_path / "s")
+    before = _weights(stem)
+    train(full, data, tmp_path / "s", resume=True)
+    assert torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert _same_weights(before, _weights(stem))
+    # killed at the end (checkpoint not yet marked finished): resumed, it is marked, and nothing is trained
+    state = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
+    torch.save(state | {"finished": False}, tmp_path / "s" / "checkpoint.pt")
+    train(full, data, tmp_path / "s", resume=True)
+    assert torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["finished"] is True
+    assert _same_weights(before, _weights(stem))
+    # a larger time budget is a request to go on
+    train(TrainConfig(**TINY | {"epochs": 50, "max_minutes": 0.0}), data, tmp_path / "t", resume=True)
+    assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 100
+
+
+def test_a_killed_run_leaves_a_model_marked_unfinished(tiny_graphene_store, tmp_path):
+    """A killed `train` left RUN/model.* that `models` and `detect` took for a finished model."""
+    from atomfinder.cli import unfinished_model_warning
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY)
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+
+    def kill(step, total, parts):
+        if step == 3:  # after the first epoch's model (step 2)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, tmp_path / "run", progress=kill)
+    stem = tmp_path / "run" / "model"
+    card = load_card(stem)
+    assert card.training["finished"] is False and card.training["steps"] == 2
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", str(stem)])
+    assert result.exit_code == 0 and "run: NOT finished: stopped at step 2" in result.output, result.output
+    assert "weights kept: the best by validation F1" not in result.output  # no validation: none claimed
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((48, 48)).astype(np.float32))
+    result = runner.invoke(app, ["detect", str(img), "--model", str(stem), "--sampling", "0.12",
+                                 "--out", str(tmp_path / "det")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "training run had not finished" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: model tiny 1.0: its training run had not finished")
+
+    train(cfg, data, tmp_path / "run", resume=True)
+    card = load_card(stem)
+    assert card.training["finished"] is True and card.training["steps"] == 4
+    result = runner.invoke(app, ["models", str(stem)])
+    assert "run: finished" in result.output and "NOT finished" not in result.output
+    # exported last weights say so too
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--export-last"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["models", str(stem)])
+    assert "weights kept: the run's last (step 4" in result.output and "run: finished" in result.output
+    # shipped cards record neither: no warning, no note
+    for name in list_models():
+        assert unfinished_model_warning(load_card(resolve_model(name))) is None
+    result = runner.invoke(app, ["models", "graphene"])
+    assert result.exit_code == 0 and "run:" not in result.output and "NOT finished" not in result.output
+
+
+def test_export_last_refuses_the_options_it_would_ignore(tiny_graphene_store, tmp_path):
+    """--export-last silently ignored --resume, --config and --data (even a store that does not exist)."""
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    train(cfg, load_training_data(store, np.arange(len(store)), cfg.normalization), tmp_path / "run")
+    before = _weights(tmp_path / "run" / "model")
+    base = ["train", "--out", str(tmp_path / "run"), "--export-last"]
+    for extra, named in ((["--resume"], "--resume"), (["--config", str(tmp_path / "none.toml")], "--config"),
+                         (["--data", str(tmp_path / "none.zarr")], "--data")):
+        result = CliRunner().invoke(app, base + extra)
+        text = result.output.strip()
+        assert result.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+        assert f"leave out {named}" in text
+    assert _same_weights(before, _weights(tmp_path / "run" / "model"))
+
+
+def test_a_new_card_records_the_nominal_pixel_size_of_the_simulation(tiny_graphene_store, tmp_path):
+    """The card's pixel size was the median of the jittered training pixel sizes (0.1039 Å/px for a 0.1 Å/px
+    recipe); it is the simulation's nominal one. Without a recipe, the median; written cards keep theirs."""
+    from atomfinder.nn.card import list_models, load_card, resolve_model
+    from atomfinder.nn.train import card_sampling_A
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    sim = store.meta["config"]
+    nominal = sim["microscope"]["sampling_A"]
+    data.sampling_A = nominal * np.array([1.04, 1.03, 1.05, 0.99, 1.02, 1.04, 1.01, 1.03])  # a drawn jitter
+    stem = train(cfg, data, tmp_path / "run", recipe={"store": "s.zarr", "n": 8, "seed": 0, "simulation": sim})
+    assert load_card(stem).sampling_A == nominal
+    assert card_sampling_A(data, None) == pytest.approx(float(np.median(data.sampling_A)))
+    for name in list_models():  # shipped cards are read as stored
+        stored = json.loads(resolve_model(name).with_suffix(".json").read_text())["sampling_A"]
+        assert load_card(resolve_model(name)).sampling_A == stored
+
+
+def test_init_from_a_model_of_other_class_names_warns(tiny_graphene_store, tmp_path):
+    """init_from = "graphene" on a gold store (['Au']) trained without a word."""
+    import dataclasses
+
+    from atomfinder.nn.train import TrainingWarning
+
+    store = DatasetStore(tiny_graphene_store)
+    cfg = TrainConfig(**TINY | {"epochs": 1})
+    data = load_training_data(store, np.arange(len(store)), cfg.normalization)
+    first = train(cfg, data, tmp_path / "a")
+    with pytest.warns(TrainingWarning) as record:
+        train(TrainConfig(**TINY | {"epochs": 1, "init_from": str(first)}),
+              dataclasses.replace(data, class_names=("Au",)), tmp_path / "b")
+    assert len(record) == 1 and "trained on the classes C, these data have Au" in str(record[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)  # the same classes: no warning
+        train(TrainConfig(**TINY | {"epochs": 1, "init_from": str(first)}), data, tmp_path / "c")

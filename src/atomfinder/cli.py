@@ -241,6 +241,10 @@ def train(
 
     def action() -> None:
         if export_last:
+            given = [flag for flag, value in (("--resume", resume), ("--config", config), ("--data", data)) if value]
+            if given:
+                raise ValueError(f"--export-last does not train: it writes {out}/checkpoint.pt's weights as the model "
+                                 f"and reads nothing else; leave out {', '.join(given)}")
             from atomfinder.nn.train import export_last as export
 
             stem = export(out)
@@ -261,7 +265,7 @@ def train(
             raise ValueError(f"{out}: holds a run (checkpoint.pt); continue it with --resume, or give another --out")
         from atomfinder.analysis.evaluate import samples_from_store, validation_scorer
         from atomfinder.datasets.store import DatasetStore
-        from atomfinder.nn.train import TrainConfig, load_training_data, validation_split
+        from atomfinder.nn.train import TrainConfig, TrainingWarning, load_training_data, validation_split
         from atomfinder.nn.train import train as run_training
 
         cfg = TrainConfig.from_toml(config)
@@ -288,7 +292,7 @@ def train(
             step = float(np.mean(sim["focal_step_A"]))
             offsets = tuple(i * step for i in range(store.meta["frames"]))
         recipe = {"store": str(data), "n": store.meta["n"], "seed": store.meta["seed"], "simulation": sim}
-        with _progress(f"train {cfg.name}") as bar:
+        with _progress(f"train {cfg.name}") as bar, _warning_lines(TrainingWarning):
             task = bar.add_task(f"train {cfg.name}", total=None)
 
             def progress(step: int, total: int, parts: dict) -> None:
@@ -296,6 +300,8 @@ def train(
 
             stem = run_training(cfg, training_data, out, validate=validate, resume=resume, recipe=recipe,
                                 defocus_offsets_A=offsets, progress=progress)
+        if not stem.with_suffix(".safetensors").is_file():
+            raise ValueError(f"{out}: the run wrote no model ({stem.name}.safetensors)")
         console.print(f"best model: {stem}.safetensors (+ .json); curves: {out / 'learning_curves.png'}")
 
     _run(action, resume_hint="continue with the same command and --resume")
@@ -682,7 +688,18 @@ def _training_lines(card) -> list[str]:
     if t.get("init_time_s"):
         minutes += (f" in all ({t['init_time_s'] / 60:.0f} min of {t.get('init_from')} it started from, then "
                     f"{(t['time_s'] - t['init_time_s']) / 60:.0f} min)")
-    lines = [f"  time: {minutes}, {t.get('steps', '?')} steps on {t.get('device', '?')}"]
+    steps = t.get("steps", "?")
+    lines = [f"  time: {minutes}, {steps} step{'' if steps == 1 else 's'} on {t.get('device', '?')}"]
+    lines += _run_state_lines(t)
+    finetune = t.get("finetune") if isinstance(t.get("finetune"), dict) else {}
+    run = finetune.get("run") if isinstance(finetune.get("run"), dict) else {}
+    if run.get("steps") is not None and run.get("time_s") is not None:
+        from atomfinder.finetune import training_sentence
+
+        lines.append("  fine-tuning: " + training_sentence({
+            "steps": run.get("best_steps"), "minutes": (run.get("best_time_s") or 0.0) / 60,
+            "run_steps": run["steps"], "run_minutes": run["time_s"] / 60,
+            "budget_minutes": finetune.get("budget_minutes")}))
     if data:
         lines.append(f"  data: {data.get('store', '?')} ({data.get('n', '?')} {sim.get('system', '')} images of "
                      f"{sim.get('image_px', '?')} px, seed {data.get('seed', '?')}), {t.get('train_images', '?')} for training")
@@ -696,6 +713,47 @@ def _training_lines(card) -> list[str]:
             lines.append(f"  weights: those trained as {cfg.get('name', card.name)} {trained_as}; {card.version} "
                          f"changes how they are used (detection: {settings})")
     return lines
+
+
+def _run_state_lines(training: dict) -> list[str]:
+    """Whether the training run reached its end (``training.finished``) and which of its weights the
+    model holds (``training.weights``); nothing for a card that records neither (shipped cards)."""
+    lines = []
+    finished = training.get("finished")
+    if finished is False:
+        lines.append(f"  run: NOT finished: stopped at step {training.get('steps', '?')}, before the end of its "
+                     "learning-rate schedule (killed, or still running); continue it with `atomfinder train --resume`")
+    elif finished is True:
+        lines.append("  run: finished (its last step or its time limit)")
+    if training.get("weights") == "last":
+        lines.append(f"  weights kept: the run's last (step {training.get('steps', '?')}, train --export-last)")
+    elif isinstance(training.get("best_val"), dict) and "f1" in training["best_val"]:
+        lines.append(f"  weights kept: the best by validation F1 ({training['best_val']['f1']:.3f}, at step "
+                     f"{training.get('steps', '?')})")
+    return lines
+
+
+def unfinished_model_warning(card) -> str | None:
+    """A one-line warning for a model whose training run had not reached its end (``training.finished``
+    False: killed or still running), or None (finished, or not recorded, as in shipped cards)."""
+    if (card.training or {}).get("finished") is not False:
+        return None
+    return (f"model {card.name} {card.version}: its training run had not finished (stopped at step "
+            f"{card.training.get('steps', '?')}, before the end of its learning-rate schedule); continue it with "
+            "`atomfinder train --resume` before relying on it")
+
+
+def _warn_if_unfinished(model: str) -> None:
+    """Print :func:`unfinished_model_warning` for ``--model`` (a model that cannot be read is left to the
+    command, which says why)."""
+    from atomfinder.nn.card import load_card, resolve_model
+
+    try:
+        line = unfinished_model_warning(load_card(resolve_model(model)))
+    except (ValueError, OSError):
+        return
+    if line:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _calibration_line(card) -> str:
@@ -891,6 +949,7 @@ def detect(
         if not overwrite and not resume:
             _refuse_existing(out, existing_outputs(inputs, out, focal_series=focal_series, probabilities=maps,
                                                    overlay_format=overlay_format))
+        _warn_if_unfinished(model)
         n_samples = 1 if focal_series and len(inputs) > 1 else len(inputs)
         detected: list[str] = []
         with _progress("detect") as bar:
@@ -1022,6 +1081,9 @@ def track(
         series = load_time_series([str(p) for p in inputs], model, sampling, threshold=threshold,
                                   sampling_label="--sampling", augment=augment, threshold_name="--threshold")
         sample, frames = series.sample, series.frames
+        unfinished = unfinished_model_warning(series.card)
+        if unfinished:
+            console.print(f"[yellow]warning:[/yellow] {escape(unfinished)}", highlight=False, soft_wrap=True)
         console.print(escape(_pixel_size_line(sample.source, sample.sampling_A, sample.sampling_source)),
                       highlight=False, soft_wrap=True)
         for note in sample.notes:

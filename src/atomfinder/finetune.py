@@ -63,8 +63,9 @@ MAX_SAMPLING_CHANGE = 0.25
 #: Detection settings that say how a model is used, not values tuned to its weights: a
 #: fine-tuned model keeps the general model's (its threshold and confidence are fitted anew).
 INHERITED_DETECTION = ("test_time_augmentation", "honeycomb")
-#: Names of the two models in the comparison.
-FINE_TUNED, GENERAL = "fine-tuned", "shipped"
+#: Names of the two models in the comparison: the fine-tuned one, and the model it started from,
+#: called ``GENERAL`` when it is shipped with atomfinder and ``PARENT`` when it is the user's own.
+FINE_TUNED, GENERAL, PARENT = "fine-tuned", "shipped", "parent"
 
 #: ``progress(stage, done, total)``: a stage's progress (total None when unknown).
 Progress = Callable[[str, int, "int | None"], None]
@@ -582,17 +583,23 @@ def refit_calibration(model: Any, card: Any, general: Any, store_path: Path,
 
 
 def compare_models(model: Any, card: Any, general_model: Any, general_card: Any, store_path: Path,
-                   report_dir: Path, progress: Progress) -> dict[str, Any]:
+                   report_dir: Path, progress: Progress, general_label: str = GENERAL) -> dict[str, Any]:
     """Score the fine-tuned model, the general model and the baseline on the same test images.
 
     Writes the evaluator's report (``report.md``, ``report.json``, plots) to
     ``report_dir``.
 
+    Parameters
+    ----------
+    general_label : str
+        The general model's name in the result: :data:`GENERAL` for a shipped model,
+        :data:`PARENT` for the user's own (see :func:`general_label`).
+
     Returns
     -------
     dict
         :func:`~atomfinder.analysis.evaluate.compare` output (detectors
-        :data:`FINE_TUNED`, :data:`GENERAL` and ``baseline``) with ``models`` and ``data``.
+        :data:`FINE_TUNED`, ``general_label`` and ``baseline``) with ``models`` and ``data``.
     """
     from atomfinder.analysis.evaluate import baseline_detector, compare, network_detector, samples_from_store
     from atomfinder.analysis.report import write_report
@@ -602,17 +609,30 @@ def compare_models(model: Any, card: Any, general_model: Any, general_card: Any,
     radius = float(store.meta["config"].get("label_radius_A", 0.4))
     detectors = {
         FINE_TUNED: network_detector(model, card),
-        GENERAL: network_detector(general_model, general_card),
+        general_label: network_detector(general_model, general_card),
         "baseline": baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0)),
     }
     result = compare(samples_from_store(store), detectors, class_names=card.class_names,
                      on_sample=lambda i: progress("evaluate both models", i + 1, len(store)))
     result["models"] = {FINE_TUNED: {"name": card.name, "version": card.version},
-                        GENERAL: {"name": general_card.name, "version": general_card.version}}
+                        general_label: {"name": general_card.name, "version": general_card.version}}
     result["data"] = {"store": str(store_path), "seed": store.meta["seed"], "n": store.meta["n"]}
     write_report(result, report_dir, title=f"{card.name} {card.version} and {general_card.name} "
                                            f"{general_card.version} on {store_path}")
     return result
+
+
+def general_label(stem: Path | str) -> str:
+    """How the comparison names the model a fine-tune started from: :data:`GENERAL` ("shipped") for a
+    model installed with atomfinder, :data:`PARENT` ("parent") for any other."""
+    from atomfinder.nn.card import is_shipped
+
+    return GENERAL if is_shipped(stem) else PARENT
+
+
+def _compared(models: Mapping[str, Any]) -> tuple[str, str]:
+    """(fine-tuned, general) names of a result's or summary's ``models`` (``GENERAL`` in older results)."""
+    return FINE_TUNED, next((name for name in models if name != FINE_TUNED), GENERAL)
 
 
 # --------------------------------------------------------------------------- the summary
@@ -643,6 +663,7 @@ def comparison_summary(result: Mapping[str, Any], radius_A: float = 0.5) -> dict
 
     rk = radius_key(radius_A)
     dets = result["detectors"]
+    names = _compared(result.get("models") or {GENERAL: {}})
 
     def pick(metrics: Mapping[str, Any]) -> dict[str, Any]:
         return {k: metrics.get(k) for k in _SUMMARY_METRICS}
@@ -650,7 +671,7 @@ def comparison_summary(result: Mapping[str, Any], radius_A: float = 0.5) -> dict
     by_dose = []
     for b in dets[FINE_TUNED]["by_dose"]:
         row: dict[str, Any] = {"bin": b["bin"], "n_images": b["n_images"]}
-        for name in (FINE_TUNED, GENERAL):
+        for name in names:
             match = [x for x in dets[name]["by_dose"] if x["bin"] == b["bin"]]
             row[name] = pick(match[0]["metrics"][rk]) if match else None
         by_dose.append(row)
@@ -659,7 +680,7 @@ def comparison_summary(result: Mapping[str, Any], radius_A: float = 0.5) -> dict
         "border_A": result["settings"]["border_A"],
         "test_store": result.get("data", {}),
         "models": result.get("models", {}),
-        "overall": {name: pick(dets[name]["overall"][rk]) for name in (FINE_TUNED, GENERAL)},
+        "overall": {name: pick(dets[name]["overall"][rk]) for name in names},
         "by_dose": by_dose,
         "baseline": pick(dets["baseline"]["overall"][rk]) if "baseline" in dets else None,
     })
@@ -672,9 +693,10 @@ def _f(v: Any, digits: int = 3) -> str:
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """The comparison as Markdown: overall and by dose, both models side by side."""
     models = summary["models"]
-    label = {name: f"{name} ({models[name]['name']} {models[name]['version']})" for name in (FINE_TUNED, GENERAL)}
+    names = _compared(models)
+    label = {name: f"{name} ({models[name]['name']} {models[name]['version']})" for name in names}
     test = summary["test_store"]
-    heights = any(summary["overall"][n].get("height_exact") is not None for n in (FINE_TUNED, GENERAL))
+    heights = any(summary["overall"][n].get("height_exact") is not None for n in names)
     lines = [f"# {models[FINE_TUNED]['name']} {models[FINE_TUNED]['version']}: specialised vs general", ""]
     mic = summary.get("microscope")
     if mic:
@@ -687,7 +709,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
               f"within {summary['border_A']:g} Å of the image edge ignored.", ""]
     header = ["model", "images", "F1", "precision", "recall", "RMSE (pm)"] + (["height exact", "±1"] if heights else [])
     rows = []
-    for name in (FINE_TUNED, GENERAL):
+    for name in names:
         m = summary["overall"][name]
         rows.append([label[name], str(m["n_images"]), _f(m["f1"]), _f(m["precision"]), _f(m["recall"]),
                      _f(m["rmse_pm"], 1)] + ([_f(m["height_exact"], 2), _f(m["height_within1"], 2)] if heights else []))
@@ -698,26 +720,56 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines += _md_table(header, rows)
     lines += ["## By dose (e/Å²)", ""]
     header = ["dose", "images"] + [f"{metric} {short}" for metric in ("F1", "precision", "recall", "RMSE (pm)")
-                                   for short in (FINE_TUNED, GENERAL)]
+                                   for short in names]
     rows = []
     for r in summary["by_dose"]:
         cells = [r["bin"], str(r["n_images"])]
         for metric, digits in (("f1", 3), ("precision", 3), ("recall", 3), ("rmse_pm", 1)):
-            cells += [_f((r[name] or {}).get(metric), digits) for name in (FINE_TUNED, GENERAL)]
+            cells += [_f((r[name] or {}).get(metric), digits) for name in names]
         rows.append(cells)
     lines += _md_table(header, rows)
     t = summary.get("training")
     if t:
-        steps = f"{t['steps']} step{'' if t['steps'] == 1 else 's'}"
         used = t.get("train_images")
         images = (f"{t['n_train']} simulations" if used is None else
                   f"{used} of {t['n_train']} simulations ({t['validation_images']} held out for validation)")
-        lines += [f"Fine-tuned for {t['minutes']:.1f} min ({steps}; {t['total_minutes']:.0f} min of "
-                  f"training in all, the general model's included) on {images}; peak threshold "
-                  f"{t['threshold']:g}, chosen on the {t['validation_images']} validation images. Calibration: "
-                  f"{t['calibration']}.", ""]
+        lines += [f"Fine-tuned on {images}: {training_sentence(t)}; {t['total_minutes']:.0f} min of training in "
+                  f"all, the general model's included. Peak threshold {t['threshold']:g}, chosen on the "
+                  f"{t['validation_images']} validation images. Calibration: {t['calibration']}.", ""]
     lines += ["Full reports (by defocus, class confusion, plots, the baseline): report/report.md.", ""]
     return "\n".join(lines)
+
+
+def _steps(n: Any) -> str:
+    return f"{n} step{'' if n == 1 else 's'}"
+
+
+def training_sentence(t: Mapping[str, Any]) -> str:
+    """``best after 12 of 15 steps (0.4 of 0.6 min; budget 0.5 min)``: where the kept model stands in the run.
+
+    Parameters
+    ----------
+    t : mapping
+        ``steps`` and ``minutes`` (of the kept, best model), ``run_steps`` and ``run_minutes``
+        (the whole fine-tuning run) and ``budget_minutes``; a summary written before the run's
+        figures were recorded has only the first two.
+    """
+    if t.get("run_steps") is None:
+        return f"best after {_steps(t['steps'])} ({t['minutes']:.1f} min)"
+    budget = f"; budget {t['budget_minutes']:g} min" if t.get("budget_minutes") is not None else ""
+    return (f"best after {t['steps']} of {_steps(t['run_steps'])} ({t['minutes']:.1f} of {t['run_minutes']:.1f} min"
+            f"{budget})")
+
+
+def run_progress(run_dir: Path) -> tuple[int, float] | None:
+    """(steps, seconds) the training run in ``run_dir`` made, from its checkpoint; None without one."""
+    import torch
+
+    checkpoint = Path(run_dir) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return int(state["step"]), float(state["elapsed_s"])
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -849,11 +901,15 @@ def finetune(
         best = train_model(general, train_config, paths.train_store, paths.train_dir, resume, progress)
         state["trained_minutes"] = float(minutes)
         _write_json(paths.state, state)
+    budget = float(state["trained_minutes"])  # the budget the model was trained with, not this call's
+    run = run_progress(paths.train_dir)
     net, card = load_model(best)
     card = with_general_usage(card, general)
     card = choose_threshold(net, card, paths.train_store, progress)
     card, calibration_note = refit_calibration(net, card, general, paths.calibration_store, progress)
-    result = compare_models(net, card, general_model, general, paths.test_store, paths.report, progress)
+    label = general_label(stem)
+    result = compare_models(net, card, general_model, general, paths.test_store, paths.report, progress,
+                            general_label=label)
 
     summary = comparison_summary(result)
     training = card.training
@@ -861,7 +917,9 @@ def finetune(
                              "dose_e_per_A2": list(ranges.dose_e_per_A2)}
     summary["training"] = {
         "minutes": (training["time_s"] - training.get("init_time_s", 0.0)) / 60,
-        "total_minutes": training["time_s"] / 60, "steps": training.get("steps"), "n_train": n_train,
+        "total_minutes": training["time_s"] / 60, "steps": training.get("steps"),
+        "run_steps": run[0] if run else None, "run_minutes": run[1] / 60 if run else None,
+        "budget_minutes": budget, "n_train": n_train,
         "train_images": training.get("train_images"),
         "threshold": card.detection["threshold"],
         "validation_images": training["threshold_scan"]["validation_images"], "calibration": calibration_note,
@@ -870,16 +928,19 @@ def finetune(
 
     from atomfinder.analysis.evaluate import card_evaluation
 
-    general_evaluation = card_evaluation(result, GENERAL)
+    general_evaluation = card_evaluation(result, label)
     evaluation = card_evaluation(result, FINE_TUNED) | {
-        "general_model": result["models"][GENERAL],
+        "general_model": result["models"][label],
         "general_overall": general_evaluation["overall"],
         "general_by_dose": general_evaluation["by_dose"],
     }
     finetune_record = {
         "from": {"model": str(model), "name": general.name, "version": general.version},
         "microscope_file": str(microscope), "microscope": ranges.to_dict(), "absolute_defocus": defocus,
-        "budget_minutes": float(minutes), "test_store": result["data"],
+        "budget_minutes": budget, "test_store": result["data"],
+        "run": {"steps": run[0] if run else None, "time_s": round(run[1], 1) if run else None,
+                "best_steps": training.get("steps"),
+                "best_time_s": round(training["time_s"] - training.get("init_time_s", 0.0), 1)},
         "calibration_store": str(paths.calibration_store) if general.calibration else None,
         "calibration": calibration_note,
     }

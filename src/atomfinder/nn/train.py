@@ -13,7 +13,11 @@ import); its ``"f1"`` decides which model is kept as the best.
 
 Resumable: ``RUN/checkpoint.pt`` (model, optimiser, step, random states, history)
 is written atomically every ``checkpoint_every`` steps and at every epoch end;
-``resume=True`` continues from it after any interruption, ``kill -9`` included.
+``resume=True`` continues from it after any interruption, ``kill -9`` included, and
+returns at once (training nothing) from a run that had reached its end: its last step,
+or its time limit when ``max_minutes`` is not raised. The cards saved during a run
+say ``training.finished = False``; the run's end sets it to True, so the model a
+killed run leaves behind says that it is not the end of its schedule.
 Uses CUDA with mixed precision when present and DistributedDataParallel under
 ``torchrun`` (one process per GPU, or per CPU share with the gloo backend). Every
 process draws the same global batch of ``batch_size * world_size`` crops from the
@@ -40,37 +44,50 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atomfinder._config import ConfigMixin, read_toml
+from atomfinder._config import ConfigMixin, check_number, check_pair, read_toml
 from atomfinder._files import atomic_write, remove_stale_temporaries
-from atomfinder.nn.card import ModelCard, load_model, resolve_model, save_model
+from atomfinder.nn.card import (
+    MAX_PARAMETERS,
+    NESTED_FIELDS,
+    ModelCard,
+    estimated_parameters,
+    load_card,
+    load_model,
+    resolve_model,
+    save_model,
+)
 from atomfinder.nn.losses import segmentation_loss
 from atomfinder.nn.normalization import apply_normalization
-from atomfinder.nn.unet import UNetConfig, build_model, count_parameters
+from atomfinder.nn.unet import NORMS, UNetConfig, build_model, count_parameters
 
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
     """A training recipe (``[train]`` table of a TOML file).
 
+    Every field is checked when the config is made: a bad value is a one-line
+    ``ValueError`` naming the field and what it must be (:meth:`from_toml` adds the
+    file), before any data are read or a run folder is made.
+
     Attributes
     ----------
     name, version : str
         Model name and version written to the card.
     depth, width, norm : int, int, str
-        U-Net levels, channels of the first level, normalisation layer.
+        U-Net levels (at least 1), channels of the first level, normalisation layer.
     height_head : bool
         Predict column heights (gold) as classes ``0..max_height``.
     max_height : int
         Largest column height the head can predict.
     crop_px : int
-        Side of the random training crops (pixels).
+        Side of the random training crops (pixels; at least ``2**depth``).
     batch_size : int
         Crops per optimiser step (per process under DDP).
     epochs : int
-        Passes over the training images (one random crop per image per pass).
+        Passes over the training images (one random crop per image per pass; at least 1).
     validation_fraction : float
         Share of the store's jobs held out for validation (whole jobs, so that no
-        structure is both trained on and validated).
+        structure is both trained on and validated), in [0, 1).
     max_validation_images : int
         Validation images scored per epoch.
     lr, weight_decay : float
@@ -79,7 +96,8 @@ class TrainConfig(ConfigMixin):
     warmup_steps : int
         Linear warm-up length.
     class_weights : str or list of float
-        ``"batch"`` (inverse class frequencies per batch) or fixed weights.
+        ``"batch"`` (inverse class frequencies per batch), fixed weights (>= 0,
+        background first) or None (unweighted).
     dice_weight, height_weight : float
         Weights of the soft Dice and column-height losses.
     gain_range, offset_range : (float, float)
@@ -147,6 +165,58 @@ class TrainConfig(ConfigMixin):
     max_minutes: float = 0.0
     init_from: str = ""
 
+    def __post_init__(self) -> None:
+        """Check every field (one-line ``ValueError`` naming the first bad one and what it must be)."""
+        for name in ("name", "version"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{name} must be a non-empty string; got {value!r}")
+        check_number("depth", self.depth, "levels", lo=1, integer=True)
+        check_number("width", self.width, "channels", lo=1, integer=True)
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}; got {self.norm!r}")
+        for name in ("height_head", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        check_number("max_height", self.max_height, "atoms", lo=1 if self.height_head else 0, integer=True)
+        size = estimated_parameters({"depth": self.depth, "width": self.width, "max_height": self.max_height})
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"depth {self.depth} and width {self.width} make a network of about {size:.3g} "
+                             f"parameters; at most {MAX_PARAMETERS:.0e} can be loaded as a model")
+        check_number("crop_px", self.crop_px, "pixels", lo=1, integer=True)
+        if self.crop_px < 2**self.depth:
+            raise ValueError(f"crop_px (pixels) must be at least 2**depth = {2**self.depth} (one pixel at the "
+                             f"network's lowest level); got {self.crop_px}")
+        for name in ("batch_size", "epochs", "max_validation_images", "checkpoint_every", "num_threads"):
+            check_number(name, getattr(self, name), lo=1, integer=True)
+        for name in ("warmup_steps", "seed"):
+            check_number(name, getattr(self, name), lo=0, integer=True)
+        check_number("validation_fraction", self.validation_fraction, "share of the jobs", lo=0, hi=1, hi_open=True)
+        for name in ("lr", "weight_decay", "dice_weight", "height_weight"):
+            check_number(name, getattr(self, name), lo=0)
+        check_number("max_minutes", self.max_minutes, "minutes, 0 = no limit", lo=0)
+        if not (self.class_weights is None or self.class_weights == "batch" or (
+                isinstance(self.class_weights, (list, tuple)) and self.class_weights
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                        for w in self.class_weights))):
+            raise ValueError(f"class_weights must be \"batch\" or a list of numbers >= 0, one per class "
+                             f"(background first); got {self.class_weights!r}")
+        check_pair("gain_range", self.gain_range, lo=0, lo_open=True)
+        check_pair("offset_range", self.offset_range)
+        check_pair("extra_noise_std", self.extra_noise_std, "normalised units", lo=0)
+        _check_table("normalization", self.normalization, NESTED_FIELDS["normalization"], required=("kind",))
+        check_number("min_distance_A", self.min_distance_A, "Å", lo=0, lo_open=True)
+        check_number("threshold", self.threshold, lo=0, hi=1)
+        check_number("match_radius_A", self.match_radius_A, "Å", lo=0, lo_open=True)
+        if not isinstance(self.honeycomb, dict):
+            raise ValueError(f"honeycomb must be a table; got {self.honeycomb!r}")
+        if self.honeycomb:
+            test, what = NESTED_FIELDS["detection"]["honeycomb"]
+            if not test(self.honeycomb):
+                raise ValueError(f"honeycomb must be {what}; got {self.honeycomb!r}")
+        if not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a model name or path (a string); got {self.init_from!r}")
+
     @classmethod
     def from_toml(cls, path: Path | str) -> "TrainConfig":
         """The ``[train]`` table (or the top level) of the TOML file ``path``.
@@ -163,6 +233,22 @@ class TrainConfig(ConfigMixin):
         except (TypeError, ValueError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"{path}: {message}") from None
+
+
+def _check_table(name: str, value: Any, checks: dict, required: tuple[str, ...] = ()) -> None:
+    """Refuse a config table that is not a dict, lacks a ``required`` key, has a key ``checks`` does not
+    know or a value its check refuses (``checks``: ``{key: (test, what it must be)}``, as the card's)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a table; got {value!r}")
+    for key in required:
+        if key not in value:
+            raise ValueError(f"{name} needs {key!r}; got {value!r}")
+    unknown = sorted(set(value) - set(checks))
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {', '.join(unknown)} (known: {', '.join(checks)})")
+    for key, (test, what) in checks.items():
+        if key in value and not test(value[key]):
+            raise ValueError(f"{name}.{key} must be {what}; got {value[key]!r}")
 
 
 # -- data ---------------------------------------------------------------------------
@@ -354,7 +440,12 @@ def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) ->
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_path: str) -> float:
+class TrainingWarning(UserWarning):
+    """Something about a training run the user should know (one line; the CLI prints it as a warning)."""
+
+
+def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_path: str,
+                    class_names: tuple[str, ...] | None = None) -> float:
     """Copy the weights of a saved model into ``model`` (fine-tuning).
 
     Parameters
@@ -365,17 +456,32 @@ def initialise_from(model: torch.nn.Module, model_config: UNetConfig, name_or_pa
         Its architecture; the saved model's must be identical.
     name_or_path : str
         Shipped model name or model path.
+    class_names : tuple of str, optional
+        The classes of the training data; other class names than the saved model's
+        (as many, but named otherwise: gold's ``Au`` for graphene's ``C``) warn.
 
     Returns
     -------
     float
         The saved model's total training time (s), so that the new card states the
         whole time spent on it.
+
+    Warns
+    -----
+    TrainingWarning
+        The saved model was trained on classes of other names than ``class_names``.
     """
     source, card = load_model(resolve_model(name_or_path))
     if UNetConfig.from_dict(card.architecture) != model_config:
         raise ValueError(f"init_from {name_or_path!r}: its architecture {card.architecture} differs from the "
                          f"recipe's {model_config.to_dict()}")
+    if class_names is not None and tuple(card.class_names) != tuple(class_names):
+        import warnings
+
+        warnings.warn(f"init_from {name_or_path!r} was trained on the classes {', '.join(card.class_names)}, "
+                      f"these data have {', '.join(class_names)}: its outputs for "
+                      f"{', '.join(card.class_names)} start as those for {', '.join(class_names)}",
+                      TrainingWarning, stacklevel=2)
     model.load_state_dict(source.state_dict())
     return float(card.training.get("time_s", 0.0))
 
@@ -466,16 +572,33 @@ def training_validity(data: TrainingData, recipe: dict | None) -> dict:
                          source=f"training images of {store} that hold atoms")
 
 
+def card_sampling_A(data: TrainingData, recipe: dict | None) -> float:
+    """The pixel size a new card records: the simulation's nominal ``microscope.sampling_A``.
+
+    The training images' pixel sizes are jittered around it (``sampling_jitter``, a
+    calibration error); their median, which older cards recorded, drifts with the draw
+    (0.1039 Å/px for a 0.1 Å/px recipe in a small store). Without a recipe that names
+    it (training from the Python API on other data), the median of ``data.sampling_A``.
+    Cards already written keep the value they hold.
+    """
+    simulation = (recipe or {}).get("simulation") or {}
+    nominal = (simulation.get("microscope") or {}).get("sampling_A") if isinstance(simulation, dict) else None
+    if isinstance(nominal, (int, float)) and not isinstance(nominal, bool) and math.isfinite(nominal) and nominal > 0:
+        return float(nominal)
+    return float(np.median(data.sampling_A))
+
+
 def make_card(config: TrainConfig, model_config: UNetConfig, data: TrainingData, training: dict, evaluation: dict,
               defocus_offsets_A: tuple[float, ...] = (), validity: dict | None = None) -> ModelCard:
-    """The model card for a trained model (``validity``: see :func:`training_validity`)."""
+    """The model card for a trained model (``validity``: see :func:`training_validity`; pixel size: see
+    :func:`card_sampling_A`, from ``training["data"]``, the recipe)."""
     return ModelCard(
         name=config.name,
         version=config.version,
         architecture=model_config.to_dict(),
         in_channels=model_config.in_channels,
         class_names=data.class_names,
-        sampling_A=float(np.median(data.sampling_A)),
+        sampling_A=card_sampling_A(data, training.get("data")),
         normalization=dict(config.normalization),
         defocus_offsets_A=defocus_offsets_A,
         training=training,
@@ -510,9 +633,12 @@ def train(
         ``validate(model, card) -> {"f1": ..., ...}``, run at each epoch end; without it
         the last model is kept.
     resume : bool
-        Continue from ``out_dir/checkpoint.pt``.
+        Continue from ``out_dir/checkpoint.pt``; a run that had reached its last step, or
+        its time limit (``config.max_minutes`` not raised), is not trained further: its
+        model is returned as it is (and marked finished, for a run killed at its end).
     recipe : dict, optional
-        How the training data was made (store path, simulation config, seed), for the card.
+        How the training data was made (store path, simulation config, seed), for the card;
+        its ``simulation.microscope.sampling_A`` is the card's pixel size (:func:`card_sampling_A`).
     defocus_offsets_A : tuple of float
         Focal-series models: defocus of each input channel relative to the first (Å).
     progress : callable, optional
@@ -522,11 +648,15 @@ def train(
     -------
     Path
         The best model's stem (``out_dir/model``).
+
+    Warns
+    -----
+    TrainingWarning
+        ``config.init_from`` names a model of other class names than ``data``'s.
     """
     out_dir = Path(out_dir)
     rank, local_rank, world = _distributed()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the folder itself is made once the run is sure to start (a refused start leaves none)
         remove_stale_temporaries(*(out_dir / name for name in RUN_FILES))
     torch.set_num_threads(config.num_threads)
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -549,13 +679,15 @@ def train(
     model = build_model(model_config).to(device)
     previous_time_s = 0.0
     if config.init_from:
-        previous_time_s = initialise_from(model, model_config, config.init_from)
+        previous_time_s = initialise_from(model, model_config, config.init_from,
+                                          class_names=data.class_names if rank == 0 else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / (config.batch_size * world)))
     total_steps = steps_per_epoch * config.epochs
     rng = np.random.default_rng([config.seed, 0])  # the same stream on every rank: one global batch
     step, best, history, elapsed = 0, -1.0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
+    deadline = config.max_minutes * 60 if config.max_minutes else math.inf
     if resume:
         if not checkpoint.exists():
             raise FileNotFoundError(f"{checkpoint}: nothing to resume")
@@ -577,6 +709,20 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, best, elapsed = int(state["step"]), float(state["best"]), float(state["elapsed_s"])
         history = json.loads(state["history"])
+        if step >= total_steps or elapsed > deadline:
+            # the run had reached its end (or a larger time budget was not given): one more step
+            # would move the BatchNorm statistics and replace the best model
+            if rank == 0:
+                end = (f"all {total_steps} steps" if step >= total_steps
+                       else f"its time limit of {config.max_minutes:g} min")
+                print(f"{out_dir}: the run had finished ({end}, at step {step}); nothing more to train", flush=True)
+                if not state.get("finished"):
+                    state["finished"] = True
+                    atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+                mark_finished(out_dir / "model", step)
+            if world > 1:
+                dist.barrier()
+            return out_dir / "model"
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -592,6 +738,8 @@ def train(
         card_training["init_from"] = config.init_from
         card_training["init_time_s"] = previous_time_s
     validity = training_validity(data, recipe) if rank == 0 else {}
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(finished: bool = False) -> None:
         if rank != 0:
@@ -615,7 +763,6 @@ def train(
 
     epoch_losses: list[float] = []
     t_start = time.perf_counter() - elapsed
-    deadline = config.max_minutes * 60 if config.max_minutes else math.inf
     while step < total_steps:
         net.train()
         lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, (time.perf_counter() - t_start) / deadline)
@@ -644,7 +791,8 @@ def train(
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
-            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1)}
+            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1),
+                                      "finished": False}  # True once the run has reached its end
             card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A, validity)
             scores = validate(model, card) if validate is not None else {}
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
@@ -664,9 +812,29 @@ def train(
             break
     if rank == 0:
         save_checkpoint(finished=True)  # at the last step or out of time: the run's end, not a kill
+        mark_finished(out_dir / "model", step)
     if world > 1:
         dist.barrier()
     return out_dir / "model"
+
+
+def mark_finished(stem: Path, step: int) -> None:
+    """Write ``training.finished = True`` into the card of a run's model once the run has reached its end.
+
+    The cards saved during a run say ``False`` (a killed run leaves a model that is not the end
+    of its schedule); the weights are not touched. A card of exported last weights
+    (``training.weights == "last"``) of another step than ``step`` is left as it is: those weights
+    are not the run's end. Nothing happens without a card.
+    """
+    card_path = Path(stem).with_suffix(".json")
+    if not card_path.exists():
+        return
+    card = load_card(stem)
+    training = card.training
+    if training.get("finished") is True or (training.get("weights") == "last" and training.get("steps") != step):
+        return
+    card = dataclasses.replace(card, training=dict(training) | {"finished": True})
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
 
 
 def _store_identity(recipe: dict | None) -> dict:
