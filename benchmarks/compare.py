@@ -21,6 +21,11 @@ are left out), so its rows measure finding columns, not telling species apart. T
 truth and the focal model's positions (in the first frame's grid) are moved into the
 middle frame's grid by the drift the simulator recorded.
 
+Every dose of a system is scored on the same images: ``--n-images`` spread over the
+first images that all the system's stores share, which are the recipe's (a store with
+another seed, or fewer images than the recipe, is refused; of a longer one only the
+recipe's first images are used, and the page says so).
+
 All are matched one-to-one to the ground truth at 0.5 Å with the evaluator's
 border band (:func:`atomfinder.analysis.evaluate.compare`). The Cramér-Rao bound
 of every site's position is computed for ``--crlb-images`` of those images of
@@ -29,15 +34,17 @@ each store from the re-simulated noise-free image
 are also given as RMSE / CRLB (per coordinate).
 
 Speed and memory: one lattice image of each ``--timing-sizes`` side to an atom
-table per tool, each in a fresh process (median after one warm-up, peak RSS);
-printed as ratios to atomfinder.
+table per tool, each in a fresh process on the CPU (and on CUDA with ``--gpu``; the
+device is passed explicitly and reported), median after one warm-up, peak RSS and
+the RSS after the tool's imports; printed as ratios to atomfinder.
 
 The peers live in their own environment ``.venv-peers`` (``--setup-peers``
 creates it) and run through ``benchmarks/peers_worker.py``: atomfinder never
 imports them. Writes ``--out`` (Markdown) with PNG plots and the whole result
 (``result.json``) beside it in ``<out stem>/`` and ends with one JSON line;
 ``--keep-others`` keeps that file's rows of the systems (and timing) a run does
-not redo, stamped with the date and commit of the run that made them.
+not redo, stamped with the date, commit and every setting of the run that made
+them; the page gives each block's settings and warns where they differ.
 
     python benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare
     python benchmarks/compare.py --skip-peers --systems graphene --doses 1e4 --n-images 4
@@ -1181,12 +1188,12 @@ def selection_line(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> st
     for tag, res in per_dose.items():
         sel, idx = res.get("selection"), res.get("indices") or []
         if sel:
-            text = (f"{res['n_images']} images spread over the first {sel['first']} of each store (of "
+            text = (f"{res['n_images']} image(s) spread over the store's first {sel['first']} (of its "
                     f"{sel['store_images']}), showing {sel['specimens_shown']} of the {sel['specimens_total']} "
                     "specimens those hold")
         elif idx:
             old = res.get("selection_derived")
-            text = (f"{res['n_images']} images spread over the whole store (indices {idx[0]}..{idx[-1]}), "
+            text = (f"{res['n_images']} image(s) spread over the whole store (indices {idx[0]}..{idx[-1]}), "
                     + (f"showing {old['specimens_shown']} of the {old['specimens_total']} specimens of its "
                        f"{old['store_images']} images" if old else "specimens shown not recorded"))
         else:
@@ -1283,8 +1290,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
     if result.get("atomai_training"):
         lines += ["AtomAI training: " + ", ".join(
             f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min "
-            f"({v.get('cpu_seconds', math.nan) / 60:.0f} CPU-min"
-            + (f" of a budget of {v['budget_cpu_s'] / 60:.0f}" if "budget_cpu_s" in v else "")
+            f"({v.get('cpu_seconds', math.nan) / 60:.1f} CPU-min"
+            + (f" of a budget of {v['budget_cpu_s'] / 60:.1f}" if "budget_cpu_s" in v else "")
             + f") on {v['train_images']} images of {v['store']}" for k, v in result["atomai_training"].items()), ""]
     flags, flag_notes = legacy_flags(result)
     lines += ["## Accuracy", ""]
@@ -1425,7 +1432,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             for name in names:
                 if (why := _unknown_model(name)) is not None:
                     ap.error(f"argument {option}: {why}")
+        if args.timing_sizes and _channels(args.timing_model) != 1:
+            ap.error(f"argument --timing-model: {args.timing_model} sees a focal series of "
+                     f"{_channels(args.timing_model)} frames; the timing images are single frames")
     return args
+
+
+def _channels(name: str) -> int:
+    """Input frames of model ``name``."""
+    from atomfinder.nn.card import load_card, resolve_model
+
+    return int(load_card(resolve_model(name)).in_channels)
 
 
 def _unknown_model(name: str) -> str | None:

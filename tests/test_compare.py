@@ -247,7 +247,7 @@ def test_skip_peers_run_ends_with_one_json_line(cmp, tiny_graphene_store, tmp_pa
                                 "specimens_total": n_store // 2}
     stamp = saved["runs"]["graphene"]
     assert stamp["stamp_version"] == 2 and stamp["stages"]["store-1e4"]["commit"] == stamp["commit"]
-    assert "2 images spread over the first 8 of each store (of 8), showing 2 of the 4 specimens" in out.read_text()
+    assert "2 image(s) spread over the store's first 8 (of its 8), showing 2 of the 4 specimens" in out.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -504,6 +504,7 @@ def test_tta_check_page_shows_heights_only_when_measured():
     ["--crlb-images", "-2"], ["--systems", "nosuch"], ["--threads", "0"], ["--timing-sizes", "0"],
     ["--timing-sizes", "8"], ["--repeats", "0"], ["--repeats", "-1"], ["--budget-min", "0"], ["--budget-min", "-1"],
     ["--atomai-train-images", "0"], ["--atomap-max-s", "0"], ["--atomai-threshold", "1.5"], ["--n-images", "x"],
+    ["--timing-model", "gold-focal"],
 ])
 def test_options_are_checked_and_refused_in_one_line(cmp, bad, capsys):
     with pytest.raises(SystemExit) as exc:
