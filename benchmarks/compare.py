@@ -1243,7 +1243,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "Same independent simulated test images for every method (`<data>/<system>-test-<dose>.zarr`; per "
         "system, the same images of every dose's store, spread evenly over the images that all its stores share, "
         "so that each dose shows the same specimens: a store holds 8 microscopes of each graphene or MoS2 sheet, "
-        "2 of each gold particle, in a row; how many specimens the rows see is given per system), scored by "
+        "2 of each gold particle, in a row; how many specimens the rows see is given per system, and rows of runs "
+        "before this rule say how their images were chosen), scored by "
         "atomfinder's evaluator: one-to-one matching "
         f"at {RADIUS_A} Å, a {BORDER_A} Å band along the image edge neither required nor penalised. "
         "RMSE is the 2-D error of the matched atoms of all the images. RMSE/axis is per coordinate and only over "
@@ -1252,8 +1253,8 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "of the same sites, computed from the re-simulated noise-free image "
         "(finite differences of the image with respect to every site's position, all sites' "
         "coordinates unknown together, Poisson noise at the dose, ideal detector without MTF: "
-        "`atomfinder.imaging.crlb.image_position_crlb_A`); so RMSE and RMSE/axis cover different images "
-        "and RMSE/axis can exceed RMSE / √2. RMSE / CRLB = 1 would be an efficient "
+        "`atomfinder.imaging.crlb.image_position_crlb_A`); so RMSE and RMSE/axis cover different images, "
+        "and RMSE/axis can differ from RMSE / √2 either way, even exceed RMSE. RMSE / CRLB = 1 would be an efficient "
         "estimator on an ideal detector. Where the bound comes near the matching radius (low dose), the "
         "errors of matched atoms are cut off at the radius and RMSE / CRLB falls below 1: the ratio "
         "means something only where the bound is well below the radius. The tables' s / image is the "
@@ -1265,8 +1266,10 @@ def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> s
         "the block's budget of CPU time (minutes of its threads, counted as the process's CPU time, so other "
         "work on the machine does not shorten it; the first 10 mini-batches, which measure the time per "
         "mini-batch, always run, so a budget shorter than those is overrun) "
-        "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image, on the CPU), atoms from its "
-        "own coordinate finder (`Locator`, the block's threshold, centre of mass).",
+        "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image, on the CPU, passed explicitly"
+        + ("; the training results of earlier runs do not record the device"
+           if any("device" not in v for v in (result.get("atomai_training") or {}).values()) else "")
+        + "), atoms from its own coordinate finder (`Locator`, the block's threshold, centre of mass).",
         f"- **Atomap** {atomap_v}: `Sublattice` 2-D Gaussian refinement "
         "(`refine_atom_positions_using_2d_gaussian`) seeded by the conventional peak finder, and, as a second row, "
         "seeded by atomfinder's detections (does Gaussian refinement improve on atomfinder's sub-pixel "
