@@ -21,6 +21,11 @@ are left out), so its rows measure finding columns, not telling species apart. T
 truth and the focal model's positions (in the first frame's grid) are moved into the
 middle frame's grid by the drift the simulator recorded.
 
+Every dose of a system is scored on the same images: ``--n-images`` spread over the
+first images that all the system's stores share, which are the recipe's (a store with
+another seed, or fewer images than the recipe, is refused; of a longer one only the
+recipe's first images are used, and the page says so).
+
 All are matched one-to-one to the ground truth at 0.5 Å with the evaluator's
 border band (:func:`atomfinder.analysis.evaluate.compare`). The Cramér-Rao bound
 of every site's position is computed for ``--crlb-images`` of those images of
@@ -29,15 +34,17 @@ each store from the re-simulated noise-free image
 are also given as RMSE / CRLB (per coordinate).
 
 Speed and memory: one lattice image of each ``--timing-sizes`` side to an atom
-table per tool, each in a fresh process (median after one warm-up, peak RSS);
-printed as ratios to atomfinder.
+table per tool, each in a fresh process on the CPU (and on CUDA with ``--gpu``; the
+device is passed explicitly and reported), median after one warm-up, peak RSS and
+the RSS after the tool's imports; printed as ratios to atomfinder.
 
 The peers live in their own environment ``.venv-peers`` (``--setup-peers``
 creates it) and run through ``benchmarks/peers_worker.py``: atomfinder never
 imports them. Writes ``--out`` (Markdown) with PNG plots and the whole result
 (``result.json``) beside it in ``<out stem>/`` and ends with one JSON line;
 ``--keep-others`` keeps that file's rows of the systems (and timing) a run does
-not redo, stamped with the date and commit of the run that made them.
+not redo, stamped with the date, commit and every setting of the run that made
+them; the page gives each block's settings and warns where they differ.
 
     python benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare
     python benchmarks/compare.py --skip-peers --systems graphene --doses 1e4 --n-images 4
@@ -118,13 +125,49 @@ def setup_peers(venv: Path = PEER_VENV, python: str = "python3.11") -> None:
 
 
 def run_worker(args: Sequence[str], *, venv: Path = PEER_VENV, threads: int = 2) -> dict:
-    """Run ``peers_worker.py`` in the peers' environment; its last stdout line (JSON) parsed."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg")
-    proc = subprocess.run([str(peer_python(venv)), str(WORKER), *args, "--threads", str(threads)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"peers_worker {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run ``peers_worker.py`` in the peers' environment; its last stdout line (JSON) parsed.
+
+    Everything else the worker prints (AtomAI's losses during a 30-minute training, warnings)
+    is passed on to stderr as it comes, each line marked ``[peers]``, so a long stage shows
+    its progress; the last lines of its stderr are kept for the error message.
+    """
+    return stream_command([str(peer_python(venv)), str(WORKER), *args, "--threads", str(threads)],
+                          env=dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                                   MPLBACKEND="Agg", PYTHONUNBUFFERED="1"),
+                          what=f"peers_worker {' '.join(args)}")
+
+
+def stream_command(cmd: Sequence[str], *, env: Mapping[str, str], what: str, prefix: str = "[peers]") -> dict:
+    """Run ``cmd``, echoing its output lines to stderr (``prefix``) while it runs; its last stdout
+    line parsed as JSON. A non-zero exit raises with the tail of its stderr."""
+    import collections
+    import threading
+
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env),
+                            bufsize=1)
+    tails = {"out": collections.deque(maxlen=200), "err": collections.deque(maxlen=200)}
+
+    def pump(stream: Any, key: str) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            tails[key].append(line)
+            # the JSON result line is the caller's, not progress
+            if line.strip() and not (key == "out" and line.lstrip().startswith("{")):
+                log(f"    {prefix} {line[-300:]}")
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
+    for r in readers:
+        r.start()
+    code = proc.wait()
+    for r in readers:
+        r.join()
+    if code != 0:
+        raise RuntimeError(f"{what} failed (exit {code}):\n" + "\n".join(tails["err"])[-3000:])
+    lines = [line for line in tails["out"] if line.strip()]
+    if not lines:
+        raise RuntimeError(f"{what} printed no result line")
+    return json.loads(lines[-1])
 
 
 # --------------------------------------------------------------------------- test data
@@ -172,7 +215,48 @@ MODEL_TEST_SETS = {
 
 def test_recipe(model_name: str, system: str) -> StoreRecipe:
     """The test set of shipped model ``model_name`` whose training data simulate ``system``."""
-    return MODEL_TEST_SETS.get(model_name) or StoreRecipe(system, system, TEST_CONFIGS.get(system))
+    return MODEL_TEST_SETS.get(model_name) or StoreRecipe(system, system, TEST_CONFIGS.get(system), TEST_N, TEST_SEED)
+
+
+def recipe_images(path: Path, store: Any, tests: StoreRecipe) -> tuple[int, str | None]:
+    """How many of the store's first images are the recipe's, and a note when not all of them are.
+
+    A store made with another seed, or with fewer images than the recipe, is not the
+    harness's test set: refused in one line (SystemExit). A longer store with the recipe's
+    seed holds the recipe's images first (each job is seeded by ``(seed, job)``), so only
+    those ``tests.n`` are used, and the note says so.
+    """
+    seed, n = int(store.meta["seed"]), len(store)
+    make = f"atomfinder simulate --system {tests.system} --n {tests.n} --seed {tests.seed}" + (
+        f" --config {tests.config.format(tag='<dose>')}" if tests.config else "")
+    if seed != tests.seed:
+        raise SystemExit(f"{path}: made with seed {seed}, but the harness's test set is `{make}`: "
+                         "move the store aside (it is made again) or pass another --data-dir")
+    if n < tests.n:
+        raise SystemExit(f"{path}: holds {n} finished images, the harness's test set {tests.n} (`{make}`): "
+                         "finish it (simulate resumes) or move it aside")
+    if n > tests.n:
+        return tests.n, (f"{path.name} holds {n} images (seed {seed}); the recipe's {tests.n} "
+                         f"(`{make}`) are its first {tests.n}, and only those are used")
+    return n, None
+
+
+def store_identity(path: Path, store: Any) -> dict[str, Any]:
+    """What a store stage's result depends on: the store's path, its finished images, seed and
+    a fingerprint of its attributes (config, seed, size: the zarr attrs)."""
+    import hashlib
+
+    attrs = json.dumps(store.meta, sort_keys=True, default=str)
+    return {"path": str(Path(path).resolve()), "images": len(store), "seed": int(store.meta["seed"]),
+            "attrs_sha1": hashlib.sha1(attrs.encode()).hexdigest()[:16]}
+
+
+def specimen_ids(meta: Mapping[str, Any], indices: Sequence[int]) -> list[tuple[int, int]]:
+    """The simulated specimen (job, structure within the job) of each store index: a job of
+    ``samples_per_job`` images draws one structure per ``draws_per_wave`` images."""
+    per_job = int(meta["samples_per_job"])
+    per_wave = int((meta.get("config") or {}).get("draws_per_wave") or per_job)
+    return [(int(i) // per_job, (int(i) % per_job) // per_wave) for i in indices]
 
 
 def simulate_store(system: str, out: Path, n: int, seed: int, config: Path | None) -> Path:
@@ -228,12 +312,15 @@ def spread_indices(n_total: int, n: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n_total - 1, n)})
 
 
-def load_samples(store: Any, n: int) -> tuple[list[int], list[Any]]:
-    """``n`` samples spread over a store (:func:`spread_indices`) as :class:`EvalSample` objects,
-    with their visible indices."""
+def load_samples(store: Any, n: int, first: int | None = None) -> tuple[list[int], list[Any]]:
+    """``n`` samples spread over the store's first ``first`` images (default: all;
+    :func:`spread_indices`) as :class:`EvalSample` objects, with their visible indices.
+
+    The comparison passes the number of images that every store of a system shares (the
+    recipe's), so that each dose is scored on the same specimens."""
     from atomfinder.analysis.evaluate import samples_from_store
 
-    indices = spread_indices(len(store), n)
+    indices = spread_indices(min(len(store), first if first is not None else len(store)), n)
     return indices, list(samples_from_store(store, indices))
 
 
@@ -352,12 +439,16 @@ def load_peer(path: Path, n: int, seconds: Sequence[float]) -> Detections:
 # --------------------------------------------------------------------------- resumable stages
 
 
-def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict]) -> dict:
+def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict],
+          provenance: Mapping[str, Any] | None = None) -> dict:
     """The result of one stage of the run, computed once per ``settings``.
 
-    ``path`` (JSON) holds ``{"settings": ..., "result": ...}``; a file whose settings
-    equal ``settings`` is reused, so a killed run (``--work`` kept) redoes only the
-    stages it had not finished. The file is written by rename: never half written.
+    ``path`` (JSON) holds ``{"settings": ..., "result": ..., "computed": ...}``; a file
+    whose settings equal ``settings`` is reused, so a killed run (``--work`` kept) redoes
+    only the stages it had not finished. ``settings`` must hold everything the result
+    depends on. ``computed`` is ``provenance`` (the commit and date of the run that
+    computed the stage), kept when the stage is reused (:func:`computed_by`). The file
+    is written by rename: never half written.
     """
     from atomfinder.analysis.evaluate import to_jsonable
 
@@ -372,9 +463,27 @@ def stage(path: Path, settings: Mapping[str, Any], compute: Callable[[], dict]) 
             return saved["result"]
     result = json.loads(json.dumps(to_jsonable(compute())))  # as a rerun will read it back
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps({"settings": wanted, "result": result}))
+    tmp.write_text(json.dumps({"settings": wanted, "result": result, "computed": dict(provenance or {})}))
     os.replace(tmp, path)
     return result
+
+
+def computed_by(path: Path) -> dict[str, Any]:
+    """The commit and date of the run that computed the stage in ``path`` (empty: not recorded)."""
+    try:
+        return dict(json.loads(path.read_text()).get("computed") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def git_commit() -> str:
+    """The short commit of the checkout now, ``+dirty`` when the harness or the package has
+    uncommitted changes (``?`` outside git)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = head.stdout.strip() or "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks", "src"], cwd=ROOT,
+                           capture_output=True, text=True)
+    return commit + ("+dirty" if commit != "?" and dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------- AtomAI training
@@ -386,7 +495,10 @@ def training_arrays(store: Any, n: int, seed: int = 0, frame: int = 0,
 
     The mask is every pixel of the store's targets (the disks the shipped model
     learned from) that belongs to one of ``classes`` (1-based; default: every class
-    but background), all merged into one.
+    but background), all merged into one. The store's targets lie in the first frame's
+    grid; for a later frame of a focal series the disks are drawn again at the ground
+    truth moved by that frame's recorded drift (:func:`frame_mask`), so that the mask
+    lies on the atoms of the image it is trained with.
     """
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(store), size=min(n, len(store)), replace=False))
@@ -395,8 +507,44 @@ def training_arrays(store: Any, n: int, seed: int = 0, frame: int = 0,
     x, m = [], []
     for i in range(0, len(idx), 64):
         x.append(store.array("images", idx[i:i + 64])[:, frame:frame + 1])
-        m.append(store.array("targets", idx[i:i + 64])[:, channels].sum(axis=1, keepdims=True))
+        masks = store.array("targets", idx[i:i + 64])[:, channels].sum(axis=1, keepdims=True)
+        if frame:
+            drift = store.array("drift_px", idx[i:i + 64])[:, frame]
+            masks = np.stack([frame_mask(store, int(p), mask[0], d, channels)[None]
+                              for p, mask, d in zip(pick[i:i + 64], masks, drift)])
+        m.append(masks)
     return np.concatenate(x).astype(np.float32), (np.concatenate(m) >= 0.5).astype(np.float32)
+
+
+def frame_mask(store: Any, i: int, first_frame_mask: np.ndarray, drift_px: np.ndarray,
+               channels: Sequence[int]) -> np.ndarray:
+    """The atom mask of visible sample ``i`` in the grid of a frame drifted by ``drift_px`` ``(x, y)``.
+
+    The disks of ``channels`` (1-based classes) are drawn again as the simulator drew the
+    store's targets (:func:`atomfinder.datasets.labels.class_maps`: same radius, kind and
+    nearest-site rule, every class present) at the ground truth plus the drift. The ground
+    truth holds only the sites whose centre lies in the first frame's image, while the
+    targets also paint sites just outside it; within reach of the edge (label radius plus
+    the drift plus one pixel) the first frame's mask shifted by the drift fills in those.
+    """
+    from scipy import ndimage
+
+    from atomfinder.datasets.labels import class_maps
+
+    config = store.meta["config"]
+    gt = store.ground_truth(i)
+    radius_px = float(config.get("label_radius_A", 0.4)) / gt["sampling_A"]
+    drift = np.asarray(drift_px, dtype=np.float64).reshape(2)
+    shape = first_frame_mask.shape
+    maps = class_maps(gt["positions_px"] + drift, gt["labels"], shape, len(store.class_names), radius_px,
+                      config.get("label_kind", "disk"))
+    drawn = maps[list(channels)].sum(axis=0)
+    shifted = ndimage.shift(np.asarray(first_frame_mask, dtype=np.float64), (drift[1], drift[0]), order=1,
+                            mode="constant", cval=0.0)
+    band = int(math.ceil(radius_px + np.abs(drift).max() + 1))
+    edge = np.ones(shape, bool)
+    edge[band:shape[0] - band, band:shape[1] - band] = False
+    return np.where(edge, np.maximum(drawn, shifted), drawn).astype(np.float32)
 
 
 def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
@@ -412,10 +560,12 @@ def train_atomai(card: Any, work: Path, args: argparse.Namespace) -> dict:
     log(f"  AtomAI: training on {len(x)} images of {path.name} for {args.budget_min} min of {args.threads} "
         "threads (counted as CPU time)")
     info = run_worker(["atomai-train", "--work", str(work), "--budget-cpu-s",
-                       str(60 * args.budget_min * args.threads)], threads=args.threads)
+                       str(60 * args.budget_min * args.threads), "--device", "cpu"], threads=args.threads)
     for name in ("train_X.npy", "train_y.npy"):
         (work / name).unlink()
-    return info | {"store": path.name}
+    frame = peer_frame(card)
+    return info | {"store": path.name, "frame": frame,
+                   "masks": f"ground truth + drift of frame {frame}" if frame else "the store's targets (frame 0)"}
 
 
 # --------------------------------------------------------------------------- Cramér-Rao bound
@@ -554,19 +704,24 @@ def score_methods(samples: Sequence[Any], dets: Mapping[str, Detections], class_
 
 
 def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: Path,
-              args: argparse.Namespace, atomai_ready: bool) -> dict[str, Any]:
-    """Every method and the bound on ``--n-images`` images spread over one test store."""
+              args: argparse.Namespace, atomai_ready: bool, first: int | None = None) -> dict[str, Any]:
+    """Every method and the bound on ``--n-images`` images spread over the first ``first`` images
+    of one test store (default: all of them), the images that all the system's stores share."""
     from atomfinder.analysis.evaluate import baseline_detector, network_detector
     from atomfinder.datasets.store import DatasetStore
 
     store = DatasetStore(path)
-    indices, samples = load_samples(store, args.n_images)
+    first = len(store) if first is None else min(first, len(store))
+    indices, samples = load_samples(store, args.n_images, first)
+    shown = len(set(specimen_ids(store.meta, indices)))
+    total = len(set(specimen_ids(store.meta, range(first))))
     # every method is scored on the atoms (vacancies left out) as one class; single-image
     # methods see one frame of a focal series, atomfinder's focal model all of them
     classes = atom_classes(store.class_names)
     scored = [atoms_in_frame(s, classes, peer_frame(card)) for s in samples]
     radius = float(store.meta["config"].get("label_radius_A", 0.4))
-    log(f"{system} {dose_tag(dose)}: {len(samples)} images from {path.name}")
+    log(f"{system} {dose_tag(dose)}: {len(samples)} images spread over the first {first} of {path.name} "
+        f"({len(store)} images): {indices}, {shown} of {total} specimens")
     found = run_local(network_detector(net, card), samples, labels=classes)  # in frame 0's grid
     dets: dict[str, Detections] = {
         ATOMFINDER: in_frame_grid(found, samples, peer_frame(card)),
@@ -588,7 +743,10 @@ def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: P
     for name, sc in scores.items():
         log(f"  {name:28s} F1 {sc['f1']:.3f}  RMSE {sc['rmse_pm'] or math.nan:.1f} pm  "
             f"RMSE/CRLB {sc['crlb']['rmse_over_crlb']:.2f}  {sc['seconds_per_image']:.2f} s/image")
-    return {"store": path.name, "n_images": len(samples), "indices": indices, "crlb_images": len(bounds),
+    return {"store": path.name, "n_images": len(samples), "indices": indices,
+            "selection": {"first": first, "store_images": len(store), "specimens_shown": shown,
+                          "specimens_total": total},
+            "crlb_images": len(bounds), "crlb_indices": [indices[i] for i in sorted(bounds)],
             "crlb_median_pm": 100 * float(np.median(finite)) if len(finite) else math.nan, "methods": scores}
 
 
@@ -599,8 +757,8 @@ def run_peers(samples: Sequence[Any], dets: Mapping[str, Detections], work: Path
     out: dict[str, Detections] = {}
     n = len(samples)
     if atomai_ready:
-        info = run_worker(["atomai-predict", "--work", str(work), "--threshold", str(args.atomai_threshold)],
-                          threads=args.threads)
+        info = run_worker(["atomai-predict", "--work", str(work), "--threshold", str(args.atomai_threshold),
+                           "--device", "cpu"], threads=args.threads)
         out[ATOMAI] = load_peer(work / "atomai_xy.npz", n, info["seconds"])
     for name, source in ((ATOMAP_CONV, CONVENTIONAL), (ATOMAP_AF, ATOMFINDER)):
         seeds = "seeds_" + ("conventional" if source == CONVENTIONAL else "atomfinder")
@@ -617,13 +775,18 @@ def run_peers(samples: Sequence[Any], dets: Mapping[str, Detections], work: Path
 
 # --------------------------------------------------------------------------- speed and memory
 
+#: atomfinder's timing process: ``device`` is passed explicitly (detect_array would take CUDA
+#: whenever present) and the device it resolves to is reported; ``import_rss_mb`` is the
+#: process's memory after the imports, before the model is loaded.
 ATOMFINDER_TIMING = r"""
 import json, sys, time
 import numpy as np, torch
 sys.path.insert(0, {bench_dir!r})
-from peers_worker import peak_rss_mb
+from peers_worker import peak_rss_mb, rss_mb
 from atomfinder.detection.pipeline import detect_array
 from atomfinder.nn.card import load_model, resolve_model
+from atomfinder.nn.infer import _auto_device
+import_rss = rss_mb()
 torch.set_num_threads({threads})
 net, card = load_model(resolve_model({model!r}))
 image = np.load({image!r})
@@ -632,8 +795,8 @@ for _ in range({repeats} + 1):
     t = time.perf_counter()
     n = len(detect_array(net, card, image, {sampling}, device={device!r}).atoms.x)
     times.append(time.perf_counter() - t)
-print(json.dumps({{"tool": "atomfinder", "times_s": times, "atoms": n,
-                  "peak_rss_mb": peak_rss_mb(), "device": {device!r} or "cpu"}}))
+print(json.dumps({{"tool": "atomfinder", "times_s": times, "atoms": n, "peak_rss_mb": peak_rss_mb(),
+                  "import_rss_mb": import_rss, "device": str(_auto_device({device!r}))}}))
 """
 
 
@@ -651,8 +814,8 @@ def median_after_warmup(times: Sequence[float]) -> float:
     return float(np.median(rest))
 
 
-def time_atomfinder(image_path: Path, sampling_A: float, args: argparse.Namespace, device: str | None) -> dict:
-    """atomfinder's image -> atom table in a fresh process."""
+def time_atomfinder(image_path: Path, sampling_A: float, args: argparse.Namespace, device: str) -> dict:
+    """atomfinder's image -> atom table in a fresh process on ``device`` (``cpu`` or ``cuda``)."""
     code = ATOMFINDER_TIMING.format(bench_dir=str(WORKER.parent), threads=args.threads, model=args.timing_model,
                                     image=str(image_path), repeats=args.repeats, sampling=sampling_A, device=device)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -667,9 +830,7 @@ def run_timing(work: Path, args: argparse.Namespace, atomai_ready: bool) -> dict
     from atomfinder.detection.baseline import conventional_atoms
 
     sampling = 0.1
-    devices: list[str | None] = [None]
-    if args.gpu:
-        devices.append("cuda")
+    devices = ["cpu"] + (["cuda"] if args.gpu else [])
     out: dict[str, Any] = {}
     projected_atomap = math.nan
     for size in args.timing_sizes:
@@ -678,14 +839,17 @@ def run_timing(work: Path, args: argparse.Namespace, atomai_ready: bool) -> dict
         np.save(image_path, image)
         rows: dict[str, dict] = {}
         for device in devices:
-            key = ATOMFINDER if device is None else f"{ATOMFINDER} (cuda)"
+            key = ATOMFINDER if device == "cpu" else f"{ATOMFINDER} ({device})"
             log(f"timing {size}²: {key}")
             rows[key] = time_atomfinder(image_path, sampling, args, device)
         if not args.skip_peers:
             if atomai_ready or args.timing_untrained_atomai:
-                log(f"timing {size}²: AtomAI")
-                rows[ATOMAI] = run_worker(["time", "--work", str(work), "--tool", "atomai", "--image",
-                                           image_path.name, "--repeats", str(args.repeats)], threads=args.threads)
+                for device in devices:
+                    key = ATOMAI if device == "cpu" else f"{ATOMAI} ({device})"
+                    log(f"timing {size}²: {key}")
+                    rows[key] = run_worker(["time", "--work", str(work), "--tool", "atomai", "--image",
+                                            image_path.name, "--repeats", str(args.repeats), "--device", device,
+                                            "--threshold", str(args.atomai_threshold)], threads=args.threads)
             seeds = conventional_atoms(image, sampling)
             np.savez(work / f"timing{size}_seeds.npz", xy=np.asarray(seeds.xy), sign=np.float64(1.0))
             if math.isfinite(projected_atomap) and projected_atomap * (args.repeats + 1) > args.atomap_max_s:
@@ -717,20 +881,30 @@ def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def accuracy_table(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Markdown rows: one per dose and method."""
+def accuracy_table(system: str, per_dose: Mapping[str, Mapping[str, Any]],
+                   flags: Mapping[tuple[str, str], str] | None = None) -> list[str]:
+    """Markdown rows: one per dose and method; ``flags`` marks rows ``(dose tag, method)`` (e.g. † for
+    rows measured under an old behaviour, explained below the table by the caller).
+
+    RMSE is over the matched atoms of all the store's images; RMSE/axis, the bound and their
+    ratio only over the sites of the CRLB images (the column "CRLB pairs" counts them)."""
+    flags = flags or {}
     lines = [f"### {system}", "",
-             "| dose (e/Å²) | method | F1 | precision | recall | RMSE (pm) | RMSE/axis (pm) | CRLB (pm) | "
-             "RMSE / CRLB | s / image |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dose (e/Å²) | method | F1 | precision | recall | RMSE (pm), all images | CRLB pairs | "
+             "RMSE/axis (pm), CRLB images | CRLB (pm) | RMSE / CRLB | s / image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tag, res in per_dose.items():
         for name in METHODS:
             m = res["methods"].get(name)
             if m is None:
                 continue
             c = m["crlb"]
-            lines.append(f"| {tag} | {name} | {_f(m['f1'])} | {_f(m['precision'])} | {_f(m['recall'])} | "
-                         f"{_f(m['rmse_pm'], 1)} | {_f(c['rmse_axis_pm'], 1)} | {_f(c['crlb_rms_pm'], 1)} | "
-                         f"{_f(c['rmse_over_crlb'], 2)} | {_f(m['seconds_per_image'], 3)} |")
+            pairs = c.get("n") if isinstance(c.get("n"), int) else None
+            mark = flags.get((tag, name), "")
+            lines.append(f"| {tag} | {name}{mark} | {_f(m['f1'])} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                         f"{_f(m['rmse_pm'], 1)} | {pairs if pairs else '–'} | {_f(c['rmse_axis_pm'], 1)} | "
+                         f"{_f(c['crlb_rms_pm'], 1)} | {_f(c['rmse_over_crlb'], 2)} | "
+                         f"{_f(m['seconds_per_image'], 3)} |")
     lines.append("")
     for tag, res in per_dose.items():
         for name in METHODS:
@@ -743,17 +917,19 @@ def accuracy_table(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> li
 
 
 def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Markdown rows: one per image side and tool, with ratios to atomfinder."""
-    lines = ["| image | tool | device | median s | × atomfinder | peak RSS (MB) | × atomfinder | atoms |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown rows: one per image side and tool, with ratios to atomfinder; the RSS after the
+    tool's imports (before any work) where it was measured."""
+    lines = ["| image | tool | device | median s | × atomfinder | peak RSS (MB) | × atomfinder | "
+             "RSS after imports (MB) | atoms |", "|---|---|---|---|---|---|---|---|---|"]
     for size, rows in timing.items():
         for name, r in rows.items():
             if "skipped" in r:
-                lines.append(f"| {size}² | {name} | – | not run: {r['skipped']} | – | – | – | – |")
+                lines.append(f"| {size}² | {name} | – | not run: {r['skipped']} | – | – | – | – | – |")
                 continue
-            lines.append(f"| {size}² | {name} | {r.get('device', 'cpu')} | {_f(r['median_s'], 3)} | "
+            base = _f(r["import_rss_mb"], 0) if "import_rss_mb" in r else "not recorded"
+            lines.append(f"| {size}² | {name} | {r.get('device', 'not recorded')} | {_f(r['median_s'], 3)} | "
                          f"{_f(r['time_ratio'], 2)} | {_f(r['peak_rss_mb'], 0)} | {_f(r['rss_ratio'], 2)} | "
-                         f"{r['atoms']} |")
+                         f"{base} | {r['atoms']} |")
     return lines + [""]
 
 
@@ -785,15 +961,17 @@ def plots(result: Mapping[str, Any], folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    systems = result.get("systems") or {}
     for metric, label, fname in (("f1", "F1 at 0.5 Å", "f1_vs_dose.png"),
                                  ("rmse_over_crlb", "RMSE / CRLB (per coordinate)", "rmse_crlb_vs_dose.png")):
-        if not systems:
-            break
-        if metric == "rmse_over_crlb" and not any(
+        systems = dict(result.get("systems") or {})
+        if metric == "rmse_over_crlb":
+            # a panel per system with a bound: none for focal series, whose stores are not re-simulated
+            systems = {k: v for k, v in systems.items() if any(
                 isinstance(m["crlb"]["rmse_over_crlb"], float) and math.isfinite(m["crlb"]["rmse_over_crlb"])
-                for per_dose in systems.values() for d in per_dose.values() for m in d["methods"].values()):
-            continue  # no bound anywhere (e.g. focal series only): no empty figure
+                for d in v.values() for m in d["methods"].values())}
+        if not systems:
+            (folder / fname).unlink(missing_ok=True)  # no empty figure, and none left from an earlier run
+            continue
         fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.6), squeeze=False)
         for ax, (system, per_dose) in zip(axes[0], systems.items()):
             doses = [d["dose"] for d in per_dose.values()]
@@ -849,99 +1027,361 @@ def peer_wins(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return wins
 
 
-def peer_wins_lines(wins: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The page's section on where a peer's F1 is above atomfinder's."""
+def peer_wins_lines(wins: Sequence[Mapping[str, Any]],
+                    flags: Mapping[str, Mapping[tuple[str, str], str]] | None = None) -> list[str]:
+    """The page's section on where a peer's F1 is above atomfinder's (rows marked as in the tables)."""
     if not wins:
         return ["atomfinder's F1 is the highest at every dose of every system in this result.", ""]
+    flags = flags or {}
     lines = ["| system | dose | peer | peer F1 (TP) | atomfinder F1 (TP) | peer RMSE | atomfinder RMSE |",
              "|---|---|---|---|---|---|---|"]
     for w in wins:
-        lines.append(f"| {w['system']} | {w['dose']} | {w['peer']} | {w['f1']:.3f} ({w['tp']}) | "
+        mark = (flags.get(w["system"]) or {}).get((w["dose"], w["peer"]), "")
+        lines.append(f"| {w['system']} | {w['dose']} | {w['peer']}{mark} | {w['f1']:.3f} ({w['tp']}) | "
                      f"{w['atomfinder_f1']:.3f} ({w['atomfinder_tp']}) | {w['rmse_pm']:.1f} pm | "
                      f"{w['atomfinder_rmse_pm']:.1f} pm |")
     return lines + [""]
 
 
+NOT_RECORDED = "not recorded"
+#: How the page names each stamp field.
+FIELD_NAMES = {
+    "n_images": "images per store", "selection": "selection", "crlb_images": "CRLB images per store",
+    "doses": "doses asked", "data_dir": "test stores in", "skip_peers": "peers skipped",
+    "budget_min": "AtomAI budget (min of the threads, CPU time)", "atomai_train_images": "AtomAI training images",
+    "atomai_threshold": "AtomAI threshold", "threads": "threads", "timing_sizes": "image sides",
+    "timing_model": "atomfinder model timed", "repeats": "timed runs after the warm-up", "gpu": "CUDA rows",
+    "atomap_max_s": "Atomap time limit (s)", "machine": "machine", "atomfinder_torch": "atomfinder's torch",
+    "peer_versions": "peers' environment",
+}
+
+
+def block_settings(block: str, result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings of block ``block`` (a system, or ``timing``) as its run stamp records them, with
+    :data:`NOT_RECORDED` for what it does not, and where a value came from when it is not the stamp.
+
+    A stamp of a run before every setting was recorded (no ``stamp_version``) is completed only
+    with what is known: for the blocks made by the last run (its ``settings.systems``), that
+    run's saved settings and machine; for the timing, the number of timed runs counted from the
+    saved times. Everything else is "not recorded"."""
+    stamp = dict((result.get("runs") or {}).get(block) or {})
+    fields = ("date", "commit") + tuple(dict.fromkeys(SYSTEM_FIELDS + TIMING_FIELDS + COMMON_FIELDS))
+    values = {k: stamp.get(k, NOT_RECORDED) for k in fields}
+    origin: dict[str, str] = dict(stamp.get("origin") or {})
+    if stamp.get("stamp_version"):
+        return values, origin
+    settings = result.get("settings") or {}
+    if block != "timing" and block in (settings.get("systems") or []):
+        for key in ("atomai_threshold", "doses", "data_dir", "peer_versions"):
+            if values.get(key) == NOT_RECORDED and key in settings:
+                values[key], origin[key] = settings[key], "from the saved settings of that run"
+        if values["machine"] == NOT_RECORDED and result.get("machine"):
+            values["machine"], origin["machine"] = result["machine"], "from the saved result of that run"
+    if block == "timing" and result.get("timing"):
+        counts = {len(r["times_s"]) - 1 for rows in result["timing"].values() for r in rows.values() if "times_s" in r}
+        if len(counts) == 1:
+            values["repeats"], origin["repeats"] = counts.pop(), "counted from the saved timings"
+        values["timing_sizes"] = [int(k) for k in result["timing"]]
+        origin["timing_sizes"] = "from the saved timings"
+    return values, origin
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {x}" for k, x in v.items()) if v else "none"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(dose_tag(x) if isinstance(x, float) else str(x) for x in v)
+    return str(v)
+
+
+def settings_line(block: str, result: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """One line: the date, commit and ``fields`` of block ``block``'s run."""
+    values, origin = block_settings(block, result)
+    stamp = (result.get("runs") or {}).get(block) or {}
+    if stamp.get("stamp_version"):
+        commits = sorted({c.get("commit") or NOT_RECORDED for c in (stamp.get("stages") or {}).values()})
+        when = (f"run of {values['date']} at commit {values['commit']} (its stages computed at commit "
+                f"{', '.join(commits) or NOT_RECORDED})")
+    else:
+        when = (f"run of {values['date']}, commit {values['commit']} (the checkout's when that run ended; the "
+                "commits that computed its stages were not recorded)")
+    parts = []
+    for key in fields:
+        v = values.get(key, NOT_RECORDED)
+        text = NOT_RECORDED if v == NOT_RECORDED else _value(v)
+        if key in origin:
+            text += f" ({origin[key]})"
+        parts.append(f"{FIELD_NAMES.get(key, key)}: {text}")
+    return f"Settings of these rows: {when}; " + "; ".join(parts) + "."
+
+
+def settings_differences(result: Mapping[str, Any]) -> list[str]:
+    """One line per setting that differs between the page's blocks, or that some blocks did
+    not record: the rows are then not comparable on that setting."""
+    blocks = {k: block_settings(k, result)[0] for k in result.get("systems") or {}}
+    if result.get("timing"):
+        blocks["timing"] = block_settings("timing", result)[0]
+    out = []
+    for key in tuple(dict.fromkeys(SYSTEM_FIELDS + COMMON_FIELDS)):
+        which = [k for k in blocks if k != "timing" or key in TIMING_FIELDS + COMMON_FIELDS]
+        if len(which) < 2:
+            continue
+        seen = {k: json.dumps(blocks[k].get(key, NOT_RECORDED), sort_keys=True) for k in which}
+        if len(set(seen.values())) > 1:
+            by_value: dict[str, list[str]] = {}
+            for k, v in seen.items():
+                by_value.setdefault(v, []).append(k)
+            out.append(f"- {FIELD_NAMES.get(key, key)}: " + "; ".join(
+                f"{', '.join(ks)}: {_value(json.loads(v))}" for v, ks in by_value.items()))
+    return out
+
+
+def legacy_flags(result: Mapping[str, Any]) -> tuple[dict[str, dict[tuple[str, str], str]], list[str]]:
+    """Rows measured under a behaviour the harness has since corrected, per system: ``{system:
+    {(dose tag, method): mark}}``, and the footnotes that explain the marks.
+
+    * † a dose's images spread over a whole store that holds more images than the system's other
+      stores (gold-focal 1e4 was made with ``--n 128``, the others with 64): other specimens than
+      the other doses' rows (results before ``selection`` was recorded);
+    * ‡ AtomAI on a focal series trained with the first frame's masks on a later frame's images
+      (training results without ``masks``).
+    """
+    flags: dict[str, dict[tuple[str, str], str]] = {}
+    notes: list[str] = []
+    for system, per_dose in (result.get("systems") or {}).items():
+        marks: dict[tuple[str, str], str] = {}
+        old = {tag: res for tag, res in per_dose.items() if "selection" not in res and res.get("indices")}
+        if len(old) > 1 and len({tuple(r["indices"]) for r in old.values()}) > 1:
+            shared = min(max(r["indices"]) + 1 for r in old.values())
+            for tag, res in old.items():
+                if max(res["indices"]) + 1 > shared:
+                    marks.update({(tag, name): "†" for name in res["methods"]})
+                    held = (res.get("selection_derived") or {}).get("store_images")
+                    notes.append(
+                        f"† {system} {tag}: measured under the old selection, images spread over all "
+                        f"{held if held else 'the'} images of {res['store']} (indices {res['indices'][0]}.."
+                        f"{res['indices'][-1]}), while the system's other stores hold {shared}: other specimens "
+                        "than its other doses' rows (the harness now spreads over the images all the system's "
+                        "stores share, the recipe's). To be replaced by a rerun.")
+        training = (result.get("atomai_training") or {}).get(system)
+        focal = any(n.startswith(f"{system}: a focal-series model") for n in result.get("notes") or [])
+        if focal and training and "masks" not in training:
+            for tag, res in per_dose.items():
+                if ATOMAI in res["methods"]:
+                    marks[(tag, ATOMAI)] = marks.get((tag, ATOMAI), "") + "‡"
+            notes.append(
+                f"‡ {system}, AtomAI: trained on the middle frame of the training series with the masks of "
+                "the first frame (the store's targets lie in the first frame's grid; the middle frame "
+                "drifted about 2 px from it on average), by the harness before the masks were drawn at the drifted ground truth. "
+                "To be replaced by a rerun.")
+        if marks:
+            flags[system] = marks
+    return flags, notes
+
+
+def selection_line(system: str, per_dose: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which images of each store the rows of ``system`` score, and how many of the simulated
+    specimens they show (doses with the same description share one clause)."""
+    described: dict[str, list[str]] = {}
+    for tag, res in per_dose.items():
+        sel, idx = res.get("selection"), res.get("indices") or []
+        if sel:
+            text = (f"{res['n_images']} image(s) spread over the store's first {sel['first']} (of its "
+                    f"{sel['store_images']}), showing {sel['specimens_shown']} of the {sel['specimens_total']} "
+                    "specimens those hold")
+        elif idx:
+            old = res.get("selection_derived")
+            text = (f"{res['n_images']} image(s) spread over the whole store (indices {idx[0]}..{idx[-1]}), "
+                    + (f"showing {old['specimens_shown']} of the {old['specimens_total']} specimens of its "
+                       f"{old['store_images']} images" if old else "specimens shown not recorded"))
+        else:
+            text = f"{res.get('n_images', '?')} images, which ones not recorded"
+        described.setdefault(text, []).append(tag)
+    same = len({json.dumps(r.get("indices")) for r in per_dose.values()}) == 1 and all(
+        r.get("indices") for r in per_dose.values())
+    head = "Images, the same at every dose: " if same else "Images, **not the same at every dose**: "
+    return head + "; ".join(f"{', '.join(tags)}: {text}" for text, tags in described.items()) + "."
+
+
+def describe_old_selections(result: dict[str, Any], data_dir: Path) -> None:
+    """For rows of runs before the selection was recorded, the store's size and the specimens
+    their images show, read from the store's attributes where it is at ``data_dir`` (nothing
+    is scored again); rows whose store is not there are left as they are ("not recorded")."""
+    from atomfinder.datasets.store import DatasetStore, StoreError
+
+    for per_dose in (result.get("systems") or {}).values():
+        for res in per_dose.values():
+            if "selection" in res or "selection_derived" in res or not res.get("indices"):
+                continue
+            path = Path(data_dir) / res["store"]
+            try:
+                store = DatasetStore(path)
+            except StoreError:
+                continue
+            res["selection_derived"] = {
+                "store_images": len(store),
+                "specimens_shown": len(set(specimen_ids(store.meta, res["indices"]))),
+                "specimens_total": len(set(specimen_ids(store.meta, range(len(store))))),
+            }
+
+
 def markdown(result: Mapping[str, Any], figures: Sequence[Path], out: Path) -> str:
-    """The whole ``docs/benchmarks.md`` text."""
-    s = result["settings"]
+    """The whole ``docs/benchmarks.md`` text: every run-dependent setting is given per block (each
+    system's rows, the timing) from that block's own run stamp, never from the last run's."""
+    s = result.get("settings") or {}
+    runs = result.get("runs") or {}
+    systems = result.get("systems") or {}
+    versions = {json.dumps(block_settings(k, result)[0].get("peer_versions"), sort_keys=True) for k in runs}
+    peer = [json.loads(v) for v in versions if json.loads(v) not in (NOT_RECORDED, {}, None)]
+    atomai_v = ", ".join(sorted({v.get("atomai", "?") for v in peer})) or NOT_RECORDED
+    atomap_v = ", ".join(sorted({v.get("atomap", "?") for v in peer})) or NOT_RECORDED
     lines = [
         "# Benchmarks: atomfinder and its peers", "",
         "Generated by `make compare` (`benchmarks/compare.py`); do not edit by hand.", "",
-        f"Same independent simulated test images for every method ({s['n_images']} per dose and system, "
-        f"`{s['data_dir']}/<system>-test-<dose>.zarr`, spread evenly over each store so that they show every "
-        "simulated specimen of it: a store holds 8 microscopes of each graphene or MoS2 sheet, 2 of each gold "
-        "particle, in a row), scored by atomfinder's evaluator: one-to-one matching "
+        "Same independent simulated test images for every method (`<data>/<system>-test-<dose>.zarr`; per "
+        "system, the same images of every dose's store, spread evenly over the images that all its stores share, "
+        "so that each dose shows the same specimens: a store holds 8 microscopes of each graphene or MoS2 sheet, "
+        "2 of each gold particle, in a row; how many specimens the rows see is given per system, and rows of runs "
+        "before this rule say how their images were chosen), scored by "
+        "atomfinder's evaluator: one-to-one matching "
         f"at {RADIUS_A} Å, a {BORDER_A} Å band along the image edge neither required nor penalised. "
-        "RMSE is the 2-D error of matched atoms; RMSE/axis is per coordinate, compared with the "
-        "Cramér-Rao bound (CRLB, 1 σ per coordinate) of the same sites, computed on "
-        f"{s['crlb_images']} of those images per store (spread likewise) from the re-simulated noise-free image "
+        "RMSE is the 2-D error of the matched atoms of all the images. RMSE/axis is per coordinate and only over "
+        "the sites of the CRLB images, a few of those images per store (spread likewise; the column "
+        "CRLB pairs counts their matched sites), compared with the Cramér-Rao bound (CRLB, 1 σ per coordinate) "
+        "of the same sites, computed from the re-simulated noise-free image "
         "(finite differences of the image with respect to every site's position, all sites' "
         "coordinates unknown together, Poisson noise at the dose, ideal detector without MTF: "
-        "`atomfinder.imaging.crlb.image_position_crlb_A`). RMSE / CRLB = 1 would be an efficient "
+        "`atomfinder.imaging.crlb.image_position_crlb_A`); so RMSE and RMSE/axis cover different images, "
+        "and RMSE/axis can differ from RMSE / √2 either way, even exceed RMSE. RMSE / CRLB = 1 would be an efficient "
         "estimator on an ideal detector. Where the bound comes near the matching radius (low dose), the "
         "errors of matched atoms are cut off at the radius and RMSE / CRLB falls below 1: the ratio "
         "means something only where the bound is well below the radius. The tables' s / image is the "
-        "wall time of each method in this run, which may have shared the machine with other work: the "
+        "wall time of each method in its run, which may have shared the machine with other work: the "
         "speed section below is the controlled measurement.", "",
-        "Methods:", "",
+        "Methods (each block's settings are given above its table):", "",
         "- **atomfinder**: the shipped model of the system.",
-        f"- **AtomAI** {s.get('peer_versions', {}).get('atomai', '0.8.1')}: `Segmentor(\"Unet\")` trained on the "
-        f"shipped model's own training store for {s['budget_min']} min of {s['threads']} CPU threads (counted as "
-        "the process's CPU time, so other work on the machine does not shorten it) "
-        "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image), atoms from its own "
-        f"coordinate finder (`Locator`, threshold {s['atomai_threshold']}, centre of mass).",
-        f"- **Atomap** {s.get('peer_versions', {}).get('atomap', '0.4.2')}: `Sublattice` 2-D Gaussian refinement "
+        f"- **AtomAI** {atomai_v}: `Segmentor(\"Unet\")` trained on the shipped model's own training store for "
+        "the block's budget of CPU time (minutes of its threads, counted as the process's CPU time, so other "
+        "work on the machine does not shorten it; the first 10 mini-batches, which measure the time per "
+        "mini-batch, always run, so a budget shorter than those is overrun) "
+        "(batch 8, AtomAI's rotation augmentation, images scaled to [0, 1] per image, on the CPU, passed explicitly"
+        + ("; the training results of earlier runs do not record the device"
+           if any("device" not in v for v in (result.get("atomai_training") or {}).values()) else "")
+        + "), atoms from its own coordinate finder (`Locator`, the block's threshold, centre of mass).",
+        f"- **Atomap** {atomap_v}: `Sublattice` 2-D Gaussian refinement "
         "(`refine_atom_positions_using_2d_gaussian`) seeded by the conventional peak finder, and, as a second row, "
         "seeded by atomfinder's detections (does Gaussian refinement improve on atomfinder's sub-pixel "
         "positions?). Atomap's time includes its seeds' detection.",
         "- **conventional**: atomfinder's band-pass + local-maxima baseline (`atomfinder.detection.baseline`).",
         "",
     ]
-    lines += [f"Systems in this run: {', '.join(s['systems'])}; doses {', '.join(dose_tag(d) for d in s['doses'])} "
-              "e/Å² where the model covers them.", ""]
-    runs = result.get("runs") or {}
-    if len({json.dumps(r, sort_keys=True) for r in runs.values()}) > 1:  # rows kept from earlier runs
-        lines += ["Not every row comes from the same run (`--keep-others`): " + "; ".join(
-            f"{k}: {r.get('date', '?')} at commit {r.get('commit', '?')}, {r.get('n_images', '?')} images per "
-            f"store, " + ("no peers" if r.get("skip_peers") else f"AtomAI {r.get('budget_min', '?')} min")
-            for k, r in runs.items()) + ".", ""]
-    without_peers = [k for k in result.get("systems") or {} if (runs.get(k) or {}).get("skip_peers")]
-    if without_peers or (s.get("skip_peers") and not runs):
-        lines += ["Peers were not run (`--skip-peers`)"
-                  + (f" for: {', '.join(without_peers)}." if without_peers else "."), ""]
+    last = ", ".join(s.get("systems") or []) or "none"
+    lines += [f"Systems on this page: {', '.join(systems) or 'none'}. The last run made: {last}"
+              + (f" (doses asked: {', '.join(dose_tag(d) for d in s['doses'])} e/Å², scored where the model "
+                 "covers them)" if s.get("doses") else "")
+              + ("; the rows of the others are kept from earlier runs (`--keep-others`), each with its own "
+                 "settings." if set(systems) - set(s.get("systems") or []) else "."), ""]
+    differences = settings_differences(result)
+    if differences:
+        lines += ["**Settings differ between the blocks of this page** (or were not recorded by some), so "
+                  "their rows are not comparable on these:", ""] + differences + [""]
+    without_peers = [k for k in systems if block_settings(k, result)[0].get("skip_peers") is True]
+    if without_peers:
+        lines += [f"Peers were not run (`--skip-peers`) for: {', '.join(without_peers)}.", ""]
     if result.get("atomai_training"):
         lines += ["AtomAI training: " + ", ".join(
             f"{k}: {v['cycles']} mini-batches of {v['batch_size']} in {v['seconds'] / 60:.1f} min "
-            f"({v.get('cpu_seconds', math.nan) / 60:.0f} CPU-min) on "
-            f"{v['train_images']} images of {v['store']}" for k, v in result["atomai_training"].items()), ""]
+            f"({v.get('cpu_seconds', math.nan) / 60:.1f} CPU-min"
+            + (f" of a budget of {v['budget_cpu_s'] / 60:.1f}" if "budget_cpu_s" in v else "")
+            + f") on {v['train_images']} images of {v['store']}" for k, v in result["atomai_training"].items()), ""]
+    flags, flag_notes = legacy_flags(result)
     lines += ["## Accuracy", ""]
-    for system, per_dose in (result.get("systems") or {}).items():
-        lines += accuracy_table(system, per_dose)
+    for system, per_dose in systems.items():
+        table = accuracy_table(system, per_dose, flags.get(system))
+        lines += table[:2] + [settings_line(system, result, SYSTEM_FIELDS + COMMON_FIELDS), "",
+                              selection_line(system, per_dose), ""] + table[2:]
+        lines += [n for n in flag_notes if n.split(" ", 2)[1].rstrip(",") == system] + [""]
     for note in result.get("notes", []):
         lines.append(f"- {note}")
     lines.append("")
-    lines += ["### Where a peer is ahead", ""] + peer_wins_lines(peer_wins(result))
+    lines += ["### Where a peer is ahead", ""] + peer_wins_lines(peer_wins(result), flags)
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     for p in figures:
         lines += [f"![{p.stem}]({rel(p)})", ""]
+    if figures and flags:
+        lines += ["The figures include the rows marked † and ‡ above.", ""]
     if result.get("timing"):
+        t, _ = block_settings("timing", result)
+        repeats = t.get("repeats")
         lines += ["## Speed and memory", "",
-                  "Image to atom table on a synthetic graphene-like lattice at 0.1 Å/px, each tool in a "
-                  f"fresh process with {s['threads']} threads: median of {s['repeats']} runs after one warm-up, "
-                  "peak resident memory of the process. Ratios to atomfinder on the same machine are the "
-                  "result; the absolute figures belong to this machine "
-                  f"({result.get('machine', '?')}). Atomap's figure is the Gaussian refinement of the "
-                  "conventional peak finder's seeds.", ""]
+                  "Image to atom table on a synthetic graphene-like lattice at 0.1 Å/px, each tool in a fresh "
+                  "process with the block's threads: the median of the timed runs after one warm-up"
+                  + (f" ({repeats})" if repeats != NOT_RECORDED else "") + ", and the peak resident memory of "
+                  "the process. Every row runs on the device in its device column (passed explicitly; the "
+                  "CUDA rows only with `--gpu`). Ratios to atomfinder on the same machine are the "
+                  "result; the absolute figures belong to the block's machine. Atomap's figure is the Gaussian "
+                  "refinement of the conventional peak finder's seeds. A process's memory includes its "
+                  "imports: the column RSS after imports is each process's resident memory after importing "
+                  "its tool (torch and atomfinder; torch and AtomAI; Atomap, which does not use torch) and "
+                  "before any work, so the memory ratios are read against those baselines.", "",
+                  settings_line("timing", result, TIMING_FIELDS + COMMON_FIELDS), ""]
         lines += timing_table(result["timing"])
+        lines += timing_notes(result["timing"])
     lines += ["## Headline ratios", "", "```json", json.dumps(result.get("headline", {}), indent=1), "```", ""]
+    flagged = sorted({f"{system}" for system in flags})
+    if flagged:
+        lines += [f"The means of {', '.join(flagged)} include rows marked † or ‡ above.", ""]
     return "\n".join(lines)
+
+
+def timing_notes(timing: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What the timing rows of a run before the device, the import baseline and torch-free Atomap
+    were recorded can and cannot say."""
+    rows = [(name, r) for per_size in timing.values() for name, r in per_size.items() if "times_s" in r]
+    old = [(name, r) for name, r in rows if "import_rss_mb" not in r]
+    if not old:
+        return []
+    lines = ["Rows without an import baseline come from a run before it was measured: "]
+    if any(name == "Atomap" for name, _ in old):
+        lines[0] += ("its worker imported torch for every tool, so Atomap's peak RSS there includes a torch import "
+                     "that Atomap does not use. ")
+    devices = {r.get("device") for _, r in old}
+    if devices <= {"cpu"} and not any("(cuda)" in name for name, _ in rows):
+        lines[0] += ("Their devices were labelled by that harness (atomfinder: `cpu` whenever no device was "
+                     "passed; the peers: `cuda` whenever CUDA was present); no CUDA row was made and the peers "
+                     "reported `cpu`, so CUDA was absent and every row ran on the CPU.")
+    else:
+        lines[0] += ("Their devices were labelled by that harness, which could call a run on CUDA `cpu` "
+                     "(atomfinder, no device passed) or a CPU run `cuda` (the peers, CUDA present).")
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------- main
 
 
+def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` above 0 (or at least 0 with ``zero``), finite; anything else is
+    refused in one line (exit code 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"{text} must be {'0 or more' if zero else 'above 0'}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; every count, dose, size and budget checked (argparse's one-line refusal, exit 2)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup-peers", action="store_true", help="Create .venv-peers (AtomAI, Atomap) if absent.")
     ap.add_argument("--skip-peers", action="store_true",
@@ -953,118 +1393,227 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="Run nothing: write --out and its figures again from its saved result.json.")
     ap.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS),
                     help="Shipped models to compare (each scored on its own test stores).")
-    ap.add_argument("--doses", nargs="+", type=float, default=[2e2, 1e3, 1e4, 1e5])
-    ap.add_argument("--n-images", type=int, default=16, help="Test images per store, spread evenly over it.")
-    ap.add_argument("--crlb-images", type=int, default=4, help="Images per store whose bound is computed.")
-    ap.add_argument("--budget-min", type=float, default=30.0,
-                    help="AtomAI training per system: minutes of --threads cores, counted as CPU time.")
-    ap.add_argument("--atomai-train-images", type=int, default=1500)
-    ap.add_argument("--atomai-threshold", type=float, default=0.5)
+    ap.add_argument("--doses", nargs="+", type=_positive(float), default=[2e2, 1e3, 1e4, 1e5])
+    ap.add_argument("--n-images", type=_positive(int), default=16,
+                    help="Test images per store, spread evenly over the images that all the system's "
+                         "stores share (the same specimens at every dose).")
+    ap.add_argument("--crlb-images", type=_positive(int, zero=True), default=4,
+                    help="Images per store whose bound is computed (0: none).")
+    ap.add_argument("--budget-min", type=_positive(float), default=30.0,
+                    help="AtomAI training per system: minutes of --threads cores, counted as CPU time. Its first "
+                         "10 mini-batches (which measure the time per mini-batch) always run, so a budget shorter "
+                         "than those is overrun; the page gives the CPU time spent.")
+    ap.add_argument("--atomai-train-images", type=_positive(int), default=1500)
+    ap.add_argument("--atomai-threshold", type=float, default=0.5,
+                    help="AtomAI Locator threshold (0-1), in the accuracy rows and in the timing.")
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--timing-sizes", nargs="*", type=int, default=[1024, 4096])
+    ap.add_argument("--timing-sizes", nargs="*", type=_positive(int), default=[1024, 4096],
+                    help="Image sides (px) of the speed and memory table; none: no timing.")
     ap.add_argument("--timing-model", default="graphene")
     ap.add_argument("--timing-untrained-atomai", action="store_true",
                     help="Time AtomAI with an untrained network when none was trained (no systems run).")
-    ap.add_argument("--repeats", type=int, default=3, help="Timed runs after the warm-up.")
-    ap.add_argument("--atomap-max-s", type=float, default=1800.0,
+    ap.add_argument("--repeats", type=_positive(int), default=3,
+                    help="Timed runs after the warm-up (at least 1: the warm-up is never the figure).")
+    ap.add_argument("--atomap-max-s", type=_positive(float), default=1800.0,
                     help="Skip Atomap at a size whose projected time for all runs exceeds this.")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gpu", action="store_true", default=None,
-                    help="Also time atomfinder on CUDA (default: if present).")
+    ap.add_argument("--threads", type=_positive(int), default=2)
+    ap.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                    help="Also time atomfinder and AtomAI on CUDA (--no-gpu: CPU only; default: if CUDA is "
+                         "present). Every other row runs on the CPU, device passed explicitly.")
     ap.add_argument("--work", type=Path,
                     help="Work folder kept between runs: finished stages (AtomAI training, each store, the "
                          "timing) are reused when their settings match, so a killed run resumes "
                          "(default: a temporary folder).")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not 0 <= args.atomai_threshold <= 1:
+        ap.error(f"argument --atomai-threshold: {args.atomai_threshold} must lie in 0..1")
+    if small := [size for size in args.timing_sizes if size < 32]:
+        ap.error(f"argument --timing-sizes: {small[0]} px is too small an image (32 px or more)")
+    if not args.render_only:
+        for option, names in (("--systems", args.systems), ("--timing-model", [args.timing_model] * bool(args.timing_sizes))):
+            for name in names:
+                if (why := _unknown_model(name)) is not None:
+                    ap.error(f"argument {option}: {why}")
+        if args.timing_sizes and _channels(args.timing_model) != 1:
+            ap.error(f"argument --timing-model: {args.timing_model} sees a focal series of "
+                     f"{_channels(args.timing_model)} frames; the timing images are single frames")
+    return args
+
+
+def _channels(name: str) -> int:
+    """Input frames of model ``name``."""
+    from atomfinder.nn.card import load_card, resolve_model
+
+    return int(load_card(resolve_model(name)).in_channels)
+
+
+def _unknown_model(name: str) -> str | None:
+    """Why ``name`` is no model (the first line of :func:`resolve_model`'s refusal); None for a model."""
+    from atomfinder.nn.card import resolve_model
+
+    try:
+        resolve_model(name)
+    except ValueError as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The whole comparison (see the module docs); the result dict that :func:`markdown` renders."""
     import torch
 
+    from atomfinder.datasets.store import DatasetStore
     from atomfinder.nn.card import load_model, resolve_model
 
     torch.set_num_threads(args.threads)
     if args.gpu is None:
         args.gpu = bool(torch.cuda.is_available())
-    result: dict[str, Any] = {"systems": {}, "atomai_training": {}, "notes": [],
-                              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     peer_versions = {} if args.skip_peers else run_worker(["versions"], threads=args.threads)
+    stamp = run_stamp(args, peer_versions, torch.__version__)
+    provenance = {"commit": stamp["commit"], "date": stamp["date"]}
+    result: dict[str, Any] = {"systems": {}, "atomai_training": {}, "notes": [], "machine": stamp["machine"],
+                              "runs": {}}
     for system in args.systems:
         net, card = load_model(resolve_model(system))
+        recipe = test_recipe(card.name, card.training["data"]["simulation"]["system"])
         doses = []
         for dose in args.doses:
             if not dose_covered(card, dose):
                 result["notes"].append(f"{system} {dose_tag(dose)}: outside the model's dose range; not scored")
                 continue
-            path = ensure_test_store(args.data_dir, test_recipe(card.name, card.training["data"]["simulation"]["system"]),
-                                     dose)
+            path = ensure_test_store(args.data_dir, recipe, dose)
             if path is None:
                 result["notes"].append(f"{system} {dose_tag(dose)}: no test store and no recipe to simulate one")
             else:
                 doses.append((dose, path))
         if not doses:
             continue
+        # every dose is scored on the same specimens: images spread over the first images that
+        # all the system's stores hold, and of those only the recipe's (a longer store, e.g. one
+        # made with --n 128 where the recipe makes 64, holds other specimens after them)
+        usable = []
+        for _, path in doses:
+            n, note = recipe_images(path, DatasetStore(path), recipe)
+            usable.append(n)
+            if note:
+                result["notes"].append(f"{system}: {note}")
+        first = min(usable)
+        log(f"{system}: images spread over the first {first} images of each of its stores")
         if card.in_channels > 1:
             result["notes"].append(
                 f"{system}: a focal-series model (atomfinder sees the {card.in_channels} frames); the other methods "
                 f"see frame {peer_frame(card)} (0-based), and every method is scored on the atom columns as one "
-                "class (vacancy sites left out). No Cramér-Rao bound (focal stores are not re-simulated).")
+                "class (vacancy sites left out). AtomAI is trained on the same frame of its training series, with "
+                "masks drawn at the ground truth moved by that frame's recorded drift. No Cramér-Rao bound (focal "
+                "stores are not re-simulated).")
         sys_work = work / system
         sys_work.mkdir(parents=True, exist_ok=True)
-        model = {"name": card.name, "version": card.version}
+        model = {"name": card.name, "version": card.version, "weights_sha1": file_sha1(resolve_model(system))}
         atomai_ready = False
+        stages: dict[str, Any] = {}
         if not args.skip_peers:
-            # AtomAI learns from the model's training data, not from the model: a new version
-            # trained on the same store reuses it
-            training = {"data": {k: card.training["data"].get(k) for k in ("store", "seed", "simulation")},
-                        "frame": peer_frame(card), "budget_min": args.budget_min, "threads": args.threads,
-                        "train_images": args.atomai_train_images}
+            training = atomai_training_key(card, args)
             if not (sys_work / "atomai.pt").exists():
                 (sys_work / "atomai_training.json").unlink(missing_ok=True)
             result["atomai_training"][system] = stage(sys_work / "atomai_training.json", training,
-                                                      lambda: train_atomai(card, sys_work, args))
+                                                      lambda: train_atomai(card, sys_work, args), provenance)
+            stages["atomai_training"] = computed_by(sys_work / "atomai_training.json")
             atomai_ready = True
         result["systems"][system] = {}
         for dose, path in doses:
-            settings = {"model": model, "store": path.name, "n_images": args.n_images, "selection": "spread",
+            settings = {"model": model, "store": store_identity(path, DatasetStore(path)), "first": first,
+                        "n_images": args.n_images, "selection": "spread over the first images all stores share",
                         "crlb_images": args.crlb_images, "skip_peers": args.skip_peers,
-                        "atomai_threshold": args.atomai_threshold,
+                        "atomai_threshold": args.atomai_threshold, "threads": args.threads,
                         "atomai": result["atomai_training"].get(system)}
-            res = stage(sys_work / f"store-{dose_tag(dose)}.json", settings,
-                        lambda: run_store(system, dose, path, net, card, sys_work, args, atomai_ready))
+            stage_path = sys_work / f"store-{dose_tag(dose)}.json"
+            res = stage(stage_path, settings,
+                        lambda: run_store(system, dose, path, net, card, sys_work, args, atomai_ready, first),
+                        provenance)
+            stages[f"store-{dose_tag(dose)}"] = computed_by(stage_path)
             result["systems"][system][dose_tag(dose)] = res | {"dose": dose}
+        result["runs"][system] = stamp | {"block": "system", "stages": stages}
     if args.timing_sizes:
         timing_work = work / "timing"
         timing_work.mkdir(parents=True, exist_ok=True)
         trained = work / args.timing_model / "atomai.pt"
         if trained.exists():
             (timing_work / "atomai.pt").write_bytes(trained.read_bytes())
-        settings = {"sizes": args.timing_sizes, "model": args.timing_model, "repeats": args.repeats,
+        settings = {"sizes": args.timing_sizes, "model": args.timing_model,
+                    "weights_sha1": file_sha1(resolve_model(args.timing_model)), "repeats": args.repeats,
                     "threads": args.threads, "gpu": args.gpu, "skip_peers": args.skip_peers,
                     "atomai_trained": trained.exists(), "untrained_atomai": args.timing_untrained_atomai,
+                    "atomai_threshold": args.atomai_threshold, "atomap_max_s": args.atomap_max_s,
+                    "peer_versions": peer_versions, "atomfinder_torch": torch.__version__,
                     "atomai": result["atomai_training"].get(args.timing_model)}
         result["timing"] = stage(timing_work / "timing.json", settings,
-                                 lambda: run_timing(timing_work, args, trained.exists()))
+                                 lambda: run_timing(timing_work, args, trained.exists()), provenance)
+        result["runs"]["timing"] = stamp | {"block": "timing",
+                                            "stages": {"timing": computed_by(timing_work / "timing.json")}}
     result["settings"] = {
         "systems": args.systems, "doses": args.doses, "n_images": args.n_images, "crlb_images": args.crlb_images,
         "budget_min": args.budget_min, "threads": args.threads, "atomai_threshold": args.atomai_threshold,
-        "repeats": args.repeats, "data_dir": os.path.relpath(args.data_dir, ROOT), "skip_peers": args.skip_peers,
+        "repeats": args.repeats, "data_dir": stamp["data_dir"], "skip_peers": args.skip_peers,
         "peer_versions": peer_versions,
     }
-    stamp = run_stamp(args)
-    result["runs"] = {system: stamp for system in result["systems"]} | ({"timing": stamp} if "timing" in result else {})
     result["headline"] = headline(result)
     return result
 
 
-def run_stamp(args: argparse.Namespace) -> dict[str, Any]:
-    """When, at which commit and with which settings this run's rows were made."""
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return {"date": time.strftime("%Y-%m-%d"), "commit": proc.stdout.strip() or "?", "n_images": args.n_images,
-            "crlb_images": args.crlb_images, "budget_min": args.budget_min, "threads": args.threads,
-            "skip_peers": args.skip_peers}
+#: Stamp fields that bear on a system's accuracy rows, and on the timing rows (the rest of a
+#: stamp: date, commit, machine, versions, apply to both).
+SYSTEM_FIELDS = ("n_images", "selection", "crlb_images", "doses", "data_dir", "skip_peers", "budget_min",
+                 "atomai_train_images", "atomai_threshold", "threads")
+TIMING_FIELDS = ("timing_sizes", "timing_model", "repeats", "threads", "gpu", "atomap_max_s", "atomai_threshold",
+                 "skip_peers")
+COMMON_FIELDS = ("machine", "atomfinder_torch", "peer_versions")
+
+
+def atomai_training_key(card: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings AtomAI's training stage is computed once per (:func:`stage`).
+
+    AtomAI learns from the model's training data, not from the model: a new version trained
+    on the same store reuses it. A focal series's network, trained on a later frame, carries
+    how its masks were made: the harness once trained it with the first frame's masks, and
+    such a cached ``atomai.pt`` must not be reused. A single-frame model's key is unchanged
+    (its masks are the store's targets, as before).
+    """
+    key = {"data": {k: card.training["data"].get(k) for k in ("store", "seed", "simulation")},
+           "frame": peer_frame(card), "budget_min": args.budget_min, "threads": args.threads,
+           "train_images": args.atomai_train_images}
+    if peer_frame(card):
+        key["masks"] = f"ground truth + drift of frame {peer_frame(card)}"
+    return key
+
+
+def run_stamp(args: argparse.Namespace, peer_versions: Mapping[str, Any] | None = None,
+              atomfinder_torch: str | None = None) -> dict[str, Any]:
+    """When, at which commit (the checkout's at the start of the run) and with which settings
+    this run's rows were made: every option that changes a row, so that rows kept from
+    earlier runs (``--keep-others``) are shown with their own settings."""
+    return {"stamp_version": 2, "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+            "n_images": args.n_images, "selection": "spread over the first images all of a system's stores share",
+            "crlb_images": args.crlb_images, "doses": list(args.doses),
+            "data_dir": os.path.relpath(args.data_dir, ROOT), "skip_peers": args.skip_peers,
+            "budget_min": args.budget_min, "atomai_train_images": args.atomai_train_images,
+            "atomai_threshold": args.atomai_threshold, "threads": args.threads,
+            "timing_sizes": list(args.timing_sizes), "timing_model": args.timing_model, "repeats": args.repeats,
+            "gpu": args.gpu, "atomap_max_s": args.atomap_max_s,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "atomfinder_torch": atomfinder_torch, "peer_versions": dict(peer_versions or {})}
+
+
+def file_sha1(stem: Path) -> str:
+    """First 16 hex digits of the SHA-1 of a model's weights (``<stem>.safetensors``) and card."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for suffix in (".safetensors", ".json"):
+        f = Path(str(stem) + suffix)
+        if f.exists():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def result_path(out: Path) -> Path:
@@ -1090,11 +1639,11 @@ def keep_others(result: dict[str, Any], previous: Mapping[str, Any]) -> dict[str
         merged["systems"][system] = rows
         if system in (previous.get("atomai_training") or {}):
             merged["atomai_training"][system] = previous["atomai_training"][system]
-        merged["runs"][system] = (previous.get("runs") or {}).get(system, {})
+        merged["runs"][system] = kept_stamp(system, previous)
         notes += [n for n in previous.get("notes") or [] if n.split(" ", 1)[0].rstrip(":") == system]
     if "timing" not in result and previous.get("timing"):
         merged["timing"] = previous["timing"]
-        merged["runs"]["timing"] = (previous.get("runs") or {}).get("timing", {})
+        merged["runs"]["timing"] = kept_stamp("timing", previous)
     merged["notes"] = notes
     order = {name: i for i, name in enumerate(DEFAULT_SYSTEMS)}  # the default order, whatever ran last
     merged["systems"] = dict(sorted(merged["systems"].items(), key=lambda kv: order.get(kv[0], len(order))))
@@ -1102,16 +1651,35 @@ def keep_others(result: dict[str, Any], previous: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def render(out: Path) -> dict[str, Any]:
-    """Write ``out`` and its figures again from its saved ``result.json``; nothing is run."""
+def kept_stamp(block: str, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The run stamp of block ``block`` of ``previous`` to keep beside another run's rows: as
+    recorded, and for a stamp of a run before every setting was recorded, completed with what
+    ``previous`` knows of it (:func:`block_settings`, with where each value came from), since
+    the merged result's settings are no longer that run's."""
+    stamp = dict((previous.get("runs") or {}).get(block) or {})
+    if stamp.get("stamp_version"):
+        return stamp
+    values, origin = block_settings(block, previous)
+    return stamp | {k: v for k, v in values.items() if k in origin} | ({"origin": origin} if origin else {})
+
+
+def render(out: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Write ``out`` and its figures again from its saved ``result.json``; nothing is run (rows of
+    runs before the selection was recorded get their specimen counts from the stores' attributes
+    at ``data_dir`` where those are there)."""
     saved = result_path(out)
     if not saved.exists():
         raise SystemExit(f"--render-only: no saved result at {saved}")
     result = json.loads(saved.read_text())
+    if data_dir is not None:
+        describe_old_selections(result, data_dir)
     figures = plots(result, out.parent / out.stem)
     out.write_text(markdown(result, figures, out))
     log(f"wrote {out} and {len(figures)} figures from {saved.name}")
-    return {"out": str(out), "headline": result.get("headline")}
+    summary = {"out": str(out), "rendered_from": str(saved), "figures": [str(p) for p in figures],
+               "headline": result.get("headline")}
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1119,7 +1687,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     if args.render_only:
-        return render(args.out)
+        return render(args.out, args.data_dir)
     if args.setup_peers and not args.skip_peers:
         setup_peers()
     if not args.skip_peers and not peer_python().exists():
@@ -1131,6 +1699,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     saved = result_path(args.out)
     if args.keep_others and saved.exists():
         result = keep_others(result, json.loads(saved.read_text()))
+        describe_old_selections(result, args.data_dir)
         log(f"kept the rows of {saved} that this run did not make")
     figures = plots(result, args.out.parent / args.out.stem)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 Runs inside ``.venv-peers`` (made by ``compare.py --setup-peers``), never inside
 atomfinder's environment, and imports only numpy, the standard library, torch,
-AtomAI and Atomap: atomfinder never imports a peer. Every exchange is a file in a
+AtomAI and Atomap: atomfinder never imports a peer. torch is imported only by the
+AtomAI commands (Atomap does not use it, and its import would count in Atomap's
+memory). Every exchange is a file in a
 work folder: ``.npy``/``.npz`` arrays in, ``.npz`` coordinates and one JSON
 object (printed as the last line of stdout) out. Coordinates are ``(x, y)`` in
 pixels (x = column, y = row, pixel centres at integers), atomfinder's convention.
@@ -12,7 +14,11 @@ Sub-commands::
     atomai-train   --work DIR --budget-cpu-s S      train_X.npy [n,1,h,w], train_y.npy [n,1,h,w] -> atomai.pt
     atomai-predict --work DIR                     images.npy [n,h,w] -> atomai_xy.npz
     atomap-refine  --work DIR --seeds NAME        images.npy, NAME.npz (xy per image, sign) -> NAME_refined.npz
-    time           --work DIR --tool T --image F  warm-up + repeats on one image -> times, peak RSS
+    time           --work DIR --tool T --image F  warm-up + repeats on one image -> times, peak RSS,
+                                                  RSS after the imports, device
+
+AtomAI runs on ``--device`` (default ``cpu``; AtomAI itself would take CUDA
+whenever it is present); the result names the device it ran on.
 
 Images are scaled to [0, 1] per image here (AtomAI's own scaling works on the
 whole stack at once); Atomap gets the image with the atoms made bright (the
@@ -42,19 +48,25 @@ def minmax(images: np.ndarray) -> np.ndarray:
 
 
 def _torch_setup(threads: int):
+    """torch with ``threads`` CPU threads: the AtomAI commands only."""
     import torch
 
     torch.set_num_threads(threads)
     return torch
 
 
-def _segmentor(nb_classes: int = 1):
+def _segmentor(nb_classes: int = 1, device: str = "cpu"):
+    """AtomAI's ``Segmentor("Unet")`` on ``device`` (AtomAI picks CUDA by itself whenever present)."""
     from atomai.models import Segmentor
 
-    return Segmentor("Unet", nb_classes=nb_classes)
+    model = Segmentor("Unet", nb_classes=nb_classes)
+    model.device = device
+    model.net.to(device)
+    return model
 
 
-def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int, seed: int) -> dict:
+def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int, seed: int,
+                 device: str = "cpu") -> dict:
     """Train AtomAI's ``Segmentor("Unet")`` for about ``budget_cpu_s`` seconds of CPU time.
 
     The budget is this process's CPU time (all its threads), so that a machine
@@ -62,7 +74,10 @@ def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int,
     ``budget_cpu_s / threads`` seconds of wall time on an idle machine. A short
     first fit (10 mini-batches) measures the CPU time per cycle; further fits on
     the same network, each at most a tenth of the budget and planned from the CPU
-    time per cycle measured so far, spend the rest. All count towards it. Saves the weights to ``work/atomai.pt`` (by rename).
+    time per cycle measured so far, spend the rest. All count towards it, and the
+    calibration always runs: a budget shorter than 10 mini-batches is overrun (the
+    result's ``cpu_seconds`` says by how much). Saves the weights to ``work/atomai.pt``
+    (by rename).
     """
     torch = _torch_setup(threads)
     torch.manual_seed(seed)
@@ -70,7 +85,7 @@ def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int,
     y = (np.load(work / "train_y.npy") > 0.5).astype(np.float32)
     n_test = max(batch_size, len(x) // 20)  # AtomAI needs a whole test mini-batch
     xt, yt, xv, yv = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
-    model = _segmentor()
+    model = _segmentor(device=device)
     start, start_cpu = time.perf_counter(), time.process_time()
     calibration = 10
     model.fit(xt, yt, xv, yv, training_cycles=calibration, batch_size=batch_size, rotation=True,
@@ -86,17 +101,20 @@ def atomai_train(work: Path, budget_cpu_s: float, batch_size: int, threads: int,
                   print_loss=max(1, cycles // 2), filename=str(work / "atomai"))
         done += cycles
         per_cycle = (time.process_time() - start_cpu) / done
+        print(f"atomai-train: {done} mini-batches, {time.process_time() - start_cpu:.0f} of {budget_cpu_s:.0f} "
+              f"CPU-s, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     torch.save(model.net.state_dict(), work / "atomai.pt.part")
     os.replace(work / "atomai.pt.part", work / "atomai.pt")
     return {"cycles": done, "batch_size": batch_size, "seconds": seconds,
-            "cpu_seconds": cpu_seconds, "train_images": int(len(xt)), "threads": threads}
+            "cpu_seconds": cpu_seconds, "budget_cpu_s": budget_cpu_s, "train_images": int(len(xt)),
+            "threads": threads, "device": str(model.device)}
 
 
-def _trained_segmentor(work: Path):
+def _trained_segmentor(work: Path, device: str = "cpu"):
     import torch
 
-    model = _segmentor()
+    model = _segmentor(device=device)
     weights = work / "atomai.pt"
     if weights.exists():
         model.net.load_state_dict(torch.load(weights, map_location=model.device))
@@ -111,10 +129,10 @@ def atomai_locate(model, image: np.ndarray, threshold: float) -> np.ndarray:
     return c[:, [1, 0]].astype(np.float64)  # AtomAI gives (row, col, class)
 
 
-def atomai_predict(work: Path, threads: int, threshold: float) -> dict:
+def atomai_predict(work: Path, threads: int, threshold: float, device: str = "cpu") -> dict:
     """Locate atoms in every image of ``images.npy`` with the trained model -> ``atomai_xy.npz``."""
     _torch_setup(threads)
-    model = _trained_segmentor(work)
+    model = _trained_segmentor(work, device)
     images = np.load(work / "images.npy")
     out, seconds = {}, []
     for i, image in enumerate(images):
@@ -122,7 +140,7 @@ def atomai_predict(work: Path, threads: int, threshold: float) -> dict:
         out[f"img{i}"] = atomai_locate(model, image, threshold)
         seconds.append(time.perf_counter() - t)
     np.savez(work / "atomai_xy.npz", **out)
-    return {"n_images": len(images), "seconds": seconds}
+    return {"n_images": len(images), "seconds": seconds, "device": str(model.device)}
 
 
 def atomap_refine_one(image: np.ndarray, xy: np.ndarray, sign: float) -> np.ndarray:
@@ -165,49 +183,68 @@ def atomap_refine(work: Path, seeds: str) -> dict:
     return {"n_images": len(images), "seconds": seconds, "failed": failed}
 
 
-def timing(work: Path, tool: str, image_file: str, repeats: int, threads: int, threshold: float) -> dict:
+def timing(work: Path, tool: str, image_file: str, repeats: int, threads: int, threshold: float,
+           device: str = "cpu") -> dict:
     """Median wall time of image -> atom table after one warm-up, and the process's peak RSS.
 
     ``atomai``: the trained network (or an untrained one: speed does not depend on
-    the weights) with its coordinate finder. ``atomap``: Gaussian refinement of
-    the seeds in ``<image>_seeds.npz`` (the conventional peak finder's, made by
-    the caller), so the figure is Atomap's refinement alone.
+    the weights) with its coordinate finder, on ``device``. ``atomap``: Gaussian
+    refinement of the seeds in ``<image>_seeds.npz`` (the conventional peak
+    finder's, made by the caller), so the figure is Atomap's refinement alone; on
+    the CPU (numpy and scipy), without torch.
+
+    ``import_rss_mb`` is the process's resident memory after the tool's imports and
+    before any work: the part of the peak that importing the tool costs.
     """
-    _torch_setup(threads)
-    image = np.load(work / image_file)
     if tool == "atomai":
-        model = _trained_segmentor(work)
-        run = lambda: atomai_locate(model, image, threshold)  # noqa: E731
+        _torch_setup(threads)
+        import atomai.models  # noqa: F401 - imported before the baseline is read
     elif tool == "atomap":
-        seeds = np.load(work / (Path(image_file).stem + "_seeds.npz"))
-        run = lambda: atomap_refine_one(image, seeds["xy"], float(seeds["sign"]))  # noqa: E731
+        import atomap.api  # noqa: F401
     else:
         raise ValueError(f"unknown tool {tool!r}")
+    import_rss = rss_mb()
+    image = np.load(work / image_file)
+    if tool == "atomai":
+        model = _trained_segmentor(work, device)
+        used = str(model.device)
+        run = lambda: atomai_locate(model, image, threshold)  # noqa: E731
+    else:
+        seeds = np.load(work / (Path(image_file).stem + "_seeds.npz"))
+        used = "cpu"
+        run = lambda: atomap_refine_one(image, seeds["xy"], float(seeds["sign"]))  # noqa: E731
     times, n_atoms = [], 0
     for _ in range(repeats + 1):
         t = time.perf_counter()
         n_atoms = len(run())
         times.append(time.perf_counter() - t)
-    return {"tool": tool, "times_s": times, "atoms": n_atoms,
-            "peak_rss_mb": peak_rss_mb(), "device": "cuda" if _cuda() else "cpu"}
+    return {"tool": tool, "times_s": times, "atoms": n_atoms, "peak_rss_mb": peak_rss_mb(),
+            "import_rss_mb": import_rss, "device": used, "threshold": threshold if tool == "atomai" else None,
+            "torch_imported": "torch" in sys.modules}
+
+
+def _status_mb(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` in MB (None where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MB): ``VmHWM`` on Linux, which, unlike
     ``ru_maxrss``, does not carry over the parent's peak across ``fork`` + ``exec``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+def rss_mb() -> float:
+    """This process's resident memory now (MB): ``VmRSS`` on Linux, else the peak so far."""
+    now = _status_mb("VmRSS")
+    return now if now is not None else peak_rss_mb()
 
 
 def versions() -> dict:
@@ -219,7 +256,7 @@ def versions() -> dict:
     import torch
 
     return {"atomai": version("atomai"), "atomap": version("atomap"), "torch": torch.__version__,
-            "python": sys.version.split()[0]}
+            "cuda_available": bool(torch.cuda.is_available()), "python": sys.version.split()[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,15 +272,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tool", default="atomai")
     ap.add_argument("--image", default="timing.npy")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="AtomAI's device (cpu, cuda)")
     a = ap.parse_args(argv)
     if a.command == "atomai-train":
-        result = atomai_train(a.work, a.budget_cpu_s, a.batch_size, a.threads, a.seed)
+        result = atomai_train(a.work, a.budget_cpu_s, a.batch_size, a.threads, a.seed, a.device)
     elif a.command == "atomai-predict":
-        result = atomai_predict(a.work, a.threads, a.threshold)
+        result = atomai_predict(a.work, a.threads, a.threshold, a.device)
     elif a.command == "atomap-refine":
         result = atomap_refine(a.work, a.seeds)
     elif a.command == "time":
-        result = timing(a.work, a.tool, a.image, a.repeats, a.threads, a.threshold)
+        result = timing(a.work, a.tool, a.image, a.repeats, a.threads, a.threshold, a.device)
     else:
         result = versions()
     print(json.dumps(result), flush=True)
