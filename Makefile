@@ -43,8 +43,9 @@ bench: $(STAMP)
 
 # atomfinder against AtomAI and Atomap on the same simulated test images, with the
 # Cramér-Rao bound (benchmarks/compare.py, docs/benchmarks.md). The peers live in their own
-# .venv-peers (torch 2.14.1 and its CUDA libraries, about 6.4 GB), never in .venv. Long: three
-# 30-minute AtomAI trainings, Atomap refinement of every test image; not part of `make test`.
+# .venv-peers (torch 2.14.1 and its CUDA libraries, about 6.4 GB), never in .venv. Long: one
+# AtomAI training per system (4 systems, 30 CPU-minutes of budget each, 31-88 min wall each when
+# last run), Atomap refinement of every test image; not part of `make test`.
 compare: $(STAMP)
 	$(PY) benchmarks/compare.py --setup-peers --budget-min 30 --work runs/compare --out docs/benchmarks.md
 
