@@ -402,6 +402,13 @@ def evaluate(
     _run(action)
 
 
+def _num(value, digits: int) -> str:
+    """A rate or length for a table: ``–`` where there was nothing to count (None, NaN)."""
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return "–"
+    return f"{float(value):.{digits}f}"
+
+
 def _print_summary(result: dict) -> None:
     from rich.table import Table
 
@@ -416,7 +423,7 @@ def _print_summary(result: dict) -> None:
         for b in result["detectors"][name]["by_dose"]:
             m = b["metrics"]["0.5"]
             rmse = m.get("rmse_pm")
-            rows.setdefault(b["bin"], []).extend([f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None and np.isfinite(rmse) else "-"])
+            rows.setdefault(b["bin"], []).extend([_num(m["f1"], 3), _num(rmse, 1)])
     for k, v in rows.items():
         table.add_row(k, *v)
     Console().print(table)
@@ -471,7 +478,7 @@ def _print_scan(title: str, name: str, rows: list, best: float, kept: bool = Fal
         table.add_column(col)
     for r in rows:
         table.add_row(f"{r['threshold']:g}{' *' if r['threshold'] == best else ''}",
-                      *([str(r["kept"])] if kept else []), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
+                      *([str(r["kept"])] if kept else []), _num(r["precision"], 4), _num(r["recall"], 4), _num(r["f1"], 4))
     Console().print(table)
 
 
@@ -727,8 +734,8 @@ def _evaluation_table(card):
 
     def row(detector: str, label: str, m: dict) -> None:
         rmse = m.get("rmse_pm")
-        cells = [detector, label, str(m.get("n_images", "")), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
-                 f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None else "-"]
+        cells = [detector, label, str(m.get("n_images", "")), _num(m.get("precision"), 3), _num(m.get("recall"), 3),
+                 _num(m.get("f1"), 3), _num(rmse, 1)]
         if heights:
             cells += [f"{m['height_exact']:.2f}" if m.get("height_exact") is not None else "-",
                       f"{m['height_within1']:.2f}" if m.get("height_within1") is not None else "-"]

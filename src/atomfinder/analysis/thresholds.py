@@ -25,6 +25,7 @@ from atomfinder.analysis.evaluate import (
     network_detector,
     samples_from_store,
     scored_predictions,
+    to_jsonable,
 )
 from atomfinder.analysis.metrics import aggregate, detection_scores
 
@@ -169,6 +170,7 @@ def card_with_threshold(
 
     best = best_threshold(rows)
     scan = {"store": str(store), "validation_images": int(n_images), "radius_A": float(radius_A),
-            "previous_threshold": card.detection.get("threshold"), "rows": list(rows), "chosen": best}
+            "previous_threshold": card.detection.get("threshold"), "rows": to_jsonable(list(rows)),
+            "chosen": best}  # a rate with nothing to count (NaN) is null in the card
     return dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
                                training=dict(card.training) | {"threshold_scan": scan})
