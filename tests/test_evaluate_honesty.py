@@ -8,6 +8,7 @@
    store were said on stderr only, or not at all; calibrating on the test seed passed;
 6, 7. reports were replaced silently, an earlier reliability diagram survived, the report folder was
    checked only after the work, and a dataset store took a report;
+9. an unfinished training store "had no validation images";
 10. a single-image model on a focal series saw frame 0 unsaid; a model file in the current folder
    replaced a shipped one unsaid.
 """
@@ -235,6 +236,30 @@ def test_a_bad_report_folder_is_refused_before_any_work(tiny_graphene_store, tmp
         result = _invoke("evaluate", "--model", stem, "--data", tiny_graphene_store, "--report", target, *BASE)
         _one_line_error(result, "a zarr (dataset) store; write the report to another folder")
     assert sorted(p.name for p in copy.iterdir()) == listing
+
+
+# --------------------------------------------------------------------------- 9: tune-threshold
+
+
+def test_tune_threshold_on_an_unfinished_training_store_says_so(tiny_graphene_store, tmp_path):
+    from atomfinder.datasets.store import DatasetStore
+    from atomfinder.nn.train import TrainConfig, split_jobs
+
+    meta = DatasetStore(tiny_graphene_store).meta
+    config = TrainConfig(name="tiny", validation_fraction=0.25, seed=0)
+    _, val_jobs = split_jobs(4, config.validation_fraction, config.seed)
+    others = [j for j in range(4) if j not in set(val_jobs.tolist())]
+    part = _with_jobs(tiny_graphene_store, tmp_path / "part.zarr", others)
+    stem = _model(tmp_path / "m", training={"data": {"seed": meta["seed"], "n": meta["n"]},
+                                            "config": config.to_dict()})
+    result = _invoke("tune-threshold", "--model", stem, "--data", part)
+    _one_line_error(result, f"holds none of the {len(val_jobs)} validation jobs of tiny 0 (6 of 8 images simulated)")
+    assert "trained without validation images" not in result.output
+    # with its validation jobs but unfinished, the scan runs and says so
+    part = _with_jobs(tiny_graphene_store, tmp_path / "val.zarr", val_jobs.tolist())
+    result = _invoke("tune-threshold", "--model", stem, "--data", part, "--thresholds", "0")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {part}: only {2 * len(val_jobs)} of its 8 images are simulated" in " ".join(result.output.split())
 
 
 # --------------------------------------------------------------------------- 10

@@ -623,6 +623,10 @@ def tune_threshold_command(
             rows, n_val, radius = validation_threshold_scan(
                 net, card, store, levels, on_sample=lambda i, n: bar.update(task, completed=i + 1, total=n))
         best = best_threshold(rows)
+        if len(store) < store.meta["n"]:
+            partial = (f"{data}: only {len(store)} of its {store.meta['n']} images are simulated (an unfinished "
+                       f"store); the scan used the {n_val} validation images among them")
+            console.print(f"[yellow]warning:[/yellow] {escape(partial)}", highlight=False, soft_wrap=True)
         _print_scan(f"{card.name} {card.version}: {n_val} validation images, radius {radius:g} Å", "threshold", rows, best)
         console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
         if write_card:
