@@ -119,3 +119,20 @@ def test_focal_series_guide_commands_can_run_one_after_another():
             targets.append((out, Path(first_input).stem))
     assert len(targets) >= 3
     assert len(set(targets)) == len(targets), targets
+
+
+def test_readme_says_where_the_graphene_false_atom_figures_come_from():
+    """The README said the graphene dose test sets had "empty fields, contamination and holes
+    included", but none of their images is an empty field (the fewest sites in one is 139): the
+    false-atom figures come from separate stores of vacuum, amorphous carbon and sheets with holes,
+    made with configs whose fields are all empty (vacuum, carbon) or none (holes)."""
+    import tomllib
+
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "empty fields, contamination and holes included" not in text
+    assert "none of the 16 drew an empty field" in text
+    for store, config, empty in (("graphene-test-vacuum", "test-vacuum", 1.0), ("graphene-test-carbon", "test-carbon", 1.0),
+                                 ("graphene-test-holes", "test-holes", 0.0)):
+        assert f"`{store}`" in text
+        simulation = tomllib.loads((ROOT / "configs" / f"{config}.toml").read_text(encoding="utf-8"))
+        assert simulation["simulation"]["p_empty_field"] == empty

@@ -341,6 +341,25 @@ def test_report_scores_confidence_and_error_bars_on_a_hand_made_case(tmp_path):
     assert (tmp_path / "reliability.png").is_file() and tmp_path / "reliability.png" in paths
 
 
+def test_the_error_bars_by_dose_use_the_given_dose_edges():
+    """compare(dose_edges=...) tabulated the error bars in the fixed DOSE_EDGES bins (audit 10b)."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(5, 60, 5.0), np.arange(5, 60, 5.0)), -1).reshape(-1, 2)  # px
+    samples = [EvalSample(image=np.zeros((64, 64), np.float32), sampling_A=0.1, positions_A=grid * 0.1,
+                          labels=np.ones(len(grid), int), dose_e_per_A2=dose) for dose in (5e2, 2e4)]
+
+    def detect(sample):
+        xy = grid + rng.normal(0, 0.2, grid.shape)
+        n = len(xy)
+        return AtomTable(xy[:, 0], xy[:, 1], np.ones(n, int), np.ones(n), np.full(n, -1),
+                         confidence=np.full(n, 0.9), sigma_A=np.full(n, 0.02))
+
+    rep = compare(samples, {"network": detect}, radii_A=(0.5,), dose_edges=(1e3,))["detectors"]["network"]
+    dose_bins = [b["bin"] for b in rep["by_dose"]]
+    error_bins = [b["bin"] for b in rep["trust"]["sigma_by_dose"]]
+    assert len(dose_bins) == 2 and error_bins == dose_bins
+
+
 # -- a single-image model beside a focal-series model (issue 14.4) ----------------------
 
 

@@ -244,7 +244,8 @@ def test_confusion_with_missed_extra_and_per_class_rates():
     assert pc[0] == {"n_true": 1, "n_pred": 1, "tp": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert (pc[1]["n_true"], pc[1]["n_pred"], pc[1]["tp"], pc[1]["precision"], pc[1]["recall"]) == (1, 1, 0, 0.0, 0.0)
     assert (pc[2]["n_pred"], pc[2]["tp"], pc[2]["precision"], pc[2]["recall"]) == (2, 1, 0.5, 1.0)
-    assert pc[3]["recall"] == 0.0 and pc[3]["precision"] == 1.0  # nothing predicted: no false claim
+    # nothing predicted: no precision (not a perfect one); something missed: F1 0
+    assert pc[3]["recall"] == 0.0 and math.isnan(pc[3]["precision"]) and pc[3]["f1"] == 0.0
     agg = aggregate([s, s])
     assert agg["missed"].tolist() == [0, 0, 0, 2, 2] and agg["per_class"][2]["n_pred"] == 4
 

@@ -56,8 +56,10 @@ def test_empty_inputs():
         s = detection_scores(pred, true, 1.0)
         assert (s["tp"], s["fp"], s["fn"]) == expect
         assert np.isnan(s["rmse"])
-    s = detection_scores(np.zeros((0, 2)), some, 1.0)
-    assert (s["precision"], s["recall"], s["f1"]) == (1.0, 0.0, 0.0)
+    s = detection_scores(np.zeros((0, 2)), some, 1.0)  # nothing predicted: no precision, F1 0
+    assert np.isnan(s["precision"]) and (s["recall"], s["f1"]) == (0.0, 0.0)
+    s = detection_scores([], [], 1.0)  # nothing to count: no score at all (not 1)
+    assert all(np.isnan(s[k]) for k in ("precision", "recall", "f1"))
 
 
 def test_labels_confusion_and_heights():

@@ -331,6 +331,7 @@ def evaluate(
     structures: bool = typer.Option(True, "--structures/--no-structures", help="Rebuild each job's structure (no imaging; stores with one structure per job, e.g. gold) for the tables by particle shape and support."),
     versus: str = typer.Option("", "--versus", help="A second model scored on the same images, e.g. the single-image gold model beside gold-focal; a single-image model sees the middle frame of a focal series, its atoms moved into frame 0's grid by the frame's simulated drift."),
     versus_frame: str = typer.Option("middle", "--versus-frame", metavar="middle|INDEX", help="The frame of a focal series a single-image --versus model sees: the middle one, or a 0-based index (0: the least underfocused)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the report of an earlier run in --report (refused otherwise)."),
 ) -> None:
     """Score a model (and the conventional baseline) against the exact ground truth.
 
@@ -351,23 +352,37 @@ def evaluate(
         )
         from atomfinder.analysis.report import write_report
         from atomfinder.datasets.store import DatasetStore
-        from atomfinder.nn.card import load_model, resolve_model
+        from atomfinder.nn.card import load_model
 
         if versus_frame.strip().lower() != "middle" and not versus:
             raise ValueError(f"--versus-frame {versus_frame}: the frame a --versus model sees; give --versus too")
-        stem = resolve_model(model)
+        warned: list[str] = []  # printed now, and written at the top of the report
+
+        def warn(text: str) -> None:
+            warned.append(text)
+            console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
+
+        stem, shadow = _resolve_model_loudly("--model", model)
         if write_card:
             _check_card_writable(model, stem)
         net, card = load_model(stem)
         store = DatasetStore(data)
-        _check_not_training_store(card, store, data, write_card)
+        n_scored, n_simulated = len(store), int(store.meta["n"])
+        if n_scored == 0:
+            raise ValueError(f"{data}: no finished images (0 of {n_simulated} simulated): nothing to score; "
+                             "finish the simulation first")
         if store.meta["frames"] != card.in_channels and card.in_channels > 1:
             raise ValueError(f"{data}: has {store.meta['frames']} frames per sample, model {card.name} needs {card.in_channels}")
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
+        if n_scored < n_simulated and write_card:
+            raise ValueError(f"{data}: only {n_scored} of its {n_simulated} images are simulated (an unfinished "
+                             "store); its scores are not written into the card: finish the simulation first")
+        on_training = _training_store_problem(card, store, data, write_card)
+        on_calibration = _calibration_store_problem(card, store, data, write_card)
         detectors = {"network": network_detector(net, card)}
         if versus:
-            other_stem = resolve_model(versus)
+            other_stem, other_shadow = _resolve_model_loudly("--versus", versus)
             other_net, other = load_model(other_stem)
             if tuple(other.class_names) != tuple(card.class_names):
                 raise ValueError(f"--versus {versus}: classes {other.class_names} differ from model {card.name} {card.class_names}")
@@ -379,6 +394,25 @@ def evaluate(
             if label in ("network", "baseline"):
                 label = f"{label} (versus)"
             detectors[label] = network_detector(other_net, other, frame=frame)
+            versus_on_training = _training_store_problem(other, store, data, False, role="--versus")
+            versus_on_calibration = _calibration_store_problem(other, store, data, False, role="--versus")
+        _check_report_dir(report, overwrite)  # before the work: a file, a store or an earlier report is refused now
+        # what the report must say about its own numbers
+        if n_scored < n_simulated:
+            warn(f"{data}: only {n_scored} of its {n_simulated} images are simulated (an unfinished store); "
+                 f"the scores are of those {n_scored}")
+        for problem in (on_training, on_calibration, shadow):
+            if problem:
+                warn(problem)
+        if versus:
+            for problem in (versus_on_training, versus_on_calibration, other_shadow):
+                if problem:
+                    warn(problem)
+        frame_note = None
+        if card.in_channels == 1 and store.meta["frames"] > 1:
+            frame_note = (f"{card.name} {card.version} is a single-image model: it sees frame 0 (the least "
+                          f"underfocused) of each {store.meta['frames']}-frame focal series")
+            console.print(f"[cyan]note:[/cyan] {escape(frame_note)}", highlight=False, soft_wrap=True)
         if baseline:
             radius = float(store.meta["config"].get("label_radius_A", 0.4))
             detectors["baseline"] = baseline_detector(atom_radius_A=radius, min_distance_A=card.detection.get("min_distance_A", 1.0))
@@ -395,10 +429,16 @@ def evaluate(
             result = compare(samples_from_store(store, structures=info), detectors, class_names=card.class_names,
                              border_A=border, defocus_edges_A=recipe_defocus_edges(store.meta.get("config")),
                              on_sample=lambda i: bar.update(task, completed=i + 1))
-        result["model"] = {"name": card.name, "version": card.version, "path": str(stem)}  # the "network" detector
+        result["model"] = _model_entry(card, stem)  # the "network" detector
+        if frame_note:
+            result["model"] |= {"frame": 0, "frame_note": frame_note}
         if versus:
-            result["versus"] = {"name": other.name, "version": other.version, "path": str(other_stem), "label": label}
-        result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": store.meta["n"]}
+            result["versus"] = _model_entry(other, other_stem) | {"label": label, "training_store": bool(versus_on_training),
+                                                                  "calibration_store": bool(versus_on_calibration)}
+        result["data"] = {"store": str(data), "seed": store.meta["seed"], "n": int(result["n_images"]),
+                          "n_simulated": n_simulated, "training_store": bool(on_training),
+                          "calibration_store": bool(on_calibration)}
+        result["warnings"] = warned
         paths = write_report(result, report, title=f"{card.name} on {data.name}")
         _print_summary(result)
         if write_card:
@@ -406,6 +446,60 @@ def evaluate(
         console.print("report: " + ", ".join(str(p) for p in paths))
 
     _run(action)
+
+
+def _resolve_model_loudly(option: str, value: str) -> tuple[Path, str | None]:
+    """:func:`~atomfinder.nn.card.resolve_model`, and the line that says a model file here stands in
+    for the shipped model of that name (printed as a warning; None when it does not)."""
+    from atomfinder.nn.card import resolve_model, shadowed_model
+
+    stem = resolve_model(value)
+    shipped = shadowed_model(value, stem)
+    if shipped is None:
+        return stem, None
+    line = (f"{option} {value}: using {Path(stem).resolve()}.safetensors (+ .json) from this folder, not the shipped "
+            f"model {value} ({shipped}.safetensors); rename or move the local files to use the shipped one")
+    return stem, line
+
+
+def _resolve_model_warned(value: str, option: str = "--model") -> Path:
+    """The stem of ``--model``, with a warning when a model file here stands in for a shipped one."""
+    stem, shadow = _resolve_model_loudly(option, value)
+    if shadow:
+        console.print(f"[yellow]warning:[/yellow] {escape(shadow)}", highlight=False, soft_wrap=True)
+    return stem
+
+
+def _model_entry(card, stem: Path) -> dict:
+    """The report's record of a scored model: name, version, the resolved file and whether it is shipped."""
+    from atomfinder.nn.card import is_shipped
+
+    resolved = Path(stem).resolve()
+    return {"name": card.name, "version": card.version, "path": str(resolved),
+            "weights": str(resolved.with_name(resolved.name + ".safetensors")), "shipped": is_shipped(stem)}
+
+
+def _check_report_dir(report: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a --report folder that cannot be written, one inside a dataset store,
+    and (without --overwrite) one holding the report of an earlier run."""
+    from atomfinder._files import check_output_dir, refuse_earlier_files
+    from atomfinder.analysis.report import earlier_report_files
+
+    check_output_dir(report)
+    probe = Path(report).absolute()
+    for folder in (probe, *probe.parents):
+        if folder.is_dir() and any((folder / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")):
+            where = "is" if folder == probe else f"lies inside {folder}, which is"
+            raise ValueError(f"--report {report}: {where} a zarr (dataset) store; write the report to another folder")
+    if not overwrite:
+        refuse_earlier_files(report, earlier_report_files(report), "give --overwrite to replace them, or another --report")
+
+
+def _num(value, digits: int) -> str:
+    """A rate or length for a table: ``–`` where there was nothing to count (None, NaN)."""
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return "–"
+    return f"{float(value):.{digits}f}"
 
 
 def _print_summary(result: dict) -> None:
@@ -422,7 +516,7 @@ def _print_summary(result: dict) -> None:
         for b in result["detectors"][name]["by_dose"]:
             m = b["metrics"]["0.5"]
             rmse = m.get("rmse_pm")
-            rows.setdefault(b["bin"], []).extend([f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None and np.isfinite(rmse) else "-"])
+            rows.setdefault(b["bin"], []).extend([_num(m["f1"], 3), _num(rmse, 1)])
     for k, v in rows.items():
         table.add_row(k, *v)
     Console().print(table)
@@ -439,18 +533,35 @@ def _check_card_writable(model: str, stem: Path) -> None:
                          "the copy's path, or give that path as --model to rewrite it on purpose")
 
 
-def _check_not_training_store(card, store, data: Path, write_card: bool) -> None:
-    """Refuse to write a card's evaluation from its own training store; warn when it is scored there."""
+def _training_store_problem(card, store, data: Path, write_card: bool, role: str = "") -> str | None:
+    """The warning line when ``store`` is the one ``card``'s model was trained on (None otherwise);
+    with ``write_card``, a refusal: its scores are no evaluation."""
     from atomfinder.analysis.evaluate import is_training_store
 
     if not is_training_store(card, store):
-        return
-    what = f"{data}: the training store of {card.name} {card.version} (seed {store.meta['seed']}, {store.meta['n']} samples)"
+        return None
+    what = (f"{data}: the training store of {f'{role} model ' if role else ''}{card.name} {card.version} "
+            f"(seed {store.meta['seed']}, {store.meta['n']} samples)")
     if write_card:
         raise ValueError(f"{what}; its scores are no evaluation and are not written into the card: "
                          "evaluate on a test store of another seed")
-    console.print(f"[yellow]warning:[/yellow] {escape(what)}: the scores below flatter the model", highlight=False,
-                  soft_wrap=True)
+    return f"{what}: the scores below flatter the model"
+
+
+def _calibration_store_problem(card, store, data: Path, write_card: bool, role: str = "") -> str | None:
+    """The warning line when ``store`` has the seed of the store ``card``'s confidence calibration (and
+    class priors, confidence floor) was fitted on: the same simulated specimens, so its ECE, error-bar
+    coverage and scores are in-sample. With ``write_card``, a refusal."""
+    fit = (card.calibration or {}).get("fit") or {}
+    seed = fit.get("seed")
+    if seed is None or store.meta.get("seed") != seed:
+        return None
+    what = (f"{data}: seed {seed}, that of {fit.get('store', 'the store')} on which the calibration of "
+            f"{f'{role} model ' if role else ''}{card.name} {card.version} was fitted")
+    if write_card:
+        raise ValueError(f"{what}; its scores are in-sample and are not written into the card: "
+                         "evaluate on a test store of another seed")
+    return f"{what}: its confidence, error bars and scores here are in-sample"
 
 
 def _write_card(stem: Path, card) -> None:
@@ -477,7 +588,7 @@ def _print_scan(title: str, name: str, rows: list, best: float, kept: bool = Fal
         table.add_column(col)
     for r in rows:
         table.add_row(f"{r['threshold']:g}{' *' if r['threshold'] == best else ''}",
-                      *([str(r["kept"])] if kept else []), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}")
+                      *([str(r["kept"])] if kept else []), _num(r["precision"], 4), _num(r["recall"], 4), _num(r["f1"], 4))
     Console().print(table)
 
 
@@ -499,7 +610,7 @@ def tune_threshold_command(
             validation_threshold_scan,
         )
         from atomfinder.datasets.store import DatasetStore
-        from atomfinder.nn.card import load_model, resolve_model
+        from atomfinder.nn.card import load_model
 
         try:
             levels = list(THRESHOLDS) if thresholds is None else sorted({float(v) for v in thresholds.split(",")
@@ -508,7 +619,7 @@ def tune_threshold_command(
             levels = []
         if not levels or not all(0.0 <= v < 1.0 for v in levels):
             raise ValueError(f"--thresholds {thresholds!r}: give comma-separated values in [0, 1)")
-        stem = resolve_model(model)
+        stem = _resolve_model_warned(model)
         if write_card:
             _check_card_writable(model, stem)
         net, card = load_model(stem)
@@ -518,6 +629,10 @@ def tune_threshold_command(
             rows, n_val, radius = validation_threshold_scan(
                 net, card, store, levels, on_sample=lambda i, n: bar.update(task, completed=i + 1, total=n))
         best = best_threshold(rows)
+        if len(store) < store.meta["n"]:
+            partial = (f"{data}: only {len(store)} of its {store.meta['n']} images are simulated (an unfinished "
+                       f"store); the scan used the {n_val} validation images among them")
+            console.print(f"[yellow]warning:[/yellow] {escape(partial)}", highlight=False, soft_wrap=True)
         _print_scan(f"{card.name} {card.version}: {n_val} validation images, radius {radius:g} Å", "threshold", rows, best)
         console.print(f"best threshold {best:g} (card: {card.detection.get('threshold')})")
         if write_card:
@@ -555,7 +670,7 @@ def calibrate_command(
         from atomfinder.analysis.evaluate import samples_from_store, to_jsonable
         from atomfinder.analysis.thresholds import best_threshold
         from atomfinder.datasets.store import DatasetStore
-        from atomfinder.nn.card import load_model, resolve_model
+        from atomfinder.nn.card import load_model
 
         if min_confidence != "keep" and not write_card:
             raise ValueError(f"--min-confidence {min_confidence}: the floor is stored with --write-card; add it")
@@ -566,14 +681,26 @@ def calibrate_command(
                 floor = -1.0
             if not 0.0 <= floor <= 1.0:
                 raise ValueError(f"--min-confidence {min_confidence!r}: give 'keep', 'best' or a number in [0, 1]")
-        stem = resolve_model(model)
+        stem = _resolve_model_warned(model)
         if write_card:
             _check_card_writable(model, stem)
         net, card = load_model(stem)
         store = DatasetStore(data)
+        if len(store) == 0:
+            raise ValueError(f"{data}: no finished images (0 of {store.meta['n']} simulated): nothing to calibrate on; "
+                             "finish the simulation first")
         if tuple(store.class_names) != tuple(card.class_names):
             raise ValueError(f"{data}: classes {store.class_names} do not match model {card.name} {card.class_names}")
         refuse_training_store(card, store)  # before the class priors, not after them
+        tested = (card.evaluation or {}).get("data") or {}
+        if tested.get("seed") is not None and store.meta.get("seed") == tested["seed"]:
+            what = (f"{data}: seed {tested['seed']}, that of {tested.get('store', 'the test store')} on which "
+                    f"{card.name} {card.version} was evaluated (the same simulated specimens)")
+            if write_card:
+                raise ValueError(f"{what}; a calibration fitted on it would make the card's evaluation in-sample: "
+                                 "calibrate on held-out simulations of another seed")
+            console.print(f"[yellow]warning:[/yellow] {escape(what)}: a calibration fitted here is in-sample on "
+                          "that test set", highlight=False, soft_wrap=True)
         if class_bias and len(card.class_names) > 1:
             from atomfinder.analysis.calibration import class_bias_data, class_bias_summary, fit_class_bias
 
@@ -785,8 +912,8 @@ def _evaluation_table(card):
 
     def row(detector: str, label: str, m: dict) -> None:
         rmse = m.get("rmse_pm")
-        cells = [detector, label, str(m.get("n_images", "")), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
-                 f"{m['f1']:.3f}", f"{rmse:.1f}" if rmse is not None else "-"]
+        cells = [detector, label, str(m.get("n_images", "")), _num(m.get("precision"), 3), _num(m.get("recall"), 3),
+                 _num(m.get("f1"), 3), _num(rmse, 1)]
         if heights:
             cells += [f"{m['height_exact']:.2f}" if m.get("height_exact") is not None else "-",
                       f"{m['height_within1']:.2f}" if m.get("height_within1") is not None else "-"]
@@ -810,19 +937,20 @@ def models_command(
     from rich.markup import escape
 
     from atomfinder.detection.validity import card_reference
-    from atomfinder.nn.card import list_models, load_card, resolve_model
+    from atomfinder.nn.card import list_models, load_card, resolve_model, shadowed_model
     from atomfinder.nn.validity import validity_summary
 
     out = Console(highlight=False, soft_wrap=True)
 
     def listing() -> None:
         for model in list_models():
-            card = load_card(resolve_model(model))
+            local = resolve_model(model)  # a model file of that name here comes first; the list is of the shipped
+            card = load_card(shadowed_model(model, local) or local)
             out.print(escape(f"{card.name} {card.version} ({', '.join(card.class_names)}): "
                              f"{validity_summary(card_reference(card))}"))
 
     def show() -> None:
-        card = load_card(resolve_model(name))
+        card = load_card(_resolve_model_warned(name, "model"))
         det = card.detection
         lines = [
             f"{card.name} {card.version} (created {card.created})",

@@ -891,7 +891,7 @@ def _detector_report(
         "seconds_per_image": float(np.mean(seconds)) if seconds else math.nan,
         "area_nm2": area_nm2,
         "overall": overall,
-        "trust": _trust(records, name, per_image, primary, doses),
+        "trust": _trust(records, name, per_image, primary, doses, dose_edges),
         "by_dose": _binned(doses, dose_edges, _fmt_dose, per_image) if records else [],
         "by_defocus": _binned(defoci, defocus_edges_A, _fmt_plain, per_image) if records else [],
         "by_cs_sign": _categorical([cs_label(r.Cs_A) for r in records], per_image, CS_BINS),
@@ -984,15 +984,17 @@ def _interior_area_nm2(rec: _Record, border_A: float) -> float:
 
 def _trust(
     records: list[_Record], name: str, per_image: list[dict[str, dict[str, Any]]], radius_A: float,
-    doses: np.ndarray,
+    doses: np.ndarray, dose_edges: Sequence[float] = DOSE_EDGES,
 ) -> dict[str, Any] | None:
     """Calibration of the confidence and coverage of the error bars, pooled over images.
 
-    None when the detector gives no confidence (an uncalibrated model, the baseline).
+    The error bars are also tabulated by dose, in the bins of ``dose_edges`` (those of
+    the report's other dose tables). None when the detector gives no confidence (an
+    uncalibrated model, the baseline).
     """
     from atomfinder.detection.confidence import expected_calibration_error, reliability_bins, sigma_coverage
 
-    bins = bin_labels(doses, DOSE_EDGES, _fmt_dose) if len(records) else []
+    bins = bin_labels(doses, dose_edges, _fmt_dose) if len(records) else []
     image_bins = [b[0] for b in bins]
     low = {b[0]: (b[1] if math.isfinite(b[1]) or np.isposinf(b[1]) else -math.inf) for b in bins}
     conf, true, err, sigma, dose = [], [], [], [], []

@@ -11,13 +11,16 @@ class (``extra``), from which :func:`per_class_rates` derives each class's preci
 and recall. With heights, the height hits are also counted by the true column
 height (:data:`HEIGHT_BINS`).
 
-Conventions for empty cases: precision is 1 when nothing was predicted (no false
-claims), recall is 1 when there was nothing to find, F1 is 0 when precision + recall
-is 0, and RMSE and accuracies are NaN when there are no matched pairs to average.
+Conventions for empty cases: a rate with nothing to count is NaN (written ``null`` in
+JSON, ``–`` in the tables), never a score: precision when nothing was predicted,
+recall when there was nothing to find, F1 (``2 TP / (2 TP + FP + FN)``) when there
+was neither; RMSE and accuracies when there are no matched pairs to average. An image
+with sites and no detections has F1 0, and so has an empty field with detections.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -41,10 +44,16 @@ HEIGHT_BINS = (("1–5", 5), ("6–10", 10), ("11–20", 20), ("21+", np.inf))
 
 
 def detection_rates(tp: int, fp: int, fn: int) -> dict[str, float]:
-    """``precision``, ``recall`` and ``f1`` from counts (1 for a rate with nothing to count)."""
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    """``precision``, ``recall`` and ``f1`` from counts; NaN for a rate whose denominator is 0.
+
+    With nothing predicted there is no precision, with nothing to find no recall, and
+    with neither (TP + FP + FN = 0) no F1: nothing was scored, which is no perfect score.
+    F1 is ``2 TP / (2 TP + FP + FN)`` (the harmonic mean of precision and recall where
+    both exist; 0 where one of them is 0 or missing while something was counted).
+    """
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
@@ -97,7 +106,8 @@ def per_class_rates(confusion: np.ndarray, missed: np.ndarray, extra: np.ndarray
     -------
     list of dict
         One per class: ``n_true``, ``n_pred``, ``tp``, ``precision``, ``recall``,
-        ``f1`` (the conventions of :func:`detection_rates` for empty counts).
+        ``f1`` (NaN where :func:`detection_rates` has nothing to count: a class with
+        no sites and no detections has no scores).
     """
     conf = np.asarray(confusion, dtype=np.int64)
     rows = []

@@ -20,7 +20,7 @@ import numpy as np
 from atomfinder._files import atomic_write, remove_stale_temporaries
 from atomfinder.analysis.evaluate import CS_CORRECTED_MAX_A, FAR_A, NO_NOISE_BIN, radius_key, to_jsonable
 
-__all__ = ["per_image_f1", "per_image_row", "report_markdown", "write_report"]
+__all__ = ["REPORT_FILES", "earlier_report_files", "per_image_f1", "per_image_row", "report_markdown", "write_report"]
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -99,6 +99,7 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     rk = _primary_radius(rep, radius_A)
     names = st.get("class_names") or [str(i) for i in range(1, st["n_classes"] + 1)]
     lines = [f"# {title}", ""]
+    lines += _provenance_lines(rep)
     lines += [
         f"{rep['n_images']} images; matching radii {', '.join(radius_key(r) for r in st['radii_A'])} Å; "
         f"sites and predictions within {st['border_A']:g} Å of the image edge are ignored "
@@ -142,6 +143,26 @@ def report_markdown(report: Mapping[str, Any], title: str, radius_A: float | Non
     else:
         lines += ["No heights (no detector predicted heights, or the data has none).", ""]
     return "\n".join(lines)
+
+
+def _provenance_lines(rep: Mapping[str, Any]) -> list[str]:
+    """The warnings of the run (first), then the model files and the data scored, where the result records them."""
+    lines = [line for w in rep.get("warnings") or [] for line in (f"**Warning:** {w}", "")]
+    model, versus, data = rep.get("model"), rep.get("versus"), rep.get("data")
+    for role, m in (("network", model), (versus.get("label", "versus") if versus else "", versus)):
+        if not m:
+            continue
+        where = m.get("weights") or m.get("path")
+        shipped = " (shipped with atomfinder)" if m.get("shipped") else (" (not a shipped model)" if "shipped" in m else "")
+        lines.append(f"- `{role}`: {m.get('name', '?')} {m.get('version', '?')}" + (f", `{where}`{shipped}" if where else "")
+                     + (f"; {m['frame_note']}" if m.get("frame_note") else ""))
+    if data:
+        n, n_sim = data.get("n"), data.get("n_simulated")
+        of = f" (an unfinished store: {n} of its {n_sim} images simulated)" if n_sim is not None and n_sim != n else ""
+        lines.append(f"- data: `{data.get('store', '?')}`, seed {data.get('seed', '?')}, {n} images scored{of}"
+                     + ("; **the model's training store**" if data.get("training_store") else "")
+                     + ("; **the seed of the model's calibration store**" if data.get("calibration_store") else ""))
+    return lines + [""] if (model or versus or data) else lines
 
 
 def _interval_lines(dets: Mapping[str, Any], rk: str) -> list[str]:
@@ -318,8 +339,19 @@ REPORT_FILES = ("report.json", "report.md", "f1_vs_dose.png", "rmse_vs_dose.png"
                 "reliability.png")
 
 
+def earlier_report_files(out_dir: Path | str) -> list[Path]:
+    """The :data:`REPORT_FILES` an earlier :func:`write_report` left in ``out_dir`` (those that exist)."""
+    out = Path(out_dir)
+    return [out / name for name in REPORT_FILES if (out / name).is_file()]
+
+
 def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, radius_A: float | None = None) -> list[Path]:
     """Write ``report.json``, ``report.md`` and PNG plots to ``out_dir`` (each atomically).
+
+    The files of :data:`REPORT_FILES` that this report does not write (the reliability
+    diagram of an earlier, calibrated run) are removed, so the folder holds one report.
+    The command line refuses a folder holding an earlier report without ``--overwrite``
+    (:func:`earlier_report_files`); this function replaces it.
 
     Parameters
     ----------
@@ -355,4 +387,9 @@ def write_report(report: Mapping[str, Any], out_dir: Path | str, title: str, *, 
                  out / "f1_vs_defocus.png"),
     ]
     reliability = _plot_reliability(dets, out / "reliability.png")
-    return paths + ([reliability] if reliability is not None else [])
+    paths += [reliability] if reliability is not None else []
+    written = {Path(p).name for p in paths}
+    for name in REPORT_FILES:  # an earlier report's file this one does not replace (e.g. its reliability
+        if name not in written:  # diagram) would pass for part of this one
+            (out / name).unlink(missing_ok=True)
+    return paths

@@ -25,6 +25,7 @@ from atomfinder.analysis.evaluate import (
     network_detector,
     samples_from_store,
     scored_predictions,
+    to_jsonable,
 )
 from atomfinder.analysis.metrics import aggregate, detection_scores
 
@@ -113,9 +114,10 @@ def validation_threshold_scan(
     Raises
     ------
     ValueError
-        ``store`` is not the card's training store, or training had no validation images.
+        ``store`` is not the card's training store, training had no validation images, or
+        the store (unfinished) holds none of them.
     """
-    from atomfinder.nn.train import TrainConfig, validation_split  # imports torch
+    from atomfinder.nn.train import TrainConfig, split_jobs, validation_split  # imports torch
 
     trained_on = card.training.get("data", {})
     if (trained_on.get("seed"), trained_on.get("n")) != (store.meta["seed"], store.meta["n"]):
@@ -124,7 +126,14 @@ def validation_threshold_scan(
     config = TrainConfig.from_dict(card.training["config"])
     _, val_idx = validation_split(store, config)
     if len(val_idx) == 0:
-        raise ValueError(f"{card.name} {card.version} was trained without validation images")
+        spj = int(store.meta["samples_per_job"])
+        n_jobs = -(-int(store.meta["n"]) // spj)
+        _, val_jobs = split_jobs(n_jobs, config.validation_fraction, config.seed)
+        if len(val_jobs) == 0:
+            raise ValueError(f"{card.name} {card.version} was trained without validation images")
+        raise ValueError(f"{store.path}: holds none of the {len(val_jobs)} validation jobs of {card.name} "
+                         f"{card.version} ({len(store)} of {store.meta['n']} images simulated): finish the "
+                         "simulation first")
 
     def tracked() -> Iterator[EvalSample]:
         for i, sample in enumerate(samples_from_store(store, val_idx)):
@@ -169,6 +178,7 @@ def card_with_threshold(
 
     best = best_threshold(rows)
     scan = {"store": str(store), "validation_images": int(n_images), "radius_A": float(radius_A),
-            "previous_threshold": card.detection.get("threshold"), "rows": list(rows), "chosen": best}
+            "previous_threshold": card.detection.get("threshold"), "rows": to_jsonable(list(rows)),
+            "chosen": best}  # a rate with nothing to count (NaN) is null in the card
     return dataclasses.replace(card, detection=dict(card.detection) | {"threshold": best},
                                training=dict(card.training) | {"threshold_scan": scan})

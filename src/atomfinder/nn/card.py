@@ -715,6 +715,19 @@ def is_shipped(stem: str | os.PathLike[str]) -> bool:
         return False
 
 
+def shadowed_model(name_or_path: str | os.PathLike[str], stem: str | os.PathLike[str]) -> Path | None:
+    """The shipped model that ``name_or_path`` names but that :func:`resolve_model` did not pick, or None.
+
+    :func:`resolve_model` takes a model file before a shipped name, so a
+    ``graphene.json`` and ``graphene.safetensors`` in the current folder stand in for
+    the shipped ``graphene``; callers say so, naming both.
+    """
+    name = str(name_or_path)
+    if name in list_models() and not is_shipped(stem):
+        return _models_dir() / name
+    return None
+
+
 def list_models() -> list[str]:
     """Names of the shipped models (those with both a card and weights)."""
     d = _models_dir()

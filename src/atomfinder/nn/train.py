@@ -798,6 +798,8 @@ def train(
             row |= {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
             history.append(row)
             score = scores.get("f1", 0.0) if validate is not None else float(step)
+            if not math.isfinite(score):  # validation images with no sites and no detections: no F1
+                score = 0.0
             if score >= best:
                 best = score
                 save_model(model, make_card(config, model_config, data, so_far | {"best_val": scores}, {},
