@@ -616,7 +616,8 @@ def compare_models(model: Any, card: Any, general_model: Any, general_card: Any,
                      on_sample=lambda i: progress("evaluate both models", i + 1, len(store)))
     result["models"] = {FINE_TUNED: {"name": card.name, "version": card.version},
                         general_label: {"name": general_card.name, "version": general_card.version}}
-    result["data"] = {"store": str(store_path), "seed": store.meta["seed"], "n": store.meta["n"]}
+    result["data"] = {"store": str(store_path), "seed": store.meta["seed"], "n": len(store),
+                      "n_simulated": int(store.meta["n"])}
     write_report(result, report_dir, title=f"{card.name} {card.version} and {general_card.name} "
                                            f"{general_card.version} on {store_path}")
     return result
