@@ -17,8 +17,9 @@ Policy
   refused.
 * The pixel size is converted to Å (units m, cm, mm, µm/um/micron, nm, Å/A,
   pm). A scale with no or an unknown unit, a non-positive or non-finite scale
-  (the MRC header of some cameras says -1 nm) and the resolution tags of a plain
-  TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
+  (the MRC header of some cameras says -1 nm), an MRC header whose sampling
+  ``MX``/``MY`` is 0 (pixel size = cell / sampling) and the resolution tags of a
+  plain TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
   (``1/nm``: a diffraction pattern or FFT) is an error. A ``sampling_A`` given by
   the user overrides the file.
 * :func:`read_micrograph` accepts uncalibrated files (``sampling_A is None``);
@@ -392,6 +393,9 @@ def _calibration(
     """
     if not axis_x or not axis_y:  # PNG, JPEG, NPY: the format has no calibration
         return None, "no calibration"
+    for axis in (axis_x, axis_y):  # a reader found the file's scale to be a placeholder
+        if axis.get("calibration_note"):
+            return None, str(axis["calibration_note"])
     sx, note_x = _axis_sampling_A(axis_x.get("scale", 1.0), axis_x.get("units"))
     sy, note_y = _axis_sampling_A(axis_y.get("scale", 1.0), axis_y.get("units"))
     if sx is None or sy is None:
@@ -449,24 +453,36 @@ def _format_size(n_bytes: int) -> str:
     return f"{value:.1f} EB"
 
 
-def _mrc_size_problem(path: Path) -> str | None:
-    """Why an MRC file cannot hold the data its header declares, or None.
-
-    rsciio maps ``NX x NY x NZ`` pixels of the header's mode from the end of the
-    (extended) header on; a damaged header that declares more than the file holds
-    makes it build index arrays of exabytes or loop for hours. The header is read
-    with rsciio's own layout (``rsciio.mrc._api.get_std_dtype_list``); without it,
-    no check is made.
-    """
+def _mrc_header(path: Path) -> np.void | str | None:
+    """The MRC standard header (rsciio's layout, ``rsciio.mrc._api.get_std_dtype_list``),
+    the reason there is none (a file shorter than it), or None without that layout."""
     try:
-        from rsciio.mrc._api import get_data_type, get_std_dtype_list
+        from rsciio.mrc._api import get_std_dtype_list
     except ImportError:  # pragma: no cover - another rsciio layout
         return None
     header_type = np.dtype(get_std_dtype_list("<"))
     size = path.stat().st_size
     if size < header_type.itemsize:
         return f"{_format_size(size)}, shorter than the {header_type.itemsize}-byte MRC header"
-    header = np.fromfile(path, dtype=header_type, count=1)[0]
+    return np.fromfile(path, dtype=header_type, count=1)[0]
+
+
+def _mrc_size_problem(path: Path) -> str | None:
+    """Why an MRC file cannot hold the data its header declares, or None.
+
+    rsciio maps ``NX x NY x NZ`` pixels of the header's mode from the end of the
+    (extended) header on; a damaged header that declares more than the file holds
+    makes it build index arrays of exabytes or loop for hours. The header is read
+    with rsciio's own layout (:func:`_mrc_header`); without it, no check is made.
+    """
+    try:
+        from rsciio.mrc._api import get_data_type
+    except ImportError:  # pragma: no cover - another rsciio layout
+        return None
+    header = _mrc_header(path)
+    if header is None or isinstance(header, str):
+        return header
+    size = path.stat().st_size
     nx, ny, nz = (int(header[k]) for k in ("NX", "NY", "NZ"))
     try:
         itemsize = get_data_type(np.array([header["MODE"]])).itemsize
@@ -516,7 +532,37 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
             axes = [{} for _ in range(data.ndim)]
         if reader == "tiff":
             axes = _tiff_fill_units(path, axes)
+        if reader == "mrc":
+            axes = _mrc_check_sampling(path, axes)
     return data, axes
+
+
+#: ``NEXT`` of an MRC file with an FEI extended header, whose pixel size rsciio reads
+#: from that header instead of the cell (``Xlen / MX``).
+_MRC_FEI_NEXT = 128 * 1024
+
+
+def _mrc_check_sampling(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the image axes of an MRC file uncalibrated when its header has no sampling.
+
+    MRC2014 gives the pixel size along x as ``cella.x / mx`` (``Xlen / MX``, in Å),
+    likewise for y. With ``MX`` or ``MY`` zero there is none, and rsciio then puts a
+    placeholder scale of 1 nm on the axis; the cell is not divided by ``NX`` instead
+    (that would be a guess). Files with an FEI extended header, whose pixel size rsciio
+    reads from there, are left as they are.
+    """
+    header = _mrc_header(path)
+    if header is None or isinstance(header, str) or int(header["NEXT"]) == _MRC_FEI_NEXT or len(axes) < 2:
+        return axes
+    mx, my = int(header["MX"]), int(header["MY"])
+    if mx > 0 and my > 0:
+        return axes
+    note = (f"MX = {mx}, MY = {my} in the MRC header: its cell ({float(header['Xlen']):g} x "
+            f"{float(header['Ylen']):g} Å) gives no pixel size")
+    axes = [dict(a) for a in axes]
+    for axis in axes[-2:]:
+        axis.update(scale=1.0, units=None, calibration_note=note)
+    return axes
 
 
 def _planar_samples_tiff(path: Path) -> bool:
