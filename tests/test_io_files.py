@@ -59,3 +59,36 @@ def test_mrc_without_sampling_is_uncalibrated(tmp_path: Path, cell_A: tuple) -> 
         require_sampling(m)
     one_line_error(excinfo, path, "no pixel size", "MX = 0", "--sampling")
     assert read_micrograph(path, sampling_A=0.1).sampling_A == 0.1
+
+
+# ------------------------------------------------------------------ EMD
+
+
+def write_ncem_emd(path: Path, data: np.ndarray, units: list[str], scales: list[float]) -> Path:
+    """An NCEM EMD file of one signal, as rosettasciio (and HyperSpy) write it: every axis a signal axis."""
+    import rsciio.emd
+
+    axes = [{"name": f"dim{i}", "units": u, "size": n, "scale": s, "offset": 0.0, "navigate": False}
+            for i, (n, u, s) in enumerate(zip(data.shape, units, scales))]
+    rsciio.emd.file_writer(str(path), {"data": data, "axes": axes, "metadata": {"General": {"title": "s"}, "Signal": {}},
+                                       "original_metadata": {}})
+    return path
+
+
+def test_ncem_emd_stack_is_frames(tmp_path: Path) -> None:
+    """Three signal axes, the last two in nm and the first without a unit: a stack of frames,
+    not 'spectra or 4-D data'."""
+    frames = np.stack([IMAGE, IMAGE * 1.1, IMAGE * 0.9])
+    path = write_ncem_emd(tmp_path / "stack.emd", frames, ["", "nm", "nm"], [1.0, 0.0108, 0.0108])
+    m = read_micrograph(path)
+    np.testing.assert_array_equal(m.data, frames)
+    assert m.sampling_A == pytest.approx(0.108)
+
+
+def test_emd_that_is_no_image_says_an_emd(tmp_path: Path) -> None:
+    """Three signal axes whose first is a length are not frames; the message says "an EMD"."""
+    path = write_ncem_emd(tmp_path / "cube.emd", np.stack([IMAGE] * 3, axis=-1), ["nm", "nm", "s"],
+                          [0.0108, 0.0108, 1.0])
+    with pytest.raises(MicrographError) as excinfo:
+        read_micrograph(path)
+    one_line_error(excinfo, path, "cannot read it as an EMD", "(24, 32, 3) in nm, nm, s")

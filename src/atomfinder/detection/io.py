@@ -99,6 +99,8 @@ _FORMAT_NAMES = {
     "image": "PNG/JPEG",
     "npy": "NumPy .npy",
 }
+#: Readers whose format name is said with "an" (an EMD, an FEI, an MRC file).
+_AN_FORMATS = frozenset({"emd", "tia", "mrc"})
 
 # Length units -> Å per unit; keys are normalised by `_normalise_unit`.
 _ANGSTROM_PER_UNIT: dict[str, float] = {
@@ -426,8 +428,31 @@ def _n_signal_axes(result: dict[str, Any]) -> int:
     return min(np.ndim(result["data"]), 2)
 
 
+def _is_length_unit(unit: Any) -> bool:
+    """Whether ``unit`` is a length (or a reciprocal length, refused later with its own message)."""
+    try:
+        return unit_to_angstrom(unit) is not None
+    except ValueError:
+        return True
+
+
+def _as_frame_stack(result: dict[str, Any]) -> dict[str, Any] | None:
+    """An rsciio result with three signal axes as a stack of frames, or None.
+
+    NCEM EMD files (HyperSpy's too) mark every axis of a ``[N, H, W]`` stack as a
+    signal axis. When the last two have length units and the first has none, the
+    first is taken as the frame axis (navigation).
+    """
+    axes = _rsciio_axes(result)
+    if len(axes) != 3 or np.ndim(result["data"]) != 3 or _n_signal_axes(result) != 3:
+        return None
+    if _is_length_unit(axes[0].get("units")) or not all(_is_length_unit(a.get("units")) for a in axes[1:]):
+        return None
+    return {**result, "axes": [dict(axes[0], navigate=True), *(dict(a, navigate=False) for a in axes[1:])]}
+
+
 def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first result whose signal is a 2-D image.
+    """The first result whose signal is a 2-D image (or a stack of them, :func:`_as_frame_stack`).
 
     Raises
     ------
@@ -439,8 +464,18 @@ def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
     for result in results:
         if _n_signal_axes(result) == 2:
             return result
-    shapes = ", ".join(str(tuple(np.shape(r["data"]))) for r in results) or "nothing"
-    raise ValueError(f"no 2-D image in the file (it holds {shapes}: spectra or 4-D data?)")
+        stack = _as_frame_stack(result)
+        if stack is not None:
+            return stack
+    shapes = ", ".join(_shape_and_units(r) for r in results) or "nothing"
+    raise ValueError(f"no 2-D image or stack of images in the file (it holds {shapes}: spectra or 4-D data?)")
+
+
+def _shape_and_units(result: dict[str, Any]) -> str:
+    """``(128, 96, 3) in nm, nm, s``: an rsciio result's shape and axis units, for messages."""
+    shape = str(tuple(int(n) for n in np.shape(result["data"])))
+    units = [str(a.get("units") or "-") for a in _rsciio_axes(result)]
+    return f"{shape} in {', '.join(units)}" if any(u != "-" for u in units) else shape
 
 
 def _format_size(n_bytes: int) -> str:
@@ -914,18 +949,19 @@ def read_micrograph(
         known = " ".join(sorted(SUPPORTED_EXTENSIONS))
         raise MicrographError(source, f"unknown file type {p.suffix or '(no extension)'!r}; supported: {known}")
     fmt = _FORMAT_NAMES[reader]
+    a_fmt = f"{'an' if reader in _AN_FORMATS else 'a'} {fmt}"
 
     try:
         raw, axes = _read_lazy(p, reader) if lazy and reader in LAZY_READERS else _read_raw(p, reader)
     except MemoryError:  # a damaged header can declare exabytes; a huge file may not fit
         raise MicrographError(
-            source, f"not enough memory to read it as a {fmt} file ({_format_size(p.stat().st_size)} on disk); "
+            source, f"not enough memory to read it as {a_fmt} file ({_format_size(p.stat().st_size)} on disk); "
             "its header may declare a wrong size (damaged) or the image is too large for this machine"
         ) from None
     except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
         reason = _one_line_reason(exc)
         raise MicrographError(
-            source, f"cannot read it as a {fmt} file ({reason}); it may be truncated, damaged or of another format"
+            source, f"cannot read it as {a_fmt} file ({reason}); it may be truncated, damaged or of another format"
         ) from exc
 
     file_shape = [int(n) for n in raw.shape]
@@ -960,7 +996,7 @@ def read_micrograph(
         except Exception as exc:  # noqa: BLE001 - a lazily opened file fails only when its pixels are read
             reason = _one_line_reason(exc)
             raise MicrographError(
-                source, f"cannot read its pixels as a {fmt} file ({reason}); it may be truncated or damaged"
+                source, f"cannot read its pixels as {a_fmt} file ({reason}); it may be truncated or damaged"
             ) from exc
         problem = _check_values(data)
         if problem:
