@@ -92,3 +92,17 @@ def test_emd_that_is_no_image_says_an_emd(tmp_path: Path) -> None:
     with pytest.raises(MicrographError) as excinfo:
         read_micrograph(path)
     one_line_error(excinfo, path, "cannot read it as an EMD", "(24, 32, 3) in nm, nm, s")
+
+
+# ------------------------------------------------------------------ TIA
+
+
+def test_emi_without_its_ser_names_the_missing_file(tmp_path: Path) -> None:
+    """A TIA .emi holds only metadata: without <stem>_1.ser beside it the message names that file
+    (it said 'the file holds no image; it may be truncated')."""
+    path = tmp_path / "acquire.emi"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(MicrographError) as excinfo:
+        read_micrograph(path)
+    message = one_line_error(excinfo, path, "acquire_1.ser", "not beside it")
+    assert "truncated" not in message

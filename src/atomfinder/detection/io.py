@@ -127,6 +127,11 @@ class MicrographError(ValueError):
         super().__init__(" ".join(message.split()))  # one line, always
 
 
+class _FileProblem(ValueError):
+    """What a reader found wrong with a file, said in full: :func:`read_micrograph` reports
+    it as it is, not as "cannot read it as ... (reason); it may be truncated ..."."""
+
+
 def _one_line_reason(exc: BaseException) -> str:
     """A library's exception as at most 160 characters on one line (its type name when it says nothing)."""
     return " ".join(str(exc).split())[:160] or type(exc).__name__
@@ -551,6 +556,10 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         problem = _mrc_size_problem(path)
         if problem:
             raise ValueError(problem)
+    if reader == "tia" and path.suffix.lower() == ".emi":
+        problem = _emi_companion_problem(path)
+        if problem:
+            raise _FileProblem(problem)
     module = importlib.import_module(f"rsciio.{reader}")
     kwargs: dict[str, Any] = {}
     if reader == "emd":
@@ -570,6 +579,18 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         if reader == "mrc":
             axes = _mrc_check_sampling(path, axes)
     return data, axes
+
+
+def _emi_companion_problem(path: Path) -> str | None:
+    """Why a TIA ``.emi`` file gives no image, or None: it holds only metadata, and the
+    images are in ``<stem>_1.ser``, ``<stem>_2.ser``, ... beside it (rsciio's pattern)."""
+    import glob
+
+    stem = os.path.splitext(os.fspath(path))[0]
+    if glob.glob(glob.escape(stem) + "_[0-9].ser"):
+        return None
+    return (f"a TIA .emi file holds only metadata; its images are in {Path(stem).name}_1.ser, which is not "
+            "beside it: copy the .ser file(s) with the .emi, or read the .ser file")
 
 
 #: ``NEXT`` of an MRC file with an FEI extended header, whose pixel size rsciio reads
@@ -958,6 +979,8 @@ def read_micrograph(
             source, f"not enough memory to read it as {a_fmt} file ({_format_size(p.stat().st_size)} on disk); "
             "its header may declare a wrong size (damaged) or the image is too large for this machine"
         ) from None
+    except _FileProblem as exc:
+        raise MicrographError(source, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
         reason = _one_line_reason(exc)
         raise MicrographError(
