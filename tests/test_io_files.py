@@ -106,3 +106,54 @@ def test_emi_without_its_ser_names_the_missing_file(tmp_path: Path) -> None:
         read_micrograph(path)
     message = one_line_error(excinfo, path, "acquire_1.ser", "not beside it")
     assert "truncated" not in message
+
+
+# ------------------------------------------------------------------ files of several images
+
+
+def write_emd_images(path: Path, images: dict[str, np.ndarray], step_nm: float = 0.0108) -> Path:
+    """An NCEM EMD (v0.2) file with one 2-D image signal per entry, written with h5py."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["version_major"], f.attrs["version_minor"] = 0, 2
+        group = f.create_group("data")
+        for name, image in images.items():
+            signal = group.create_group(name)
+            signal.attrs["emd_group_type"] = 1
+            signal.create_dataset("data", data=image)
+            for i, axis in enumerate("yx"):
+                dim = signal.create_dataset(f"dim{i + 1}", data=np.arange(image.shape[i]) * step_nm)
+                dim.attrs["name"], dim.attrs["units"] = axis, "[n_m]"
+    return path
+
+
+def test_emd_of_two_images_says_which_was_read(tmp_path: Path) -> None:
+    from atomfinder.detection.sample import load_sample
+
+    path = write_emd_images(tmp_path / "two.emd", {"BF": IMAGE, "HAADF": IMAGE[::-1] * 2})  # HDF5 keeps names sorted
+    m = read_micrograph(path)
+    assert m.metadata["notes"] == ["holds 2 images (1: 'BF' 32x24, 2: 'HAADF' 32x24); read image 1 ('BF') only"]
+    sample = load_sample(path)
+    assert f"{path}: holds 2 images" in sample.notes[0]  # printed by detect and recorded in provenance["notes"]
+    assert read_micrograph(write_emd_images(tmp_path / "one.emd", {"HAADF": IMAGE})).metadata["notes"] == []
+
+
+def test_tiff_of_two_series_says_which_was_read(tmp_path: Path) -> None:
+    """An unmarked small series first is read (with a note); one marked as a reduced-resolution
+    copy (a thumbnail) is passed over for the full image, lazily too."""
+    import tifffile
+
+    thumb, frames = IMAGE[::2, ::2].copy(), np.stack([IMAGE, IMAGE * 2, IMAGE * 3])
+    plain, marked = tmp_path / "plain.tif", tmp_path / "marked.tif"
+    for path, subfiletype in ((plain, 0), (marked, 1)):
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(thumb, subfiletype=subfiletype)
+            tif.write(frames, photometric="minisblack")
+    m = read_micrograph(plain, min_size=8)
+    np.testing.assert_array_equal(m.data, thumb)
+    assert m.metadata["notes"] == ["holds 2 images (1: 12x16, 2: 3x24x32); read image 1 only"]
+    for lazy in (False, True):
+        m = read_micrograph(marked, lazy=lazy)
+        np.testing.assert_array_equal(np.asarray(m.data), frames)
+        assert m.metadata["notes"] == ["holds 2 images (1: 12x16 (reduced-resolution copy), 2: 3x24x32); read image 2 only"]

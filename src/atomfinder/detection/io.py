@@ -47,7 +47,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,10 @@ class Micrograph:
         found: ``"TIFF metadata"``, ``"ImageJ metadata"``, ...; ``None`` without
         one), ``sampling_from`` (``"file"``, ``"user"`` or ``None``),
         ``calibration_note`` (why the file's calibration was not used, or
-        ``None``) and ``colour`` (``None`` for a grey image, ``"rgb"`` for a
-        colour one, ``"grey-rgb"`` for grey stored as RGB with equal channels).
+        ``None``), ``colour`` (``None`` for a grey image, ``"rgb"`` for a
+        colour one, ``"grey-rgb"`` for grey stored as RGB with equal channels) and
+        ``notes`` (one line each on what was doubtful in reading it: which of
+        several images was read, ...).
     """
 
     data: np.ndarray
@@ -248,35 +250,37 @@ class FrameStack:
 
 
 class _TiffPages:
-    """Frame ``i`` of a TIFF's first series, read page by page (for files that cannot be memory-mapped)."""
+    """Frame ``i`` of a TIFF's series (the first by default), read page by page (for files that
+    cannot be memory-mapped)."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
-        self.path, self.shape = path, shape
+    def __init__(self, path: Path, shape: tuple[int, ...], series: int = 0) -> None:
+        self.path, self.shape, self.series = path, shape, series
 
     def __getitem__(self, i: int) -> np.ndarray:
         import tifffile
 
         with _quiet_logger("tifffile"), tifffile.TiffFile(self.path) as tif:
-            return tif.series[0].asarray(key=i) if len(tif.series[0].pages) > 1 else tif.series[0].asarray()[i]
+            series = tif.series[self.series]
+            return series.asarray(key=i) if len(series.pages) > 1 else series.asarray()[i]
 
 
 #: Readers that ``read_micrograph(..., lazy=True)`` reads frame by frame.
 LAZY_READERS = frozenset({"npy", "tiff"})
 
 
-def _lazy_tiff_frames(path: Path, shape: tuple[int, ...]) -> Any:
-    """The frames of a TIFF's first series without reading them: a memory map when the
-    pixels are stored uncompressed in one block, else a page-by-page reader."""
+def _lazy_tiff_frames(path: Path, shape: tuple[int, ...], series: int = 0) -> Any:
+    """The frames of a TIFF's series (the first by default) without reading them: a memory
+    map when the pixels are stored uncompressed in one block, else a page-by-page reader."""
     import tifffile
 
     try:
         with _quiet_logger("tifffile"):
-            mapped = tifffile.memmap(path, series=0, mode="r")
+            mapped = tifffile.memmap(path, series=series, mode="r")
         if tuple(mapped.shape) == tuple(shape):
             return mapped
     except (ValueError, OSError):
         pass
-    return _TiffPages(path, shape)
+    return _TiffPages(path, shape, series)
 
 
 def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
@@ -291,7 +295,8 @@ def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
     with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
         results = rsciio.tiff.file_reader(str(path), lazy=True)
-        result = _pick_image(list(results) if not isinstance(results, dict) else [results])
+        result = _pick_image(list(results) if not isinstance(results, dict) else [results],
+                             _tiff_reduced_series(path))
         axes = _rsciio_axes(result)
         data = result["data"]  # a dask array: nothing read yet
         if len(axes) != data.ndim:
@@ -456,8 +461,22 @@ def _as_frame_stack(result: dict[str, Any]) -> dict[str, Any] | None:
     return {**result, "axes": [dict(axes[0], navigate=True), *(dict(a, navigate=False) for a in axes[1:])]}
 
 
-def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _pick_image(results: list[dict[str, Any]], reduced: Sequence[bool] = ()) -> dict[str, Any]:
     """The first result whose signal is a 2-D image (or a stack of them, :func:`_as_frame_stack`).
+
+    Parameters
+    ----------
+    results : list of dict
+        rosettasciio's results, in file order.
+    reduced : sequence of bool
+        Per result, whether the file marks it as a reduced-resolution copy (a TIFF
+        thumbnail): the first image not so marked is taken, when there is one.
+
+    Returns
+    -------
+    dict
+        The result taken. When the file holds several images its x axis carries a note
+        (``read_notes``) that says how many, which one was read and its index (``index``).
 
     Raises
     ------
@@ -466,14 +485,48 @@ def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ValueError("the file holds no image")
-    for result in results:
-        if _n_signal_axes(result) == 2:
-            return result
-        stack = _as_frame_stack(result)
-        if stack is not None:
-            return stack
+    images = []
+    for i, result in enumerate(results):
+        image = result if _n_signal_axes(result) == 2 else _as_frame_stack(result)
+        if image is not None:
+            images.append((i, image))
+    if images:
+        full = [(i, r) for i, r in images if not (i < len(reduced) and reduced[i])]
+        index, chosen = (full or images)[0]
+        axes = [dict(a) for a in _rsciio_axes(chosen)]
+        if axes:
+            axes[-1]["index"] = index
+            if len(images) > 1:
+                axes[-1]["read_notes"] = [_several_images_note(images, index, reduced)]
+        return {**chosen, "axes": axes}
     shapes = ", ".join(_shape_and_units(r) for r in results) or "nothing"
     raise ValueError(f"no 2-D image or stack of images in the file (it holds {shapes}: spectra or 4-D data?)")
+
+
+def _several_images_note(images: list[tuple[int, dict[str, Any]]], index: int, reduced: Sequence[bool]) -> str:
+    """``holds 2 images (1: 'HAADF' 512x512, 2: 'BF' 512x512); read image 1 ('HAADF') only``."""
+    titles = [str(r.get("metadata", {}).get("General", {}).get("title") or "") for _, r in images]
+    named = len(set(titles)) == len(titles) and all(titles)  # titles that tell the images apart
+    parts, read = [], ""
+    for k, ((i, result), title) in enumerate(zip(images, titles), start=1):
+        size = "x".join(str(int(n)) for n in np.shape(result["data"]))
+        thumb = " (reduced-resolution copy)" if i < len(reduced) and reduced[i] else ""
+        parts.append(f"{k}: {repr(title) + ' ' if named else ''}{size}{thumb}")
+        if i == index:
+            read = f"image {k}" + (f" ({title!r})" if named else "")
+    return f"holds {len(images)} images ({', '.join(parts)}); read {read} only"
+
+
+def _tiff_reduced_series(path: Path) -> list[bool]:
+    """Per series of a TIFF, whether tifffile marks it as a reduced-resolution copy (a thumbnail)."""
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            return [bool(series.keyframe.is_reduced) for series in tif.series]
+    except Exception:  # noqa: BLE001 - not for us to judge: rosettasciio reports it
+        return []
 
 
 def _shape_and_units(result: dict[str, Any]) -> str:
@@ -569,7 +622,7 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         results = module.file_reader(str(path), **kwargs)
         if isinstance(results, dict):
             results = [results]
-        result = _pick_image(list(results))
+        result = _pick_image(list(results), _tiff_reduced_series(path) if reader == "tiff" else ())
         data = np.array(result["data"])  # copies memmaps (MRC), releasing the file
         axes = _rsciio_axes(result)
         if len(axes) != data.ndim:
@@ -949,7 +1002,9 @@ def read_micrograph(
     -----
     An uncalibrated image is returned, not refused; call
     :func:`require_sampling` where Å are needed. Only the first image of a
-    file holding several (EMD, EMI, multi-series TIFF) is read. A PNG, JPEG or
+    file holding several (EMD, EMI, multi-series TIFF) is read, with a note
+    (``metadata["notes"]``) that says so; a TIFF series that the file marks as a
+    reduced-resolution copy (a thumbnail) is passed over. A PNG, JPEG or
     NPY array ``[H, W, C]`` with C in 2..4 and H, W > 4 is taken as colour
     (grey+alpha, RGB, RGBA), not as a stack.
     """
@@ -987,6 +1042,8 @@ def read_micrograph(
             source, f"cannot read it as {a_fmt} file ({reason}); it may be truncated, damaged or of another format"
         ) from exc
 
+    notes = [str(n) for a in axes for n in a.get("read_notes", ())]  # what a reader found doubtful
+    index = next((int(a["index"]) for a in axes if "index" in a), 0)  # of the image read, in a file of several
     file_shape = [int(n) for n in raw.shape]
     file_dtype = str(raw.dtype)
     if np.iscomplexobj(raw):
@@ -1007,7 +1064,8 @@ def read_micrograph(
             source, f"image too small ({height}x{width} pixels; at least {min_size}x{min_size} needed to hold atoms)"
         )
     if lazy and reader in LAZY_READERS and data.ndim == 3:
-        frames = data if isinstance(data, np.ndarray) or reader == "npy" else _lazy_tiff_frames(p, data.shape)
+        frames = (data if isinstance(data, np.ndarray) or reader == "npy"
+                  else _lazy_tiff_frames(p, data.shape, index))
         data = FrameStack(frames, source=source)
     else:
         try:
@@ -1051,6 +1109,7 @@ def read_micrograph(
         "sampling_from": "user" if sampling_A is not None else ("file" if file_sampling_A else None),
         "calibration_note": note,
         "colour": colour,
+        "notes": notes,
     }
     if isinstance(data, np.ndarray):
         data.flags.writeable = False

@@ -74,7 +74,8 @@ class Sample:
         it; None without one.
     notes : tuple of str
         One line each about how the input was read (a given pixel size that replaces
-        a different one of the file; grey stored as RGB), for the user to see.
+        a different one of the file; grey stored as RGB; which of several images in
+        the file was read), for the user to see.
     no_data : ndarray of bool, dict or None
         Where the input held no data (NaN or ±inf pixels, before they were filled), same
         shape as ``data``; None when every pixel was finite. For a stack read lazily, a
@@ -193,6 +194,7 @@ def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_
         )
     if meta.get("colour") == "grey-rgb":
         notes.append(f"{os.fspath(path)}: grey image stored as RGB (three equal channels), read as grey")
+    notes.extend(f"{os.fspath(path)}: {note}" for note in meta.get("notes", ()))
     sampling = require_sampling(micrograph, sampling_name)
     file_sampling = meta.get("file_sampling_A")
     if sampling_A is not None and file_sampling and abs(sampling - file_sampling) > SAMPLING_RTOL * file_sampling:
