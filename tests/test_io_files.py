@@ -157,3 +157,38 @@ def test_tiff_of_two_series_says_which_was_read(tmp_path: Path) -> None:
         m = read_micrograph(marked, lazy=lazy)
         np.testing.assert_array_equal(np.asarray(m.data), frames)
         assert m.metadata["notes"] == ["holds 2 images (1: 12x16 (reduced-resolution copy), 2: 3x24x32); read image 2 only"]
+
+
+# ------------------------------------------------------------------ truncated TIFF stacks
+
+
+def cut(path: Path, fraction: float) -> Path:
+    """A copy of ``path`` cut to ``fraction`` of its bytes (a copy or download that stopped)."""
+    data = path.read_bytes()
+    out = path.with_name(f"cut_{path.name}")
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_truncated_imagej_and_ome_stacks_are_refused(tmp_path: Path, lazy: bool) -> None:
+    """tifffile reads what is left of a cut stack and only logs the damage: an ImageJ stack came
+    out as its first frame, an OME one with blank frames in place of the missing ones."""
+    import tifffile
+
+    frames = np.stack([IMAGE * k for k in range(1, 6)])
+    imagej, ome, ome_front = tmp_path / "ij.tif", tmp_path / "o.ome.tif", tmp_path / "front.ome.tif"
+    tifffile.imwrite(imagej, frames, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(ome, frames, ome=True, metadata={"axes": "TYX"})  # OME-XML written after the pixels
+    with tifffile.TiffFile(ome) as tif:
+        xml = tif.ome_metadata
+    tifffile.imwrite(ome_front, frames, description=xml, metadata=None, photometric="minisblack")  # XML first
+    for path, fragment in [(imagej, "its ImageJ metadata declares 5 frames, the file holds"),
+                           (ome, "its list of pages leads past the end of the file after page"),
+                           (ome_front, "its OME-XML declares 5 frames, the file holds")]:
+        assert read_micrograph(path, lazy=lazy).data.shape == frames.shape
+        short = cut(path, 0.5)
+        with pytest.raises(MicrographError) as excinfo:
+            read_micrograph(short, lazy=lazy)
+        one_line_error(excinfo, short, fragment, "truncated?")
+

@@ -601,6 +601,86 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.disabled = was
 
 
+@contextlib.contextmanager
+def _caught_log(name: str) -> Iterator[list[str]]:
+    """A library's log messages, kept in the list yielded instead of printed."""
+    logger = logging.getLogger(name)
+    caught: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        caught.append(record.getMessage())
+        return False
+
+    was = logger.disabled
+    logger.disabled = False
+    logger.addFilter(keep)
+    try:
+        yield caught
+    finally:
+        logger.removeFilter(keep)
+        logger.disabled = was
+
+
+#: What tifffile logs when a TIFF's list of pages leads outside the file.
+_TIFF_BROKEN_PAGE_LIST = ("invalid page offset", "invalid offset to page", "corrupted tag list of page")
+
+
+def _tiff_truncation_problem(path: Path, frames_read: int, series: int = 0) -> str | None:
+    """Why a TIFF seems cut short, or None.
+
+    tifffile reads what it can of a truncated file and only logs the damage: a stack whose
+    ImageJ metadata declares more frames than the pages it finds is read as one image
+    (``ImageJ series metadata invalid or corrupted file``), and an OME series is filled
+    with blank frames. The ImageJ ``images`` or the OME-XML planes are compared with what
+    the file holds (``frames_read``, or its pages when the list of pages leads outside
+    the file).
+    """
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _caught_log("tifffile") as caught, tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            n_pages = len(tif.pages)
+            kind = tif.series[series].kind if series < len(tif.series) else ""
+            imagej = tif.imagej_metadata
+            ome_planes = _ome_planes(tif.ome_metadata) if tif.is_ome else None
+    except Exception:  # noqa: BLE001 - not for us to judge: the reader reports it
+        return None
+    broken = any(m in message for message in caught for m in _TIFF_BROKEN_PAGE_LIST)
+    held = min(frames_read, n_pages) if broken else frames_read
+    if imagej and kind != "imagej":
+        declared = int(imagej.get("images") or 1)
+        if declared > held:
+            return f"its ImageJ metadata declares {declared} frames, the file holds {held}: truncated?"
+    if broken:
+        if ome_planes and ome_planes > held:
+            return f"its OME-XML declares {ome_planes} frames, the file holds {held}: truncated?"
+        return f"its list of pages leads past the end of the file after page {n_pages}: truncated?"
+    return None
+
+
+def _ome_planes(ome_xml: str | None) -> int | None:
+    """Number of 2-D planes of the first OME ``Pixels`` element (``SizeZ x SizeT x SizeC``
+    over its samples per pixel), or None."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(ome_xml or "")
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            a = element.attrib
+            try:
+                size = int(a.get("SizeZ", 1)) * int(a.get("SizeT", 1)) * int(a.get("SizeC", 1))
+                samples = max(1, int(next((c.attrib.get("SamplesPerPixel", 1) for c in element
+                                           if c.tag.rsplit("}", 1)[-1] == "Channel"), 1)))
+            except ValueError:
+                return None
+            return max(1, size // samples)
+    return None
+
+
 def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Read DM3/DM4, EMD, SER/EMI, MRC or TIFF with rosettasciio."""
     import importlib
@@ -1052,6 +1132,10 @@ def read_micrograph(
     if data.dtype.names or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise MicrographError(source, f"pixel type {file_dtype} is not a number")
     data, axes = _arrange(data, axes)
+    if reader == "tiff":
+        problem = _tiff_truncation_problem(p, int(np.prod(data.shape[:-2], dtype=np.int64)), index)
+        if problem:
+            raise MicrographError(source, problem)
     if data.ndim > 3:
         raise MicrographError(
             source, f"{data.ndim}-D data of shape {tuple(file_shape)}; expected one image [H, W] or a stack [N, H, W]"
