@@ -192,3 +192,27 @@ def test_truncated_imagej_and_ome_stacks_are_refused(tmp_path: Path, lazy: bool)
             read_micrograph(short, lazy=lazy)
         one_line_error(excinfo, short, fragment, "truncated?")
 
+
+# ------------------------------------------------------------------ lazily read TIFF (detect)
+
+
+def test_lazy_colour_tiff_is_read_where_failures_name_the_file(tmp_path: Path) -> None:
+    """detect reads TIFFs lazily: a colour TIFF was converted to grey as a dask array, outside the
+    reader's error handling, so a cut file said only 'mmap length is greater than file size' (no
+    file name, not collected with the other bad inputs) after a dask FutureWarning."""
+    import warnings
+
+    import tifffile
+
+    from atomfinder.detection.sample import load_sample
+
+    rgb = (np.stack([IMAGE, IMAGE ** 2, 1 - IMAGE], axis=-1) * 255).astype(np.uint8)
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb")
+    short = cut(path, 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dask FutureWarning
+        assert read_micrograph(path, lazy=True).metadata["colour"] == "rgb"
+        with pytest.raises(MicrographError) as excinfo:
+            load_sample(short, 0.1, lazy=True)
+    one_line_error(excinfo, short, "cannot read it as a TIFF file", "truncated")

@@ -302,6 +302,8 @@ def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
         if len(axes) != data.ndim:
             axes = [{} for _ in range(data.ndim)]
         axes = _tiff_fill_units(path, axes)
+        if data.ndim < 3 or data.dtype.names:  # one image, or colour: read it here, where a failure names the file
+            data = np.asarray(data.compute(scheduler="synchronous"))
     return data, axes
 
 
