@@ -216,3 +216,37 @@ def test_lazy_colour_tiff_is_read_where_failures_name_the_file(tmp_path: Path) -
         with pytest.raises(MicrographError) as excinfo:
             load_sample(short, 0.1, lazy=True)
     one_line_error(excinfo, short, "cannot read it as a TIFF file", "truncated")
+
+
+# ------------------------------------------------------------------ planar RGB TIFF
+
+
+def test_planar_rgb_tiff_is_read_with_a_note(tmp_path: Path) -> None:
+    """One page of 3 separate planes tagged RGB is what tifffile writes for any [3, H, W] array:
+    16-bit (or float) planes are read as frames, 8-bit ones as colour (rosettasciio failed on them:
+    'The last dimension size of the array must be 3 or 4'); both say so. Planes not tagged RGB
+    are frames, without a note."""
+    import tifffile
+
+    from atomfinder.detection.sample import load_sample
+
+    u16 = (np.stack([IMAGE, IMAGE / 2, 1 - IMAGE]) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", u16, photometric="rgb", planarconfig="separate")
+    m = read_micrograph(tmp_path / "rgb16.tif")
+    np.testing.assert_array_equal(m.data, u16)
+    assert m.metadata["notes"] == ["its 3 uint16 planes are marked as RGB colour, as tifffile marks any [3, H, W] "
+                                   "array: read as 3 frames (if it is a colour image, convert it to grey first)"]
+    u8 = (u16 >> 8).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb8.tif", u8, photometric="rgb", planarconfig="separate")
+    m = read_micrograph(tmp_path / "rgb8.tif")
+    assert m.metadata["colour"] == "rgb" and "read as a colour image" in m.metadata["notes"][0]
+    with pytest.raises(MicrographError) as excinfo:
+        load_sample(tmp_path / "rgb8.tif", 0.1, lazy=True)
+    one_line_error(excinfo, tmp_path / "rgb8.tif", "a colour (RGB) image", "photometric='minisblack'")
+    grey = np.stack([u8[0]] * 3)
+    tifffile.imwrite(tmp_path / "grey8.tif", grey, photometric="rgb", planarconfig="separate")
+    sample = load_sample(tmp_path / "grey8.tif", 0.1)
+    assert sample.data.shape == (24, 32) and any("read as grey" in n for n in sample.notes)
+    tifffile.imwrite(tmp_path / "frames8.tif", u8, photometric="minisblack", planarconfig="separate")
+    m = read_micrograph(tmp_path / "frames8.tif")
+    assert m.data.shape == (3, 24, 32) and m.metadata["notes"] == []

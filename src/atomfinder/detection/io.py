@@ -757,11 +757,11 @@ def _mrc_check_sampling(path: Path, axes: list[dict[str, Any]]) -> list[dict[str
 
 
 def _planar_samples_tiff(path: Path) -> bool:
-    """Whether a TIFF holds one page of several planar samples that are not 8-bit colour.
+    """Whether a TIFF holds one page of several planar samples (separate planes).
 
     ``tifffile.imwrite(path, frames)`` stores a ``[3, H, W]`` or ``[4, H, W]`` array of
-    any type as one "RGB" page with separate planes: for 16-bit or float data those are
-    frames (e.g. a focal series), not colour, and rosettasciio cannot read them.
+    any type as one "RGB" page with separate planes, which rosettasciio cannot read
+    (:func:`_read_planar_tiff` reads them).
     """
     import tifffile
 
@@ -769,19 +769,45 @@ def _planar_samples_tiff(path: Path) -> bool:
         with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
             warnings.simplefilter("ignore")
             series = tif.series[0]
-            return (len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
-                    and np.dtype(series.dtype) != np.uint8)
+            return len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
     except Exception:  # noqa: BLE001 - not for us to judge: rosettasciio reports it
         return False
 
 
 def _read_planar_tiff(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Read the planar samples of :func:`_planar_samples_tiff` as frames ``[N, H, W]``."""
+    """Read the planar samples of :func:`_planar_samples_tiff`: 8-bit RGB as colour, others as frames.
+
+    The tag says RGB both for a colour image and for any ``[3, H, W]`` array that
+    ``tifffile.imwrite`` stored with its defaults, which cannot be told apart: 8-bit
+    RGB planes are read as colour (a structured array with ``R``, ``G``, ``B`` fields,
+    as rosettasciio gives contiguous RGB), 16-bit or float ones as frames (a focal
+    series saved from NumPy is the likelier), each with a note that says so. Planes
+    that are not marked RGB are frames.
+    """
     import tifffile
 
-    data = np.asarray(tifffile.imread(path))
+    with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+        warnings.simplefilter("ignore")
+        rgb = tif.pages.first.photometric == tifffile.PHOTOMETRIC.RGB
+        data = np.asarray(tif.series[0].asarray())
+    notes = []
+    n = data.shape[0]
+    if rgb and data.dtype == np.uint8:
+        names = "RGBA"[:n]
+        colour = np.empty(data.shape[1:], dtype=[(c, data.dtype) for c in names])
+        for i, c in enumerate(names):
+            colour[c] = data[i]
+        data = colour
+        notes.append(f"its {n} planes are marked as RGB colour: read as a colour image (if they are {n} frames, "
+                     "save them with photometric='minisblack')")
+    elif rgb:
+        notes.append(f"its {n} {data.dtype} planes are marked as RGB colour, as tifffile marks any [{n}, H, W] "
+                     f"array: read as {n} frames (if it is a colour image, convert it to grey first)")
     axes: list[dict[str, Any]] = [{} for _ in range(data.ndim)]
-    return data, _tiff_fill_units(path, axes)
+    axes = _tiff_fill_units(path, axes)
+    if notes:
+        axes[-1] = dict(axes[-1], read_notes=notes)
+    return data, axes
 
 
 def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:

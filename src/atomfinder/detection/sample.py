@@ -191,6 +191,7 @@ def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_
         raise MicrographError(
             path, "a colour (RGB) image, not a micrograph (a screenshot or an exported figure?); "
             "give the grey-level image the microscope recorded (dm3/dm4/emd/ser/mrc/tif)"
+            + "".join(f"; note: {note}" for note in meta.get("notes", ()))  # e.g. frames stored as RGB planes
         )
     if meta.get("colour") == "grey-rgb":
         notes.append(f"{os.fspath(path)}: grey image stored as RGB (three equal channels), read as grey")
