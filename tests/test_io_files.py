@@ -250,3 +250,24 @@ def test_planar_rgb_tiff_is_read_with_a_note(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "frames8.tif", u8, photometric="minisblack", planarconfig="separate")
     m = read_micrograph(tmp_path / "frames8.tif")
     assert m.data.shape == (3, 24, 32) and m.metadata["notes"] == []
+
+
+# ------------------------------------------------------------------ non-square pixels
+
+
+@pytest.mark.parametrize("sampling_A", [None, 0.108])
+def test_non_square_pixels_are_refused_also_with_a_given_size(tmp_path: Path, sampling_A: float | None) -> None:
+    """0.108 x 0.216 Å pixels: a given pixel size is one size for both axes and cannot make them
+    square (it ran silently with --sampling, recording no file calibration and no note), and the
+    refusal without one no longer advises --sampling."""
+    import tifffile
+
+    from atomfinder.detection.sample import load_sample
+
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, IMAGE, imagej=True, resolution=(1 / 0.0108, 1 / 0.0216), metadata={"unit": "nm"})
+    with pytest.raises(MicrographError) as excinfo:
+        load_sample(path, sampling_A, sampling_label="--sampling")
+    message = one_line_error(excinfo, path, "non-square pixels (0.108 Å wide, 0.216 Å high)",
+                             "resample the image to square pixels first")
+    assert ("--sampling" in message) == (sampling_A is not None)

@@ -20,8 +20,9 @@ Policy
   (the MRC header of some cameras says -1 nm), an MRC header whose sampling
   ``MX``/``MY`` is 0 (pixel size = cell / sampling) and the resolution tags of a
   plain TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
-  (``1/nm``: a diffraction pattern or FFT) is an error. A ``sampling_A`` given by
-  the user overrides the file.
+  (``1/nm``: a diffraction pattern or FFT) is an error, and so are non-square
+  pixels, also with a ``sampling_A`` (one size cannot describe them): the image
+  must be resampled first. A ``sampling_A`` given by the user overrides the file.
 * :func:`read_micrograph` accepts uncalibrated files (``sampling_A is None``);
   code that needs physical units calls :func:`require_sampling`, which raises
   the one-line error that tells the user to pass ``--sampling`` (or the keyword
@@ -1103,8 +1104,8 @@ def read_micrograph(
     MicrographError
         Missing, empty, unknown, unreadable or truncated file; not an image
         (1-D, 4-D, spectra, complex); smaller than ``min_size``; no finite or
-        only one pixel value; reciprocal or non-square calibration; a
-        non-positive ``sampling_A``.
+        only one pixel value; reciprocal or non-square calibration (also
+        with ``sampling_A``); a non-positive ``sampling_A``.
 
     Notes
     -----
@@ -1202,11 +1203,9 @@ def read_micrograph(
             raise MicrographError(
                 source, f"pixel size in a {exc}: a diffraction pattern or FFT, not a real-space image"
             ) from None
-        if sampling_A is None:
-            raise MicrographError(
-                source, f"{exc}; resample the image or {sampling_hint(sampling_name, 'a pixel size')}"
-            ) from None
-        file_sampling_A, note = None, str(exc)
+        # non-square pixels: a given pixel size is one size for both axes and cannot make them square
+        given = "" if sampling_A is None else f" ({sampling_name} gives one size for both axes and cannot correct it)"
+        raise MicrographError(source, f"{exc}; resample the image to square pixels first{given}") from None
 
     x_axis = axes[-1] if axes else {}
     metadata = {
