@@ -271,3 +271,27 @@ def test_non_square_pixels_are_refused_also_with_a_given_size(tmp_path: Path, sa
     message = one_line_error(excinfo, path, "non-square pixels (0.108 Å wide, 0.216 Å high)",
                              "resample the image to square pixels first")
     assert ("--sampling" in message) == (sampling_A is not None)
+
+
+# ------------------------------------------------------------------ two channels per pixel
+
+
+def test_two_channels_are_grey_and_alpha_only_when_they_can_be(tmp_path: Path) -> None:
+    """[H, W, 2] lost its second channel as if it were alpha (pair_hw2.npy: two images); now only a
+    constant second channel or a PNG's grey+alpha is alpha, other pairs are refused."""
+    import imageio.v3 as iio
+
+    from atomfinder.detection.sample import load_sample
+
+    pair = np.stack([IMAGE, IMAGE[::-1]], axis=-1)
+    path = tmp_path / "pair.npy"
+    np.save(path, pair)
+    for read in (lambda: read_micrograph(path), lambda: load_sample(pair, 0.1, source=str(path))):
+        with pytest.raises(MicrographError) as excinfo:
+            read()
+        one_line_error(excinfo, path, "2 values per pixel (shape (24, 32, 2)) whose second varies")
+    np.save(path, np.stack([IMAGE, np.ones_like(IMAGE)], axis=-1))
+    np.testing.assert_array_equal(read_micrograph(path).data, IMAGE)
+    grey = (IMAGE * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "ga.png", np.stack([grey, grey[::-1]], axis=-1))  # varying alpha: still grey+alpha
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "ga.png").data, grey)

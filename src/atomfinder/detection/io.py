@@ -961,7 +961,7 @@ def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]
 
 
 def _to_grey(
-    data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool
+    data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool, grey_alpha: bool = False
 ) -> tuple[np.ndarray, list[dict[str, Any]], str | None]:
     """Convert RGB(A) to grey with BT.709 luma; other data pass unchanged.
 
@@ -974,18 +974,32 @@ def _to_grey(
         Axis dictionaries, one per dimension of ``data``.
     channels_last : bool
         Whether a trailing axis of 2-4 channels may be colour.
+    grey_alpha : bool
+        Whether two channels are grey and alpha by the format (a PNG); otherwise the
+        second of two channels is taken as alpha only when it is constant.
 
     Returns
     -------
     (data, axes, colour)
         ``colour`` is None for grey input, ``"rgb"`` for colour, ``"grey-rgb"`` for
         RGB(A) whose three colour channels are equal (grey stored as colour).
+
+    Raises
+    ------
+    ValueError
+        For two channels whose second varies, outside a format that says grey+alpha:
+        two images side by side, not an image and its transparency.
     """
     if data.dtype.names and {"R", "G", "B"} <= set(data.dtype.names):
         rgb = np.stack([data[c].astype(np.float64) for c in "RGB"], axis=-1)
         axes_out = axes
     elif channels_last and data.ndim == 3 and data.shape[-1] in (2, 3, 4) and min(data.shape[:2]) > 4:
         if data.shape[-1] == 2:  # grey + alpha
+            alpha = np.asarray(data[..., 1])
+            if not grey_alpha and not (alpha == alpha.flat[0]).all():
+                raise ValueError(
+                    f"2 values per pixel (shape {tuple(data.shape)}) whose second varies: not grey and alpha; "
+                    "give one image [H, W] or a stack of frames [N, H, W]")
             return data[..., 0], axes[:-1], None
         rgb = data[..., :3].astype(np.float64)
         axes_out = axes[:-1]
@@ -1115,7 +1129,8 @@ def read_micrograph(
     (``metadata["notes"]``) that says so; a TIFF series that the file marks as a
     reduced-resolution copy (a thumbnail) is passed over. A PNG, JPEG or
     NPY array ``[H, W, C]`` with C in 2..4 and H, W > 4 is taken as colour
-    (grey+alpha, RGB, RGBA), not as a stack.
+    (grey+alpha, RGB, RGBA), not as a stack; two channels are grey and alpha only
+    in a PNG or when the second is constant, and refused otherwise.
     """
     source = os.fspath(path)
     p = Path(source)
@@ -1157,7 +1172,10 @@ def read_micrograph(
     file_dtype = str(raw.dtype)
     if np.iscomplexobj(raw):
         raise MicrographError(source, "complex data (an exit wave or FFT?); save the intensity image instead")
-    data, axes, colour = _to_grey(raw, axes, channels_last=reader in ("image", "npy"))
+    try:
+        data, axes, colour = _to_grey(raw, axes, channels_last=reader in ("image", "npy"), grey_alpha=reader == "image")
+    except ValueError as exc:
+        raise MicrographError(source, str(exc)) from None
     if data.dtype.names or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise MicrographError(source, f"pixel type {file_dtype} is not a number")
     data, axes = _arrange(data, axes)

@@ -127,7 +127,10 @@ def _grey_from_channels(data: np.ndarray, source: str) -> tuple[np.ndarray, tupl
         return data, ()
     if data.shape[-1] == 1:
         return data[..., 0], ()
-    grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=True)
+    try:
+        grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=True)
+    except ValueError as exc:  # two channels that are not grey and alpha
+        raise MicrographError(source, str(exc)) from None
     if colour == "rgb":
         raise MicrographError(
             source, f"a colour (RGB) image of shape {data.shape}, not a micrograph (a screenshot or an exported "
