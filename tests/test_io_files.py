@@ -295,3 +295,17 @@ def test_two_channels_are_grey_and_alpha_only_when_they_can_be(tmp_path: Path) -
     grey = (IMAGE * 255).astype(np.uint8)
     iio.imwrite(tmp_path / "ga.png", np.stack([grey, grey[::-1]], axis=-1))  # varying alpha: still grey+alpha
     np.testing.assert_array_equal(read_micrograph(tmp_path / "ga.png").data, grey)
+
+
+# ------------------------------------------------------------------ where the calibration came from
+
+
+def test_imagej_micron_calibration_is_said_to_come_from_imagej(tmp_path: Path) -> None:
+    """rosettasciio reads ImageJ's 'micron' itself: the source said 'TIFF metadata'."""
+    import tifffile
+
+    path = tmp_path / "micron.tif"
+    tifffile.imwrite(path, IMAGE, imagej=True, resolution=(1 / 1.08e-5, 1 / 1.08e-5), metadata={"unit": "micron"})
+    meta = read_micrograph(path).metadata
+    assert (meta["calibration_source"], meta["unit"]) == ("ImageJ metadata", "µm")
+    assert meta["file_sampling_A"] == pytest.approx(0.108)

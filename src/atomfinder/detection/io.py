@@ -818,7 +818,11 @@ def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, A
     when its image axes carry no unit, take scale and unit from there (the x axis
     records which, as ``calibration_source``).
     """
-    if len(axes) < 2 or any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):
+    if len(axes) < 2:
+        return axes
+    if any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):  # rsciio found one: where?
+        axes = [dict(a) for a in axes]
+        axes[-1].setdefault("calibration_source", _tiff_calibration_source(path))
         return axes
     found = _tiff_extra_calibration(path)
     if found is None:
@@ -828,6 +832,34 @@ def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, A
     axes[-2].update(scale=scale_y, units=unit_y)
     axes[-1].update(scale=scale_x, units=unit_x, calibration_source=where)
     return axes
+
+
+#: DigitalMicrograph's private TIFF tags of units and scales (rsciio's ``_is_digital_micrograph``).
+_DM_TIFF_TAGS = frozenset(range(65003, 65012))
+
+
+def _tiff_calibration_source(path: Path) -> str:
+    """Where rosettasciio found a TIFF's calibration, in its order: the FEI, Zeiss, TVIPS or
+    Olympus metadata; else ImageJ's (which gives the scale when it has a unit), or
+    DigitalMicrograph's tags; ``"TIFF metadata"`` when it cannot be told."""
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            page = tif.pages.first
+            for flag, name in (("fei", "FEI metadata"), ("sem", "Zeiss SEM metadata"), ("tvips", "TVIPS metadata")):
+                if flag in tif.flags:
+                    return name
+            if page.is_sis:
+                return "Olympus SIS metadata"
+            if tif.imagej_metadata and tif.imagej_metadata.get("unit"):
+                return "ImageJ metadata"
+            if any(tag.code in _DM_TIFF_TAGS for tag in page.tags):
+                return "DigitalMicrograph TIFF tags"
+    except Exception:  # noqa: BLE001 - the file was read: only the wording is at stake
+        pass
+    return "TIFF metadata"
 
 
 def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float, str], str] | None:
