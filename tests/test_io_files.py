@@ -309,3 +309,25 @@ def test_imagej_micron_calibration_is_said_to_come_from_imagej(tmp_path: Path) -
     meta = read_micrograph(path).metadata
     assert (meta["calibration_source"], meta["unit"]) == ("ImageJ metadata", "µm")
     assert meta["file_sampling_A"] == pytest.approx(0.108)
+
+
+# ------------------------------------------------------------------ content that its extension misnames
+
+
+def test_file_is_read_by_its_content_with_a_note(tmp_path: Path) -> None:
+    """A calibrated TIFF named .png was read by imageio and lost its calibration; a PNG named .tif
+    was refused ('not a TIFF file'). Both are read as what their first bytes say, with a note."""
+    import imageio.v3 as iio
+    import tifffile
+
+    tif_as_png = tmp_path / "cal.png"
+    tifffile.imwrite(tif_as_png, IMAGE, imagej=True, resolution=(1 / 0.0108, 1 / 0.0108), metadata={"unit": "nm"})
+    m = read_micrograph(tif_as_png)
+    assert m.sampling_A == pytest.approx(0.108) and m.metadata["format"] == "tiff"
+    assert m.metadata["notes"] == ["a TIFF file named .png: read as TIFF"]
+    png_as_tif = tmp_path / "grey.tif"
+    grey = (IMAGE * 255).astype(np.uint8)
+    iio.imwrite(png_as_tif, grey, extension=".png")
+    m = read_micrograph(png_as_tif)
+    np.testing.assert_array_equal(m.data, grey)
+    assert m.metadata["notes"] == ["a PNG/JPEG file named .tif: read as PNG/JPEG"]

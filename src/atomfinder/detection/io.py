@@ -117,6 +117,12 @@ _ANGSTROM_PER_UNIT: dict[str, float] = {
 # Units that say "pixels, not calibrated".
 _NO_UNITS = {"", "px", "pixel", "pixels", "<auto>", "none", "unknown", "[]"}
 
+#: Leading bytes -> reader, for files whose content is not what their extension says.
+_MAGIC: dict[bytes, str] = {
+    b"II*\0": "tiff", b"MM\0*": "tiff", b"II+\0": "tiff", b"MM\0+": "tiff",  # TIFF, BigTIFF
+    b"\x89PNG\r\n\x1a\n": "image", b"\xff\xd8\xff": "image",  # PNG, JPEG
+}
+
 _LUMA = np.array([0.2125, 0.7154, 0.0721])  # ITU-R BT.709, as skimage.color.rgb2gray
 
 
@@ -131,6 +137,20 @@ class MicrographError(ValueError):
 class _FileProblem(ValueError):
     """What a reader found wrong with a file, said in full: :func:`read_micrograph` reports
     it as it is, not as "cannot read it as ... (reason); it may be truncated ..."."""
+
+
+def _reader_by_content(path: Path) -> str | None:
+    """The reader that the file's first bytes name (TIFF, PNG, JPEG), or None.
+
+    Those signatures cannot begin a DM3/DM4 (a version number), EMD (HDF5), TIA
+    (``II`` then 0x0197), MRC (an ``NX`` of millions) or NPY file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((reader for magic, reader in _MAGIC.items() if head.startswith(magic)), None)
 
 
 def _one_line_reason(exc: BaseException) -> str:
@@ -1180,6 +1200,11 @@ def read_micrograph(
     if reader is None:
         known = " ".join(sorted(SUPPORTED_EXTENSIONS))
         raise MicrographError(source, f"unknown file type {p.suffix or '(no extension)'!r}; supported: {known}")
+    content = _reader_by_content(p)
+    renamed = None
+    if content is not None and content != reader:  # a TIFF named .png: read what it is
+        renamed = f"a {_FORMAT_NAMES[content]} file named {p.suffix}: read as {_FORMAT_NAMES[content]}"
+        reader = content
     fmt = _FORMAT_NAMES[reader]
     a_fmt = f"{'an' if reader in _AN_FORMATS else 'a'} {fmt}"
 
@@ -1198,7 +1223,8 @@ def read_micrograph(
             source, f"cannot read it as {a_fmt} file ({reason}); it may be truncated, damaged or of another format"
         ) from exc
 
-    notes = [str(n) for a in axes for n in a.get("read_notes", ())]  # what a reader found doubtful
+    notes = [renamed] if renamed else []
+    notes += [str(n) for a in axes for n in a.get("read_notes", ())]  # what a reader found doubtful
     index = next((int(a["index"]) for a in axes if "index" in a), 0)  # of the image read, in a file of several
     file_shape = [int(n) for n in raw.shape]
     file_dtype = str(raw.dtype)
