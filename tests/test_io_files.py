@@ -55,6 +55,7 @@ def test_mrc_without_sampling_is_uncalibrated(tmp_path: Path, cell_A: tuple) -> 
     m = read_micrograph(path)
     assert m.sampling_A is None and m.metadata["file_sampling_A"] is None
     assert "MX = 0, MY = 0 in the MRC header" in m.metadata["calibration_note"]
+    assert m.metadata["scale"] is None and m.metadata["unit"] is None  # not rosettasciio's placeholder 1 nm
     with pytest.raises(MicrographError) as excinfo:
         require_sampling(m)
     one_line_error(excinfo, path, "no pixel size", "MX = 0", "--sampling")

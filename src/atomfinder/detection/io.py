@@ -759,7 +759,7 @@ def _mrc_check_sampling(path: Path, axes: list[dict[str, Any]]) -> list[dict[str
 
     MRC2014 gives the pixel size along x as ``cella.x / mx`` (``Xlen / MX``, in Å),
     likewise for y. With ``MX`` or ``MY`` zero there is none, and rsciio then puts a
-    placeholder scale of 1 nm on the axis; the cell is not divided by ``NX`` instead
+    placeholder scale of 1 nm on the axis (dropped here); the cell is not divided by ``NX`` instead
     (that would be a guess). Files with an FEI extended header, whose pixel size rsciio
     reads from there, are left as they are.
     """
@@ -773,7 +773,7 @@ def _mrc_check_sampling(path: Path, axes: list[dict[str, Any]]) -> list[dict[str
             f"{float(header['Ylen']):g} Å) gives no pixel size")
     axes = [dict(a) for a in axes]
     for axis in axes[-2:]:
-        axis.update(scale=1.0, units=None, calibration_note=note)
+        axis.update(scale=None, units=None, calibration_note=note)  # no scale in the file, not 1
     return axes
 
 
