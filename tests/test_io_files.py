@@ -71,8 +71,8 @@ def write_ncem_emd(path: Path, data: np.ndarray, units: list[str], scales: list[
 
     axes = [{"name": f"dim{i}", "units": u, "size": n, "scale": s, "offset": 0.0, "navigate": False}
             for i, (n, u, s) in enumerate(zip(data.shape, units, scales))]
-    rsciio.emd.file_writer(str(path), {"data": data, "axes": axes, "metadata": {"General": {"title": "s"}, "Signal": {}},
-                                       "original_metadata": {}})
+    signal = {"data": data, "axes": axes, "metadata": {"General": {"title": "s"}, "Signal": {}}, "original_metadata": {}}
+    rsciio.emd.file_writer(str(path), signal)
     return path
 
 
@@ -157,7 +157,8 @@ def test_tiff_of_two_series_says_which_was_read(tmp_path: Path) -> None:
     for lazy in (False, True):
         m = read_micrograph(marked, lazy=lazy)
         np.testing.assert_array_equal(np.asarray(m.data), frames)
-        assert m.metadata["notes"] == ["holds 2 images (1: 12x16 (reduced-resolution copy), 2: 3x24x32); read image 2 only"]
+        assert m.metadata["notes"] == [
+            "holds 2 images (1: 12x16 (reduced-resolution copy), 2: 3x24x32); read image 2 only"]
 
 
 # ------------------------------------------------------------------ truncated TIFF stacks

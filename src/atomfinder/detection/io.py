@@ -499,7 +499,7 @@ def _pick_image(results: list[dict[str, Any]], reduced: Sequence[bool] = ()) -> 
     -------
     dict
         The result taken. When the file holds several images its x axis carries a note
-        (``read_notes``) that says how many, which one was read and its index (``index``).
+        (``read_notes``) that says how many, which one was read and its index (``image_index``).
 
     Raises
     ------
@@ -518,7 +518,7 @@ def _pick_image(results: list[dict[str, Any]], reduced: Sequence[bool] = ()) -> 
         index, chosen = (full or images)[0]
         axes = [dict(a) for a in _rsciio_axes(chosen)]
         if axes:
-            axes[-1]["index"] = index
+            axes[-1]["image_index"] = index
             if len(images) > 1:
                 axes[-1]["read_notes"] = [_several_images_note(images, index, reduced)]
         return {**chosen, "axes": axes}
@@ -1225,7 +1225,7 @@ def read_micrograph(
 
     notes = [renamed] if renamed else []
     notes += [str(n) for a in axes for n in a.get("read_notes", ())]  # what a reader found doubtful
-    index = next((int(a["index"]) for a in axes if "index" in a), 0)  # of the image read, in a file of several
+    index = next((int(a["image_index"]) for a in axes if "image_index" in a), 0)  # which of several images
     file_shape = [int(n) for n in raw.shape]
     file_dtype = str(raw.dtype)
     if np.iscomplexobj(raw):

@@ -32,7 +32,7 @@ def calibration_record(sample: Sample) -> dict[str, Any]:
     return {
         "calibration_source": cal.get("source"),
         "file_unit": cal.get("unit"),
-        "file_scale": None if scale is None else float(scale),
+        "file_scale": float(scale) if isinstance(scale, (int, float)) else scale,  # as written: JSON-able already
         "calibration_note": cal.get("note"),
     }
 
@@ -81,8 +81,8 @@ def provenance(
         (focal series: the step given, else None), ``sampling_A``,
         ``sampling_source``, ``file_sampling_A`` (the pixel size written in the (first) file, also
         when a given value replaced it; None without one), ``calibration_source``, ``file_unit``,
-        ``file_scale`` and ``calibration_note`` (:func:`calibration_record`), ``model`` (``name``, ``version``, ``path``,
-        ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
+        ``file_scale`` and ``calibration_note`` (:func:`calibration_record`), ``model`` (``name``,
+        ``version``, ``path``, ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
         or None), ``honeycomb`` (the card's sublattice rule, or None), ``test_time_augmentation``
         (whether the maps were averaged over the square's symmetries: the card's setting
