@@ -328,7 +328,7 @@ def test_info_describes_each_file_and_goes_on_after_an_error(tmp_path):
     assert len(lines) == 4, result.output
     tif_line, error, stack_line, mrc_line = lines
     assert tif_line.startswith(f"{tif}: TIFF, int32 (68, 68) in the file; 1 image of 68x68 px")
-    assert "pixel size 1687 Å/px (0.168675 " in tif_line and "m per pixel in the TIFF metadata)" in tif_line
+    assert "pixel size 1687 Å/px (0.168675 " in tif_line and "m per pixel in the DigitalMicrograph TIFF tags)" in tif_line
     assert "error:" in error and "missing.dm4" in error and "no such file" in error
     assert "3 frames of 2x16 px" in stack_line and "pixel size 599.8 Å/px" in stack_line
     assert "Gatan DigitalMicrograph metadata" in stack_line and "too small" in stack_line

@@ -647,7 +647,7 @@ def test_dm3_renamed_mrc_is_refused_without_allocating(tmp_path):
     """A DM3 file read as MRC declared 1.5 EiB (MemoryError traceback before)."""
     path = tmp_path / "renamed.mrc"
     path.write_bytes((SAMPLES / "digitalmicrograph_2D_test-1.dm3").read_bytes())
-    with pytest.raises(MicrographError, match="cannot read it as a MRC file .*the header declares"):
+    with pytest.raises(MicrographError, match="cannot read it as an MRC file .*the header declares"):
         read_micrograph(path)
     result = CliRunner().invoke(app, ["detect", str(path), "--model", "graphene", "--sampling", "0.1",
                                       "--out", str(tmp_path / "out")])
@@ -677,7 +677,7 @@ def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path):
     import time
 
     start = time.perf_counter()
-    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as a EMD .*took more than 8\.\d+ s") as exc:
+    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as an EMD .*took more than 8\.\d+ s") as exc:
         read_micrograph(path, min_size=1)
     assert "\n" not in str(exc.value)
     assert time.perf_counter() - start < 10.0  # refused within the 10 s a case of make fuzz may take
@@ -686,7 +686,7 @@ def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path):
 def test_isolated_reader_reports_errors_in_one_line(tmp_path):
     bad = tmp_path / "bad.emd"
     bad.write_bytes(b"not hdf5 at all")
-    with pytest.raises(MicrographError, match=r"bad.emd: cannot read it as a EMD \(Velox/NCEM\) file \(\w+Error: ") as exc:
+    with pytest.raises(MicrographError, match=r"bad.emd: cannot read it as an EMD \(Velox/NCEM\) file \(\w+Error: ") as exc:
         read_micrograph(bad)
     assert "\n" not in str(exc.value)
     with pytest.raises(RuntimeError, match=r"^ModuleNotFoundError: No module named 'rsciio.no-such-reader'$"):

@@ -214,9 +214,13 @@ def test_three_frames_saved_with_tifffile_defaults_are_frames(tmp_path: Path, la
         assert len(tif.pages) == 1 and tif.series[0].axes == "SYX"  # the case: planar samples
     m = read_micrograph(path, sampling_A=0.1, lazy=lazy)
     np.testing.assert_array_equal(np.asarray(m.data), frames)
+    assert "read as 3 frames" in m.metadata["notes"][0]  # the tag says RGB: not silently
     rgb = (np.random.default_rng(7).random((3, 32, 40)) * 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "colour.tif", rgb)  # 8-bit planar RGB stays colour: rosettasciio's business
-    assert not _planar_samples_tiff(tmp_path / "colour.tif")
+    tifffile.imwrite(tmp_path / "colour.tif", rgb)  # 8-bit planar RGB stays colour (rosettasciio failed on it)
+    assert _planar_samples_tiff(tmp_path / "colour.tif")
+    m = read_micrograph(tmp_path / "colour.tif", lazy=lazy)
+    assert m.metadata["colour"] == "rgb" and m.data.shape == (32, 40)
+    np.testing.assert_allclose(m.data, np.moveaxis(rgb, 0, -1) @ [0.2125, 0.7154, 0.0721], rtol=1e-6)
 
 
 def test_npy_stack_and_sampling(tmp_path: Path) -> None:

@@ -96,8 +96,27 @@ def test_pixel_size_read_from_the_file_is_recorded_as_such(tiny_model, tmp_path)
     sidecar = json.loads(next(p for p in written if p.suffix == ".json").read_text(encoding="utf-8"))
     _check_provenance(sidecar["provenance"], source=str(src), sampling=SAMPLING, sampling_source="file",
                       threshold=0.0, threshold_source="card")
+    prov = sidecar["provenance"]  # where in the file, as written there
+    assert (prov["calibration_source"], prov["file_unit"], prov["calibration_note"]) == ("ImageJ metadata", "Å", None)
+    assert prov["file_scale"] == pytest.approx(SAMPLING)
     table, _ = detect(src, str(tiny_model))
     assert table.attrs["provenance"]["sampling_source"] == "file"
+
+
+def test_why_the_file_gave_no_pixel_size_is_recorded(tiny_model, tmp_path):
+    """An MRC header with MX = MY = 0 gives no pixel size (rosettasciio's 1 nm is a placeholder);
+    with --sampling the provenance says why the file's was not used, and an array has no file calibration."""
+    from test_io_files import write_mrc
+
+    src = write_mrc(tmp_path / "mx0.mrc", _lattice(), (64 * 0.2, 64 * 0.2, 1.0), (0, 0, 0))
+    written = detect_files([src], tiny_model, tmp_path / "out", sampling_A=SAMPLING)
+    prov = json.loads(next(p for p in written if p.suffix == ".json").read_text(encoding="utf-8"))["provenance"]
+    assert prov["sampling_source"] == "argument" and prov["file_sampling_A"] is None
+    assert prov["calibration_source"] is None and "MX = 0, MY = 0 in the MRC header" in prov["calibration_note"]
+    table, _ = detect(_lattice(), str(tiny_model), sampling=SAMPLING)
+    assert {k: table.attrs["provenance"][k] for k in ("calibration_source", "file_unit", "file_scale",
+                                                      "calibration_note")} == dict.fromkeys(
+        ("calibration_source", "file_unit", "file_scale", "calibration_note"))
 
 
 def test_api_attrs_for_an_array_and_a_stack(tiny_model):

@@ -1007,6 +1007,7 @@ def _describe_file(path: Path) -> str:
         parts.append("grey image stored as RGB (equal channels), read as grey")
     if min(h, w) < MIN_SIZE:
         parts.append(f"too small to hold atoms (detect needs at least {MIN_SIZE}x{MIN_SIZE} px)")
+    parts.extend(f"note: {note}" for note in meta.get("notes", ()))
     return "; ".join(parts)
 
 

@@ -17,10 +17,12 @@ Policy
   refused.
 * The pixel size is converted to Å (units m, cm, mm, µm/um/micron, nm, Å/A,
   pm). A scale with no or an unknown unit, a non-positive or non-finite scale
-  (the MRC header of some cameras says -1 nm) and the resolution tags of a plain
-  TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
-  (``1/nm``: a diffraction pattern or FFT) is an error. A ``sampling_A`` given by
-  the user overrides the file.
+  (the MRC header of some cameras says -1 nm), an MRC header whose sampling
+  ``MX``/``MY`` is 0 (pixel size = cell / sampling) and the resolution tags of a
+  plain TIFF (usually 72 dpi) mean *no calibration*, never 1 Å/px. A reciprocal unit
+  (``1/nm``: a diffraction pattern or FFT) is an error, and so are non-square
+  pixels, also with a ``sampling_A`` (one size cannot describe them): the image
+  must be resampled first. A ``sampling_A`` given by the user overrides the file.
 * :func:`read_micrograph` accepts uncalibrated files (``sampling_A is None``);
   code that needs physical units calls :func:`require_sampling`, which raises
   the one-line error that tells the user to pass ``--sampling`` (or the keyword
@@ -46,7 +48,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,8 @@ _FORMAT_NAMES = {
     "image": "PNG/JPEG",
     "npy": "NumPy .npy",
 }
+#: Readers whose format name is said with "an" (an EMD, an FEI, an MRC file).
+_AN_FORMATS = frozenset({"emd", "tia", "mrc"})
 
 # Length units -> Å per unit; keys are normalised by `_normalise_unit`.
 _ANGSTROM_PER_UNIT: dict[str, float] = {
@@ -113,6 +117,12 @@ _ANGSTROM_PER_UNIT: dict[str, float] = {
 # Units that say "pixels, not calibrated".
 _NO_UNITS = {"", "px", "pixel", "pixels", "<auto>", "none", "unknown", "[]"}
 
+#: Leading bytes -> reader, for files whose content is not what their extension says.
+_MAGIC: dict[bytes, str] = {
+    b"II*\0": "tiff", b"MM\0*": "tiff", b"II+\0": "tiff", b"MM\0+": "tiff",  # TIFF, BigTIFF
+    b"\x89PNG\r\n\x1a\n": "image", b"\xff\xd8\xff": "image",  # PNG, JPEG
+}
+
 _LUMA = np.array([0.2125, 0.7154, 0.0721])  # ITU-R BT.709, as skimage.color.rgb2gray
 
 
@@ -122,6 +132,25 @@ class MicrographError(ValueError):
     def __init__(self, source: str | os.PathLike[str], problem: str) -> None:
         message = f"{os.fspath(source)}: {problem}"
         super().__init__(" ".join(message.split()))  # one line, always
+
+
+class _FileProblem(ValueError):
+    """What a reader found wrong with a file, said in full: :func:`read_micrograph` reports
+    it as it is, not as "cannot read it as ... (reason); it may be truncated ..."."""
+
+
+def _reader_by_content(path: Path) -> str | None:
+    """The reader that the file's first bytes name (TIFF, PNG, JPEG), or None.
+
+    Those signatures cannot begin a DM3/DM4 (a version number), EMD (HDF5), TIA
+    (``II`` then 0x0197), MRC (an ``NX`` of millions) or NPY file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((reader for magic, reader in _MAGIC.items() if head.startswith(magic)), None)
 
 
 def _one_line_reason(exc: BaseException) -> str:
@@ -151,8 +180,10 @@ class Micrograph:
         found: ``"TIFF metadata"``, ``"ImageJ metadata"``, ...; ``None`` without
         one), ``sampling_from`` (``"file"``, ``"user"`` or ``None``),
         ``calibration_note`` (why the file's calibration was not used, or
-        ``None``) and ``colour`` (``None`` for a grey image, ``"rgb"`` for a
-        colour one, ``"grey-rgb"`` for grey stored as RGB with equal channels).
+        ``None``), ``colour`` (``None`` for a grey image, ``"rgb"`` for a
+        colour one, ``"grey-rgb"`` for grey stored as RGB with equal channels) and
+        ``notes`` (one line each on what was doubtful in reading it: which of
+        several images was read, ...).
     """
 
     data: np.ndarray
@@ -240,35 +271,37 @@ class FrameStack:
 
 
 class _TiffPages:
-    """Frame ``i`` of a TIFF's first series, read page by page (for files that cannot be memory-mapped)."""
+    """Frame ``i`` of a TIFF's series (the first by default), read page by page (for files that
+    cannot be memory-mapped)."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
-        self.path, self.shape = path, shape
+    def __init__(self, path: Path, shape: tuple[int, ...], series: int = 0) -> None:
+        self.path, self.shape, self.series = path, shape, series
 
     def __getitem__(self, i: int) -> np.ndarray:
         import tifffile
 
         with _quiet_logger("tifffile"), tifffile.TiffFile(self.path) as tif:
-            return tif.series[0].asarray(key=i) if len(tif.series[0].pages) > 1 else tif.series[0].asarray()[i]
+            series = tif.series[self.series]
+            return series.asarray(key=i) if len(series.pages) > 1 else series.asarray()[i]
 
 
 #: Readers that ``read_micrograph(..., lazy=True)`` reads frame by frame.
 LAZY_READERS = frozenset({"npy", "tiff"})
 
 
-def _lazy_tiff_frames(path: Path, shape: tuple[int, ...]) -> Any:
-    """The frames of a TIFF's first series without reading them: a memory map when the
-    pixels are stored uncompressed in one block, else a page-by-page reader."""
+def _lazy_tiff_frames(path: Path, shape: tuple[int, ...], series: int = 0) -> Any:
+    """The frames of a TIFF's series (the first by default) without reading them: a memory
+    map when the pixels are stored uncompressed in one block, else a page-by-page reader."""
     import tifffile
 
     try:
         with _quiet_logger("tifffile"):
-            mapped = tifffile.memmap(path, series=0, mode="r")
+            mapped = tifffile.memmap(path, series=series, mode="r")
         if tuple(mapped.shape) == tuple(shape):
             return mapped
     except (ValueError, OSError):
         pass
-    return _TiffPages(path, shape)
+    return _TiffPages(path, shape, series)
 
 
 def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
@@ -283,12 +316,15 @@ def _read_lazy(path: Path, reader: str) -> tuple[Any, list[dict[str, Any]]]:
     with warnings.catch_warnings(), _quiet_logger("tifffile"):
         warnings.simplefilter("ignore")
         results = rsciio.tiff.file_reader(str(path), lazy=True)
-        result = _pick_image(list(results) if not isinstance(results, dict) else [results])
+        result = _pick_image(list(results) if not isinstance(results, dict) else [results],
+                             _tiff_reduced_series(path))
         axes = _rsciio_axes(result)
         data = result["data"]  # a dask array: nothing read yet
         if len(axes) != data.ndim:
             axes = [{} for _ in range(data.ndim)]
         axes = _tiff_fill_units(path, axes)
+        if data.ndim < 3 or data.dtype.names:  # one image, or colour: read it here, where a failure names the file
+            data = np.asarray(data.compute(scheduler="synchronous"))
     return data, axes
 
 
@@ -392,6 +428,9 @@ def _calibration(
     """
     if not axis_x or not axis_y:  # PNG, JPEG, NPY: the format has no calibration
         return None, "no calibration"
+    for axis in (axis_x, axis_y):  # a reader found the file's scale to be a placeholder
+        if axis.get("calibration_note"):
+            return None, str(axis["calibration_note"])
     sx, note_x = _axis_sampling_A(axis_x.get("scale", 1.0), axis_x.get("units"))
     sy, note_y = _axis_sampling_A(axis_y.get("scale", 1.0), axis_y.get("units"))
     if sx is None or sy is None:
@@ -422,8 +461,45 @@ def _n_signal_axes(result: dict[str, Any]) -> int:
     return min(np.ndim(result["data"]), 2)
 
 
-def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first result whose signal is a 2-D image.
+def _is_length_unit(unit: Any) -> bool:
+    """Whether ``unit`` is a length (or a reciprocal length, refused later with its own message)."""
+    try:
+        return unit_to_angstrom(unit) is not None
+    except ValueError:
+        return True
+
+
+def _as_frame_stack(result: dict[str, Any]) -> dict[str, Any] | None:
+    """An rsciio result with three signal axes as a stack of frames, or None.
+
+    NCEM EMD files (HyperSpy's too) mark every axis of a ``[N, H, W]`` stack as a
+    signal axis. When the last two have length units and the first has none, the
+    first is taken as the frame axis (navigation).
+    """
+    axes = _rsciio_axes(result)
+    if len(axes) != 3 or np.ndim(result["data"]) != 3 or _n_signal_axes(result) != 3:
+        return None
+    if _is_length_unit(axes[0].get("units")) or not all(_is_length_unit(a.get("units")) for a in axes[1:]):
+        return None
+    return {**result, "axes": [dict(axes[0], navigate=True), *(dict(a, navigate=False) for a in axes[1:])]}
+
+
+def _pick_image(results: list[dict[str, Any]], reduced: Sequence[bool] = ()) -> dict[str, Any]:
+    """The first result whose signal is a 2-D image (or a stack of them, :func:`_as_frame_stack`).
+
+    Parameters
+    ----------
+    results : list of dict
+        rosettasciio's results, in file order.
+    reduced : sequence of bool
+        Per result, whether the file marks it as a reduced-resolution copy (a TIFF
+        thumbnail): the first image not so marked is taken, when there is one.
+
+    Returns
+    -------
+    dict
+        The result taken. When the file holds several images its x axis carries a note
+        (``read_notes``) that says how many, which one was read and its index (``image_index``).
 
     Raises
     ------
@@ -432,11 +508,55 @@ def _pick_image(results: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ValueError("the file holds no image")
-    for result in results:
-        if _n_signal_axes(result) == 2:
-            return result
-    shapes = ", ".join(str(tuple(np.shape(r["data"]))) for r in results) or "nothing"
-    raise ValueError(f"no 2-D image in the file (it holds {shapes}: spectra or 4-D data?)")
+    images = []
+    for i, result in enumerate(results):
+        image = result if _n_signal_axes(result) == 2 else _as_frame_stack(result)
+        if image is not None:
+            images.append((i, image))
+    if images:
+        full = [(i, r) for i, r in images if not (i < len(reduced) and reduced[i])]
+        index, chosen = (full or images)[0]
+        axes = [dict(a) for a in _rsciio_axes(chosen)]
+        if axes:
+            axes[-1]["image_index"] = index
+            if len(images) > 1:
+                axes[-1]["read_notes"] = [_several_images_note(images, index, reduced)]
+        return {**chosen, "axes": axes}
+    shapes = ", ".join(_shape_and_units(r) for r in results) or "nothing"
+    raise ValueError(f"no 2-D image or stack of images in the file (it holds {shapes}: spectra or 4-D data?)")
+
+
+def _several_images_note(images: list[tuple[int, dict[str, Any]]], index: int, reduced: Sequence[bool]) -> str:
+    """``holds 2 images (1: 'HAADF' 512x512, 2: 'BF' 512x512); read image 1 ('HAADF') only``."""
+    titles = [str(r.get("metadata", {}).get("General", {}).get("title") or "") for _, r in images]
+    named = len(set(titles)) == len(titles) and all(titles)  # titles that tell the images apart
+    parts, read = [], ""
+    for k, ((i, result), title) in enumerate(zip(images, titles), start=1):
+        size = "x".join(str(int(n)) for n in np.shape(result["data"]))
+        thumb = " (reduced-resolution copy)" if i < len(reduced) and reduced[i] else ""
+        parts.append(f"{k}: {repr(title) + ' ' if named else ''}{size}{thumb}")
+        if i == index:
+            read = f"image {k}" + (f" ({title!r})" if named else "")
+    return f"holds {len(images)} images ({', '.join(parts)}); read {read} only"
+
+
+def _tiff_reduced_series(path: Path) -> list[bool]:
+    """Per series of a TIFF, whether tifffile marks it as a reduced-resolution copy (a thumbnail)."""
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            return [bool(series.keyframe.is_reduced) for series in tif.series]
+    except Exception:  # noqa: BLE001 - not for us to judge: rosettasciio reports it
+        return []
+
+
+def _shape_and_units(result: dict[str, Any]) -> str:
+    """``(128, 96, 3) in nm, nm, s``: an rsciio result's shape and axis units, for messages."""
+    shape = str(tuple(int(n) for n in np.shape(result["data"])))
+    units = [str(a.get("units") or "-") for a in _rsciio_axes(result)]
+    return f"{shape} in {', '.join(units)}" if any(u != "-" for u in units) else shape
 
 
 def _format_size(n_bytes: int) -> str:
@@ -449,24 +569,36 @@ def _format_size(n_bytes: int) -> str:
     return f"{value:.1f} EB"
 
 
-def _mrc_size_problem(path: Path) -> str | None:
-    """Why an MRC file cannot hold the data its header declares, or None.
-
-    rsciio maps ``NX x NY x NZ`` pixels of the header's mode from the end of the
-    (extended) header on; a damaged header that declares more than the file holds
-    makes it build index arrays of exabytes or loop for hours. The header is read
-    with rsciio's own layout (``rsciio.mrc._api.get_std_dtype_list``); without it,
-    no check is made.
-    """
+def _mrc_header(path: Path) -> np.void | str | None:
+    """The MRC standard header (rsciio's layout, ``rsciio.mrc._api.get_std_dtype_list``),
+    the reason there is none (a file shorter than it), or None without that layout."""
     try:
-        from rsciio.mrc._api import get_data_type, get_std_dtype_list
+        from rsciio.mrc._api import get_std_dtype_list
     except ImportError:  # pragma: no cover - another rsciio layout
         return None
     header_type = np.dtype(get_std_dtype_list("<"))
     size = path.stat().st_size
     if size < header_type.itemsize:
         return f"{_format_size(size)}, shorter than the {header_type.itemsize}-byte MRC header"
-    header = np.fromfile(path, dtype=header_type, count=1)[0]
+    return np.fromfile(path, dtype=header_type, count=1)[0]
+
+
+def _mrc_size_problem(path: Path) -> str | None:
+    """Why an MRC file cannot hold the data its header declares, or None.
+
+    rsciio maps ``NX x NY x NZ`` pixels of the header's mode from the end of the
+    (extended) header on; a damaged header that declares more than the file holds
+    makes it build index arrays of exabytes or loop for hours. The header is read
+    with rsciio's own layout (:func:`_mrc_header`); without it, no check is made.
+    """
+    try:
+        from rsciio.mrc._api import get_data_type
+    except ImportError:  # pragma: no cover - another rsciio layout
+        return None
+    header = _mrc_header(path)
+    if header is None or isinstance(header, str):
+        return header
+    size = path.stat().st_size
     nx, ny, nz = (int(header[k]) for k in ("NX", "NY", "NZ"))
     try:
         itemsize = get_data_type(np.array([header["MODE"]])).itemsize
@@ -492,6 +624,86 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.disabled = was
 
 
+@contextlib.contextmanager
+def _caught_log(name: str) -> Iterator[list[str]]:
+    """A library's log messages, kept in the list yielded instead of printed."""
+    logger = logging.getLogger(name)
+    caught: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        caught.append(record.getMessage())
+        return False
+
+    was = logger.disabled
+    logger.disabled = False
+    logger.addFilter(keep)
+    try:
+        yield caught
+    finally:
+        logger.removeFilter(keep)
+        logger.disabled = was
+
+
+#: What tifffile logs when a TIFF's list of pages leads outside the file.
+_TIFF_BROKEN_PAGE_LIST = ("invalid page offset", "invalid offset to page", "corrupted tag list of page")
+
+
+def _tiff_truncation_problem(path: Path, frames_read: int, series: int = 0) -> str | None:
+    """Why a TIFF seems cut short, or None.
+
+    tifffile reads what it can of a truncated file and only logs the damage: a stack whose
+    ImageJ metadata declares more frames than the pages it finds is read as one image
+    (``ImageJ series metadata invalid or corrupted file``), and an OME series is filled
+    with blank frames. The ImageJ ``images`` or the OME-XML planes are compared with what
+    the file holds (``frames_read``, or its pages when the list of pages leads outside
+    the file).
+    """
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _caught_log("tifffile") as caught, tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            n_pages = len(tif.pages)
+            kind = tif.series[series].kind if series < len(tif.series) else ""
+            imagej = tif.imagej_metadata
+            ome_planes = _ome_planes(tif.ome_metadata) if tif.is_ome else None
+    except Exception:  # noqa: BLE001 - not for us to judge: the reader reports it
+        return None
+    broken = any(m in message for message in caught for m in _TIFF_BROKEN_PAGE_LIST)
+    held = min(frames_read, n_pages) if broken else frames_read
+    if imagej and kind != "imagej":
+        declared = int(imagej.get("images") or 1)
+        if declared > held:
+            return f"its ImageJ metadata declares {declared} frames, the file holds {held}: truncated?"
+    if broken:
+        if ome_planes and ome_planes > held:
+            return f"its OME-XML declares {ome_planes} frames, the file holds {held}: truncated?"
+        return f"its list of pages leads past the end of the file after page {n_pages}: truncated?"
+    return None
+
+
+def _ome_planes(ome_xml: str | None) -> int | None:
+    """Number of 2-D planes of the first OME ``Pixels`` element (``SizeZ x SizeT x SizeC``
+    over its samples per pixel), or None."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(ome_xml or "")
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            a = element.attrib
+            try:
+                size = int(a.get("SizeZ", 1)) * int(a.get("SizeT", 1)) * int(a.get("SizeC", 1))
+                samples = max(1, int(next((c.attrib.get("SamplesPerPixel", 1) for c in element
+                                           if c.tag.rsplit("}", 1)[-1] == "Channel"), 1)))
+            except ValueError:
+                return None
+            return max(1, size // samples)
+    return None
+
+
 def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Read DM3/DM4, EMD, SER/EMI, MRC or TIFF with rosettasciio."""
     import importlib
@@ -500,6 +712,10 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         problem = _mrc_size_problem(path)
         if problem:
             raise ValueError(problem)
+    if reader == "tia" and path.suffix.lower() == ".emi":
+        problem = _emi_companion_problem(path)
+        if problem:
+            raise _FileProblem(problem)
     module = importlib.import_module(f"rsciio.{reader}")
     kwargs: dict[str, Any] = {}
     if reader == "emd":
@@ -509,22 +725,64 @@ def _read_with_rsciio(path: Path, reader: str) -> tuple[np.ndarray, list[dict[st
         results = module.file_reader(str(path), **kwargs)
         if isinstance(results, dict):
             results = [results]
-        result = _pick_image(list(results))
+        result = _pick_image(list(results), _tiff_reduced_series(path) if reader == "tiff" else ())
         data = np.array(result["data"])  # copies memmaps (MRC), releasing the file
         axes = _rsciio_axes(result)
         if len(axes) != data.ndim:
             axes = [{} for _ in range(data.ndim)]
         if reader == "tiff":
             axes = _tiff_fill_units(path, axes)
+        if reader == "mrc":
+            axes = _mrc_check_sampling(path, axes)
     return data, axes
 
 
+def _emi_companion_problem(path: Path) -> str | None:
+    """Why a TIA ``.emi`` file gives no image, or None: it holds only metadata, and the
+    images are in ``<stem>_1.ser``, ``<stem>_2.ser``, ... beside it (rsciio's pattern)."""
+    import glob
+
+    stem = os.path.splitext(os.fspath(path))[0]
+    if glob.glob(glob.escape(stem) + "_[0-9].ser"):
+        return None
+    return (f"a TIA .emi file holds only metadata; its images are in {Path(stem).name}_1.ser, which is not "
+            "beside it: copy the .ser file(s) with the .emi, or read the .ser file")
+
+
+#: ``NEXT`` of an MRC file with an FEI extended header, whose pixel size rsciio reads
+#: from that header instead of the cell (``Xlen / MX``).
+_MRC_FEI_NEXT = 128 * 1024
+
+
+def _mrc_check_sampling(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the image axes of an MRC file uncalibrated when its header has no sampling.
+
+    MRC2014 gives the pixel size along x as ``cella.x / mx`` (``Xlen / MX``, in Å),
+    likewise for y. With ``MX`` or ``MY`` zero there is none, and rsciio then puts a
+    placeholder scale of 1 nm on the axis (dropped here); the cell is not divided by ``NX`` instead
+    (that would be a guess). Files with an FEI extended header, whose pixel size rsciio
+    reads from there, are left as they are.
+    """
+    header = _mrc_header(path)
+    if header is None or isinstance(header, str) or int(header["NEXT"]) == _MRC_FEI_NEXT or len(axes) < 2:
+        return axes
+    mx, my = int(header["MX"]), int(header["MY"])
+    if mx > 0 and my > 0:
+        return axes
+    note = (f"MX = {mx}, MY = {my} in the MRC header: its cell ({float(header['Xlen']):g} x "
+            f"{float(header['Ylen']):g} Å) gives no pixel size")
+    axes = [dict(a) for a in axes]
+    for axis in axes[-2:]:
+        axis.update(scale=None, units=None, calibration_note=note)  # no scale in the file, not 1
+    return axes
+
+
 def _planar_samples_tiff(path: Path) -> bool:
-    """Whether a TIFF holds one page of several planar samples that are not 8-bit colour.
+    """Whether a TIFF holds one page of several planar samples (separate planes).
 
     ``tifffile.imwrite(path, frames)`` stores a ``[3, H, W]`` or ``[4, H, W]`` array of
-    any type as one "RGB" page with separate planes: for 16-bit or float data those are
-    frames (e.g. a focal series), not colour, and rosettasciio cannot read them.
+    any type as one "RGB" page with separate planes, which rosettasciio cannot read
+    (:func:`_read_planar_tiff` reads them).
     """
     import tifffile
 
@@ -532,19 +790,45 @@ def _planar_samples_tiff(path: Path) -> bool:
         with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
             warnings.simplefilter("ignore")
             series = tif.series[0]
-            return (len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
-                    and np.dtype(series.dtype) != np.uint8)
+            return len(tif.pages) == 1 and series.axes.startswith("S") and series.ndim == 3
     except Exception:  # noqa: BLE001 - not for us to judge: rosettasciio reports it
         return False
 
 
 def _read_planar_tiff(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Read the planar samples of :func:`_planar_samples_tiff` as frames ``[N, H, W]``."""
+    """Read the planar samples of :func:`_planar_samples_tiff`: 8-bit RGB as colour, others as frames.
+
+    The tag says RGB both for a colour image and for any ``[3, H, W]`` array that
+    ``tifffile.imwrite`` stored with its defaults, which cannot be told apart: 8-bit
+    RGB planes are read as colour (a structured array with ``R``, ``G``, ``B`` fields,
+    as rosettasciio gives contiguous RGB), 16-bit or float ones as frames (a focal
+    series saved from NumPy is the likelier), each with a note that says so. Planes
+    that are not marked RGB are frames.
+    """
     import tifffile
 
-    data = np.asarray(tifffile.imread(path))
+    with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+        warnings.simplefilter("ignore")
+        rgb = tif.pages.first.photometric == tifffile.PHOTOMETRIC.RGB
+        data = np.asarray(tif.series[0].asarray())
+    notes = []
+    n = data.shape[0]
+    if rgb and data.dtype == np.uint8:
+        names = "RGBA"[:n]
+        colour = np.empty(data.shape[1:], dtype=[(c, data.dtype) for c in names])
+        for i, c in enumerate(names):
+            colour[c] = data[i]
+        data = colour
+        notes.append(f"its {n} planes are marked as RGB colour: read as a colour image (if they are {n} frames, "
+                     "save them with photometric='minisblack')")
+    elif rgb:
+        notes.append(f"its {n} {data.dtype} planes are marked as RGB colour, as tifffile marks any [{n}, H, W] "
+                     f"array: read as {n} frames (if it is a colour image, convert it to grey first)")
     axes: list[dict[str, Any]] = [{} for _ in range(data.ndim)]
-    return data, _tiff_fill_units(path, axes)
+    axes = _tiff_fill_units(path, axes)
+    if notes:
+        axes[-1] = dict(axes[-1], read_notes=notes)
+    return data, axes
 
 
 def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -554,7 +838,11 @@ def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, A
     when its image axes carry no unit, take scale and unit from there (the x axis
     records which, as ``calibration_source``).
     """
-    if len(axes) < 2 or any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):
+    if len(axes) < 2:
+        return axes
+    if any(_normalise_unit(a.get("units")) not in _NO_UNITS for a in axes[-2:]):  # rsciio found one: where?
+        axes = [dict(a) for a in axes]
+        axes[-1].setdefault("calibration_source", _tiff_calibration_source(path))
         return axes
     found = _tiff_extra_calibration(path)
     if found is None:
@@ -564,6 +852,34 @@ def _tiff_fill_units(path: Path, axes: list[dict[str, Any]]) -> list[dict[str, A
     axes[-2].update(scale=scale_y, units=unit_y)
     axes[-1].update(scale=scale_x, units=unit_x, calibration_source=where)
     return axes
+
+
+#: DigitalMicrograph's private TIFF tags of units and scales (rsciio's ``_is_digital_micrograph``).
+_DM_TIFF_TAGS = frozenset(range(65003, 65012))
+
+
+def _tiff_calibration_source(path: Path) -> str:
+    """Where rosettasciio found a TIFF's calibration, in its order: the FEI, Zeiss, TVIPS or
+    Olympus metadata; else ImageJ's (which gives the scale when it has a unit), or
+    DigitalMicrograph's tags; ``"TIFF metadata"`` when it cannot be told."""
+    import tifffile
+
+    try:
+        with warnings.catch_warnings(), _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            page = tif.pages.first
+            for flag, name in (("fei", "FEI metadata"), ("sem", "Zeiss SEM metadata"), ("tvips", "TVIPS metadata")):
+                if flag in tif.flags:
+                    return name
+            if page.is_sis:
+                return "Olympus SIS metadata"
+            if tif.imagej_metadata and tif.imagej_metadata.get("unit"):
+                return "ImageJ metadata"
+            if any(tag.code in _DM_TIFF_TAGS for tag in page.tags):
+                return "DigitalMicrograph TIFF tags"
+    except Exception:  # noqa: BLE001 - the file was read: only the wording is at stake
+        pass
+    return "TIFF metadata"
 
 
 def _tiff_extra_calibration(path: Path) -> tuple[tuple[float, str], tuple[float, str], str] | None:
@@ -697,7 +1013,7 @@ def _read_raw(path: Path, reader: str) -> tuple[np.ndarray, list[dict[str, Any]]
 
 
 def _to_grey(
-    data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool
+    data: np.ndarray, axes: list[dict[str, Any]], channels_last: bool, grey_alpha: bool = False
 ) -> tuple[np.ndarray, list[dict[str, Any]], str | None]:
     """Convert RGB(A) to grey with BT.709 luma; other data pass unchanged.
 
@@ -710,18 +1026,32 @@ def _to_grey(
         Axis dictionaries, one per dimension of ``data``.
     channels_last : bool
         Whether a trailing axis of 2-4 channels may be colour.
+    grey_alpha : bool
+        Whether two channels are grey and alpha by the format (a PNG); otherwise the
+        second of two channels is taken as alpha only when it is constant.
 
     Returns
     -------
     (data, axes, colour)
         ``colour`` is None for grey input, ``"rgb"`` for colour, ``"grey-rgb"`` for
         RGB(A) whose three colour channels are equal (grey stored as colour).
+
+    Raises
+    ------
+    ValueError
+        For two channels whose second varies, outside a format that says grey+alpha:
+        two images side by side, not an image and its transparency.
     """
     if data.dtype.names and {"R", "G", "B"} <= set(data.dtype.names):
         rgb = np.stack([data[c].astype(np.float64) for c in "RGB"], axis=-1)
         axes_out = axes
     elif channels_last and data.ndim == 3 and data.shape[-1] in (2, 3, 4) and min(data.shape[:2]) > 4:
         if data.shape[-1] == 2:  # grey + alpha
+            alpha = np.asarray(data[..., 1])
+            if not grey_alpha and not (alpha == alpha.flat[0]).all():
+                raise ValueError(
+                    f"2 values per pixel (shape {tuple(data.shape)}) whose second varies: not grey and alpha; "
+                    "give one image [H, W] or a stack of frames [N, H, W]")
             return data[..., 0], axes[:-1], None
         rgb = data[..., :3].astype(np.float64)
         axes_out = axes[:-1]
@@ -840,16 +1170,19 @@ def read_micrograph(
     MicrographError
         Missing, empty, unknown, unreadable or truncated file; not an image
         (1-D, 4-D, spectra, complex); smaller than ``min_size``; no finite or
-        only one pixel value; reciprocal or non-square calibration; a
-        non-positive ``sampling_A``.
+        only one pixel value; reciprocal or non-square calibration (also
+        with ``sampling_A``); a non-positive ``sampling_A``.
 
     Notes
     -----
     An uncalibrated image is returned, not refused; call
     :func:`require_sampling` where Å are needed. Only the first image of a
-    file holding several (EMD, EMI, multi-series TIFF) is read. A PNG, JPEG or
+    file holding several (EMD, EMI, multi-series TIFF) is read, with a note
+    (``metadata["notes"]``) that says so; a TIFF series that the file marks as a
+    reduced-resolution copy (a thumbnail) is passed over. A PNG, JPEG or
     NPY array ``[H, W, C]`` with C in 2..4 and H, W > 4 is taken as colour
-    (grey+alpha, RGB, RGBA), not as a stack.
+    (grey+alpha, RGB, RGBA), not as a stack; two channels are grey and alpha only
+    in a PNG or when the second is constant, and refused otherwise.
     """
     source = os.fspath(path)
     p = Path(source)
@@ -867,29 +1200,47 @@ def read_micrograph(
     if reader is None:
         known = " ".join(sorted(SUPPORTED_EXTENSIONS))
         raise MicrographError(source, f"unknown file type {p.suffix or '(no extension)'!r}; supported: {known}")
+    content = _reader_by_content(p)
+    renamed = None
+    if content is not None and content != reader:  # a TIFF named .png: read what it is
+        renamed = f"a {_FORMAT_NAMES[content]} file named {p.suffix}: read as {_FORMAT_NAMES[content]}"
+        reader = content
     fmt = _FORMAT_NAMES[reader]
+    a_fmt = f"{'an' if reader in _AN_FORMATS else 'a'} {fmt}"
 
     try:
         raw, axes = _read_lazy(p, reader) if lazy and reader in LAZY_READERS else _read_raw(p, reader)
     except MemoryError:  # a damaged header can declare exabytes; a huge file may not fit
         raise MicrographError(
-            source, f"not enough memory to read it as a {fmt} file ({_format_size(p.stat().st_size)} on disk); "
+            source, f"not enough memory to read it as {a_fmt} file ({_format_size(p.stat().st_size)} on disk); "
             "its header may declare a wrong size (damaged) or the image is too large for this machine"
         ) from None
+    except _FileProblem as exc:
+        raise MicrographError(source, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every library has its own exceptions
         reason = _one_line_reason(exc)
         raise MicrographError(
-            source, f"cannot read it as a {fmt} file ({reason}); it may be truncated, damaged or of another format"
+            source, f"cannot read it as {a_fmt} file ({reason}); it may be truncated, damaged or of another format"
         ) from exc
 
+    notes = [renamed] if renamed else []
+    notes += [str(n) for a in axes for n in a.get("read_notes", ())]  # what a reader found doubtful
+    index = next((int(a["image_index"]) for a in axes if "image_index" in a), 0)  # which of several images
     file_shape = [int(n) for n in raw.shape]
     file_dtype = str(raw.dtype)
     if np.iscomplexobj(raw):
         raise MicrographError(source, "complex data (an exit wave or FFT?); save the intensity image instead")
-    data, axes, colour = _to_grey(raw, axes, channels_last=reader in ("image", "npy"))
+    try:
+        data, axes, colour = _to_grey(raw, axes, channels_last=reader in ("image", "npy"), grey_alpha=reader == "image")
+    except ValueError as exc:
+        raise MicrographError(source, str(exc)) from None
     if data.dtype.names or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise MicrographError(source, f"pixel type {file_dtype} is not a number")
     data, axes = _arrange(data, axes)
+    if reader == "tiff":
+        problem = _tiff_truncation_problem(p, int(np.prod(data.shape[:-2], dtype=np.int64)), index)
+        if problem:
+            raise MicrographError(source, problem)
     if data.ndim > 3:
         raise MicrographError(
             source, f"{data.ndim}-D data of shape {tuple(file_shape)}; expected one image [H, W] or a stack [N, H, W]"
@@ -902,7 +1253,8 @@ def read_micrograph(
             source, f"image too small ({height}x{width} pixels; at least {min_size}x{min_size} needed to hold atoms)"
         )
     if lazy and reader in LAZY_READERS and data.ndim == 3:
-        frames = data if isinstance(data, np.ndarray) or reader == "npy" else _lazy_tiff_frames(p, data.shape)
+        frames = (data if isinstance(data, np.ndarray) or reader == "npy"
+                  else _lazy_tiff_frames(p, data.shape, index))
         data = FrameStack(frames, source=source)
     else:
         try:
@@ -914,7 +1266,7 @@ def read_micrograph(
         except Exception as exc:  # noqa: BLE001 - a lazily opened file fails only when its pixels are read
             reason = _one_line_reason(exc)
             raise MicrographError(
-                source, f"cannot read its pixels as a {fmt} file ({reason}); it may be truncated or damaged"
+                source, f"cannot read its pixels as {a_fmt} file ({reason}); it may be truncated or damaged"
             ) from exc
         problem = _check_values(data)
         if problem:
@@ -927,11 +1279,9 @@ def read_micrograph(
             raise MicrographError(
                 source, f"pixel size in a {exc}: a diffraction pattern or FFT, not a real-space image"
             ) from None
-        if sampling_A is None:
-            raise MicrographError(
-                source, f"{exc}; resample the image or {sampling_hint(sampling_name, 'a pixel size')}"
-            ) from None
-        file_sampling_A, note = None, str(exc)
+        # non-square pixels: a given pixel size is one size for both axes and cannot make them square
+        given = "" if sampling_A is None else f" ({sampling_name} gives one size for both axes and cannot correct it)"
+        raise MicrographError(source, f"{exc}; resample the image to square pixels first{given}") from None
 
     x_axis = axes[-1] if axes else {}
     metadata = {
@@ -946,6 +1296,7 @@ def read_micrograph(
         "sampling_from": "user" if sampling_A is not None else ("file" if file_sampling_A else None),
         "calibration_note": note,
         "colour": colour,
+        "notes": notes,
     }
     if isinstance(data, np.ndarray):
         data.flags.writeable = False

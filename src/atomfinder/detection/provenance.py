@@ -12,7 +12,29 @@ from typing import Any
 
 from atomfinder.detection.sample import Sample
 
-__all__ = ["effective_precision", "provenance", "sidecar"]
+__all__ = ["calibration_record", "effective_precision", "provenance", "sidecar"]
+
+
+def calibration_record(sample: Sample) -> dict[str, Any]:
+    """The (first) file's calibration as written there, for a provenance record.
+
+    Returns
+    -------
+    dict
+        ``calibration_source`` (where in the file the pixel size was found: ``"ImageJ
+        metadata"``, ``"OME-XML"``, ``"MRC metadata"``, ...; None when the file gives
+        none), ``file_unit`` and ``file_scale`` (its unit and scale per pixel, as
+        written), ``calibration_note`` (why the file gives no pixel size, or None);
+        all None for an array or a signal.
+    """
+    cal = sample.calibration or {}
+    scale = cal.get("scale")
+    return {
+        "calibration_source": cal.get("source"),
+        "file_unit": cal.get("unit"),
+        "file_scale": float(scale) if isinstance(scale, (int, float)) else scale,  # as written: JSON-able already
+        "calibration_note": cal.get("note"),
+    }
 
 
 def effective_precision(device: Any, precision: str) -> str:
@@ -58,8 +80,9 @@ def provenance(
         ``input``, ``input_files``, ``frames``, ``focal_series``, ``focal_step_A``
         (focal series: the step given, else None), ``sampling_A``,
         ``sampling_source``, ``file_sampling_A`` (the pixel size written in the (first) file, also
-        when a given value replaced it; None without one), ``model`` (``name``, ``version``, ``path``,
-        ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
+        when a given value replaced it; None without one), ``calibration_source``, ``file_unit``,
+        ``file_scale`` and ``calibration_note`` (:func:`calibration_record`), ``model`` (``name``,
+        ``version``, ``path``, ``sampling_A``), ``threshold``, ``threshold_source`` (``"card"`` or
         ``"argument"``), ``min_distance_A``, ``class_log_bias`` (the card's class priors,
         or None), ``honeycomb`` (the card's sublattice rule, or None), ``test_time_augmentation``
         (whether the maps were averaged over the square's symmetries: the card's setting
@@ -80,6 +103,7 @@ def provenance(
         "sampling_A": float(sample.sampling_A),
         "sampling_source": sample.sampling_source,
         "file_sampling_A": None if sample.file_sampling_A is None else float(sample.file_sampling_A),
+        **calibration_record(sample),
         "model": {"name": card.name, "version": card.version, "path": model_path,
                   "sampling_A": float(card.sampling_A)},
         "threshold": used_threshold,

@@ -72,9 +72,15 @@ class Sample:
     file_sampling_A : float or None
         The pixel size written in the (first) file, also when a given value replaced
         it; None without one.
+    calibration : dict
+        The (first) file's calibration as written there: ``source`` (where in the file:
+        ``"ImageJ metadata"``, ...; None without a pixel size), ``unit``, ``scale`` (per
+        pixel, in ``unit``) and ``note`` (why the file gives no pixel size, or None);
+        empty for an array or a signal.
     notes : tuple of str
         One line each about how the input was read (a given pixel size that replaces
-        a different one of the file; grey stored as RGB), for the user to see.
+        a different one of the file; grey stored as RGB; which of several images in
+        the file was read), for the user to see.
     no_data : ndarray of bool, dict or None
         Where the input held no data (NaN or ±inf pixels, before they were filled), same
         shape as ``data``; None when every pixel was finite. For a stack read lazily, a
@@ -90,6 +96,7 @@ class Sample:
     sampling_source: str = "argument"
     files: tuple[str, ...] = ()
     file_sampling_A: float | None = None
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
     no_data: np.ndarray | dict[int, np.ndarray] | None = None
 
@@ -126,7 +133,10 @@ def _grey_from_channels(data: np.ndarray, source: str) -> tuple[np.ndarray, tupl
         return data, ()
     if data.shape[-1] == 1:
         return data[..., 0], ()
-    grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=True)
+    try:
+        grey, _, colour = _to_grey(data, [{} for _ in range(data.ndim)], channels_last=True)
+    except ValueError as exc:  # two channels that are not grey and alpha
+        raise MicrographError(source, str(exc)) from None
     if colour == "rgb":
         raise MicrographError(
             source, f"a colour (RGB) image of shape {data.shape}, not a micrograph (a screenshot or an exported "
@@ -176,6 +186,7 @@ class _FileRead:
     from_file: bool
     file_sampling_A: float | None
     notes: tuple[str, ...]
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_name: str,
@@ -190,16 +201,20 @@ def _read_file(path: str | os.PathLike[str], sampling_A: float | None, sampling_
         raise MicrographError(
             path, "a colour (RGB) image, not a micrograph (a screenshot or an exported figure?); "
             "give the grey-level image the microscope recorded (dm3/dm4/emd/ser/mrc/tif)"
+            + "".join(f"; note: {note}" for note in meta.get("notes", ()))  # e.g. frames stored as RGB planes
         )
     if meta.get("colour") == "grey-rgb":
         notes.append(f"{os.fspath(path)}: grey image stored as RGB (three equal channels), read as grey")
+    notes.extend(f"{os.fspath(path)}: {note}" for note in meta.get("notes", ()))
     sampling = require_sampling(micrograph, sampling_name)
     file_sampling = meta.get("file_sampling_A")
     if sampling_A is not None and file_sampling and abs(sampling - file_sampling) > SAMPLING_RTOL * file_sampling:
         notes.append(f"{os.fspath(path)}: {sampling_name} {sampling:.4g} Å/px replaces the file's pixel size "
                      f"{file_sampling:.4g} Å/px")
     data = micrograph.data if isinstance(micrograph.data, FrameStack) else np.asarray(micrograph.data)
-    return _FileRead(data, sampling, meta.get("sampling_from") == "file", file_sampling, tuple(notes))
+    calibration = {"source": meta.get("calibration_source"), "unit": meta.get("unit"), "scale": meta.get("scale"),
+                   "note": meta.get("calibration_note")}
+    return _FileRead(data, sampling, meta.get("sampling_from") == "file", file_sampling, tuple(notes), calibration)
 
 
 def _stack_files(
@@ -285,6 +300,7 @@ def load_sample(
         sampling_A = check_sampling_value(sampling_A, source or sampling_name)
     files: tuple[str, ...] = ()
     file_sampling_A: float | None = None
+    calibration: dict[str, Any] = {}
     notes: tuple[str, ...] = ()
     if isinstance(image, (str, os.PathLike)) or (
             isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, os.PathLike)) for p in image)):
@@ -293,7 +309,7 @@ def load_sample(
         read = (_read_file(paths[0], sampling_A, sampling_name, lazy) if len(paths) == 1
                 else _stack_files(paths, sampling_A, sampling_name, series))
         data, s, from_file = read.data, read.sampling_A, read.from_file
-        file_sampling_A, notes = read.file_sampling_A, read.notes
+        file_sampling_A, notes, calibration = read.file_sampling_A, read.notes, read.calibration
         stem = Path(os.fspath(paths[0])).stem
         files = tuple(os.fspath(p) for p in paths)
     elif is_signal(image):
@@ -345,7 +361,8 @@ def load_sample(
         no_data = no_data_mask(data)
         cleaned = clean_image(data, src)
     return Sample(data=cleaned, sampling_A=float(s), source=src, stem=stem, sampling_source=origin,
-                  files=files, file_sampling_A=file_sampling_A, notes=notes, no_data=no_data)
+                  files=files, file_sampling_A=file_sampling_A, calibration=calibration, notes=notes,
+                  no_data=no_data)
 
 
 def check_frames(sample: Sample, card: Any, focal_series: bool, flag: str = "--focal-series") -> None:

@@ -63,6 +63,7 @@ class TimeSeries:
         :func:`track`, which adds the tracking settings it used)."""
         from atomfinder import __version__
         from atomfinder.detection.pipeline import uses_augmentation
+        from atomfinder.detection.provenance import calibration_record
 
         s = self.sample
         return {
@@ -72,6 +73,8 @@ class TimeSeries:
             "sampling_A": float(s.sampling_A),
             "sampling_source": s.sampling_source,
             "file_sampling_A": None if s.file_sampling_A is None else float(s.file_sampling_A),
+            **calibration_record(s),
+            "notes": list(s.notes),
             "model": {"name": self.card.name, "version": self.card.version, "path": self.model_path,
                       "sampling_A": float(self.card.sampling_A)},
             "threshold": float(self.threshold),
