@@ -282,6 +282,35 @@ def test_stack_signal_gives_frames_and_ragged_markers(model, graphene_signal):
     assert [a.name for a in maps.axes_manager.navigation_axes[::-1]] == ["time", "class"]
 
 
+def test_a_lazy_stack_signal_is_read_one_frame_at_a_time(model):
+    """A lazy (dask-backed) stack is not computed whole when read: detect takes its frames one
+    by one, and finds what it finds in the same stack held in memory."""
+    import dask.array as da
+
+    from atomfinder.detection.io import FrameStack
+    from atomfinder.detection.sample import load_sample
+
+    data = np.asarray(hs.load(EXAMPLE).data, dtype=np.float32)
+    frames = np.stack([data[:96, :128], data[200:296, 300:428], data[400:496, 100:228]])
+    computed = []
+
+    def note(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy_data = da.from_array(frames, chunks=(1, 96, 128)).map_blocks(note, dtype=frames.dtype)
+    lazy = _calibrate(hs.signals.Signal2D(lazy_data).as_lazy(), 0.0108, "nm")
+    sample = load_sample(lazy, lazy=True)
+    assert isinstance(sample.data, FrameStack) and sample.data.shape == (3, 96, 128)
+    assert computed == []  # nothing read yet
+    found_lazy = _detect_quietly(lazy, model=model)
+    eager = _detect_quietly(_calibrate(hs.signals.Signal2D(frames), 0.0108, "nm"), model=model)
+    assert sorted(set(computed)) == [0, 1, 2]
+    assert len(found_lazy.table) == len(eager.table) > 0
+    np.testing.assert_allclose(found_lazy.table[["frame", "x", "y"]], eager.table[["frame", "x", "y"]])
+    assert found_lazy.to_signal().data.shape == (3, 96, 128)
+
+
 # --------------------------------------------------------------------------- Atomap
 
 

@@ -354,7 +354,9 @@ def detect_with_flag(image: Any, model: Any, sampling: float | None, focal_flag:
     check_precision(precision)
     check_device(device)
     focal_step_A = check_focal_step_argument(focal_step_A, focal_series)
-    sample = load_sample(image, sampling, sampling_name="sampling", series="focal series" if focal_series else "stack")
+    # A lazy HyperSpy stack stays lazy: its frames are computed one at a time (run_sample).
+    sample = load_sample(image, sampling, sampling_name="sampling", series="focal series" if focal_series else "stack",
+                         lazy=is_signal(image))
     net, card, stem = _load(model, device)
     res = run_sample(net, card, sample, focal_series, threshold, device, precision, model_path=stem,
                       focal_step_A=focal_step_A, augment=augment, focal_flag=focal_flag)

@@ -167,6 +167,28 @@ def _check_array(data: np.ndarray, source: str) -> np.ndarray:
     return data
 
 
+def _lazy_signal_stack(signal: Any, source: str) -> FrameStack | None:
+    """The frames of a lazy (dask-backed) image-stack signal as a FrameStack, read one frame
+    at a time, or None for anything else (an eager signal, a single image, colour data).
+
+    A lazy HyperSpy signal may be larger than memory (a long series of large frames): its
+    frames are computed one by one as detection reaches them, as for a multi-frame file
+    read with ``lazy=True``.
+    """
+    from atomfinder.detection.signals import _signal_axes
+
+    data = getattr(signal, "data", None)
+    if not (hasattr(data, "dask") and hasattr(data, "compute")) or getattr(data, "dtype", None) is None:
+        return None
+    if data.dtype.names is not None:  # HyperSpy's rgb8/rgb16: read eagerly, where colour is handled
+        return None
+    _signal_axes(signal, source)
+    data = _check_array(data, source)
+    if data.ndim != 3:
+        return None
+    return FrameStack(data, source=source)
+
+
 def _check_input_memory(shape: tuple[int, ...], source: str) -> None:
     """Refuse an image whose cleaning would need more memory than is available, before
     it is cleaned (:func:`atomfinder.detection.pipeline.input_memory_problem`)."""
@@ -281,9 +303,10 @@ def load_sample(
     series : str
         What several files form, for messages: ``"focal series"`` or ``"time series"``.
     lazy : bool
-        A single multi-frame ``.npy`` or TIFF file is read and cleaned one frame at a
-        time, when the frame is taken (``Sample.data`` is a FrameStack): a bad frame is
-        then reported when it is reached, not here.
+        A single multi-frame ``.npy`` or TIFF file, or a lazy (dask-backed) HyperSpy
+        stack, is read and cleaned one frame at a time, when the frame is taken
+        (``Sample.data`` is a FrameStack): a bad frame is then reported when it is
+        reached, not here.
 
     Returns
     -------
@@ -317,8 +340,10 @@ def load_sample(
 
         title = signal_title(image)
         src = source or title or "<signal>"
-        grey, notes = signal_grey(image, src)
-        data = _check_array(grey, src)
+        data = _lazy_signal_stack(image, src) if lazy else None
+        if data is None:
+            grey, notes = signal_grey(image, src)
+            data = _check_array(grey, src)
         s, why = (sampling_A, None) if sampling_A is not None else signal_sampling_A(image, src)
         if s is None:
             raise MicrographError(src, f"no pixel size in the signal's axes ({why}); {sampling_hint(sampling_name)}")

@@ -106,7 +106,8 @@ def _signal_axes(signal: Any, source: str) -> list[Any]:
 def signal_grey(signal: Any, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """The pixels of an image signal, ``[H, W]`` or ``[N, H, W]`` (navigation first), and notes.
 
-    A lazy signal is computed. At most one navigation axis is accepted (a stack of
+    A lazy signal is computed here (:func:`atomfinder.detect` instead reads a lazy stack
+    one frame at a time, through ``load_sample(..., lazy=True)``). At most one navigation axis is accepted (a stack of
     frames); more are refused by the caller's shape check. An RGB signal (HyperSpy's
     ``rgb8``/``rgb16``) is treated as an RGB file is: grey stored as RGB (three equal
     channels) is read as grey with a note, colour is refused.
