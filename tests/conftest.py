@@ -41,12 +41,29 @@ try:
 
     from hypothesis import settings
 
-    settings.register_profile("atomfinder-fast", max_examples=25, deadline=None)
+    # The default set is deterministic (the same examples every run) and writes no
+    # .hypothesis/ database into the repository; the fuzz profile stays random.
+    settings.register_profile("atomfinder-fast", max_examples=25, deadline=None, derandomize=True, database=None)
     # make fuzz: a case that runs over 10 s counts as a hang (issue 17.2) and fails.
     settings.register_profile("atomfinder-fuzz", max_examples=10000, deadline=10_000)
     settings.load_profile(os.environ.get("ATOMFINDER_HYPOTHESIS_PROFILE", "atomfinder-fast"))
 except ImportError:  # hypothesis is in the `test` extra; only test_fuzz.py needs it
     pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_files_outside_the_repository(tmp_path_factory):
+    """With the fast profile, Hypothesis's other files (its cache of the code's constants) go to a
+    temporary folder too, not to ``.hypothesis/`` in the working directory."""
+    try:
+        from hypothesis import settings
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        yield
+        return
+    if settings.default.database is None:
+        set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
 
 
 def lattice_image(shape=(64, 64), spacing_px: float = 7.0, seed: int = 0):
