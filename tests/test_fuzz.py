@@ -668,19 +668,19 @@ def test_memory_error_of_a_reader_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
-def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path):
+def test_emd_that_makes_hdf5_loop_forever_is_refused(tmp_path, monkeypatch):
     """4 zero bytes at offset 2202 of the EMD sample replaced by 8: h5py spun for 17 min."""
     data = (SAMPLES / "emd_example_image.emd").read_bytes()
     assert data[2202:2206] == bytes(4)
     path = tmp_path / "spins.emd"
     path.write_bytes(data[:2202] + bytes.fromhex("d01b11bbd01b11bb") + data[2206:])
-    import time
-
-    start = time.perf_counter()
-    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as an EMD .*took more than 8\.\d+ s") as exc:
+    # the default limit for this file is within the 10 s a case of make fuzz may take
+    assert io_mod.read_timeout_s(path.stat().st_size) < 10.0
+    # the refusal comes from that limit (lowered here to 2 s: the message names it), not from the reader
+    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 2.0)
+    with pytest.raises(MicrographError, match=r"spins.emd: cannot read it as an EMD .*took more than 2\.\d+ s") as exc:
         read_micrograph(path, min_size=1)
     assert "\n" not in str(exc.value)
-    assert time.perf_counter() - start < 10.0  # refused within the 10 s a case of make fuzz may take
 
 
 def test_isolated_reader_reports_errors_in_one_line(tmp_path):
@@ -710,18 +710,19 @@ def test_isolated_read_equals_the_direct_read(name, reader):
     assert direct[1] == isolated[1]
 
 
-def test_dm4_that_makes_the_dm_parser_loop_is_refused_in_time(tmp_path):
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
+def test_dm4_that_makes_the_dm_parser_loop_is_refused_in_time(tmp_path, monkeypatch):
     """make fuzz: one byte inserted at offset 868 of the DM4 sample makes rsciio's DigitalMicrograph parser
     read a tag array of structs of a length it trusts, for minutes and gigabytes (found hanging at 2.8 GB)."""
-    import time
-
     data = (SAMPLES / "digitalmicrograph_2D_test-1.dm4").read_bytes()
     path = tmp_path / "loops.dm4"
     path.write_bytes(data[:868] + b"n" + data[868:])
-    start = time.perf_counter()
-    with pytest.raises(MicrographError, match=r"loops.dm4: cannot read it as a Gatan DigitalMicrograph file .*took more"):
+    assert io_mod.read_timeout_s(path.stat().st_size) < 10.0  # the default limit: within a case of make fuzz
+    # refused by that limit (lowered here to 2 s: the message names it)
+    monkeypatch.setattr(io_mod, "READ_TIMEOUT_S", 2.0)
+    with pytest.raises(MicrographError,
+                       match=r"loops.dm4: cannot read it as a Gatan DigitalMicrograph file .*took more than 2\.\d+ s"):
         read_micrograph(path, min_size=1)
-    assert time.perf_counter() - start < 10.0
 
 
 def test_mrc_sample_still_reads():
@@ -873,6 +874,7 @@ def _isolated_readers_of(path: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vendor samples missing")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux only")
 def test_isolated_reader_dies_with_its_parent_and_by_its_own_alarm(tmp_path):
     """make fuzz: after the fuzzing process was killed, the reader of a looping EMD kept spinning for half an
@@ -897,11 +899,11 @@ def test_isolated_reader_dies_with_its_parent_and_by_its_own_alarm(tmp_path):
     while _isolated_readers_of(path) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _isolated_readers_of(path), "the reader outlived its killed parent"
-    # run directly (no parent to die) with a 1 s timeout: the alarm ends it after about 2 s
-    start = time.monotonic()
+    # run directly (no parent to die) with a 1 s timeout: its own alarm ends it (killed by SIGALRM, not
+    # by subprocess.run's 60 s guard, which would raise TimeoutExpired)
     done = subprocess.run([sys.executable, "-m", "atomfinder.detection._isolated_read", str(path), "emd",
                            str(tmp_path), "1.0"], capture_output=True, timeout=60)
-    assert done.returncode == -signal.SIGALRM and time.monotonic() - start < 30
+    assert done.returncode == -signal.SIGALRM, (done.returncode, done.stderr[-500:])
 
 
 @pytest.mark.parametrize("arch", [{"depth": 755685214}, {"width": 755685214}, {"depth": 9, "width": 4096}],
