@@ -18,6 +18,7 @@ from atomfinder.finetune import (
     GENERAL,
     PARENT,
     absolute_defocus_A,
+    fine_tuning_seconds,
     finetune,
     general_label,
     read_microscope,
@@ -79,7 +80,7 @@ def test_example_file_is_read_for_both_shipped_models():
     assert row["lens"] == "corrected" and row["defocus_A"] == pytest.approx([-115.9, -36.6], abs=0.1)
 
 
-def test_defocus_relative_or_absolute_for_a_recipe_with_absolute_corrected_defocus():
+def test_defocus_relative_or_absolute_for_a_recipe_with_absolute_corrected_defocus(tmp_path):
     from atomfinder.datasets.generate import default_config
 
     recipe = default_config("gold").microscope  # corrected lenses at any defocus in -150..+150 Å
@@ -92,7 +93,7 @@ def test_defocus_relative_or_absolute_for_a_recipe_with_absolute_corrected_defoc
     # or the file gives the absolute range for its corrected lens (no relative range needed)
     text = MICROSCOPE.replace("defocus_around_scherzer_A = [-20.0, 20.0]",
                               "corrected_defocus_A = [-90.0, -40.0]\np_corrected = 1.0")
-    ranges, given = read_microscope(_microscope_text(text), recipe)
+    ranges, given = read_microscope(_microscope(tmp_path, text), recipe)
     assert ranges.corrected_defocus_A == (-90.0, -40.0) and "defocus_around_scherzer_A" not in given
     (row,) = absolute_defocus_A(ranges)
     assert row["defocus_A"] == [-90.0, -40.0]
@@ -101,15 +102,7 @@ def test_defocus_relative_or_absolute_for_a_recipe_with_absolute_corrected_defoc
     # neither range: a one-line error naming the relative one
     text = MICROSCOPE.replace("defocus_around_scherzer_A = [-20.0, 20.0]\n", "p_corrected = 1.0\n")
     with pytest.raises(ValueError, match="defocus_around_scherzer_A .* is missing"):
-        read_microscope(_microscope_text(text), recipe)
-
-
-def _microscope_text(text: str) -> Path:
-    import tempfile
-
-    path = Path(tempfile.mkdtemp()) / "my.toml"
-    path.write_text(text)
-    return path
+        read_microscope(_microscope(tmp_path, text), recipe)
 
 
 def test_graphene_recipe_is_the_one_it_was_trained_on():
@@ -158,6 +151,26 @@ def test_unknown_model_and_missing_file_are_one_line_errors(tmp_path):
     result = runner.invoke(app, ["finetune", "--model", "graphene", "--microscope", str(tmp_path / "none.toml"),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "none.toml" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("init_s", [0.0, 12.3, 1234.5])
+def test_kept_model_time_never_exceeds_the_run_time(init_s):
+    """The kept model's time and the run's come from the card's rounding (to 0.1 s), so the kept one,
+    saved at or before the run's end, never shows more: in the end-to-end test an unrounded run time of
+    0.898 s was below the card's 0.9 s (0.0150 > 0.01497 min, 3 runs in 5)."""
+    from atomfinder.nn.train import card_time_s
+
+    elapsed = np.round(np.random.default_rng(0).uniform(0.0, 5.0, 400), 4).tolist() + [0.85, 0.897, 0.898, 0.95]
+    for best_elapsed in elapsed:
+        for run_elapsed in (best_elapsed, best_elapsed + 0.001, best_elapsed + 0.05, best_elapsed + 1.0):
+            training = {"time_s": card_time_s(init_s, best_elapsed), "init_time_s": init_s}
+            best, run = fine_tuning_seconds(training, (10, run_elapsed))
+            assert best <= run, (init_s, best_elapsed, run_elapsed, best, run)
+            assert run == pytest.approx(run_elapsed, abs=0.05 + 1e-9)  # the run's seconds, to 0.1 s
+    # the recorded case: best saved at 0.897 s (card 0.9 s), run ended at 0.898 s
+    best, run = fine_tuning_seconds({"time_s": card_time_s(init_s, 0.897), "init_time_s": init_s}, (10, 0.898))
+    assert best == run == pytest.approx(0.9)
+    assert fine_tuning_seconds({"time_s": card_time_s(init_s, 0.897), "init_time_s": init_s}, None)[1] is None
 
 
 def test_finetune_end_to_end_with_resume(source_model, tmp_path):
@@ -230,6 +243,7 @@ def test_finetune_end_to_end_with_resume(source_model, tmp_path):
     # the time and steps of the run, not only those of the kept (best) model
     training = summary["training"]
     assert training["run_steps"] == 10 and training["budget_minutes"] == 1.0 and training["steps"] <= 10
+    # the kept model was saved at or before the run's end; both times rounded alike (fine_tuning_seconds)
     assert training["minutes"] <= training["run_minutes"]
     assert f"best after {training['steps']} of 10 steps (" in markdown and "budget 1 min)" in markdown
     run = card.training["finetune"]["run"]

@@ -773,6 +773,27 @@ def run_progress(run_dir: Path) -> tuple[int, float] | None:
     return int(state["step"]), float(state["elapsed_s"])
 
 
+def fine_tuning_seconds(training: Mapping[str, Any], run: tuple[int, float] | None) -> tuple[float, float | None]:
+    """(kept model, whole run) seconds of fine-tuning, the general model's time left out.
+
+    Both come from :func:`atomfinder.nn.train.card_time_s`, the rounding the card's
+    ``training.time_s`` had: the kept (best) model was saved at or before the run's end, so its
+    time can never exceed the run's (an unrounded run time could: 0.898 s against a card's 0.9).
+
+    Parameters
+    ----------
+    training : mapping
+        The fine-tuned card's ``training`` (``time_s``, and ``init_time_s``: the general model's).
+    run : (steps, seconds) or None
+        :func:`run_progress` of the run; None gives None for the run's time.
+    """
+    from atomfinder.nn.train import card_time_s
+
+    init = float(training.get("init_time_s", 0.0))
+    best = float(training["time_s"]) - init
+    return best, (card_time_s(init, run[1]) - init if run else None)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
@@ -914,12 +935,13 @@ def finetune(
 
     summary = comparison_summary(result)
     training = card.training
+    best_s, run_s = fine_tuning_seconds(training, run)
     summary["microscope"] = {"source": str(microscope), "ranges": ranges.to_dict(), "absolute_defocus": defocus,
                              "dose_e_per_A2": list(ranges.dose_e_per_A2)}
     summary["training"] = {
-        "minutes": (training["time_s"] - training.get("init_time_s", 0.0)) / 60,
+        "minutes": best_s / 60,
         "total_minutes": training["time_s"] / 60, "steps": training.get("steps"),
-        "run_steps": run[0] if run else None, "run_minutes": run[1] / 60 if run else None,
+        "run_steps": run[0] if run else None, "run_minutes": run_s / 60 if run else None,
         "budget_minutes": budget, "n_train": n_train,
         "train_images": training.get("train_images"),
         "threshold": card.detection["threshold"],
@@ -939,9 +961,8 @@ def finetune(
         "from": {"model": str(model), "name": general.name, "version": general.version},
         "microscope_file": str(microscope), "microscope": ranges.to_dict(), "absolute_defocus": defocus,
         "budget_minutes": budget, "test_store": result["data"],
-        "run": {"steps": run[0] if run else None, "time_s": round(run[1], 1) if run else None,
-                "best_steps": training.get("steps"),
-                "best_time_s": round(training["time_s"] - training.get("init_time_s", 0.0), 1)},
+        "run": {"steps": run[0] if run else None, "time_s": round(run_s, 1) if run else None,
+                "best_steps": training.get("steps"), "best_time_s": round(best_s, 1)},
         "calibration_store": str(paths.calibration_store) if general.calibration else None,
         "calibration": calibration_note,
     }

@@ -791,7 +791,7 @@ def train(
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(epoch_losses)),
                    "lr": lr, "elapsed_s": round(elapsed, 1)}
             epoch_losses = []
-            so_far = card_training | {"steps": step, "time_s": round(previous_time_s + elapsed, 1),
+            so_far = card_training | {"steps": step, "time_s": card_time_s(previous_time_s, elapsed),
                                       "finished": False}  # True once the run has reached its end
             card = make_card(config, model_config, data, so_far, {}, defocus_offsets_A, validity)
             scores = validate(model, card) if validate is not None else {}
@@ -818,6 +818,16 @@ def train(
     if world > 1:
         dist.barrier()
     return out_dir / "model"
+
+
+def card_time_s(init_time_s: float, elapsed_s: float) -> float:
+    """The training time a card records: the seconds of the model it started from plus this run's, to 0.1 s.
+
+    Every time of a run (each best model's, the run's end, exported last weights) is rounded
+    here, the same way: rounding is monotone, so a model saved earlier in a run never records
+    more time than the run's end (:func:`atomfinder.finetune.fine_tuning_seconds`).
+    """
+    return round(float(init_time_s) + float(elapsed_s), 1)
 
 
 def mark_finished(stem: Path, step: int) -> None:
@@ -882,7 +892,7 @@ def export_last(out_dir: str | os.PathLike[str]) -> Path:
     training = {k: v for k, v in card.training.items() if k != "best_val"} | {
         "steps": int(state["step"]),
         "finished": state.get("finished"),  # False: the run was stopped before its end (None: not recorded)
-        "time_s": round(float(card.training.get("init_time_s", 0.0)) + float(state["elapsed_s"]), 1),
+        "time_s": card_time_s(card.training.get("init_time_s", 0.0), state["elapsed_s"]),
         "last_val": last_val,
         "weights": "last",
     }
