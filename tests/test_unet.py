@@ -243,3 +243,67 @@ def test_augmented_predict_is_equivariant_and_averages_the_eight_views():
         turned = predict(model, _transform(image, k, m), augment=True, **exact)
         assert np.abs(_transform(turned["probabilities"], k, m, inverse=True) - p).max() < 1e-5
         assert np.abs(_transform(turned["height"], k, m, inverse=True) - aug["height"]).max() < 1e-4
+
+
+def test_transform_views_are_the_square_symmetries_and_round_trip():
+    """Each of the eight views is the mirror (columns reversed) and then ``turns`` quarter turns of
+    np.rot90 (a pixel at (r, c) of an H x W image goes to (W-1-c, r) per turn); the inverse undoes it."""
+    from atomfinder.nn.infer import SQUARE_SYMMETRIES, _transform
+
+    assert sorted(SQUARE_SYMMETRIES) == [(k, m) for k in range(4) for m in (False, True)]
+    a = np.random.default_rng(4).normal(size=(2, 3, 5, 7)).astype(np.float32)  # non-square, leading axes
+    for turns, mirror in SQUARE_SYMMETRIES:
+        view = _transform(a, turns, mirror)
+        expected = np.flip(a, axis=-1) if mirror else a  # left-right: the last axis reversed
+        for _ in range(turns):
+            expected = np.rot90(expected, 1, axes=(-2, -1))
+        assert np.array_equal(view, expected), (turns, mirror)
+        assert view.flags.c_contiguous
+        assert np.array_equal(_transform(view, turns, mirror, inverse=True), a), (turns, mirror)
+        # where one pixel goes, by hand
+        one = np.zeros((5, 7))
+        one[1, 2] = 1.0
+        r, c, h, w = 1, 2, 5, 7
+        if mirror:
+            c = w - 1 - c
+        for _ in range(turns):
+            r, c, h, w = w - 1 - c, r, w, h
+        moved = _transform(one, turns, mirror)
+        assert moved.shape == (h, w) and moved[r, c] == 1.0 and moved.sum() == 1.0, (turns, mirror)
+    # two views whose inverse differs from the forward view: a quarter turn back, not forward
+    square = np.arange(9.0).reshape(3, 3)
+    assert np.array_equal(_transform(square, 1, False), [[2, 5, 8], [1, 4, 7], [0, 3, 6]])
+    assert np.array_equal(_transform(square, 1, False, inverse=True), [[6, 3, 0], [7, 4, 1], [8, 5, 2]])
+    assert np.array_equal(_transform(square, 1, True), [[0, 3, 6], [1, 4, 7], [2, 5, 8]])
+
+
+class _SquareSymmetricNet(torch.nn.Module):
+    """A stand-in network equivariant under the eight symmetries of the square: a convolution with a
+    kernel of that symmetry (zero padding, which has it too), then pointwise logits."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([[0.5, 1.0, 0.5], [1.0, -6.0, 1.0], [0.5, 1.0, 0.5]])
+        self.register_buffer("kernel", k[None, None])
+
+    def forward(self, x):
+        y = F.conv2d(x, self.kernel, padding=1)
+        return {"logits": torch.cat([-y, y, 0.5 * y * y], dim=1),
+                "height_logits": torch.cat([y, -y, torch.tanh(y)], dim=1)}
+
+
+def test_augmented_prediction_of_a_symmetric_network_is_its_plain_prediction():
+    """Averaging the eight views maps each back exactly: for an equivariant network every view, mapped
+    back, is the plain map, so the average is too (a view mapped back by the wrong turn is not)."""
+    image = np.random.default_rng(5).normal(size=(1, 48, 64)).astype(np.float32)
+    net = _SquareSymmetricNet()
+    exact = {"device": "cpu", "precision": "float32", "tile": 1024, "overlap": 64}
+    plain = predict(net, image, **exact)
+    aug = predict(net, image, augment=True, **exact)
+    assert plain["probabilities"].shape == (3, 48, 64)
+    assert plain["probabilities"][1].std() > 0.05  # not a constant map: a wrong turn would show
+    assert np.abs(aug["probabilities"] - plain["probabilities"]).max() < 1e-5
+    assert np.abs(aug["height"] - plain["height"]).max() < 1e-5
+    # the stand-in is equivariant: its plain map of a turned, mirrored image is the turned, mirrored map
+    turned = predict(net, np.ascontiguousarray(np.rot90(image[:, :, ::-1], 1, axes=(1, 2))), **exact)
+    assert np.abs(turned["probabilities"] - np.rot90(plain["probabilities"][:, :, ::-1], 1, axes=(1, 2))).max() < 1e-5
