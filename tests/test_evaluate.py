@@ -363,23 +363,13 @@ def test_the_error_bars_by_dose_use_the_given_dose_edges():
 # -- a single-image model beside a focal-series model (issue 14.4) ----------------------
 
 
-def _blobs(shape=(96, 96), seed=0) -> np.ndarray:
-    """Gaussian blobs at random positions: an image with non-periodic content to register."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
-    img = np.zeros(shape, np.float32)
-    for x, y in rng.uniform(8, shape[0] - 8, (40, 2)):
-        img += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2))
-    return img
-
-
 def test_single_image_model_detections_move_back_by_the_known_drift_of_its_frame():
     """The single-image model of `evaluate --versus` sees the middle frame; its atoms are
     moved into frame 0's grid by the frame's recorded drift, so a drifted copy of frame 0
     scores as frame 0 itself."""
-    from scipy.ndimage import shift as nd_shift
+    import dataclasses
 
-    from atomfinder.analysis.evaluate import EvalSample, frame_index, undo_drift
+    from atomfinder.analysis.evaluate import frame_index, undo_drift
     from atomfinder.detection.peaks import AtomTable
 
     assert frame_index(3, "middle") == 1 and frame_index(3, 0) == 0 and frame_index(4, "middle") == 2
@@ -393,30 +383,39 @@ def test_single_image_model_detections_move_back_by_the_known_drift_of_its_frame
     np.testing.assert_allclose(moved.y, [5.5, 8.0])
     np.testing.assert_array_equal(moved.probability, atoms.probability)
 
-    # end to end through network_detector's logic with a stand-in for the network: local maxima
-    clean = _blobs()
+    # end to end through network_detector with a stand-in network (_Bright: atom logit = normalised
+    # image - 1) on a 3-frame series whose frames hold the same Gaussian atoms moved by a known drift
+    rng = np.random.default_rng(0)
+    truth = np.array([(x, y) for x in range(12, 90, 12) for y in range(12, 90, 12)], float)
+    truth += rng.uniform(-2, 2, truth.shape)  # (x, y) px of frame 0's 49 atoms, >= 8 px apart
     drift = np.array([[0.0, 0.0], [1.25, -0.75], [2.0, 1.0]])  # (x, y) px per frame
-    series = np.stack([nd_shift(clean, (dy, dx), order=3, mode="nearest") for dx, dy in drift])
-    sample = EvalSample(image=series, sampling_A=0.1, positions_A=np.zeros((0, 2)), labels=[], drift_px=drift)
+    yy, xx = np.mgrid[:96, :96].astype(float)
+    series = np.stack([sum(np.exp(-((xx - x - dx) ** 2 + (yy - y - dy) ** 2) / (2 * 2.0**2)) for x, y in truth)
+                       for dx, dy in drift]).astype(np.float32)
+    sample = EvalSample(image=series, sampling_A=0.1, positions_A=truth * 0.1, labels=np.ones(len(truth), int),
+                        drift_px=drift)
     with pytest.raises(ValueError, match="one \\(x, y\\) row per frame"):
         EvalSample(image=series, sampling_A=0.1, positions_A=np.zeros((0, 2)), labels=[], drift_px=drift[:2])
+    card = ModelCard(
+        name="bright", version="0",
+        architecture={"in_channels": 1, "n_classes": 2, "depth": 0, "width": 1, "norm": "none"},
+        in_channels=1, class_names=("C",), sampling_A=0.1, normalization={"kind": "global"},
+        detection={"min_distance_A": 0.4, "threshold": 0.5},
+    )
 
-    def peaks(image):
-        from skimage.feature import peak_local_max
+    def nearest_px(atoms, points):
+        assert len(atoms.x) == len(points)  # every atom found once
+        return cKDTree(points).query(np.c_[atoms.x, atoms.y])[0]
 
-        from atomfinder.detection.peaks import refine_subpixel
-
-        rc = peak_local_max(image, min_distance=4, threshold_abs=0.5)
-        rows, cols = refine_subpixel(image, rc[:, 0], rc[:, 1], radius_px=3.0)
-        return np.c_[cols, rows]
-
-    k = frame_index(len(sample.image), "middle")
-    found = peaks(sample.image[k])
-    table = undo_drift(AtomTable(x=found[:, 0], y=found[:, 1], label=np.ones(len(found)),
-                                 probability=np.ones(len(found)), height=-np.ones(len(found))), sample.drift_px[k])
-    reference = peaks(clean)
-    d, _ = cKDTree(reference).query(np.c_[table.x, table.y])
-    assert np.median(d) < 0.1  # back on frame 0's atoms (they were 1.46 px away)
+    middle = network_detector(_Bright(), card, "cpu", frame="middle", precision="float32")
+    assert np.max(nearest_px(middle(sample), truth)) < 0.1  # moved back onto frame 0's atoms (1.46 px away)
+    # without a recorded drift the middle frame's atoms are scored where they were found
+    unknown = dataclasses.replace(sample, drift_px=None)
+    assert np.max(nearest_px(middle(unknown), truth + drift[1])) < 0.1
+    # frame 0 needs no move; the last frame is moved back by its own drift
+    assert np.max(nearest_px(network_detector(_Bright(), card, "cpu", precision="float32")(sample), truth)) < 0.1
+    last = network_detector(_Bright(), card, "cpu", frame=2, precision="float32")
+    assert np.max(nearest_px(last(sample), truth)) < 0.1
 
 
 def test_cli_evaluate_versus_scores_a_single_image_model_on_the_middle_frame(tmp_path):
