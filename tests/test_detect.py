@@ -7,7 +7,6 @@ is 64 x 64 px, so the whole module runs in seconds.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,6 @@ from atomfinder.detection.peaks import TABLE_COLUMNS
 from atomfinder.detection.batch import detect_files
 from atomfinder.detection.micrograph import detect
 from atomfinder.detection.preprocess import clean_image, median3x3
-from atomfinder.detection.registration import register_focal_series
 from conftest import save_untrained_model
 
 torch.set_num_threads(1)
@@ -149,16 +147,33 @@ def test_clean_image_refuses_constant_and_all_nan():
         clean_image(np.stack([_lattice(), np.full((64, 64), 3.0)]), "stack.npy")
 
 
-def test_register_focal_series_recovers_known_shift():
+def _drifted_series(true_dy_dx: np.ndarray) -> np.ndarray:
+    """A 96 x 96 field (a lattice of spacing 9.3 px and one broad blob, so that one shift fits) in frames
+    drifted by ``true_dy_dx`` (rows of (dy, dx) px), each with its own noise."""
     rng = np.random.default_rng(1)
     ref = _lattice((96, 96), spacing_px=9.3, seed=2)
     ref += 30 * np.exp(-((np.mgrid[:96, :96][0] - 40.0) ** 2 + (np.mgrid[:96, :96][1] - 55.0) ** 2) / 50.0)
+    return np.stack([nd_shift(ref, s, order=3, mode="nearest") + rng.normal(0, 1, ref.shape) for s in true_dy_dx])
+
+
+def test_detect_registers_a_focal_series_only_for_a_model_trained_on_aligned_frames(focal_model, tmp_path):
+    """detect(focal_series=True) undoes a known drift for a model trained on aligned frames (shifts_px
+    recovers it) and leaves the frames as they are for one trained on drifting frames (shifts_px zero)."""
+    import dataclasses
+
+    from atomfinder.nn.card import load_model, save_model
+
     true = np.array([[0.0, 0.0], [1.3, -2.7], [-3.45, 0.8]])  # (dy, dx) drift of each frame
-    stack = np.stack([nd_shift(ref, s, order=3, mode="nearest") + rng.normal(0, 1, ref.shape) for s in true])
-    aligned, shifts = register_focal_series(stack)
-    np.testing.assert_allclose(shifts, -true, atol=0.2)
-    inner = (slice(10, -10), slice(10, -10))
-    assert np.abs(aligned[2][inner] - ref[inner]).mean() < 2.0
+    series = _drifted_series(true).astype(np.float32)
+    _, info = detect(series, focal_model, sampling=SAMPLING, focal_series=True)
+    np.testing.assert_allclose(info["shifts_px"], -true, atol=0.3)  # (dy, dx) applied: minus the drift
+
+    net, card = load_model(focal_model)
+    assert card.training.get("data", {}).get("simulation", {}).get("drift_px", 0) == 0
+    drifting = dataclasses.replace(card, training={"data": {"simulation": {"drift_px": 4.0}}})
+    save_model(net, drifting, tmp_path / "drifting")
+    _, info = detect(series, tmp_path / "drifting", sampling=SAMPLING, focal_series=True)
+    np.testing.assert_array_equal(info["shifts_px"], np.zeros((3, 2)))
 
 
 # --------------------------------------------------------------------------- overlay
@@ -199,19 +214,6 @@ def test_cli_writes_csv_png_and_probabilities(tiny_model, tmp_path):
 
     with tifffile.TiffFile(out / "lattice_probabilities.tif") as tif:  # classes are channels in Fiji, as for a stack
         assert tif.series[0].axes == "CYX" and tif.imagej_metadata["channels"] == 2
-
-
-def test_cli_precision_float32_gives_the_api_atoms(tiny_model, tmp_path):
-    import atomfinder
-
-    src = write_tiff_calibrated(tmp_path / "lattice.tif", _lattice(), SAMPLING)
-    out = tmp_path / "results"
-    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--out", str(out),
-                                      "--precision", "float32"])
-    assert result.exit_code == 0, result.output
-    table = pd.read_csv(out / "lattice.csv")
-    expected, _ = atomfinder.detect(src, model=str(tiny_model), precision="float32")
-    np.testing.assert_allclose(table[["x", "y"]].to_numpy(), expected[["x", "y"]].to_numpy(), atol=1e-4)  # the CSV keeps 4 decimals
 
 
 def test_focal_series_from_files_and_from_one_stack(focal_model, tmp_path):
@@ -298,7 +300,7 @@ def test_cli_errors_are_one_line_and_write_nothing(case, tiny_model, focal_model
     out = tmp_path / "results"
     result = CliRunner().invoke(app, ["detect", str(path), *args, "--out", str(out)])
     text = result.output.strip()
-    assert result.exit_code != 0
+    assert result.exit_code == 2, (result.exit_code, text)
     assert "Traceback" not in text and len(text.splitlines()) == 1, text
     if case not in ("unknown_model", "bad_precision"):  # refused before any file is read
         assert path.name in text, text
@@ -307,24 +309,37 @@ def test_cli_errors_are_one_line_and_write_nothing(case, tiny_model, focal_model
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_cli_refuses_unwritable_output_dir(tiny_model, tmp_path):
+@pytest.mark.parametrize("below", [False, True], ids=["the_folder", "a_folder_to_create_in_it"])
+def test_cli_refuses_unwritable_output_dir(tiny_model, tmp_path, monkeypatch, below):
+    """An output folder the user may not write (os.access says so; simulated, since a 0o500 folder is
+    writable to root) is refused in one line, exit 2, before any work; one to be made inside it too."""
     src = tmp_path / "img.npy"
     np.save(src, _lattice())
-    out = tmp_path / "locked"
-    out.mkdir()
-    out.chmod(0o500)
-    try:
-        if os.access(out, os.W_OK):
-            pytest.skip("running as root: a 0o500 directory is still writable")
-        result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
-                                          "--out", str(out)])
-        text = result.output.strip()
-        assert result.exit_code != 0 and "Traceback" not in text and len(text.splitlines()) == 1
-        assert "locked" in text and "not writable" in text
-        assert not any(out.iterdir())
-    finally:
-        out.chmod(0o700)
-        shutil.rmtree(out)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "results" if below else locked
+    real_access = os.access
+    asked = []
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) == locked and mode & os.W_OK:
+            asked.append(path)
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
+                                      "--out", str(out)])
+    text = result.output.strip()
+    assert asked, "the output folder's permission was not checked"
+    assert result.exit_code == 2 and "Traceback" not in text and len(text.splitlines()) == 1, text
+    assert f"{out.name}: output directory" in text and "is not writable" in text, text
+    assert ("cannot create it in" in text) is below and "locked" in text
+    assert not any(locked.iterdir())
+    monkeypatch.undo()  # writable again: the same command works
+    result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0 and (out / "img.csv").is_file(), result.output
 
 
 def test_cli_refuses_output_dir_below_a_file(tiny_model, tmp_path):
@@ -333,7 +348,7 @@ def test_cli_refuses_output_dir_below_a_file(tiny_model, tmp_path):
     result = CliRunner().invoke(app, ["detect", str(src), "--model", str(tiny_model), "--sampling", "0.2",
                                       "--out", str(src / "results")])
     text = result.output.strip()
-    assert result.exit_code != 0 and "Traceback" not in text and len(text.splitlines()) == 1
+    assert result.exit_code == 2 and "Traceback" not in text and len(text.splitlines()) == 1
     assert "img.npy" in text and "is a file" in text
 
 
