@@ -158,13 +158,44 @@ def test_cli_train_and_evaluate(tiny_graphene_store, tmp_path):
     assert result.exit_code == 2 and "missing.zarr" in result.output
 
 
-def test_resume_may_change_threads_time_limit_and_version(tiny_graphene_store, tmp_path):
+def test_resume_may_change_threads_time_limit_and_version(tiny_graphene_store, tmp_path, capsys):
+    """A run killed after step 3 of 4 resumes under other operational settings (threads, time limit,
+    version): it trains the last step and its card carries the new settings; a finished run resumed
+    again returns at once, its weights, steps and version untouched."""
     store = DatasetStore(tiny_graphene_store)
-    cfg = TrainConfig(**TINY | {"epochs": 1})
+    cfg = TrainConfig(**TINY)  # 8 images, batch 4: 2 steps per epoch, 4 in all; a checkpoint at step 3
     data = load_training_data(store, np.arange(len(store)), cfg.normalization)
-    train(cfg, data, tmp_path / "r")
-    train(TrainConfig(**TINY | {"epochs": 1, "num_threads": 1, "max_minutes": 5.0, "version": "0.2"}), data,
-          tmp_path / "r", resume=True)
+    run = tmp_path / "r"
+
+    def stop(step, total, parts):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, run, progress=stop)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+    killed = load_file(str(run / "model.safetensors"))
+    assert load_model(run / "model")[1].training["steps"] == 2  # the model of epoch 1
+    changed = {"num_threads": 1, "max_minutes": 5.0, "version": "0.2"}
+    stem = train(TrainConfig(**TINY | changed), data, run, resume=True)
+    _, card = load_model(stem)
+    assert card.version == "0.2" and card.training["steps"] == 4 and card.training["finished"] is True
+    assert {k: card.training["config"][k] for k in changed} == changed
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = load_file(str(run / "model.safetensors"))
+    assert any(not torch.equal(killed[k], resumed[k]) for k in resumed)  # trained on: new weights
+    # finished: resumed again (another version), nothing is trained and nothing renamed
+    capsys.readouterr()
+    weights = (run / "model.safetensors").read_bytes()
+    stem = train(TrainConfig(**TINY | changed | {"version": "0.3"}), data, run, resume=True)
+    assert "the run had finished (all 4 steps, at step 4); nothing more to train" in capsys.readouterr().out
+    _, card = load_model(stem)
+    assert card.version == "0.2" and card.training["steps"] == 4 and card.training["finished"] is True
+    assert (run / "model.safetensors").read_bytes() == weights
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    # a recipe setting is not operational: refused
+    with pytest.raises(ValueError, match="another training config"):
+        train(TrainConfig(**TINY | {"lr": 1e-2}), data, run, resume=True)
 
 
 def test_fine_tuning_starts_from_the_given_model(tiny_graphene_store, tmp_path):
