@@ -104,7 +104,10 @@ def test_unknown_model_name_lists_available(tmp_path, monkeypatch):
 
 
 def test_resolve_paths_and_shipped_dir():
-    assert isinstance(list_models(), list)  # the real package directory may be empty
+    assert set(list_models()) == {"gold", "gold-focal", "graphene", "mos2-focal"}  # the shipped models
+    for name in list_models():
+        stem = resolve_model(name)
+        assert stem.name == name and stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
     with pytest.raises(ValueError, match="available models"):
         resolve_model("/no/such/model.safetensors")
 
