@@ -7,7 +7,11 @@ Each test works on a copy of the shipped graphene model in ``tmp_path``; the shi
 files are never written.
 """
 
+import builtins
+import hashlib
+import io
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -21,15 +25,35 @@ import atomfinder.nn.card as card_mod
 from atomfinder.cli import app
 from atomfinder.nn.card import (
     CARD_FORMAT_VERSION,
+    ModelCard,
     ModelCardError,
     UnverifiedWeightsWarning,
+    check_card_dict,
+    list_models,
     load_card,
     load_model,
+    record_weights_sha256,
     resolve_model,
+    save_model,
     weights_sha256,
 )
+from atomfinder.nn.unet import UNet
 
-from test_card import _DELETE, _edit_card  # noqa: E402  (tests/ is on sys.path, as for conftest)
+from test_card import _model_and_card  # noqa: E402  (tests/ is on sys.path, as for conftest)
+
+
+def _edit_card(card_path, **changes):
+    """Rewrite the card's JSON with top-level keys changed (``_DELETE``: removed)."""
+    d = json.loads(card_path.read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            del d[key]
+        else:
+            d[key] = value
+    card_path.write_text(json.dumps(d, indent=2))
+
+
+_DELETE = object()
 
 
 @pytest.fixture
@@ -209,6 +233,24 @@ def _arch(card_path, **changes):
         ({"weights_sha256": "ABC"}, "field 'weights_sha256' must be a SHA-256 hex digest"),
         ({"format_version": 0}, "field 'format_version' must be a positive integer, got 0"),
         # the fields must agree with each other
+        ({"class_names": _DELETE}, "required field 'class_names' is missing"),
+        ({"sampling_A": "0.1"}, "field 'sampling_A' must be a positive number"),
+        ({"in_channels": "2"}, "field 'in_channels' must be a positive integer"),
+        ({"in_channels": True}, "field 'in_channels' must be a positive integer"),
+        ({"class_names": []}, "field 'class_names' must be a non-empty list"),
+        ({"name": 3}, "field 'name' must be a non-empty string"),
+        ({"normalization": "local"}, "field 'normalization' must be an object"),
+        ({"normalization": {"kind": "local", "window_A": 0}}, "field 'normalization.window_A' must be a positive"),
+        ({"detection": {"threshold": 1.5}}, "field 'detection.threshold' must be a number between 0 and 1"),
+        ({"detection": {"test_time_augmentation": "yes"}},
+         "field 'detection.test_time_augmentation' must be true or false"),
+        # found by fuzzing: a 1e300 Å window overflowed the normalisation's padding (OverflowError)
+        ({"sampling_A": 0.1, "normalization": {"kind": "local", "window_A": 1e300}},
+         "field 'normalization.window_A' must be at most 500 model pixels (50 Å at sampling_A 0.1)"),
+        ({"detection": {"min_distance_A": 50.0}}, "field 'detection.min_distance_A' must be at most 100 model pixels"),
+        ({"calibration": {"radius_px": 2.0}}, "required field 'calibration.logistic' is missing"),
+        ({"format_version": "1"}, "field 'format_version' must be a positive integer"),
+        ({"defocus_offsets_A": ["a"]}, "field 'defocus_offsets_A' must be a list of numbers"),
         ({"in_channels": 2}, "field 'in_channels' is 2 but 'architecture.in_channels' is 1"),
         ({"class_names": ["C", "N"]},
          "field 'class_names' lists 2 classes (+ background) but 'architecture.n_classes' is 2"),
@@ -229,6 +271,7 @@ def test_bad_card_field_is_named(graphene, changes, words):
     "changes, words",
     [
         ({"width": _DELETE}, "required field 'architecture.width' is missing"),
+        ({"width": 0}, "field 'architecture.width' must be a positive integer"),
         ({"n_classes": _DELETE}, "required field 'architecture.n_classes' is missing"),
         ({"depth": "4"}, "field 'architecture.depth' must be a non-negative integer, got '4'"),
         ({"height_head": 1}, "field 'architecture.height_head' must be true or false, got 1"),
@@ -272,6 +315,21 @@ def test_a_pickle_file_is_refused_and_never_unpickled(graphene, suffix, no_unpic
             "give a model's <stem>.safetensors with its <stem>.json card"
         )
     assert not marker.exists()
+
+
+def test_detect_refuses_a_pickle_in_one_line(graphene, tmp_path, no_unpickling):
+    stem, _, _ = graphene
+    path = stem.with_name("graphene.pt")
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps(_Evil(marker)))
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    result = CliRunner().invoke(app, ["detect", str(img), "--model", str(path), "--sampling", "0.1",
+                                      "--out", str(tmp_path / "out")])
+    text = result.output.strip()
+    assert result.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert "graphene.pt" in text and "pickle" in text
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_a_directory_of_pickles_is_refused_and_never_unpickled(tmp_path, no_unpickling):
@@ -320,3 +378,150 @@ def test_detect_refuses_a_directory_in_one_line(tmp_path, no_unpickling):
     assert result.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert "is a directory, not a model" in text and "checkpoint.pt" in text
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- models saved by save_model
+# (a tiny two-frame, two-class model with a height head, from test_card)
+
+
+def _saved(tmp_path, name="tiny"):
+    model, card = _model_and_card(name)
+    weights, card_path = save_model(model, card, tmp_path / name)
+    return weights, card_path
+
+
+def _plant_pickles(directory, marker):
+    for name in ("tiny.pt", "tiny.pkl", "tiny.pth", "model.pt", "tiny.json.pkl"):
+        (directory / name).write_bytes(pickle.dumps(_Evil(marker)))
+
+
+def test_save_records_sha256_and_format_version(tmp_path):
+    weights, card_path = _saved(tmp_path)
+    d = json.loads(card_path.read_text())
+    assert d["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest() == weights_sha256(weights)
+    assert weights_sha256(card_path) == weights_sha256(tmp_path / "tiny") == d["weights_sha256"]
+    assert d["format_version"] == CARD_FORMAT_VERSION == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a verified model loads without a warning
+        _, card = load_model(weights)
+    assert card.weights_sha256 == d["weights_sha256"]
+
+
+def test_tampered_weights_refused_by_the_cli_in_one_line(tmp_path):
+    # a single-image model for detect
+    cfg = UNet(in_channels=1, n_classes=2, depth=2, width=4).config
+    card = ModelCard(name="one", version="0", architecture=cfg.to_dict(), in_channels=1, class_names=["C"],
+                     sampling_A=0.2, normalization={"kind": "local", "window_A": 6.0})
+    torch.manual_seed(0)
+    weights, _ = save_model(UNet(**cfg.to_dict()), card, tmp_path / "one")
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    result = CliRunner().invoke(app, ["detect", str(img), "--model", str(weights), "--sampling", "0.2",
+                                      "--out", str(tmp_path / "out")])
+    text = result.output.strip()
+    assert result.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert "one.safetensors" in text and "SHA-256" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_binary_garbage_card_is_a_one_line_error(tmp_path):
+    _, card_path = _saved(tmp_path)
+    card_path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelCardError, match="not UTF-8") as exc:
+        load_card(card_path)
+    assert str(card_path) in _one_line(exc)
+
+
+def test_card_that_is_not_an_object(tmp_path):
+    with pytest.raises(ModelCardError, match="must hold a JSON object"):
+        check_card_dict([1, 2], "model card x.json")
+
+
+def test_old_card_without_hash_loads_with_a_warning(tmp_path):
+    weights, card_path = _saved(tmp_path)
+    _edit_card(card_path, weights_sha256=_DELETE, format_version=_DELETE)
+    with pytest.warns(UnverifiedWeightsWarning, match="records no weights_sha256"):
+        model, card = load_model(tmp_path / "tiny")
+    assert card.weights_sha256 == "" and "weights_sha256" not in card.to_dict()
+
+
+def test_weights_of_another_architecture_are_a_one_line_error(tmp_path):
+    _saved(tmp_path)
+    other = UNet(in_channels=2, n_classes=3, depth=3, width=4, height_head=True, max_height=4)
+    _, other_card = _model_and_card("other")
+    other_card = ModelCard.from_dict(other_card.to_dict() | {"architecture": other.config.to_dict()})
+    w_other, _ = save_model(other, other_card, tmp_path / "other")
+    (tmp_path / "tiny.safetensors").write_bytes(w_other.read_bytes())
+    record_weights_sha256(tmp_path / "tiny")  # the hash matches; the tensors do not
+    with pytest.raises(ModelCardError, match="do not fit the architecture") as exc:
+        load_model(tmp_path / "tiny")
+    _one_line(exc)
+
+
+def test_record_weights_sha256_changes_only_that_key(tmp_path):
+    weights, card_path = _saved(tmp_path)
+    model, _ = _model_and_card()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    new_state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file(new_state, str(weights))  # weights replaced on purpose, card left as it was
+    with pytest.raises(ModelCardError, match="SHA-256"):
+        load_model(weights)
+    before = json.loads(card_path.read_text())
+    digest = record_weights_sha256(card_path)
+    after = json.loads(card_path.read_text())
+    assert digest == weights_sha256(weights) and after["weights_sha256"] == digest
+    assert list(after) == list(before)
+    assert {k: v for k, v in after.items() if k != "weights_sha256"} == {
+        k: v for k, v in before.items() if k != "weights_sha256"}
+    load_model(weights)
+
+
+def test_shipped_cards_record_the_sha256_of_their_weights():
+    for name in list_models():
+        stem = resolve_model(name)
+        card = load_card(stem)
+        assert card.weights_sha256 == weights_sha256(stem), f"{name}: run record_weights_sha256"
+
+
+def test_pickles_beside_a_model_are_never_opened(tmp_path, monkeypatch):
+    _saved(tmp_path)
+    marker = tmp_path / "pwned"
+    _plant_pickles(tmp_path, marker)
+    (tmp_path / "notes.txt").write_text("unexpected file")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model must never be unpickled")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    opened = []
+    real_open = io.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(os.fspath(file) if not isinstance(file, int) else file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", spy)
+    monkeypatch.setattr(builtins, "open", spy)
+    for path in (tmp_path / "tiny", tmp_path / "tiny.json", tmp_path / "tiny.safetensors"):
+        load_model(resolve_model(path))
+    monkeypatch.undo()
+    assert {os.path.basename(p) for p in opened} == {"tiny.json", "tiny.safetensors"}, opened
+    assert not marker.exists()
+
+
+def test_list_models_ignores_pickles(tmp_path, monkeypatch):
+    monkeypatch.setattr(card_mod, "_models_dir", lambda: tmp_path)
+    _saved(tmp_path)
+    _plant_pickles(tmp_path, tmp_path / "pwned")
+    (tmp_path / "lonely.json").write_text("{}")  # a card without weights is no model
+    assert list_models() == ["tiny"]
+    assert not (tmp_path / "pwned").exists()
