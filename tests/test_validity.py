@@ -38,7 +38,6 @@ from atomfinder.nn.validity import (
     GOLD_ZONE_AXES,
     GRAPHENE_BOND_A,
     MOS2_LATTICE_A,
-    card_validity,
     contrast_reference,
     contrast_to_noise,
     expected_neighbour_distances_A,
@@ -193,13 +192,22 @@ def test_training_stores_the_validity_in_the_card():
     data = TrainingData(images.astype(np.float32), targets, None, np.full(4, 0.1), ("C",))
     sim = default_config("graphene").to_dict()
     validity = training_validity(data, {"store": "x.zarr", "simulation": sim})
-    assert validity == card_validity(sim, data.images, data.sampling_A, np.array([1, 1, 1, 0], bool),
-                                     source="training images of x.zarr that hold atoms")
-    assert validity["contrast_to_noise"]["n_images"] == 3 and validity["contrast_to_noise"]["low"] > 0.3
+    # the recipe's ranges, in the card's units
+    assert validity["energies_kV"] == [e / 1e3 for e in sim["microscope"]["energies_eV"]]
+    assert validity["Cs_corrected_um"] == [c / 1e4 for c in sim["microscope"]["Cs_corrected_A"]]
+    assert validity["dose_e_per_A2"] == list(sim["microscope"]["dose_e_per_A2"])
+    assert validity["neighbour_distances_A"] == expected_neighbour_distances_A("graphene")
+    # the contrast-to-noise range of the three images that hold atoms: the empty field (noise 50) left out
+    cnr = validity["contrast_to_noise"]
+    assert cnr["n_images"] == 3 and cnr["source"] == "training images of x.zarr that hold atoms"
+    assert 0.3 < cnr["low"] <= cnr["median"] <= cnr["high"]
+    with_empty = contrast_reference(images, np.full(4, 0.1))
+    assert with_empty["n_images"] == 4 and with_empty["low"] < 0.1 < 0.3 < cnr["low"]
+    assert training_validity(data, {"simulation": sim})["contrast_to_noise"]["source"] == (
+        "training images of the training store that hold atoms")
     cfg = TrainConfig(name="t", version="0", depth=2, width=4)
     card = make_card(cfg, UNetConfig(in_channels=1, n_classes=2, depth=2, width=4), data, {}, {}, (), validity)
     assert card.validity == validity and card_reference(card) == validity
-    assert contrast_reference(images, np.full(4, 0.1))["n_images"] == 4
 
 
 # --------------------------------------------------------------------------- the shipped graphene model
