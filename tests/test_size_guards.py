@@ -8,7 +8,6 @@ traceback or run for two minutes are refused in well under a second of work.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +65,13 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def no_resampling(monkeypatch):
-    """Fail loudly if anything gets as far as resampling."""
+    """Fail loudly if anything gets as far as resampling or the network (the costly steps)."""
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("resample was called: the guard came too late")
+        raise AssertionError("resample or predict was called: the guard came too late")
 
     monkeypatch.setattr(pipeline, "resample", forbidden)
+    monkeypatch.setattr(pipeline, "predict", forbidden)
 
 
 def _image(n=64, seed=0) -> np.ndarray:
@@ -90,16 +90,14 @@ def _cli(args: list[str]) -> tuple[int, str]:
 def test_cli_refuses_oversize_inputs_in_one_line(case, tmp_path, no_resampling):
     path, extra, words = OVERSIZE[case]
     out = tmp_path / "out"
-    start = time.perf_counter()
     code, text = _cli([str(path), "--model", "graphene", *extra, "--out", str(out)])
-    elapsed = time.perf_counter() - start
     assert code == 2, text
     assert len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert text.startswith(f"error: {path}: "), text
     for word in words:
         assert word in text, text
-    assert not out.exists()
-    assert elapsed < 20, f"{elapsed:.1f} s"  # was: killed, a MemoryError, or 116 s
+    assert not out.exists()  # refused before resampling or the network (no_resampling): was killed,
+    # a MemoryError, or 116 s of resampling
 
 
 @pytest.mark.parametrize("case", sorted(OVERSIZE))
