@@ -6,7 +6,11 @@
   contaminated corner of the real example than on its clean lattice.
 
 The simulations use the recipes of the report's test sets (``configs/test-*.toml``)
-with seeds of their own, a handful of images each (seconds).
+with seeds of their own, 8 to 32 images each. The default set runs the ranking of the
+error bars on 8 images (16 in the slow set) and the real example; the empty fields, the 1-sigma coverage
+and the confidence of real and false atoms (their 32-image set takes ~30 s) are
+``@pytest.mark.slow``: with fewer images the share of true atoms among the few
+low-confidence ones swung between 0.38 and 0.8 (8-16 images), too noisy to test.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def _compare(graphene, store):
                    class_names=card.class_names, border_A=0.5)
 
 
+@pytest.mark.slow  # ~12 s each, for an expected failure
 @pytest.mark.xfail(strict=True, reason="target not met by graphene 0.3: 32 false atoms per 10 nm² on vacuum, "
                    "127 on amorphous carbon (64-image test sets, reports/graphene/trust)")
 @pytest.mark.parametrize("kind, config, seed", [("vacuum", "test-vacuum.toml", 4101),
@@ -61,6 +66,7 @@ def lattice_result(graphene, tmp_path_factory):
     return _compare(graphene, _store(tmp_path_factory, "lattice", "test-dose-1e4.toml", 32, 4103))
 
 
+@pytest.mark.slow  # the 32-image lattice_result (~30 s)
 @pytest.mark.xfail(strict=True, reason="graphene 0.3: 57 % within 1 sigma on these 32 images (64-65 % on the "
                    "128-image test sets): whole images with a shifted lattice bring errors the bar does not foresee")
 def test_error_bars_cover_the_true_errors(lattice_result):
@@ -70,6 +76,7 @@ def test_error_bars_cover_the_true_errors(lattice_result):
     assert trust["sigma"]["within_2_sigma"] > within
 
 
+@pytest.mark.slow  # the 32-image lattice_result (~30 s)
 def test_confidence_separates_real_from_false_detections(lattice_result):
     trust = lattice_result["detectors"]["network"]["trust"]
     bins = trust["reliability"]
@@ -81,13 +88,15 @@ def test_confidence_separates_real_from_false_detections(lattice_result):
         assert sum(b["n"] * b["fraction_true"] for b in low) / sum(b["n"] for b in low) < 0.6
 
 
-def test_error_bars_rank_the_true_errors(graphene, tmp_path_factory):
+@pytest.mark.parametrize("n_images", [8, pytest.param(16, marks=pytest.mark.slow)])
+def test_error_bars_rank_the_true_errors(graphene, tmp_path_factory, n_images):
+    """On 8 images (~1700 true atoms; the default set) and 16 (slow): same seed, same bounds."""
     from atomfinder.analysis.calibration import calibration_data
     from atomfinder.analysis.evaluate import samples_from_store
     from atomfinder.detection.confidence import Calibration
 
     net, card = graphene
-    store = _store(tmp_path_factory, "ranking", "test-dose-1e4.toml", 16, 4104)
+    store = _store(tmp_path_factory, "ranking", "test-dose-1e4.toml", n_images, 4104)
     data = calibration_data(net, card, samples_from_store(store))
     t = data["is_true"]
     sigma = Calibration.from_dict(card.calibration).sigma_A(data["features"][t])
