@@ -287,30 +287,8 @@ def test_empty_tiff_gives_one_line_and_no_log(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- 7. models NAME
-
-
-def test_models_name_prints_the_cards_main_fields():
-    from atomfinder.nn.card import list_models, load_card, resolve_model
-
-    names = list_models()
-    if not names:
-        pytest.skip("no shipped model")
-    card = load_card(resolve_model(names[0]))
-    result = _invoke("models", names[0])
-    assert result.exit_code == 0, result.output
-    text = result.output
-    assert text.startswith(f"{card.name} {card.version}")
-    for field in ("classes:", "pixel size:", "peak threshold:", "calibration:", "validity range:", "time:"):
-        assert field in text, (field, text)
-    if card.calibration:
-        assert f"fitted on {card.calibration['n_detections']} detections" in text
-    if card.evaluation.get("overall"):
-        assert "evaluation on" in text and "F1" in text
-    for name in names:  # a card with class priors lists them
-        card = load_card(resolve_model(name))
-        if card.detection.get("class_log_bias"):
-            text = _invoke("models", name).output
-            assert "class log-priors" in text and all(c in text for c in card.class_names), text
+# (the printed card: test_shipped_models.py, test_models_name_prints_the_card and
+# test_models_name_lists_the_class_log_priors)
 
 
 # --------------------------------------------------------------------------- 8. info

@@ -117,13 +117,32 @@ def test_models_name_prints_the_card():
     assert result.exit_code == 0, result.output
     text = result.output
     assert text.startswith(f"graphene {card.version}")
+    assert "classes: C; input channels: 1" in text and "validity range:" in text
     assert f"peak threshold: {card.detection['threshold']:g}" in text
+    assert f"calibration: per-atom confidence and error bar, fitted on {card.calibration['n_detections']} detections" in text
     assert "60, 80, 120, 200, 300 kV" in text and "Scherzer -250…+250 Å" in text and "dose: 1e2–1e5 e/Å²" in text
     assert "Cs: corrected -35…35 µm; uncorrected none" in text and "0.1 Å/px ±5%" in text
     assert f"time: {card.training['time_s'] / 60:.0f} min" in text and card.training["data"]["store"] in text
     assert f"evaluation on {card.evaluation['data']['store']}" in text
     f1 = card.evaluation["overall"]["0.5"]["f1"]
     assert f"{f1:.3f}" in text
+
+
+def test_models_name_lists_the_class_log_priors():
+    """A card with class priors (mos2-focal's detection.class_log_bias) lists them; the others say nothing."""
+    from typer.testing import CliRunner
+
+    from atomfinder.cli import app
+
+    with_priors = []
+    for name in list_models():
+        card = load_card(resolve_model(name))
+        text = CliRunner().invoke(app, ["models", name], env={"COLUMNS": "200"}).output
+        assert ("class log-priors" in text) == bool(card.detection.get("class_log_bias")), (name, text)
+        if card.detection.get("class_log_bias"):
+            with_priors.append(name)
+            assert all(c in text for c in card.class_names), text
+    assert with_priors == ["mos2-focal"]
 
 
 @pytest.mark.parametrize("name", ["gold-focal", "mos2-focal"])
@@ -149,7 +168,7 @@ def test_models_unknown_name_is_a_one_line_error():
     from atomfinder.cli import app
 
     result = CliRunner().invoke(app, ["models", "no-such-model"])
-    assert result.exit_code != 0
+    assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "no-such-model" in result.output
 
 
