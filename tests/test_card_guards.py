@@ -3,7 +3,7 @@
 - ``--write-card`` on a model installed with atomfinder, named by its name alone, would rewrite
   the package's card: refused before any work, the card unchanged (its path says it is meant);
 - an evaluation on the model's own training store is no evaluation: refused with
-  ``--write-card``, warned without;
+  ``--write-card`` (warned without: test_evaluate_honesty.py);
 - an edge band (``--border``) that is not a finite width, or that covers the whole image,
   would score nothing and report F1 1.0: refused.
 """
@@ -55,8 +55,9 @@ def model_trained_on(tiny_graphene_store, tmp_path):
     return stem
 
 
-def test_evaluation_on_the_training_store_is_refused_for_the_card_and_warned_otherwise(
-        model_trained_on, tiny_graphene_store, tmp_path):
+def test_evaluation_on_the_training_store_is_refused_for_the_card(model_trained_on, tiny_graphene_store, tmp_path):
+    """(Without --write-card it is scored with a warning: test_evaluate_honesty.py,
+    test_the_training_store_is_marked_in_the_report.)"""
     card = model_trained_on.with_suffix(".json").read_text()
     base = ["evaluate", "--model", str(model_trained_on), "--data", str(tiny_graphene_store), "--no-baseline",
             "--no-structures"]
@@ -64,11 +65,6 @@ def test_evaluation_on_the_training_store_is_refused_for_the_card_and_warned_oth
     assert result.exit_code == 2, result.output
     assert "the training store of tiny 0" in result.output and "not written into the card" in result.output
     assert model_trained_on.with_suffix(".json").read_text() == card and not (tmp_path / "r1").exists()
-
-    result = CliRunner().invoke(app, base + ["--report", str(tmp_path / "r2")])
-    assert result.exit_code == 0, result.output
-    assert "warning:" in result.output and "the scores below flatter the model" in result.output
-    assert (tmp_path / "r2" / "report.md").exists()
 
 
 @pytest.mark.parametrize("border, message", [

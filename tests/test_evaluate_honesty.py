@@ -154,6 +154,7 @@ def test_the_training_store_is_marked_in_the_report(tiny_graphene_store, tmp_pat
     trained = _model(tmp_path / "m", training={"data": {"seed": meta["seed"], "n": meta["n"]}})
     result = _invoke("evaluate", "--model", trained, "--data", tiny_graphene_store, "--report", tmp_path / "r", *BASE)
     assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "the scores below flatter the model" in result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["data"]["training_store"] is True and report["data"]["n"] == 8
     assert any("the training store of tiny 0" in w for w in report["warnings"])
