@@ -199,7 +199,7 @@ def test_calibrate_refuses_a_bad_confidence_floor_in_one_line(tmp_path):
 
     result = CliRunner().invoke(app, ["calibrate", "--model", "gold", "--data", str(tmp_path / "none.zarr"),
                                       "--min-confidence", "often"])
-    assert result.exit_code != 0
+    assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--min-confidence" in lines[0], result.output
 

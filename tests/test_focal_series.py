@@ -226,7 +226,7 @@ def test_cli_focal_series_errors_are_one_line(models, tmp_path):
     for args, words in cases:
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
         text = result.output.strip()
-        assert result.exit_code != 0 and len(text.splitlines()) == 1 and words in text, text
+        assert result.exit_code == 2 and len(text.splitlines()) == 1 and words in text, text
     assert not (tmp_path / "out").exists()
 
 
