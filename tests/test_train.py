@@ -362,7 +362,7 @@ def test_resuming_a_run_that_reached_its_end_trains_nothing(tiny_graphene_store,
     statistics moved) and replaced its best model; a larger time budget still continues it."""
     store = DatasetStore(tiny_graphene_store)
     data = load_training_data(store, np.arange(len(store)), TrainConfig(**TINY).normalization)
-    timed = TrainConfig(**TINY | {"epochs": 50, "max_minutes": 1e-6})  # out of time after the first step
+    timed = TrainConfig(**TINY | {"epochs": 3, "max_minutes": 1e-6})  # out of time after the first of 6 steps
     stem = train(timed, data, tmp_path / "t")
     state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
     assert state["finished"] is True and state["step"] == 1
@@ -386,8 +386,8 @@ def test_resuming_a_run_that_reached_its_end_trains_nothing(tiny_graphene_store,
     assert torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["finished"] is True
     assert _same_weights(before, _weights(stem))
     # a larger time budget is a request to go on
-    train(TrainConfig(**TINY | {"epochs": 50, "max_minutes": 0.0}), data, tmp_path / "t", resume=True)
-    assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 100
+    train(TrainConfig(**TINY | {"epochs": 3, "max_minutes": 0.0}), data, tmp_path / "t", resume=True)
+    assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
 def test_a_killed_run_leaves_a_model_marked_unfinished(tiny_graphene_store, tmp_path):
