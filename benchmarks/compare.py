@@ -747,7 +747,8 @@ def run_store(system: str, dose: float, path: Path, net: Any, card: Any, work: P
             "selection": {"first": first, "store_images": len(store), "specimens_shown": shown,
                           "specimens_total": total},
             "crlb_images": len(bounds), "crlb_indices": [indices[i] for i in sorted(bounds)],
-            "crlb_median_pm": 100 * float(np.median(finite)) if len(finite) else math.nan, "methods": scores}
+            "crlb_median_pm": 100 * float(np.median(finite)) if len(finite) else math.nan, "methods": scores,
+            "atomai_predict": ATOMAI_PREDICT}
 
 
 def run_peers(samples: Sequence[Any], dets: Mapping[str, Detections], work: Path, radius_A: float,
@@ -1138,6 +1139,11 @@ def settings_differences(result: Mapping[str, Any]) -> list[str]:
     return out
 
 
+#: How AtomAI's predictions are made; store results without it (or with another value) were
+#: predicted with the network in training mode (``peers_worker._trained_segmentor``).
+ATOMAI_PREDICT = "network in evaluation mode"
+
+
 def legacy_flags(result: Mapping[str, Any]) -> tuple[dict[str, dict[tuple[str, str], str]], list[str]]:
     """Rows measured under a behaviour the harness has since corrected, per system: ``{system:
     {(dose tag, method): mark}}``, and the footnotes that explain the marks.
@@ -1146,7 +1152,9 @@ def legacy_flags(result: Mapping[str, Any]) -> tuple[dict[str, dict[tuple[str, s
       stores (gold-focal 1e4 was made with ``--n 128``, the others with 64): other specimens than
       the other doses' rows (results before ``selection`` was recorded);
     * ‡ AtomAI on a focal series trained with the first frame's masks on a later frame's images
-      (training results without ``masks``).
+      (training results without ``masks``);
+    * § AtomAI predicted with its network in training mode (store results without
+      ``atomai_predict``).
     """
     flags: dict[str, dict[tuple[str, str], str]] = {}
     notes: list[str] = []
@@ -1176,6 +1184,17 @@ def legacy_flags(result: Mapping[str, Any]) -> tuple[dict[str, dict[tuple[str, s
                 "the first frame (the store's targets lie in the first frame's grid; the middle frame "
                 "drifted about 2 px from it on average), by the harness before the masks were drawn at the drifted ground truth. "
                 "To be replaced by a rerun.")
+        stale = [tag for tag, res in per_dose.items()
+                 if ATOMAI in (res.get("methods") or {}) and res.get("atomai_predict") != ATOMAI_PREDICT]
+        for tag in stale:
+            marks[(tag, ATOMAI)] = marks.get((tag, ATOMAI), "") + "§"
+        if stale:
+            notes.append(
+                f"§ {system}, AtomAI: predicted by the harness before 2026-12-07's fix, with AtomAI's network left "
+                "in training mode for the first test image: its BatchNorm took that image's statistics and "
+                "overwrote its running statistics, so every later prediction was off as well (on mos2-focal's "
+                "own training images the mean output on the atoms fell from 0.61-0.86 to 0.004-0.24). AtomAI's "
+                "figures in these rows are likely too low. To be replaced by a rerun.")
         if marks:
             flags[system] = marks
     return flags, notes
@@ -1526,7 +1545,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         "n_images": args.n_images, "selection": "spread over the first images all stores share",
                         "crlb_images": args.crlb_images, "skip_peers": args.skip_peers,
                         "atomai_threshold": args.atomai_threshold, "threads": args.threads,
-                        "atomai": result["atomai_training"].get(system)}
+                        "atomai": result["atomai_training"].get(system),
+                        "atomai_predict": ATOMAI_PREDICT}
             stage_path = sys_work / f"store-{dose_tag(dose)}.json"
             res = stage(stage_path, settings,
                         lambda: run_store(system, dose, path, net, card, sys_work, args, atomai_ready, first),
